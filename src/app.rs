@@ -1,0 +1,70 @@
+//! The configured WeCom apps at run time: crypto parameters and token cache per app, and how a
+//! callback finds its app.
+//!
+//! Must never: hold or expose secrets beyond what `AppConfig` and `MsgCrypt` already guard.
+
+use std::sync::Arc;
+
+use crate::config::AppConfig;
+use crate::crypto::{CryptoError, MsgCrypt};
+use crate::wecom::token::TokenCache;
+
+/// One self-built app, ready to verify callbacks and send messages.
+#[derive(Debug)]
+pub struct App {
+    pub config: AppConfig,
+    pub crypt: MsgCrypt,
+    pub tokens: TokenCache,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCache")
+    }
+}
+
+impl App {
+    pub fn new(config: AppConfig) -> Result<Self, CryptoError> {
+        let crypt = MsgCrypt::new(config.token(), config.encoding_aes_key(), &config.corp_id)?;
+        Ok(App {
+            config,
+            crypt,
+            tokens: TokenCache::default(),
+        })
+    }
+}
+
+/// All apps served on this port.
+#[derive(Debug, Clone)]
+pub struct Apps(Arc<Vec<Arc<App>>>);
+
+impl Apps {
+    pub fn new(configs: &[AppConfig]) -> Result<Self, CryptoError> {
+        let apps = configs
+            .iter()
+            .map(|c| App::new(c.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Apps(Arc::new(apps)))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<App>> {
+        self.0.iter().find(|a| a.config.name == name)
+    }
+
+    /// Apps to try for a callback, best guess first: those whose corp id and agent id match the
+    /// envelope, then the rest (an envelope may lack AgentID; the signature then decides).
+    pub fn candidates(&self, corp_id: Option<&str>, agent_id: Option<&str>) -> Vec<&Arc<App>> {
+        let score = |a: &App| {
+            let corp = corp_id.is_some_and(|c| c == a.config.corp_id);
+            let agent = agent_id.is_some_and(|id| id.trim() == a.config.agent_id.to_string());
+            u8::from(corp) * 2 + u8::from(agent)
+        };
+        let mut list: Vec<&Arc<App>> = self.0.iter().collect();
+        list.sort_by_key(|a| std::cmp::Reverse(score(a)));
+        list
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.0.iter()
+    }
+}

@@ -1,0 +1,258 @@
+//! WeCom's callback URL: `GET` is the URL-verification handshake, `POST` delivers encrypted messages.
+//!
+//! Owns: reading the query (percent-decoded exactly once, `+` kept), picking the app, mapping each
+//! failed check to a status code and a log line that names the check.
+//!
+//! Must never: wait for the agent before answering, answer 200 for something not queued, or log a
+//! secret or a message body.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
+
+use super::AppState;
+use crate::app::App;
+use crate::crypto::CryptoError;
+use crate::inbox::{InboxError, NewJob, Pushed};
+use crate::message::{Envelope, InboundMessage};
+
+/// A refused callback: the status WeCom sees and the reason it is told (no secrets in either).
+struct Reject {
+    status: StatusCode,
+    check: &'static str,
+    reason: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, check: &'static str, reason: impl Into<String>) -> Self {
+        Reject {
+            status,
+            check,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(
+                check = self.check,
+                status = self.status.as_u16(),
+                "callback not accepted: {}",
+                self.reason
+            );
+        } else {
+            tracing::warn!(
+                check = self.check,
+                status = self.status.as_u16(),
+                "callback rejected: {}",
+                self.reason
+            );
+        }
+        (self.status, self.reason).into_response()
+    }
+}
+
+/// The signed query parameters every callback carries.
+struct Signed {
+    msg_signature: String,
+    timestamp: String,
+    nonce: String,
+    params: HashMap<String, String>,
+}
+
+/// Parse the raw query. Values are percent-decoded exactly once and `+` stays `+`: an echostr holds
+/// base64 `+` characters, which form-decoding would wrongly turn into spaces.
+fn signed_query(raw: Option<&str>) -> Result<Signed, Reject> {
+    let mut params = HashMap::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode_str(v).decode_utf8().map_err(|_| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                "query",
+                format!("query parameter {k} is not UTF-8 after percent-decoding"),
+            )
+        })?;
+        params.entry(k.to_owned()).or_insert_with(|| v.into_owned());
+    }
+    let take = |name: &'static str| {
+        params
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "query",
+                    format!("missing query parameter {name}"),
+                )
+            })
+    };
+    Ok(Signed {
+        msg_signature: take("msg_signature")?,
+        timestamp: take("timestamp")?,
+        nonce: take("nonce")?,
+        params,
+    })
+}
+
+fn crypto_reject(e: &CryptoError) -> Reject {
+    let check = match e {
+        CryptoError::ValidateCorpId => "corp_id",
+        _ => "decrypt",
+    };
+    Reject::new(StatusCode::BAD_REQUEST, check, format!("{e}"))
+}
+
+/// Try the candidate apps in order: the first whose token signs the ciphertext and whose key decrypts
+/// it wins. A signature that matches no app is 403; one that matches but does not decrypt is 400.
+fn open<'a>(
+    candidates: impl IntoIterator<Item = &'a std::sync::Arc<App>>,
+    signed: &Signed,
+    encrypt: &str,
+) -> Result<(&'a std::sync::Arc<App>, Vec<u8>), Reject> {
+    let mut decrypt_error = None;
+    for app in candidates {
+        if app
+            .crypt
+            .verify(
+                &signed.msg_signature,
+                &signed.timestamp,
+                &signed.nonce,
+                encrypt,
+            )
+            .is_err()
+        {
+            continue;
+        }
+        match app.crypt.decrypt(encrypt) {
+            Ok(plain) => return Ok((app, plain)),
+            Err(e) => decrypt_error = Some(e),
+        }
+    }
+    Err(match decrypt_error {
+        Some(e) => crypto_reject(&e),
+        None => Reject::new(
+            StatusCode::FORBIDDEN,
+            "signature",
+            "msg_signature does not match any configured app's token (-40001)",
+        ),
+    })
+}
+
+/// `GET {path}`: answer the verification handshake with the bare decrypted echostr.
+pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let signed = match signed_query(raw.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Some(echostr) = signed.params.get("echostr").filter(|e| !e.is_empty()) else {
+        return Reject::new(
+            StatusCode::BAD_REQUEST,
+            "query",
+            "missing query parameter echostr",
+        )
+        .into_response();
+    };
+    match open(state.apps.candidates(None, None), &signed, echostr) {
+        Ok((app, plain)) => match String::from_utf8(plain) {
+            Ok(text) => {
+                tracing::info!(app = %app.config.name, "callback URL verified");
+                (StatusCode::OK, text).into_response()
+            }
+            Err(_) => Reject::new(
+                StatusCode::BAD_REQUEST,
+                "decrypt",
+                "echostr plaintext is not UTF-8",
+            )
+            .into_response(),
+        },
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `POST {path}`: verify, decrypt, parse, queue, and answer 200 with an empty body at once.
+pub async fn receive(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    match accept(&state, raw.as_deref(), &body).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Result<(), Reject> {
+    let signed = signed_query(raw_query)?;
+    let body = std::str::from_utf8(body)
+        .map_err(|_| Reject::new(StatusCode::BAD_REQUEST, "body", "body is not UTF-8"))?;
+    let envelope = Envelope::parse(body).map_err(|e| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "envelope",
+            format!("callback XML (-40002): {e}"),
+        )
+    })?;
+    let candidates = state.apps.candidates(
+        envelope.to_user_name.as_deref(),
+        envelope.agent_id.as_deref(),
+    );
+    let (app, plain) = open(candidates, &signed, &envelope.encrypt)?;
+    let xml = std::str::from_utf8(&plain).map_err(|_| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "message",
+            "decrypted message is not UTF-8",
+        )
+    })?;
+    let message = InboundMessage::parse(xml).map_err(|e| {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            "message",
+            format!("decrypted message: {e}"),
+        )
+    })?;
+
+    let corp_id = &app.config.corp_id;
+    let user_id = &message.from_user_name;
+    if !state.allowlist.allows(corp_id, user_id) {
+        tracing::warn!(app = %app.config.name, user = %format!("{corp_id}:{user_id}"), msg_type = %message.msg_type,
+            "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
+        return Ok(());
+    }
+    let job = NewJob {
+        app: app.config.name.clone(),
+        user_key: format!("{corp_id}:{user_id}"),
+        dedup_key: message.dedup_key(corp_id, app.config.agent_id),
+        message,
+    };
+    let user_key = job.user_key.clone();
+    match state.inbox.push(job).await {
+        Ok(Pushed::Queued) => {
+            tracing::debug!(app = %app.config.name, user = %user_key, "callback queued");
+            Ok(())
+        }
+        Ok(Pushed::Duplicate) => {
+            tracing::info!(app = %app.config.name, user = %user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
+            Ok(())
+        }
+        // Not the client's fault, and WeCom retries a non-200: 503 is the honest answer.
+        Err(e @ (InboxError::Full { .. } | InboxError::Closed)) => Err(Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "inbox",
+            e.to_string(),
+        )),
+        Err(e @ InboxError::Storage(_)) => Err(Reject::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "inbox",
+            e.to_string(),
+        )),
+    }
+}

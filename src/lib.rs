@@ -1,0 +1,183 @@
+//! wecom-gateway: connects WeCom (企业微信) self-built apps to AI agents.
+//!
+//! `Application::build` assembles the whole service from a [`config::Config`] and binds its port, so
+//! the binary and the tests run exactly the same thing.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod inbox;
+pub mod message;
+pub mod wecom;
+pub mod worker;
+mod xml;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::agent::{Agent, EchoAgent};
+use crate::app::Apps;
+use crate::config::Config;
+use crate::inbox::{Inbox, MemoryInbox};
+use crate::wecom::WecomClient;
+use crate::worker::Worker;
+
+/// How long a callback may wait for room in a full inbox before it is answered 503 (WeCom waits 5 s).
+const PUSH_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("app setup failed: {0}")]
+    App(String),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The assembled service, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    apps: Apps,
+    inbox: Arc<dyn Inbox>,
+    worker: Worker,
+}
+
+impl Application {
+    /// Build with the default echo agent.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with_agent(config, Arc::new(EchoAgent)).await
+    }
+
+    /// Build with a given agent (for embedding, and for tests that need a slow or scripted agent).
+    pub async fn build_with_agent(
+        config: Config,
+        agent: Arc<dyn Agent>,
+    ) -> Result<Self, StartupError> {
+        let apps = Apps::new(&config.apps).map_err(|e| StartupError::App(e.to_string()))?;
+        let client = WecomClient::new(
+            &config.api_base_url,
+            Duration::from_secs(config.http_timeout_secs),
+        )
+        .map_err(|e| StartupError::App(e.to_string()))?;
+        let inbox: Arc<dyn Inbox> = Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT));
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
+        let worker = Worker {
+            inbox: inbox.clone(),
+            agent,
+            client,
+            apps: apps.clone(),
+        };
+        Ok(Application {
+            listener,
+            local_addr,
+            config,
+            apps,
+            inbox,
+            worker,
+        })
+    }
+
+    /// The address actually bound (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until `shutdown` resolves, then stop taking callbacks and give queued and in-flight
+    /// messages up to `shutdown_grace_secs` to finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Application {
+            listener,
+            local_addr,
+            config,
+            apps,
+            inbox,
+            worker,
+        } = self;
+        let mut workers = JoinSet::new();
+        for _ in 0..config.workers {
+            workers.spawn(worker.clone().run());
+        }
+        let state = http::AppState {
+            apps: apps.clone(),
+            inbox: inbox.clone(),
+            allowlist: Arc::new(config.allowlist.clone()),
+        };
+        let router = http::router(state, &config.path, config.max_body_bytes);
+        let names: Vec<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
+        tracing::info!(%local_addr, path = %config.path, apps = ?names, workers = config.workers, "wecom-gateway listening on {local_addr}");
+
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)?;
+
+        inbox.close();
+        let pending = inbox.len();
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                grace_secs = config.shutdown_grace_secs,
+                "shutting down: finishing queued messages"
+            );
+        }
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let left = inbox.len();
+            workers.abort_all();
+            tracing::warn!(
+                unfinished = left,
+                "grace period over: {left} message(s) were not finished and are dropped"
+            );
+        }
+        tracing::info!("wecom-gateway stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

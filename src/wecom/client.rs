@@ -1,0 +1,163 @@
+//! HTTP calls to the WeCom server API with per-app cached access tokens.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{classify, ApiError, ErrcodeClass};
+use super::token::AccessToken;
+use crate::app::App;
+
+/// What WeCom said about an accepted message/send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub msgid: Option<String>,
+    /// Recipients WeCom could not deliver to (`invaliduser`), lowercased by WeCom; empty if none.
+    pub invalid_users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+/// A client for one WeCom API base URL (the real one, a proxy, or a test fake).
+#[derive(Clone)]
+pub struct WecomClient {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl std::fmt::Debug for WecomClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WecomClient")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+impl WecomClient {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ApiError::from_reqwest)?;
+        Ok(WecomClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The app's cached access token, fetching one (once, however many callers wait) if needed.
+    pub async fn access_token(&self, app: &App) -> Result<AccessToken, ApiError> {
+        app.tokens.get(|| self.fetch_token(app)).await
+    }
+
+    async fn fetch_token(&self, app: &App) -> Result<(String, u64), ApiError> {
+        let url = format!("{}/cgi-bin/gettoken", self.base_url);
+        let request = self.http.get(url).query(&[
+            ("corpid", app.config.corp_id.as_str()),
+            ("corpsecret", app.config.corp_secret()),
+        ]);
+        let body = read(request.send().await.map_err(ApiError::from_reqwest)?).await?;
+        let token = body
+            .rest
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Decode("gettoken answer has no access_token".into()))?;
+        let expires_in = body
+            .rest
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        tracing::info!(app = %app.config.name, expires_in, "fetched a new access token");
+        Ok((token.to_owned(), expires_in))
+    }
+
+    /// POST `body` to `path?access_token=...`. A stale-token errcode drops the token and retries once.
+    pub async fn post_json(
+        &self,
+        app: &App,
+        path: &str,
+        body: &Value,
+    ) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let url = format!("{}{}", self.base_url, path);
+        let mut retried = false;
+        loop {
+            let token = self.access_token(app).await?;
+            let request = self
+                .http
+                .post(&url)
+                .query(&[("access_token", token.expose())])
+                .json(body);
+            let result = read(request.send().await.map_err(ApiError::from_reqwest)?).await;
+            match result {
+                Err(ApiError::WeCom { errcode, .. })
+                    if !retried && classify(errcode) == ErrcodeClass::StaleToken =>
+                {
+                    tracing::warn!(app = %app.config.name, errcode, "access token rejected; fetching a new one and retrying once");
+                    app.tokens.invalidate(&token).await;
+                    retried = true;
+                }
+                other => return other.map(|e| e.rest),
+            }
+        }
+    }
+
+    /// Send one text message (at most 2048 bytes; split before calling) to one member.
+    pub async fn send_text(
+        &self,
+        app: &App,
+        touser: &str,
+        content: &str,
+    ) -> Result<SendReceipt, ApiError> {
+        let body = json!({
+            "touser": touser,
+            "msgtype": "text",
+            "agentid": app.config.agent_id,
+            "text": { "content": content },
+        });
+        let rest = self.post_json(app, "/cgi-bin/message/send", &body).await?;
+        let invalid_users = rest
+            .get("invaliduser")
+            .and_then(Value::as_str)
+            .map(|s| {
+                s.split('|')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(SendReceipt {
+            msgid: rest.get("msgid").and_then(Value::as_str).map(str::to_owned),
+            invalid_users,
+        })
+    }
+}
+
+/// Read a WeCom answer: non-2xx is an HTTP error, a non-zero errcode is an error even with HTTP 200.
+async fn read(response: reqwest::Response) -> Result<Envelope, ApiError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ApiError::Http {
+            status: status.as_u16(),
+        });
+    }
+    let body: Envelope = response.json().await.map_err(ApiError::from_reqwest)?;
+    if body.errcode != 0 {
+        return Err(ApiError::WeCom {
+            errcode: body.errcode,
+            errmsg: body.errmsg,
+        });
+    }
+    Ok(body)
+}

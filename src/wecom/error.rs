@@ -1,0 +1,90 @@
+//! WeCom API errors and the meaning of errcodes: the one place that decides which codes mean a stale
+//! token, which are worth retrying, and what an operator should do about the rest.
+
+/// A failed WeCom API call. Display never includes URLs, tokens or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("request to WeCom failed: {0}")]
+    Transport(String),
+    #[error("WeCom answered HTTP {status}")]
+    Http { status: u16 },
+    #[error("WeCom's answer could not be read: {0}")]
+    Decode(String),
+    #[error("WeCom errcode {errcode}: {errmsg}{}", hint_suffix(*.errcode))]
+    WeCom { errcode: i64, errmsg: String },
+}
+
+fn hint_suffix(errcode: i64) -> String {
+    hint(errcode)
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
+/// How to treat an errcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrcodeClass {
+    Ok,
+    /// The access token is invalid or expired: drop it, fetch a new one, try once more.
+    StaleToken,
+    /// Busy or throttled: worth trying again later.
+    Transient,
+    /// Will not heal by retrying (bad user, no permission, untrusted IP, ...).
+    Permanent,
+}
+
+/// errcodes that mean "this access token is no good": invalid credential, invalid token, expired token.
+pub const STALE_TOKEN_ERRCODES: [i64; 3] = [40001, 40014, 42001];
+/// errcodes that mean "try again later": system busy, rate limit, concurrency limit.
+pub const TRANSIENT_ERRCODES: [i64; 3] = [-1, 45009, 45033];
+
+pub fn classify(errcode: i64) -> ErrcodeClass {
+    if errcode == 0 {
+        ErrcodeClass::Ok
+    } else if STALE_TOKEN_ERRCODES.contains(&errcode) {
+        ErrcodeClass::StaleToken
+    } else if TRANSIENT_ERRCODES.contains(&errcode) {
+        ErrcodeClass::Transient
+    } else {
+        ErrcodeClass::Permanent
+    }
+}
+
+/// What an operator should check for the errcodes people actually hit.
+pub fn hint(errcode: i64) -> Option<&'static str> {
+    Some(match errcode {
+        -1 => "WeCom is busy; the call can be retried",
+        40001 | 40091 => "corp_secret is wrong: copy the app's Secret again from the WeCom admin console",
+        40013 => "corp_id is wrong: use the CorpID from 我的企业 > 企业信息",
+        40014 | 42001 => "the access token is invalid or expired; the gateway fetches a new one",
+        40056 => "agent_id is wrong: use the AgentId shown on the app's page",
+        41001 => "the access token is missing",
+        45009 | 45033 => "WeCom rate limit reached; slow down and retry",
+        48002 => "the app has no permission for this API",
+        50003 => "the app is disabled in the admin console",
+        60011 => "the user is outside the app's visible range (可见范围)",
+        60020 => "this server's public IP is not in the app's trusted IPs: add it under 企业可信IP on the app's page",
+        81013 => "no valid recipient: the UserID does not exist or is outside the app's visible range",
+        _ => return None,
+    })
+}
+
+impl ApiError {
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            ApiError::WeCom { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
+        // Strip the URL: it carries the access token or the corp secret.
+        let e = e.without_url();
+        if e.is_timeout() {
+            ApiError::Transport("timed out".into())
+        } else if e.is_decode() {
+            ApiError::Decode(e.to_string())
+        } else {
+            ApiError::Transport(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Shared test helpers: a fake WeCom API on 127.0.0.1:0 and the gateway started in-process on
+//! 127.0.0.1:0, plus builders for encrypted callbacks.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
+use wecom_gateway::agent::Agent;
+use wecom_gateway::config::{Allowlist, AppConfig, Config};
+use wecom_gateway::crypto::MsgCrypt;
+use wecom_gateway::Application;
+
+/// How long a test waits for something that should happen promptly before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- fake WeCom API
+
+/// One message/send call as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub access_token: String,
+    pub body: Value,
+}
+
+impl Sent {
+    pub fn touser(&self) -> &str {
+        self.body["touser"].as_str().unwrap_or("")
+    }
+    pub fn content(&self) -> &str {
+        self.body["text"]["content"].as_str().unwrap_or("")
+    }
+    pub fn agentid(&self) -> i64 {
+        self.body["agentid"].as_i64().unwrap_or(-1)
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    gettoken_calls: AtomicUsize,
+    issued: Mutex<HashSet<String>>,
+    sends: Mutex<Vec<Sent>>,
+    /// Answers to use for the next message/send calls, in order, before answering ok.
+    scripted: Mutex<VecDeque<Value>>,
+    changed: Notify,
+}
+
+/// A WeCom API stand-in speaking gettoken and message/send JSON. Tokens are `tok-<secret>-<n>`.
+pub struct FakeWecom {
+    pub addr: SocketAddr,
+    state: Arc<FakeState>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    corpid: String,
+    corpsecret: String,
+}
+
+#[derive(serde::Deserialize)]
+struct SendQuery {
+    access_token: Option<String>,
+}
+
+async fn gettoken(State(s): State<Arc<FakeState>>, Query(q): Query<TokenQuery>) -> Json<Value> {
+    let n = s.gettoken_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if q.corpid.is_empty() || q.corpsecret.starts_with("wrong") {
+        return Json(json!({"errcode": 40001, "errmsg": "invalid credential"}));
+    }
+    let token = format!("tok-{}-{n}", q.corpsecret);
+    s.issued.lock().unwrap().insert(token.clone());
+    s.changed.notify_waiters();
+    Json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}))
+}
+
+async fn message_send(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<SendQuery>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let token = q.access_token.unwrap_or_default();
+    if !s.issued.lock().unwrap().contains(&token) {
+        return Json(json!({"errcode": 40014, "errmsg": "invalid access_token"}));
+    }
+    if let Some(answer) = s.scripted.lock().unwrap().pop_front() {
+        return Json(answer);
+    }
+    s.sends.lock().unwrap().push(Sent {
+        access_token: token,
+        body,
+    });
+    s.changed.notify_waiters();
+    Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"}))
+}
+
+impl FakeWecom {
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeState::default());
+        let router = Router::new()
+            .route("/cgi-bin/gettoken", get(gettoken))
+            .route("/cgi-bin/message/send", post(message_send))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        FakeWecom {
+            addr,
+            state,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn gettoken_calls(&self) -> usize {
+        self.state.gettoken_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn sends(&self) -> Vec<Sent> {
+        self.state.sends.lock().unwrap().clone()
+    }
+
+    /// Make every token issued so far invalid (as WeCom may do early).
+    pub fn revoke_tokens(&self) {
+        self.state.issued.lock().unwrap().clear();
+    }
+
+    /// Answer the next message/send calls with these bodies (then ok again).
+    pub fn script(&self, answers: impl IntoIterator<Item = Value>) {
+        self.state.scripted.lock().unwrap().extend(answers);
+    }
+
+    /// Wait until at least `n` messages were accepted; fail the test after `WAIT`.
+    pub async fn wait_for_sends(&self, n: usize) -> Vec<Sent> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.state.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let sends = self.sends();
+            if sends.len() >= n {
+                return sends;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "timed out waiting for {n} sends; got {}: {:#?}",
+                    sends.len(),
+                    sends
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- apps and callbacks
+
+/// A test app's credentials.
+#[derive(Clone)]
+pub struct AppSpec {
+    pub name: &'static str,
+    pub corp_id: &'static str,
+    pub secret: &'static str,
+    pub agent_id: u64,
+    pub token: &'static str,
+    pub aes_key: &'static str,
+}
+
+pub const APP_A: AppSpec = AppSpec {
+    name: "alpha",
+    corp_id: "ww1436e0e65a779aee",
+    secret: "alpha-secret-value",
+    agent_id: 1000002,
+    token: "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo",
+    aes_key: "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt",
+};
+
+pub const APP_B: AppSpec = AppSpec {
+    name: "beta",
+    corp_id: "wx5823bf96d3bd56c7",
+    secret: "beta-secret-value",
+    agent_id: 218,
+    token: "QDG6eK",
+    aes_key: "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+};
+
+impl AppSpec {
+    pub fn app_config(&self) -> AppConfig {
+        AppConfig {
+            name: self.name.into(),
+            corp_id: self.corp_id.into(),
+            corp_secret: self.secret.into(),
+            agent_id: self.agent_id,
+            token: self.token.into(),
+            encoding_aes_key: self.aes_key.into(),
+        }
+    }
+
+    pub fn crypt(&self) -> MsgCrypt {
+        MsgCrypt::new(self.token, self.aes_key, self.corp_id).unwrap()
+    }
+
+    /// Encrypt `xml` into a POST callback: (query string, body).
+    pub fn callback(&self, xml: &str) -> (String, String) {
+        let nonce = format!("{}", rand_u32());
+        let e = self
+            .crypt()
+            .encrypt_msg(xml, "1700000000", &nonce, rand_bytes());
+        let query = format!(
+            "msg_signature={}&timestamp={}&nonce={}",
+            e.msg_signature, e.timestamp, e.nonce
+        );
+        (
+            query,
+            e.to_callback_xml(self.corp_id, &self.agent_id.to_string()),
+        )
+    }
+
+    pub fn text_xml(&self, user: &str, content: &str, msg_id: u64) -> String {
+        format!(
+            "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId><AgentID>{}</AgentID></xml>",
+            self.corp_id, self.agent_id
+        )
+    }
+}
+
+fn rand_u32() -> u32 {
+    rand::random()
+}
+
+fn rand_bytes() -> [u8; 16] {
+    rand::random()
+}
+
+pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
+    Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        path: "/wecom/callback".into(),
+        apps: apps.iter().map(AppSpec::app_config).collect(),
+        allowlist: Allowlist {
+            allow_all: true,
+            users: vec![],
+        },
+        api_base_url: api_base_url.into(),
+        workers: 4,
+        queue_capacity: 1024,
+        max_body_bytes: 64 * 1024,
+        shutdown_grace_secs: 5,
+        http_timeout_secs: 5,
+    }
+}
+
+// ---------------------------------------------------------------- the gateway under test
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(config: Config) -> Self {
+        Self::start(Application::build(config).await.expect("build")).await
+    }
+
+    pub async fn spawn_with_agent(config: Config, agent: Arc<dyn Agent>) -> Self {
+        Self::start(
+            Application::build_with_agent(config, agent)
+                .await
+                .expect("build"),
+        )
+        .await
+    }
+
+    async fn start(app: Application) -> Self {
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("run");
+        });
+        TestApp {
+            addr,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub async fn post_callback(&self, query: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/wecom/callback?{query}")))
+            .body(body)
+            .send()
+            .await
+            .expect("POST callback")
+    }
+
+    /// Post a text message from `user` through `app` and assert it was acknowledged.
+    pub async fn send_text(&self, app: &AppSpec, user: &str, content: &str, msg_id: u64) {
+        let (q, body) = app.callback(&app.text_xml(user, content, msg_id));
+        let resp = self.post_callback(&q, body).await;
+        assert_eq!(resp.status(), 200, "callback for {user} not acknowledged");
+        assert_eq!(
+            resp.text().await.unwrap(),
+            "",
+            "callback answer must be empty"
+        );
+    }
+
+    /// Stop the gateway gracefully and wait for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("graceful stop in time")
+                .expect("run task");
+        }
+    }
+}

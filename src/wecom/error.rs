@@ -79,12 +79,20 @@ impl ApiError {
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         // Strip the URL: it carries the access token or the corp secret.
         let e = e.without_url();
+        // The cause chain says what actually failed (connection refused, DNS, TLS); it has no URL.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
         if e.is_timeout() {
-            ApiError::Transport("timed out".into())
+            ApiError::Transport(format!("timed out ({text})"))
         } else if e.is_decode() {
-            ApiError::Decode(e.to_string())
+            ApiError::Decode(text)
         } else {
-            ApiError::Transport(e.to_string())
+            ApiError::Transport(text)
         }
     }
 }

@@ -64,7 +64,7 @@ mod tests {
         #[test]
         fn pieces_fit_and_rejoin(text in "\\PC{0,3000}", max in 4usize..300) {
             let pieces = split_utf8(&text, max);
-            prop_assert_eq!(pieces.concat(), text);
+            prop_assert_eq!(pieces.concat(), text.clone());
             for p in pieces {
                 prop_assert!(!p.is_empty() && p.len() <= max);
             }

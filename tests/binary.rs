@@ -1,0 +1,204 @@
+//! The real `wecom-gateway` binary as a child process: CLI, start-up from the environment alone,
+//! graceful SIGTERM, and logs that never contain a secret.
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wecom-gateway");
+
+fn gateway_env(cmd: &mut Command, api_base_url: &str) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "debug")
+        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
+        .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
+        .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
+        .env("WECOM_CALLBACK_AGENT_ID", APP_A.agent_id.to_string())
+        .env("WECOM_CALLBACK_TOKEN", APP_A.token)
+        .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key)
+        .env("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan")
+        .env("WECOM_CALLBACK_API_BASE_URL", api_base_url);
+}
+
+/// Start the binary and wait for its "listening on ADDR" line. Every stderr line is kept.
+async fn start(cmd: &mut Command) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("gateway start in time")
+        .expect("listening line");
+    (child, addr, log)
+}
+
+#[tokio::test]
+async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
+    let fake = FakeWecom::start().await;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    gateway_env(&mut cmd, &fake.base_url());
+    let (mut child, addr, log) = start(&mut cmd).await;
+    let http = reqwest::Client::new();
+    let url = |q: &str| format!("http://{addr}/wecom/callback?{q}");
+
+    // A reply goes out; then the token is revoked so the 40014 refresh path runs (and logs).
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "hello", 1));
+    assert_eq!(
+        http.post(url(&q)).body(body).send().await.unwrap().status(),
+        200
+    );
+    fake.wait_for_sends(1).await;
+    fake.revoke_tokens();
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "again", 2));
+    assert_eq!(
+        http.post(url(&q)).body(body).send().await.unwrap().status(),
+        200
+    );
+    let sends = fake.wait_for_sends(2).await;
+    // A permanent error from WeCom is logged, not counted as sent.
+    fake.script([
+        serde_json::json!({"errcode": 60020, "errmsg": "not allow to access from your ip"}),
+    ]);
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "third", 3));
+    assert_eq!(
+        http.post(url(&q)).body(body).send().await.unwrap().status(),
+        200
+    );
+
+    // Rejected callbacks: forged signature, not-allowed user.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "x", 4));
+    let forged = q.replacen("msg_signature=", "msg_signature=f", 1);
+    assert_eq!(
+        http.post(url(&forged))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let (q, body) = APP_A.callback(&APP_A.text_xml("stranger", "x", 5));
+    assert_eq!(
+        http.post(url(&q)).body(body).send().await.unwrap().status(),
+        200
+    );
+
+    // SIGTERM: a clean, successful exit.
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let text = log.lock().unwrap().join("\n");
+    assert!(text.contains("SIGTERM received"), "{text}");
+    assert!(
+        text.contains("check=\"signature\"") || text.contains("check=signature"),
+        "{text}"
+    );
+    assert!(
+        text.contains("60020") && text.contains("企业可信IP"),
+        "the 60020 hint is logged:\n{text}"
+    );
+    assert!(text.contains("not on the allowlist"), "{text}");
+    let mut secrets = vec![
+        APP_A.secret.to_owned(),
+        APP_A.token.to_owned(),
+        APP_A.aes_key.to_owned(),
+    ];
+    secrets.extend(sends.iter().map(|s| s.access_token.clone()));
+    for secret in secrets {
+        assert!(
+            !text.contains(&secret),
+            "log contains secret {secret:?}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn help_for_every_subcommand() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().await.unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{args:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn check_config_reports_all_errors_and_accepts_the_example() {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env_clear()
+        .env("WECOM_CALLBACK_CORP_ID", "ww1")
+        .env("WECOM_CALLBACK_AGENT_ID", "x1")
+        .env("WECOM_CALLBACK_ENCODING_AES_KEY", "short")
+        .env("WECOM_CALLBACK_PORT", "http")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "corp_secret: is required",
+        "agent_id: must be the numeric AgentId",
+        "encoding_aes_key: must be 43 characters, got 5",
+        "token: is required",
+        "port: must be a whole number",
+    ] {
+        assert!(err.contains(field), "missing {field:?} in {err}");
+    }
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml.example");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        printed,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("configuration is valid"));
+    assert!(printed.contains("corp_secret: '****'"), "{printed}");
+}

@@ -1,0 +1,249 @@
+//! Configuration loading: defaults < config.yaml < environment, the nested legacy layout, every
+//! error at once with its field, and secrets kept out of Debug and printed config.
+
+use std::io::Write as _;
+
+use wecom_gateway::config::Config;
+
+const KEY_A: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+const KEY_B: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn single_app_env() -> Vec<(String, String)> {
+    env(&[
+        ("WECOM_CALLBACK_CORP_ID", "wx5823bf96d3bd56c7"),
+        ("WECOM_CALLBACK_CORP_SECRET", "s3cr3t-corp-value"),
+        ("WECOM_CALLBACK_AGENT_ID", "218"),
+        ("WECOM_CALLBACK_TOKEN", "QDG6eK"),
+        ("WECOM_CALLBACK_ENCODING_AES_KEY", KEY_B),
+        ("UNRELATED", "ignored"),
+    ])
+}
+
+fn yaml(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn environment_alone_is_enough_and_defaults_apply() {
+    let (c, loaded) = Config::load(None, single_app_env()).unwrap();
+    assert!(loaded.config_file.is_none());
+    assert_eq!(c.host.to_string(), "0.0.0.0");
+    assert_eq!(c.port, 8645);
+    assert_eq!(c.path, "/wecom/callback");
+    assert_eq!(c.api_base_url, "https://qyapi.weixin.qq.com");
+    assert_eq!(c.apps.len(), 1);
+    let app = &c.apps[0];
+    // Legacy wx corp id and a six-character token are what WeCom's own vectors use: valid.
+    assert_eq!(
+        (app.name.as_str(), app.corp_id.as_str(), app.agent_id),
+        ("default", "wx5823bf96d3bd56c7", 218)
+    );
+    assert_eq!(app.token(), "QDG6eK");
+    assert!(!c.allowlist.allow_all);
+    assert!(
+        !c.allowlist.allows("wx5823bf96d3bd56c7", "anyone"),
+        "deny by default"
+    );
+}
+
+#[test]
+fn every_documented_env_var_is_read() {
+    let mut e = single_app_env();
+    e.extend(env(&[
+        ("WECOM_CALLBACK_HOST", "127.0.0.1"),
+        ("WECOM_CALLBACK_PORT", "9000"),
+        ("WECOM_CALLBACK_PATH", "/hook"),
+        (
+            "WECOM_CALLBACK_ALLOWED_USERS",
+            "alice, wx5823bf96d3bd56c7:Bob ,",
+        ),
+        ("WECOM_CALLBACK_ALLOW_ALL_USERS", "false"),
+        ("WECOM_CALLBACK_API_BASE_URL", "http://127.0.0.1:1234/"),
+        ("WECOM_CALLBACK_TOKEN", "0123"),
+    ]));
+    let (c, _) = Config::load(None, e).unwrap();
+    assert_eq!(c.host.to_string(), "127.0.0.1");
+    assert_eq!(c.port, 9000);
+    assert_eq!(c.path, "/hook");
+    assert_eq!(c.api_base_url, "http://127.0.0.1:1234");
+    assert_eq!(c.allowlist.users, vec!["alice", "wx5823bf96d3bd56c7:Bob"]);
+    assert!(
+        c.allowlist.allows("anycorp", "ALICE"),
+        "user ids compare case-insensitively"
+    );
+    assert!(c.allowlist.allows("wx5823bf96d3bd56c7", "bob"));
+    assert!(!c.allowlist.allows("othercorp", "bob"), "corp-scoped entry");
+    assert_eq!(
+        c.apps[0].token(),
+        "0123",
+        "an env value stays text: the leading zero survives"
+    );
+}
+
+#[test]
+fn yaml_apps_list_and_env_overrides() {
+    let f = yaml(&format!(
+        "port: 7000\nallow_all_users: true\napps:\n  - name: sales\n    corp_id: ww1436e0e65a779aee\n    corp_secret: one\n    agent_id: 1000002\n    token: hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo\n    encoding_aes_key: {KEY_A}\n  - name: ops\n    corp_id: wx5823bf96d3bd56c7\n    corp_secret: two\n    agent_id: '218'\n    token: 123456\n    encoding_aes_key: {KEY_B}\n"
+    ));
+    let (c, loaded) =
+        Config::load(Some(f.path()), env(&[("WECOM_CALLBACK_PORT", "7001")])).unwrap();
+    assert_eq!(loaded.config_file.as_deref(), Some(f.path()));
+    assert_eq!(c.port, 7001, "environment beats the file");
+    assert!(c.allowlist.allow_all);
+    let names: Vec<&str> = c.apps.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, vec!["sales", "ops"]);
+    assert_eq!(c.apps[1].agent_id, 218);
+    assert_eq!(
+        c.apps[1].token(),
+        "123456",
+        "a numeric YAML token is read as text"
+    );
+}
+
+#[test]
+fn config_path_from_env_and_apps_win_over_single_app_keys() {
+    let f = yaml(&format!(
+        "apps:\n  - name: only\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 1\n    token: t\n    encoding_aes_key: {KEY_A}\n"
+    ));
+    let mut e = single_app_env();
+    e.push((
+        "WECOM_CALLBACK_CONFIG".into(),
+        f.path().display().to_string(),
+    ));
+    let (c, loaded) = Config::load(None, e).unwrap();
+    assert_eq!(c.apps.len(), 1);
+    assert_eq!(c.apps[0].name, "only");
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("single-app keys")),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn nested_platforms_layout_is_accepted() {
+    let f = yaml(&format!(
+        "platforms:\n  wecom_callback:\n    enabled: true\n    extra:\n      corp_id: ww1436e0e65a779aee\n      corp_secret: nested-secret\n      agent_id: 1000002\n      token: tok\n      encoding_aes_key: {KEY_A}\n      port: 8700\n      allowed_users: [alice, bob]\n"
+    ));
+    let (c, _) = Config::load(Some(f.path()), Vec::new()).unwrap();
+    assert_eq!(c.port, 8700);
+    assert_eq!(c.apps[0].corp_id, "ww1436e0e65a779aee");
+    assert_eq!(c.allowlist.users, vec!["alice", "bob"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_the_field() {
+    let f = yaml(&format!(
+        "port: 99999\nhost: example\npath: nope\napi_base_url: ftp://x\nallow_all_users: maybe\napps:\n  - name: a\n    corp_id: ww1\n    corp_secret: x\n    agent_id: abc\n    token: t\n    encoding_aes_key: {KEY_A}\n  - name: a\n    corp_id: ww2\n    corp_secret: ''\n    agent_id: 2\n    token: t\n    encoding_aes_key: {}\n  - corp_id: ww3\n    corp_secret: x\n    agent_id: 3\n    encoding_aes_key: 'has spaces and is the right length of 43 ch'\n",
+        &KEY_A[..42]
+    ));
+    let err = Config::load(Some(f.path()), Vec::new()).unwrap_err();
+    let text = err.to_string();
+    for expected in [
+        "port: must be a whole number from 0 to 65535, got \"99999\"",
+        "host: must be an IP address",
+        "path: must start with /",
+        "api_base_url: must be an http:// or https:// URL",
+        "allow_all_users: must be true or false",
+        "apps[0].agent_id: must be the numeric AgentId, got \"abc\"",
+        "apps[1].corp_secret: must not be empty",
+        "apps[1].encoding_aes_key: must be 43 characters, got 42",
+        "apps[2].name: is required",
+        "apps[2].token: is required",
+        "apps[2].encoding_aes_key: must contain only the characters A-Z, a-z and 0-9",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(err.0.len() >= 11, "{text}");
+}
+
+#[test]
+fn duplicate_names_and_apps_are_errors() {
+    let app = |name: &str| {
+        format!("  - name: {name}\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 5\n    token: t\n    encoding_aes_key: {KEY_A}\n")
+    };
+    let f = yaml(&format!("apps:\n{}{}", app("same"), app("same")));
+    let text = Config::load(Some(f.path()), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("apps[1].name: \"same\" is already used by apps[0]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apps[1].agent_id: corp ww1 agent 5 is already configured as apps[0]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn no_app_at_all_explains_what_to_set() {
+    let text = Config::load(None, Vec::new()).unwrap_err().to_string();
+    assert!(text.contains("WECOM_CALLBACK_CORP_ID"), "{text}");
+}
+
+#[test]
+fn missing_file_and_bad_yaml_are_clear_errors() {
+    let text = Config::load(
+        Some(std::path::Path::new("/nonexistent/config.yaml")),
+        Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(text.contains("/nonexistent/config.yaml"), "{text}");
+    let f = yaml("port: [unclosed\n");
+    let text = Config::load(Some(f.path()), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains(&f.path().display().to_string()), "{text}");
+}
+
+#[test]
+fn unknown_keys_are_warned_about() {
+    let mut e = single_app_env();
+    e.push(("WECOM_CALLBACK_PROT".into(), "1".into()));
+    let (_, loaded) = Config::load(None, e).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("prot: unknown key")),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_printed_config() {
+    let (c, _) = Config::load(None, single_app_env()).unwrap();
+    let debug = format!("{c:?}");
+    let printed = c.redacted();
+    for secret in ["s3cr3t-corp-value", "QDG6eK", KEY_B] {
+        assert!(!debug.contains(secret), "Debug leaks {secret}: {debug}");
+        assert!(
+            !printed.contains(secret),
+            "printed config leaks {secret}: {printed}"
+        );
+    }
+    assert!(
+        printed.contains("wx5823bf96d3bd56c7"),
+        "non-secret fields are shown"
+    );
+    let app = wecom_gateway::app::App::new(c.apps[0].clone()).unwrap();
+    let debug = format!("{app:?}");
+    for secret in ["s3cr3t-corp-value", "QDG6eK", KEY_B] {
+        assert!(!debug.contains(secret), "App Debug leaks {secret}: {debug}");
+    }
+}

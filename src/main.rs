@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Probe a running gateway's /health (for Docker HEALTHCHECK); exit 0 when it answers 200.
+    Health {
+        /// URL to probe (default: http://127.0.0.1:$WECOM_CALLBACK_PORT/health, port 8645).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Load and validate the configuration, print it with secrets hidden, and exit.
     CheckConfig {
         /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG; without either, environment only).
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Health { url } => health(url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,4 +97,30 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     print!("{}", config.redacted());
     println!("# configuration is valid");
     Ok(())
+}
+
+fn health(url: Option<String>) -> anyhow::Result<()> {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("WECOM_CALLBACK_PORT").unwrap_or_else(|_| "8645".into());
+        format!("http://127.0.0.1:{port}/health")
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(3))
+            .send()
+            .await
+            .with_context(|| format!("{url} did not answer"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{url} answered {}",
+            response.status()
+        );
+        println!("ok");
+        Ok(())
+    })
 }

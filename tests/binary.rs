@@ -109,6 +109,18 @@ async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
         200
     );
 
+    // The health probe used by the Docker HEALTHCHECK.
+    let out = Command::new(BIN)
+        .args(["health", "--url", &format!("http://{addr}/health")])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // SIGTERM: a clean, successful exit.
     let pid = child.id().expect("pid").to_string();
     let killed = std::process::Command::new("kill")
@@ -201,4 +213,17 @@ async fn check_config_reports_all_errors_and_accepts_the_example() {
     );
     assert!(printed.contains("configuration is valid"));
     assert!(printed.contains("corp_secret: '****'"), "{printed}");
+}
+
+#[tokio::test]
+async fn health_probe_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let out = Command::new(BIN)
+        .args(["health", "--url", &format!("http://{addr}/health")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }

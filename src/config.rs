@@ -41,8 +41,14 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_body_bytes",
     "shutdown_grace_secs",
     "http_timeout_secs",
+    "store",
+    "data_dir",
+    "retention_days",
+    "max_store_mb",
+    "agent",
     "platforms",
 ];
+const AGENT_KEYS: &[&str] = &["kind", "delay_ms"];
 const APP_KEYS: &[&str] = &[
     "name",
     "corp_id",
@@ -96,6 +102,28 @@ impl Allowlist {
     }
 }
 
+/// Where acknowledged messages are kept until answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite file under `data_dir`: survives restarts and crashes (the default).
+    Sqlite,
+    /// In memory only: lost on restart. For tests and throw-away setups.
+    Memory,
+}
+
+/// Which agent answers, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub kind: AgentKind,
+    /// Wait this long before answering: simulates a slow agent (testing, demos).
+    pub delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Echo,
+}
+
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,6 +138,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub http_timeout_secs: u64,
+    pub store: StoreKind,
+    pub data_dir: PathBuf,
+    /// Finished messages and their dedup keys are deleted after this many days.
+    pub retention_days: u64,
+    /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 500.
+    pub max_store_mb: u64,
+    pub agent: AgentConfig,
 }
 
 /// Where the configuration came from, for the start-up log.
@@ -136,6 +171,10 @@ fn defaults() -> BTreeMap<&'static str, Value> {
         ("max_body_bytes", Value::from(65536u32)),
         ("shutdown_grace_secs", Value::from(30u32)),
         ("http_timeout_secs", Value::from(10u32)),
+        ("store", Value::from("sqlite")),
+        ("data_dir", Value::from("./data")),
+        ("retention_days", Value::from(7u32)),
+        ("max_store_mb", Value::from(0u32)),
     ])
 }
 
@@ -176,8 +215,12 @@ impl Config {
                 figment = figment.merge(yaml.focus(NESTED_PATH));
             }
         }
-        let env_values: BTreeMap<String, String> =
-            env.into_iter().filter(|(k, _)| k != "config").collect();
+        // `A__B` in a variable name is the key `b` inside the section `a` (WECOM_CALLBACK_AGENT__KIND).
+        let mut env_values: BTreeMap<String, Value> = BTreeMap::new();
+        for (key, value) in env.into_iter().filter(|(k, _)| k != "config") {
+            let parts: Vec<&str> = key.split("__").collect();
+            insert_nested(&mut env_values, &parts, value);
+        }
         figment = figment.merge(Serialized::globals(env_values));
 
         let root: BTreeMap<String, Value> = figment.extract().map_err(|e| {
@@ -214,6 +257,17 @@ impl Config {
         let _ = writeln!(out, "max_body_bytes: {}", self.max_body_bytes);
         let _ = writeln!(out, "shutdown_grace_secs: {}", self.shutdown_grace_secs);
         let _ = writeln!(out, "http_timeout_secs: {}", self.http_timeout_secs);
+        let store = match self.store {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Memory => "memory",
+        };
+        let _ = writeln!(out, "store: {store}");
+        let _ = writeln!(out, "data_dir: {}", self.data_dir.display());
+        let _ = writeln!(out, "retention_days: {}", self.retention_days);
+        let _ = writeln!(out, "max_store_mb: {}", self.max_store_mb);
+        let _ = writeln!(out, "agent:");
+        let _ = writeln!(out, "  kind: echo");
+        let _ = writeln!(out, "  delay_ms: {}", self.agent.delay_ms);
         let _ = writeln!(out, "apps:");
         for app in &self.apps {
             let _ = writeln!(out, "  - name: {}", app.name);
@@ -224,6 +278,26 @@ impl Config {
             let _ = writeln!(out, "    encoding_aes_key: '****'");
         }
         out
+    }
+}
+
+fn insert_nested(map: &mut BTreeMap<String, Value>, path: &[&str], value: String) {
+    match path {
+        [] => {}
+        [leaf] => {
+            map.insert((*leaf).to_owned(), Value::from(value));
+        }
+        [section, rest @ ..] => {
+            let entry = map
+                .entry((*section).to_owned())
+                .or_insert_with(|| Value::from(figment::value::Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(figment::value::Dict::new());
+            }
+            if let Value::Dict(_, dict) = entry {
+                insert_nested(dict, rest, value);
+            }
+        }
     }
 }
 
@@ -471,6 +545,56 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
     let allow_all = r
         .boolean(root, "allow_all_users", "allow_all_users")
         .unwrap_or(false);
+    let store =
+        r.required(root, "store", "store")
+            .and_then(|s| match s.to_ascii_lowercase().as_str() {
+                "sqlite" => Some(StoreKind::Sqlite),
+                "memory" => Some(StoreKind::Memory),
+                _ => {
+                    r.err("store", format!("must be sqlite or memory, got {s:?}"));
+                    None
+                }
+            });
+    let data_dir = r.required(root, "data_dir", "data_dir").map(PathBuf::from);
+    let retention_days = r.number::<u64>(root, "retention_days", "retention_days", 1, 3650);
+    let max_store_mb = r.number::<u64>(root, "max_store_mb", "max_store_mb", 0, 1 << 30);
+    let agent = match root.get("agent") {
+        None | Some(Value::Empty(..)) => Some(AgentConfig {
+            kind: AgentKind::Echo,
+            delay_ms: 0,
+        }),
+        Some(Value::Dict(_, d)) => {
+            let d: BTreeMap<String, Value> =
+                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            warn_unknown(&d, AGENT_KEYS, "agent.", &mut warnings);
+            let kind = match r.string(&d, "kind", "agent.kind").as_deref() {
+                None | Some("echo") => Some(AgentKind::Echo),
+                Some(other) => {
+                    r.err("agent.kind", format!("must be echo, got {other:?}"));
+                    None
+                }
+            };
+            let delay_ms = if d.contains_key("delay_ms") {
+                r.number::<u64>(&d, "delay_ms", "agent.delay_ms", 0, 86_400_000)
+            } else {
+                Some(0)
+            };
+            match (kind, delay_ms) {
+                (Some(kind), Some(delay_ms)) => Some(AgentConfig { kind, delay_ms }),
+                _ => None,
+            }
+        }
+        Some(other) => {
+            r.err(
+                "agent",
+                format!(
+                    "must be a mapping such as {{kind: echo}}, got {}",
+                    other.to_actual()
+                ),
+            );
+            None
+        }
+    };
     let users = r.list(root, "allowed_users", "allowed_users");
     for (i, u) in users.iter().enumerate() {
         if u.split(':').count() > 2 || u.starts_with(':') || u.ends_with(':') {
@@ -557,7 +681,23 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    match (
+    // Every None below recorded an error above, so this else is not reached; stay total anyway.
+    let (
+        Some(host),
+        Some(port),
+        Some(path),
+        Some(api_base_url),
+        Some(workers),
+        Some(queue_capacity),
+        Some(max_body_bytes),
+        Some(shutdown_grace_secs),
+        Some(http_timeout_secs),
+        Some(store),
+        Some(data_dir),
+        Some(retention_days),
+        Some(max_store_mb),
+        Some(agent),
+    ) = (
         host,
         port,
         path,
@@ -567,36 +707,34 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
         max_body_bytes,
         shutdown_grace_secs,
         http_timeout_secs,
-    ) {
-        (
-            Some(host),
-            Some(port),
-            Some(path),
-            Some(api_base_url),
-            Some(workers),
-            Some(queue_capacity),
-            Some(max_body_bytes),
-            Some(shutdown_grace_secs),
-            Some(http_timeout_secs),
-        ) => Ok((
-            Config {
-                host,
-                port,
-                path,
-                apps,
-                allowlist: Allowlist { allow_all, users },
-                api_base_url,
-                workers,
-                queue_capacity,
-                max_body_bytes,
-                shutdown_grace_secs,
-                http_timeout_secs,
-            },
-            warnings,
-        )),
-        // Every None above recorded an error, so this is not reached; stay total anyway.
-        _ => Err(ConfigErrors(vec!["configuration is incomplete".into()])),
-    }
+        store,
+        data_dir,
+        retention_days,
+        max_store_mb,
+        agent,
+    )
+    else {
+        return Err(ConfigErrors(vec!["configuration is incomplete".into()]));
+    };
+    let config = Config {
+        host,
+        port,
+        path,
+        apps,
+        allowlist: Allowlist { allow_all, users },
+        api_base_url,
+        workers,
+        queue_capacity,
+        max_body_bytes,
+        shutdown_grace_secs,
+        http_timeout_secs,
+        store,
+        data_dir,
+        retention_days,
+        max_store_mb,
+        agent,
+    };
+    Ok((config, warnings))
 }
 
 impl AppConfig {

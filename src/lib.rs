@@ -24,8 +24,8 @@ use tokio::task::JoinSet;
 
 use crate::agent::{Agent, EchoAgent};
 use crate::app::Apps;
-use crate::config::Config;
-use crate::inbox::{Inbox, MemoryInbox};
+use crate::config::{AgentKind, Config, StoreKind};
+use crate::inbox::{Inbox, MemoryInbox, SqliteInbox};
 use crate::wecom::WecomClient;
 use crate::worker::Worker;
 
@@ -41,6 +41,8 @@ pub enum StartupError {
     },
     #[error("app setup failed: {0}")]
     App(String),
+    #[error("{0}")]
+    Store(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -56,9 +58,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Build with the default echo agent.
+    /// Build with the agent the configuration names.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        Self::build_with_agent(config, Arc::new(EchoAgent)).await
+        let agent: Arc<dyn Agent> = match config.agent.kind {
+            AgentKind::Echo => Arc::new(EchoAgent {
+                delay: Duration::from_millis(config.agent.delay_ms),
+            }),
+        };
+        Self::build_with_agent(config, agent).await
     }
 
     /// Build with a given agent (for embedding, and for tests that need a slow or scripted agent).
@@ -72,7 +79,21 @@ impl Application {
             Duration::from_secs(config.http_timeout_secs),
         )
         .map_err(|e| StartupError::App(e.to_string()))?;
-        let inbox: Arc<dyn Inbox> = Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT));
+        let inbox: Arc<dyn Inbox> = match config.store {
+            StoreKind::Memory => Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT)),
+            StoreKind::Sqlite => {
+                let max_bytes =
+                    (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
+                let store = SqliteInbox::open(&config.data_dir, config.queue_capacity, max_bytes)
+                    .map_err(|e| StartupError::Store(e.to_string()))?;
+                let recovered = store.recovered();
+                tracing::info!(path = %store.path().display(), resumed = recovered.resumed, given_up = recovered.given_up, "message store open");
+                if recovered.given_up > 0 {
+                    tracing::warn!(given_up = recovered.given_up, "some messages were given up: the gateway stopped while handling each of them {} times", inbox::sqlite::MAX_ATTEMPTS);
+                }
+                store
+            }
+        };
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -117,6 +138,7 @@ impl Application {
         for _ in 0..config.workers {
             workers.spawn(worker.clone().run());
         }
+        let pruner = tokio::spawn(prune_loop(inbox.clone(), config.retention_days));
         let state = http::AppState {
             apps: apps.clone(),
             inbox: inbox.clone(),
@@ -131,13 +153,14 @@ impl Application {
             .await
             .map_err(StartupError::Serve)?;
 
+        pruner.abort();
         inbox.close();
         let pending = inbox.len();
         if pending > 0 {
             tracing::info!(
                 pending,
                 grace_secs = config.shutdown_grace_secs,
-                "shutting down: finishing queued messages"
+                "shutting down: letting messages in progress finish"
             );
         }
         let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -148,13 +171,28 @@ impl Application {
         if drained.is_err() {
             let left = inbox.len();
             workers.abort_all();
-            tracing::warn!(
-                unfinished = left,
-                "grace period over: {left} message(s) were not finished and are dropped"
-            );
+            match config.store {
+                StoreKind::Sqlite => tracing::warn!(unfinished = left, "grace period over: {left} message(s) still in progress stay in the store and are taken up at the next start"),
+                StoreKind::Memory => tracing::warn!(unfinished = left, "grace period over: {left} message(s) were not finished and are lost (store: memory)"),
+            }
         }
         tracing::info!("wecom-gateway stopped");
         Ok(())
+    }
+}
+
+/// Delete finished messages older than the retention period: at start and then hourly. Runs off the
+/// request path; each batch is a short transaction of its own.
+async fn prune_loop(inbox: Arc<dyn Inbox>, retention_days: u64) {
+    let retention_ms = (retention_days * 86_400_000) as i64;
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match inbox.prune(inbox::now_ms() - retention_ms).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, retention_days, "pruned finished messages"),
+            Err(e) => tracing::error!(error = %e, "pruning finished messages failed"),
+        }
     }
 }
 

@@ -1,14 +1,14 @@
-//! The worker pool: takes jobs from the inbox, asks the agent, and sends the reply through the app
-//! the member wrote to, split into pieces WeCom accepts, in order.
+//! The worker pool: takes jobs from the inbox, asks the agent, records the reply, and sends it
+//! through the app the member wrote to, split into pieces WeCom accepts, in order.
 //!
-//! Must never: run a job whose user already has one in progress (the inbox guarantees it), or let one
-//! failed job stop the pool.
+//! Must never: ask the agent again for a message whose reply is already recorded, send a chunk
+//! before the reply is recorded (when the store works), or let one failed job stop the pool.
 
 use std::sync::Arc;
 
 use crate::agent::{Agent, Turn};
 use crate::app::Apps;
-use crate::inbox::{Inbox, Job};
+use crate::inbox::{Chunk, Inbox, Job, Outcome};
 use crate::wecom::{split_utf8, WecomClient, TEXT_MAX_BYTES};
 
 #[derive(Clone)]
@@ -20,59 +20,90 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Take and handle jobs until the inbox is closed and drained.
+    /// Take and handle jobs until the inbox closes.
     pub async fn run(self) {
         while let Some(job) = self.inbox.next().await {
-            self.handle(&job).await;
-            self.inbox.finish(&job).await;
+            let outcome = self.handle(&job).await;
+            self.inbox.finish(&job, outcome).await;
         }
     }
 
-    async fn handle(&self, job: &Job) {
+    async fn handle(&self, job: &Job) -> Outcome {
         let msg = &job.message;
         if !msg.is_chat_turn() {
             tracing::debug!(job = job.id, user = %job.user_key, msg_type = %msg.msg_type, "not a chat turn; no reply");
-            return;
+            return Outcome::Done;
         }
         let Some(app) = self.apps.by_name(&job.app) else {
-            tracing::error!(job = job.id, app = %job.app, "job names an app that is not configured; dropped");
-            return;
+            let error = format!("app {:?} is no longer configured", job.app);
+            tracing::error!(job = job.id, user = %job.user_key, "{error}; message dropped");
+            return Outcome::Failed(error);
         };
-        let turn = Turn {
-            app: &app.config.name,
-            corp_id: &app.config.corp_id,
-            user_id: &msg.from_user_name,
-            user_key: &job.user_key,
-            message: msg,
-        };
-        let reply = match self.agent.reply(turn).await {
-            Ok(Some(reply)) if !reply.trim().is_empty() => reply,
-            Ok(_) => {
-                tracing::debug!(job = job.id, user = %job.user_key, "agent gave no reply");
-                return;
+        let chunks = match &job.reply {
+            Some(recorded) => {
+                let left = recorded.iter().filter(|c| !c.sent).count();
+                tracing::info!(job = job.id, user = %job.user_key, attempt = job.attempts, left, "resuming a recorded reply");
+                recorded.clone()
             }
-            Err(e) => {
-                tracing::error!(job = job.id, user = %job.user_key, agent = self.agent.name(), error = %e, "agent failed");
-                return;
+            None => {
+                let turn = Turn {
+                    app: &app.config.name,
+                    corp_id: &app.config.corp_id,
+                    user_id: &msg.from_user_name,
+                    user_key: &job.user_key,
+                    message: msg,
+                };
+                let reply = match self.agent.reply(turn).await {
+                    Ok(Some(reply)) if !reply.trim().is_empty() => reply,
+                    Ok(_) => {
+                        tracing::debug!(job = job.id, user = %job.user_key, "agent gave no reply");
+                        return Outcome::Done;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = job.id, user = %job.user_key, agent = self.agent.name(), error = %e, "agent failed");
+                        return Outcome::Failed(e.to_string());
+                    }
+                };
+                let pieces = split_utf8(&reply, TEXT_MAX_BYTES);
+                if let Err(e) = self.inbox.record_reply(job, &pieces).await {
+                    // Deliver anyway: a lost answer is worse than a rare double after a crash.
+                    tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
+                }
+                pieces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(seq, content)| Chunk {
+                        seq,
+                        content: content.to_owned(),
+                        sent: false,
+                    })
+                    .collect::<Vec<_>>()
             }
         };
-        let pieces = split_utf8(&reply, TEXT_MAX_BYTES);
-        let total = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            match self.client.send_text(app, &msg.from_user_name, piece).await {
+        let total = chunks.len();
+        for chunk in chunks.iter().filter(|c| !c.sent) {
+            match self
+                .client
+                .send_text(app, &msg.from_user_name, &chunk.content)
+                .await
+            {
                 Ok(receipt) => {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(job = job.id, app = %app.config.name, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
+                    }
+                    if let Err(e) = self.inbox.mark_sent(job, chunk.seq).await {
+                        tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                     }
                 }
                 Err(e) => {
                     // Later pieces are not sent: a reply with a hole in the middle reads worse than
                     // one that stops.
-                    tracing::error!(job = job.id, app = %app.config.name, user = %job.user_key, piece = i + 1, of = total, errcode = e.errcode(), error = %e, "message/send failed");
-                    return;
+                    tracing::error!(job = job.id, app = %app.config.name, user = %job.user_key, piece = chunk.seq + 1, of = total, errcode = e.errcode(), error = %e, "message/send failed");
+                    return Outcome::Failed(format!("piece {} of {total}: {e}", chunk.seq + 1));
                 }
             }
         }
         tracing::info!(job = job.id, app = %app.config.name, user = %job.user_key, pieces = total, "reply sent");
+        Outcome::Done
     }
 }

@@ -12,8 +12,9 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wecom-gateway");
 
-fn gateway_env(cmd: &mut Command, api_base_url: &str) {
+fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
     cmd.env_clear()
+        .env("WECOM_CALLBACK_DATA_DIR", data_dir)
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "debug")
         .env("WECOM_CALLBACK_HOST", "127.0.0.1")
@@ -60,9 +61,10 @@ async fn start(cmd: &mut Command) -> (Child, String, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
     let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.arg("serve");
-    gateway_env(&mut cmd, &fake.base_url());
+    gateway_env(&mut cmd, &fake.base_url(), dir.path());
     let (mut child, addr, log) = start(&mut cmd).await;
     let http = reqwest::Client::new();
     let url = |q: &str| format!("http://{addr}/wecom/callback?{q}");

@@ -254,7 +254,7 @@ fn msg_len_beyond_the_buffer_is_rejected() {
     frame.extend_from_slice(&10_000u32.to_be_bytes());
     frame.extend_from_slice(b"short");
     let pad = 32 - frame.len() % 32;
-    frame.extend(std::iter::repeat(pad as u8).take(pad));
+    frame.extend(std::iter::repeat_n(pad as u8, pad));
     assert_eq!(
         c.decrypt(&encrypt_raw(&c, &frame)).unwrap_err().code(),
         -40008

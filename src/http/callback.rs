@@ -231,6 +231,7 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
         app: app.config.name.clone(),
         user_key: format!("{corp_id}:{user_id}"),
         dedup_key: message.dedup_key(corp_id, app.config.agent_id),
+        payload: xml.to_owned(),
         message,
     };
     let user_key = job.user_key.clone();
@@ -243,7 +244,8 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
             tracing::info!(app = %app.config.name, user = %user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
             Ok(())
         }
-        // Not the client's fault, and WeCom retries a non-200: 503 is the honest answer.
+        // Not the client's fault, and WeCom retries a non-200: 503 (busy) or 500 (store failed),
+        // never a 200 for something not recorded.
         Err(e @ (InboxError::Full { .. } | InboxError::Closed)) => Err(Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "inbox",

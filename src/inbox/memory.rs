@@ -1,40 +1,34 @@
-//! In-memory inbox: bounded, per-user FIFO, with a bounded memory of recent dedup keys.
-//! Lost on restart; a durable backend replaces it where that matters.
+//! In-memory inbox: bounded, with a bounded memory of recent dedup keys. Lost on restart: use it for
+//! tests and throw-away setups; the SQLite inbox is the default.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::{Inbox, InboxError, Job, NewJob, Pushed};
+use super::schedule::{OnClose, Window};
+use super::{Inbox, InboxError, Job, NewJob, Outcome, Pushed};
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
 const DEDUP_MEMORY: usize = 100_000;
 
 #[derive(Default)]
-struct State {
-    /// Waiting jobs per user, in arrival order.
-    queues: HashMap<String, VecDeque<Job>>,
-    /// Users with waiting jobs and nothing in progress, in the order they became ready.
-    ready: VecDeque<String>,
-    /// Users with a job in progress.
-    busy: HashSet<String>,
-    len: usize,
+struct Seen {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+    routes: HashMap<String, String>,
     next_id: u64,
     closed: bool,
-    seen: HashSet<String>,
-    seen_order: VecDeque<String>,
 }
 
 pub struct MemoryInbox {
-    state: Mutex<State>,
+    seen: Mutex<Seen>,
+    window: Window,
     capacity: usize,
     /// One permit per free slot; a push takes one, `finish` returns it.
     room: Arc<Semaphore>,
-    /// Signalled when a job becomes ready or the inbox closes.
-    available: Notify,
     /// How long a push waits for room before giving up (WeCom waits 5 s in all).
     push_wait: Duration,
 }
@@ -42,51 +36,16 @@ pub struct MemoryInbox {
 impl MemoryInbox {
     pub fn new(capacity: usize, push_wait: Duration) -> Self {
         MemoryInbox {
-            state: Mutex::new(State::default()),
+            seen: Mutex::new(Seen::default()),
+            window: Window::new(OnClose::Drain),
             capacity,
             room: Arc::new(Semaphore::new(capacity)),
-            available: Notify::new(),
             push_wait,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queues half-updated in a way that matters
-        // more than stopping the service would, so recover the guard.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn remember(state: &mut State, key: String) {
-        if state.seen_order.len() >= DEDUP_MEMORY {
-            if let Some(old) = state.seen_order.pop_front() {
-                state.seen.remove(&old);
-            }
-        }
-        state.seen.insert(key.clone());
-        state.seen_order.push_back(key);
-    }
-
-    fn try_take(&self) -> Result<Option<Job>, ()> {
-        let mut state = self.lock();
-        while let Some(user) = state.ready.pop_front() {
-            let Some(queue) = state.queues.get_mut(&user) else {
-                continue;
-            };
-            let Some(job) = queue.pop_front() else {
-                continue;
-            };
-            if queue.is_empty() {
-                state.queues.remove(&user);
-            }
-            state.busy.insert(user);
-            return Ok(Some(job));
-        }
-        if state.closed && state.len == 0 {
-            return Err(());
-        }
-        Ok(None)
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -94,11 +53,11 @@ impl MemoryInbox {
 impl Inbox for MemoryInbox {
     async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
         {
-            let state = self.lock();
-            if state.closed {
+            let seen = self.lock();
+            if seen.closed {
                 return Err(InboxError::Closed);
             }
-            if state.seen.contains(&new.dedup_key) {
+            if seen.keys.contains(&new.dedup_key) {
                 return Ok(Pushed::Duplicate);
             }
         }
@@ -108,75 +67,64 @@ impl Inbox for MemoryInbox {
                 capacity: self.capacity,
             })?
             .map_err(|_| InboxError::Closed)?;
-        let mut state = self.lock();
-        // Checked again: a concurrent copy may have been queued while this one waited for room.
-        if state.closed {
-            return Err(InboxError::Closed);
-        }
-        if state.seen.contains(&new.dedup_key) {
-            return Ok(Pushed::Duplicate);
-        }
-        permit.forget();
-        state.next_id += 1;
-        let job = Job {
-            id: state.next_id,
-            app: new.app,
-            user_key: new.user_key.clone(),
-            message: new.message,
+        let job = {
+            let mut seen = self.lock();
+            // Checked again: a concurrent copy may have been queued while this one waited for room.
+            if seen.closed {
+                return Err(InboxError::Closed);
+            }
+            if !seen.keys.insert(new.dedup_key.clone()) {
+                return Ok(Pushed::Duplicate);
+            }
+            if seen.order.len() >= DEDUP_MEMORY {
+                if let Some(old) = seen.order.pop_front() {
+                    seen.keys.remove(&old);
+                }
+            }
+            seen.order.push_back(new.dedup_key);
+            seen.routes.insert(new.user_key.clone(), new.app.clone());
+            seen.next_id += 1;
+            Job {
+                id: seen.next_id,
+                app: new.app,
+                user_key: new.user_key,
+                message: new.message,
+                attempts: 1,
+                reply: None,
+            }
         };
-        Self::remember(&mut state, new.dedup_key);
-        state.len += 1;
-        let queue = state.queues.entry(new.user_key.clone()).or_default();
-        queue.push_back(job);
-        let first_waiting = queue.len() == 1;
-        if first_waiting && !state.busy.contains(&new.user_key) {
-            state.ready.push_back(new.user_key);
-            drop(state);
-            self.available.notify_one();
-        }
+        permit.forget();
+        self.window.add(job);
         Ok(Pushed::Queued)
     }
 
     async fn next(&self) -> Option<Job> {
-        loop {
-            let notified = self.available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.try_take() {
-                Ok(Some(job)) => return Some(job),
-                Err(()) => return None,
-                Ok(None) => notified.await,
-            }
-        }
+        self.window.next().await
     }
 
-    async fn finish(&self, job: &Job) {
-        let mut state = self.lock();
-        state.busy.remove(&job.user_key);
-        state.len = state.len.saturating_sub(1);
-        let more = state
-            .queues
-            .get(&job.user_key)
-            .is_some_and(|q| !q.is_empty());
-        if more {
-            state.ready.push_back(job.user_key.clone());
-        }
-        let drained = state.closed && state.len == 0;
-        drop(state);
+    async fn record_reply(&self, _job: &Job, _chunks: &[&str]) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    async fn finish(&self, job: &Job, _outcome: Outcome) {
+        self.window.release(&job.user_key);
         self.room.add_permits(1);
-        if drained {
-            self.available.notify_waiters();
-        } else if more {
-            self.available.notify_one();
-        }
+    }
+
+    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+        Ok(self.lock().routes.get(user_key).cloned())
     }
 
     fn close(&self) {
         self.lock().closed = true;
-        self.available.notify_waiters();
+        self.window.close();
     }
 
     fn len(&self) -> usize {
-        self.lock().len
+        self.window.waiting() + self.window.in_progress()
     }
 }

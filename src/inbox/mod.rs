@@ -1,19 +1,23 @@
-//! The inbox: decrypted callbacks waiting for an agent.
+//! The inbox: acknowledged callbacks waiting for, or being handled by, the agent, and the replies
+//! recorded for them (the outbox).
 //!
 //! Owns: the hand-off between the HTTP handler (which pushes and answers WeCom) and the worker pool
-//! (which takes jobs), the guarantee that one user's messages are handed out in arrival order and never
-//! two at once, and the bound on how much waits.
+//! (which takes jobs); the guarantee that one user's messages are handed out in arrival order and
+//! never two at once; dedup of WeCom's retries; and the record of which reply chunks were sent.
 //!
-//! Must never: block the handler for longer than a push needs, or hand out a duplicate it recognised.
-//! Backends (memory now, a durable store later) implement [`Inbox`]; handlers and workers see only it.
+//! Must never: answer `Queued` for a message it has not recorded, or hand out a duplicate it
+//! recognised. Backends implement [`Inbox`]; handlers and workers see only the trait.
 
 pub mod memory;
+pub mod schedule;
+pub mod sqlite;
 
 use async_trait::async_trait;
 
 use crate::message::InboundMessage;
 
 pub use memory::MemoryInbox;
+pub use sqlite::SqliteInbox;
 
 /// A message to be queued: which app it came through and whose turn it is.
 #[derive(Debug, Clone)]
@@ -24,7 +28,17 @@ pub struct NewJob {
     pub user_key: String,
     /// The callback's identity across WeCom's retries (`InboundMessage::dedup_key`).
     pub dedup_key: String,
+    /// The decrypted XML, kept so the message can be parsed again after a restart.
+    pub payload: String,
     pub message: InboundMessage,
+}
+
+/// One piece of a recorded reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub seq: usize,
+    pub content: String,
+    pub sent: bool,
 }
 
 /// A queued message handed to a worker.
@@ -34,6 +48,10 @@ pub struct Job {
     pub app: String,
     pub user_key: String,
     pub message: InboundMessage,
+    /// 1 on the first try; more when a previous process died while handling it.
+    pub attempts: u32,
+    /// The reply already recorded by an earlier try: send its unsent chunks, do not ask the agent again.
+    pub reply: Option<Vec<Chunk>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,29 +61,57 @@ pub enum Pushed {
     Duplicate,
 }
 
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Replied in full, or nothing to reply.
+    Done,
+    /// Gave up; the reason is kept with the message.
+    Failed(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InboxError {
     #[error("inbox is full ({capacity} messages waiting)")]
     Full { capacity: usize },
     #[error("inbox is closed: the gateway is shutting down")]
     Closed,
-    #[error("inbox storage failed: {0}")]
+    #[error("message store failed: {0}")]
     Storage(String),
 }
 
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {
-    /// Queue a message, or report it as a duplicate. May wait briefly for room.
+    /// Record a message (durably, for a durable backend) or report it as a duplicate.
     async fn push(&self, job: NewJob) -> Result<Pushed, InboxError>;
-    /// The next job whose user has nothing in progress; waits for one. `None` once closed and empty.
+    /// The next job whose user has nothing in progress; waits for one. `None` once closed.
     async fn next(&self) -> Option<Job>;
-    /// The job is finished (replied, failed or skipped): free its user for their next message.
-    async fn finish(&self, job: &Job);
-    /// Refuse further pushes; `next` drains what is left and then returns `None`.
+    /// Record the reply, already split, before any chunk is sent.
+    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError>;
+    /// WeCom accepted chunk `seq` of the job's reply.
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+    /// The job is over: free its user for their next message.
+    async fn finish(&self, job: &Job, outcome: Outcome);
+    /// The app `user_key` last wrote through.
+    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
+    /// Delete finished messages (and so their dedup keys) received before `cutoff_ms` (Unix ms).
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+        let _ = cutoff_ms;
+        Ok(0)
+    }
+    /// Refuse further pushes and stop handing out jobs (a memory backend drains first).
     fn close(&self);
-    /// Messages queued or in progress.
+    /// Messages in memory: waiting in the window or in progress.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

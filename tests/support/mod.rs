@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use wecom_gateway::agent::Agent;
-use wecom_gateway::config::{Allowlist, AppConfig, Config};
+use wecom_gateway::config::{AgentConfig, AgentKind, Allowlist, AppConfig, Config, StoreKind};
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::Application;
 
@@ -265,33 +265,54 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         max_body_bytes: 64 * 1024,
         shutdown_grace_secs: 5,
         http_timeout_secs: 5,
+        store: StoreKind::Sqlite,
+        // Empty: `TestApp::spawn` gives the app a temporary directory of its own.
+        data_dir: std::path::PathBuf::new(),
+        retention_days: 7,
+        max_store_mb: 0,
+        agent: AgentConfig {
+            kind: AgentKind::Echo,
+            delay_ms: 0,
+        },
     }
 }
 
 // ---------------------------------------------------------------- the gateway under test
+
+/// An empty `data_dir` gets a fresh temporary directory, owned by the `TestApp`.
+fn with_data_dir(mut config: Config) -> (Config, Option<tempfile::TempDir>) {
+    if config.store == StoreKind::Sqlite && config.data_dir.as_os_str().is_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        config.data_dir = dir.path().to_path_buf();
+        (config, Some(dir))
+    } else {
+        (config, None)
+    }
+}
 
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
     pub async fn spawn(config: Config) -> Self {
-        Self::start(Application::build(config).await.expect("build")).await
+        let (config, dir) = with_data_dir(config);
+        Self::start(Application::build(config).await.expect("build"), dir).await
     }
 
     pub async fn spawn_with_agent(config: Config, agent: Arc<dyn Agent>) -> Self {
-        Self::start(
-            Application::build_with_agent(config, agent)
-                .await
-                .expect("build"),
-        )
-        .await
+        let (config, dir) = with_data_dir(config);
+        let app = Application::build_with_agent(config, agent)
+            .await
+            .expect("build");
+        Self::start(app, dir).await
     }
 
-    async fn start(app: Application) -> Self {
+    async fn start(app: Application, dir: Option<tempfile::TempDir>) -> Self {
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -306,6 +327,15 @@ impl TestApp {
             http: reqwest::Client::new(),
             shutdown: Some(tx),
             handle: Some(handle),
+            _data_dir: dir,
+        }
+    }
+
+    /// Stop the gateway abruptly, as a crash would: no graceful shutdown, nothing finished.
+    pub async fn crash(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+            let _ = h.await;
         }
     }
 

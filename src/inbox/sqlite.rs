@@ -1,0 +1,646 @@
+//! Durable inbox and outbox in one SQLite file (WAL, synchronous=FULL) under the data directory.
+//!
+//! Owns: the schema and its migrations, the states of a message (queued -> processing -> done /
+//! failed), dedup keys (the inbox's UNIQUE column), recorded reply chunks, user -> app routes,
+//! recovery of work a dead process left behind, and retention.
+//!
+//! Every statement runs on one writer thread. Writes that arrive together are committed together
+//! (group commit: one fsync for the batch), and a caller hears back only after its commit, so a
+//! `Queued` answer means the message is on disk. Reads run after the batch's commit, so they never
+//! see a write that might still roll back. Only a bounded window of the backlog is in memory.
+//!
+//! Must never: answer a push before its commit, run two gateways on one data directory (a lock
+//! file prevents it), or block the async runtime on disk I/O.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{oneshot, Notify};
+
+use super::schedule::{OnClose, Window};
+use super::{now_ms, Chunk, Inbox, InboxError, Job, NewJob, Outcome, Pushed};
+use crate::message::InboundMessage;
+
+pub const DB_FILE: &str = "wecom-gateway.db";
+const LOCK_FILE: &str = "wecom-gateway.lock";
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// A message whose handling was cut short this many times (the process died each time) is given up.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Finished rows deleted per transaction while pruning, so pushes are never held up for long.
+const PRUNE_BATCH: usize = 1000;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: inbox (with the dedup key), outbox chunks, user routes.
+    "CREATE TABLE inbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        dedup_key   TEXT    NOT NULL UNIQUE,
+        app         TEXT    NOT NULL,
+        user_key    TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,
+        state       TEXT    NOT NULL CHECK (state IN ('queued', 'processing', 'done', 'failed')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        error       TEXT,
+        received_at INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX inbox_queued ON inbox (state, id);
+    CREATE INDEX inbox_finished ON inbox (state, updated_at);
+    CREATE TABLE outbox (
+        inbox_id INTEGER NOT NULL REFERENCES inbox (id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        content  TEXT    NOT NULL,
+        sent_at  INTEGER,
+        PRIMARY KEY (inbox_id, seq)
+    );
+    CREATE TABLE routes (
+        user_key   TEXT PRIMARY KEY,
+        app        TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
+];
+
+fn storage(e: impl std::fmt::Display) -> InboxError {
+    InboxError::Storage(e.to_string())
+}
+
+// ---------------------------------------------------------------- the writer thread
+
+/// A statement batch waiting for the writer thread.
+trait Pending: Send {
+    fn is_read(&self) -> bool;
+    /// Run against the connection; false if it failed (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Tell the caller, once the outcome of the commit is known.
+    fn complete(self: Box<Self>, commit_error: Option<&str>);
+}
+
+struct Call<F, R> {
+    f: Option<F>,
+    read: bool,
+    result: Option<rusqlite::Result<R>>,
+    tx: oneshot::Sender<Result<R, InboxError>>,
+}
+
+impl<F, R> Pending for Call<F, R>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<R> + Send,
+    R: Send,
+{
+    fn is_read(&self) -> bool {
+        self.read
+    }
+
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let result = f(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn complete(self: Box<Self>, commit_error: Option<&str>) {
+        let outcome = match (self.result, commit_error) {
+            (Some(Err(e)), _) => Err(storage(e)),
+            (_, Some(e)) => Err(storage(e)),
+            (Some(Ok(value)), None) => Ok(value),
+            (None, None) => Err(storage("statement was not run")),
+        };
+        let _ = self.tx.send(outcome);
+    }
+}
+
+/// Handle to the writer thread. Dropping the last handle ends the thread.
+#[derive(Clone)]
+struct Db {
+    ops: mpsc::Sender<Box<dyn Pending>>,
+}
+
+impl Db {
+    fn spawn(conn: Connection) -> Result<Self, InboxError> {
+        let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(storage)?;
+        Ok(Db { ops: tx })
+    }
+
+    async fn call<R, F>(&self, read: bool, f: F) -> Result<R, InboxError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op = Box::new(Call {
+            f: Some(f),
+            read,
+            result: None,
+            tx,
+        });
+        self.ops
+            .send(op)
+            .map_err(|_| storage("the store's writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| storage("the store's writer thread has stopped"))?
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R, InboxError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.call(false, f).await
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R, InboxError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.call(true, f).await
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let (mut writes, reads): (Vec<_>, Vec<_>) = batch.into_iter().partition(|op| !op.is_read());
+        if !writes.is_empty() {
+            let commit_error = match conn.execute_batch("BEGIN IMMEDIATE") {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => {
+                    for op in writes.iter_mut() {
+                        // A savepoint per operation: one failing statement does not undo the others.
+                        let _ = conn.execute_batch("SAVEPOINT op");
+                        if !op.run(&conn) {
+                            let _ = conn.execute_batch("ROLLBACK TO op");
+                        }
+                        let _ = conn.execute_batch("RELEASE op");
+                    }
+                    conn.execute_batch("COMMIT").err().map(|e| {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        e.to_string()
+                    })
+                }
+            };
+            for op in writes {
+                op.complete(commit_error.as_deref());
+            }
+        }
+        for mut op in reads {
+            op.run(&conn);
+            op.complete(None);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- opening and recovery
+
+/// What start-up found in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Messages a previous process left queued or in progress, taken up again.
+    pub resumed: usize,
+    /// Messages given up because the process died while handling them `MAX_ATTEMPTS` times.
+    pub given_up: usize,
+}
+
+/// Counts of messages by state, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub queued: usize,
+    pub processing: usize,
+    pub done: usize,
+    pub failed: usize,
+}
+
+fn open_connection(path: &Path, max_store_bytes: Option<u64>) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL for concurrent readers and cheap commits; FULL so a commit survives power loss too.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if let Some(max) = max_store_bytes {
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let pages = (max as i64 / page_size.max(512)).max(16);
+        conn.pragma_update(None, "max_page_count", pages)?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
+    let now = now_ms();
+    let given_up = conn.execute(
+        "UPDATE inbox SET state = 'failed', updated_at = ?1,
+             error = 'gave up: the gateway stopped ' || attempts || ' times while handling this message'
+         WHERE state IN ('queued', 'processing') AND attempts >= ?2",
+        params![now, MAX_ATTEMPTS],
+    )?;
+    conn.execute(
+        "UPDATE inbox SET state = 'queued', updated_at = ?1 WHERE state = 'processing'",
+        params![now],
+    )?;
+    let resumed: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM inbox WHERE state = 'queued' AND attempts > 0",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Recovered {
+        resumed: resumed as usize,
+        given_up,
+    })
+}
+
+// ---------------------------------------------------------------- the inbox
+
+pub struct SqliteInbox {
+    db: Db,
+    window: Window,
+    /// Most jobs held in memory at once; the rest wait on disk.
+    capacity: usize,
+    /// Wakes the loader: something was queued, a slot in the window freed up, or the inbox closed.
+    loader: Notify,
+    closed: AtomicBool,
+    path: PathBuf,
+    recovered: Recovered,
+    // Held for the life of the inbox: the OS releases it even on kill -9.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteInbox")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+struct Row {
+    id: i64,
+    app: String,
+    user_key: String,
+    payload: String,
+    attempts: u32,
+    reply: Option<Vec<Chunk>>,
+}
+
+impl SqliteInbox {
+    /// Open (creating if needed) the store in `data_dir`, migrate it, take over what a previous
+    /// process left unfinished, and start loading queued messages into the window.
+    /// Must be called inside a tokio runtime.
+    pub fn open(
+        data_dir: &Path,
+        capacity: usize,
+        max_store_bytes: Option<u64>,
+    ) -> Result<Arc<Self>, InboxError> {
+        let shown = data_dir.display();
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| storage(format!("cannot create data_dir {shown}: {e}")))?;
+        let lock = File::create(data_dir.join(LOCK_FILE))
+            .map_err(|e| storage(format!("cannot write in data_dir {shown}: {e}")))?;
+        lock.try_lock().map_err(|_| {
+            storage(format!(
+                "data_dir {shown} is in use by another wecom-gateway process; give each instance its own data_dir"
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_connection(&path, max_store_bytes)
+            .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+        migrate(&mut conn)
+            .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
+        let recovered = recover(&conn)
+            .map_err(|e| storage(format!("cannot recover {}: {e}", path.display())))?;
+        let inbox = Arc::new(SqliteInbox {
+            db: Db::spawn(conn)?,
+            window: Window::new(OnClose::Stop),
+            capacity,
+            loader: Notify::new(),
+            closed: AtomicBool::new(false),
+            path,
+            recovered,
+            _lock: lock,
+        });
+        tokio::spawn(inbox.clone().load_loop());
+        Ok(inbox)
+    }
+
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Messages by state.
+    pub async fn counts(&self) -> Result<Counts, InboxError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT state, COUNT(*) FROM inbox GROUP BY state")?;
+                let mut counts = Counts::default();
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+                })?;
+                for row in rows {
+                    let (state, n) = row?;
+                    match state.as_str() {
+                        "queued" => counts.queued = n,
+                        "processing" => counts.processing = n,
+                        "done" => counts.done = n,
+                        _ => counts.failed = n,
+                    }
+                }
+                Ok(counts)
+            })
+            .await
+    }
+
+    /// Keep the window topped up from disk, in arrival (id) order, until the inbox closes.
+    async fn load_loop(self: Arc<Self>) {
+        let mut cursor: i64 = 0;
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let room = self.capacity.saturating_sub(self.window.waiting());
+            if room > 0 {
+                match self.db.read(move |c| load_queued(c, cursor, room)).await {
+                    Ok(rows) => {
+                        let full = rows.len() == room;
+                        for row in rows {
+                            cursor = row.id;
+                            self.admit(row).await;
+                        }
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load queued messages; retrying in 1 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            self.loader.notified().await;
+        }
+    }
+
+    /// Turn a stored row back into a job, or fail it if it can no longer be read.
+    async fn admit(&self, row: Row) {
+        match InboundMessage::parse(&row.payload) {
+            Ok(message) => self.window.add(Job {
+                id: row.id as u64,
+                app: row.app,
+                user_key: row.user_key,
+                message,
+                attempts: row.attempts,
+                reply: row.reply,
+            }),
+            Err(e) => {
+                tracing::error!(id = row.id, error = %e, "stored message cannot be parsed; marked failed");
+                let (id, error) = (row.id, format!("stored message cannot be parsed: {e}"));
+                let _ = self
+                    .db
+                    .write(move |c| finish_row(c, id, "failed", Some(&error)))
+                    .await;
+            }
+        }
+    }
+}
+
+fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, app, user_key, payload, attempts FROM inbox
+         WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = stmt
+        .query_map(params![after, limit as i64], |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                app: r.get(1)?,
+                user_key: r.get(2)?,
+                payload: r.get(3)?,
+                attempts: r.get(4)?,
+                reply: None,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Only a message handled before (by a process that died) can have a recorded reply.
+    for row in rows.iter_mut().filter(|r| r.attempts > 0) {
+        let mut stmt = c.prepare_cached(
+            "SELECT seq, content, sent_at IS NOT NULL FROM outbox WHERE inbox_id = ?1 ORDER BY seq",
+        )?;
+        let chunks = stmt
+            .query_map([row.id], |r| {
+                Ok(Chunk {
+                    seq: r.get::<_, i64>(0)? as usize,
+                    content: r.get(1)?,
+                    sent: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !chunks.is_empty() {
+            row.reply = Some(chunks);
+        }
+    }
+    Ok(rows)
+}
+
+fn finish_row(c: &Connection, id: i64, state: &str, error: Option<&str>) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE inbox SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![id, state, error, now_ms()])?;
+    Ok(())
+}
+
+#[async_trait]
+impl Inbox for SqliteInbox {
+    async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(InboxError::Closed);
+        }
+        let NewJob {
+            app,
+            user_key,
+            dedup_key,
+            payload,
+            ..
+        } = new;
+        let inserted = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO inbox (dedup_key, app, user_key, payload, state, received_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5) ON CONFLICT (dedup_key) DO NOTHING",
+                    )?
+                    .execute(params![dedup_key, app, user_key, payload, now])?;
+                if inserted == 1 {
+                    c.prepare_cached(
+                        "INSERT INTO routes (user_key, app, updated_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (user_key) DO UPDATE SET app = excluded.app, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![user_key, app, now])?;
+                }
+                Ok(inserted == 1)
+            })
+            .await?;
+        if inserted {
+            self.loader.notify_one();
+            Ok(Pushed::Queued)
+        } else {
+            Ok(Pushed::Duplicate)
+        }
+    }
+
+    async fn next(&self) -> Option<Job> {
+        loop {
+            let mut job = self.window.next().await?;
+            self.loader.notify_one();
+            let id = job.id as i64;
+            let begun = self
+                .db
+                .write(move |c| {
+                    c.prepare_cached(
+                        "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = ?2
+                         WHERE id = ?1 AND state = 'queued'",
+                    )?
+                    .execute(params![id, now_ms()])
+                })
+                .await;
+            match begun {
+                Ok(1) => {
+                    job.attempts += 1;
+                    return Some(job);
+                }
+                Ok(_) => {
+                    // No longer queued (finished by an earlier try); nothing to do.
+                    self.window.release(&job.user_key);
+                }
+                Err(e) => {
+                    // Leave it queued on disk for the next start rather than handle it unrecorded.
+                    tracing::error!(id, error = %e, "cannot mark message as processing; it stays queued");
+                    self.window.release(&job.user_key);
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError> {
+        let id = job.id as i64;
+        let chunks: Vec<String> = chunks.iter().map(|c| (*c).to_owned()).collect();
+        self.db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO outbox (inbox_id, seq, content) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (inbox_id, seq) DO NOTHING",
+                )?;
+                for (seq, content) in chunks.iter().enumerate() {
+                    stmt.execute(params![id, seq as i64, content])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+        let id = job.id as i64;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE outbox SET sent_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![id, seq as i64, now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome) {
+        let id = job.id as i64;
+        let (state, error) = match outcome {
+            Outcome::Done => ("done", None),
+            Outcome::Failed(e) => ("failed", Some(e)),
+        };
+        if let Err(e) = self
+            .db
+            .write(move |c| finish_row(c, id, state, error.as_deref()))
+            .await
+        {
+            // It stays 'processing' and is taken up again at the next start.
+            tracing::error!(id, error = %e, "cannot record the end of a message");
+        }
+        self.window.release(&job.user_key);
+    }
+
+    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+        let user_key = user_key.to_owned();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT app FROM routes WHERE user_key = ?1",
+                    [user_key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await
+    }
+
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .db
+                .write(move |c| {
+                    c.prepare_cached(
+                        "DELETE FROM inbox WHERE id IN (
+                             SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff_ms, PRUNE_BATCH as i64])
+                })
+                .await?;
+            total += n;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.window.close();
+        self.loader.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.window.waiting() + self.window.in_progress()
+    }
+}

@@ -138,7 +138,11 @@ impl Application {
         for _ in 0..config.workers {
             workers.spawn(worker.clone().run());
         }
-        let pruner = tokio::spawn(prune_loop(inbox.clone(), config.retention_days));
+        let feeder = inbox.clone();
+        workers.spawn(async move { feeder.feed().await });
+        // Background chores end with the application, however it ends (dropping a JoinSet aborts it).
+        let mut background = JoinSet::new();
+        background.spawn(prune_loop(inbox.clone(), config.retention_days));
         let state = http::AppState {
             apps: apps.clone(),
             inbox: inbox.clone(),
@@ -153,7 +157,7 @@ impl Application {
             .await
             .map_err(StartupError::Serve)?;
 
-        pruner.abort();
+        background.shutdown().await;
         inbox.close();
         let pending = inbox.len();
         if pending > 0 {

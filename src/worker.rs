@@ -46,6 +46,7 @@ impl Worker {
                 recorded.clone()
             }
             None => {
+                tracing::debug!(job = job.id, user = %job.user_key, attempt = job.attempts, "asking the agent");
                 let turn = Turn {
                     app: &app.config.name,
                     corp_id: &app.config.corp_id,

@@ -365,27 +365,6 @@ async fn revoked_token_is_fetched_again_and_the_send_retried_once() {
     app.stop().await;
 }
 
-/// Records who it was asked about, and echoes.
-#[derive(Default)]
-struct Recording(std::sync::Mutex<Vec<String>>);
-
-impl Recording {
-    fn seen(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl Agent for Recording {
-    fn name(&self) -> &str {
-        "recording"
-    }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Option<String>, AgentError> {
-        self.0.lock().unwrap().push(turn.user_id.to_owned());
-        Ok(Some(turn.message.describe()))
-    }
-}
-
 /// Waits for a permit per turn before echoing: a stand-in for a slow agent.
 struct Gated {
     gate: Arc<Semaphore>,

@@ -99,6 +99,9 @@ pub trait Inbox: Send + Sync + 'static {
         let _ = cutoff_ms;
         Ok(0)
     }
+    /// Keep the in-memory window filled from the backlog until the inbox closes. The application
+    /// runs it beside the workers; a backend without a backlog returns at once.
+    async fn feed(&self) {}
     /// Refuse further pushes and stop handing out jobs (a memory backend drains first).
     fn close(&self);
     /// Messages in memory: waiting in the window or in progress.

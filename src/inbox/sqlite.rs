@@ -310,9 +310,8 @@ struct Row {
 }
 
 impl SqliteInbox {
-    /// Open (creating if needed) the store in `data_dir`, migrate it, take over what a previous
-    /// process left unfinished, and start loading queued messages into the window.
-    /// Must be called inside a tokio runtime.
+    /// Open (creating if needed) the store in `data_dir`, migrate it, and take over what a previous
+    /// process left unfinished. Queued messages reach workers once [`Inbox::feed`] runs.
     pub fn open(
         data_dir: &Path,
         capacity: usize,
@@ -335,7 +334,7 @@ impl SqliteInbox {
             .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
         let recovered = recover(&conn)
             .map_err(|e| storage(format!("cannot recover {}: {e}", path.display())))?;
-        let inbox = Arc::new(SqliteInbox {
+        Ok(Arc::new(SqliteInbox {
             db: Db::spawn(conn)?,
             window: Window::new(OnClose::Stop),
             capacity,
@@ -344,9 +343,7 @@ impl SqliteInbox {
             path,
             recovered,
             _lock: lock,
-        });
-        tokio::spawn(inbox.clone().load_loop());
-        Ok(inbox)
+        }))
     }
 
     pub fn recovered(&self) -> Recovered {
@@ -381,7 +378,7 @@ impl SqliteInbox {
     }
 
     /// Keep the window topped up from disk, in arrival (id) order, until the inbox closes.
-    async fn load_loop(self: Arc<Self>) {
+    async fn load_loop(&self) {
         let mut cursor: i64 = 0;
         loop {
             if self.closed.load(Ordering::SeqCst) {
@@ -632,6 +629,10 @@ impl Inbox for SqliteInbox {
                 return Ok(total);
             }
         }
+    }
+
+    async fn feed(&self) {
+        self.load_loop().await
     }
 
     fn close(&self) {

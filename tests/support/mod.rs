@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
-use wecom_gateway::agent::Agent;
+use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::{AgentConfig, AgentKind, Allowlist, AppConfig, Config, StoreKind};
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::Application;
@@ -42,14 +43,30 @@ impl Sent {
     }
 }
 
-#[derive(Default)]
 struct FakeState {
     gettoken_calls: AtomicUsize,
     issued: Mutex<HashSet<String>>,
     sends: Mutex<Vec<Sent>>,
     /// Answers to use for the next message/send calls, in order, before answering ok.
     scripted: Mutex<VecDeque<Value>>,
+    /// Once this many sends were accepted, further sends hang forever and are never recorded.
+    hang_from: AtomicUsize,
+    hung: AtomicUsize,
     changed: Notify,
+}
+
+impl Default for FakeState {
+    fn default() -> Self {
+        FakeState {
+            gettoken_calls: AtomicUsize::new(0),
+            issued: Mutex::default(),
+            sends: Mutex::default(),
+            scripted: Mutex::default(),
+            hang_from: AtomicUsize::new(usize::MAX),
+            hung: AtomicUsize::new(0),
+            changed: Notify::new(),
+        }
+    }
 }
 
 /// A WeCom API stand-in speaking gettoken and message/send JSON. Tokens are `tok-<secret>-<n>`.
@@ -92,6 +109,12 @@ async fn message_send(
     }
     if let Some(answer) = s.scripted.lock().unwrap().pop_front() {
         return Json(answer);
+    }
+    if s.sends.lock().unwrap().len() >= s.hang_from.load(Ordering::SeqCst) {
+        // Like a request that never reached WeCom: no answer, nothing delivered, ever.
+        s.hung.fetch_add(1, Ordering::SeqCst);
+        s.changed.notify_waiters();
+        std::future::pending::<()>().await;
     }
     s.sends.lock().unwrap().push(Sent {
         access_token: token,
@@ -148,25 +171,49 @@ impl FakeWecom {
         self.state.scripted.lock().unwrap().extend(answers);
     }
 
-    /// Wait until at least `n` messages were accepted; fail the test after `WAIT`.
-    pub async fn wait_for_sends(&self, n: usize) -> Vec<Sent> {
+    /// From now on, once `n` sends in all were accepted, further sends hang and are never recorded.
+    pub fn hang_from(&self, n: usize) {
+        self.state.hang_from.store(n, Ordering::SeqCst);
+    }
+
+    /// Accept sends normally again (requests already hanging stay hung).
+    pub fn release(&self) {
+        self.state.hang_from.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Wait until at least `n` requests are hanging.
+    pub async fn wait_for_hung(&self, n: usize) {
+        self.wait_until(
+            || self.state.hung.load(Ordering::SeqCst) >= n,
+            &format!("{n} hung sends"),
+        )
+        .await;
+    }
+
+    /// Wait until `done()` holds, re-checking at every change of the fake; fail after `WAIT`.
+    async fn wait_until(&self, done: impl Fn() -> bool, what: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let notified = self.state.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let sends = self.sends();
-            if sends.len() >= n {
-                return sends;
+            if done() {
+                return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 panic!(
-                    "timed out waiting for {n} sends; got {}: {:#?}",
-                    sends.len(),
-                    sends
+                    "timed out waiting for {what}; sends so far: {:#?}",
+                    self.sends()
                 );
             }
         }
+    }
+
+    /// Wait until at least `n` messages were accepted; fail the test after `WAIT`.
+    pub async fn wait_for_sends(&self, n: usize) -> Vec<Sent> {
+        self.wait_until(|| self.sends().len() >= n, &format!("{n} sends"))
+            .await;
+        self.sends()
     }
 }
 
@@ -375,5 +422,31 @@ impl TestApp {
                 .expect("graceful stop in time")
                 .expect("run task");
         }
+    }
+}
+
+// ---------------------------------------------------------------- agents
+
+/// Records whom it was asked about and echoes the text (or a description of anything else).
+#[derive(Default)]
+pub struct Recording(Mutex<Vec<String>>);
+
+impl Recording {
+    pub fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Agent for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    async fn reply(&self, turn: Turn<'_>) -> Result<Option<String>, AgentError> {
+        self.0.lock().unwrap().push(turn.user_id.to_owned());
+        Ok(Some(match &turn.message.kind {
+            wecom_gateway::message::MessageKind::Text { content } => content.clone(),
+            _ => turn.message.describe(),
+        }))
     }
 }

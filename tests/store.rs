@@ -1,0 +1,185 @@
+//! The SQLite inbox through its library API: durability across reopen, routes, retention, and
+//! giving up on a message that kills the process every time.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
+use wecom_gateway::inbox::{Inbox, NewJob, Outcome, Pushed, SqliteInbox};
+use wecom_gateway::message::InboundMessage;
+
+fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
+    let xml = format!(
+        "<xml><ToUserName>ww1</ToUserName><FromUserName>{user}</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi {msg_id}</Content><MsgId>{msg_id}</MsgId><AgentID>5</AgentID></xml>"
+    );
+    let message = InboundMessage::parse(&xml).unwrap();
+    NewJob {
+        app: app.into(),
+        user_key: format!("ww1:{user}"),
+        dedup_key: message.dedup_key("ww1", 5),
+        payload: xml,
+        message,
+    }
+}
+
+/// Open, run the feeder while `f` uses the inbox, then close and release everything.
+async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteInbox>) -> T) -> T {
+    let inbox = SqliteInbox::open(dir, 16, None).expect("open");
+    let feeder = {
+        let inbox = inbox.clone();
+        tokio::spawn(async move { inbox.feed().await })
+    };
+    let out = f(&inbox).await;
+    inbox.close();
+    feeder.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn messages_routes_and_dedup_keys_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |inbox| {
+        assert_eq!(
+            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            Pushed::Queued
+        );
+        assert_eq!(
+            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            Pushed::Duplicate
+        );
+        assert_eq!(
+            inbox.push(job("alice", 2, "ops")).await.unwrap(),
+            Pushed::Queued
+        );
+    })
+    .await;
+    with_inbox(dir.path(), async |inbox| {
+        assert_eq!(
+            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            Pushed::Duplicate
+        );
+        assert_eq!(
+            inbox.route("ww1:alice").await.unwrap().as_deref(),
+            Some("ops"),
+            "last app written through"
+        );
+        assert_eq!(inbox.route("ww1:nobody").await.unwrap(), None);
+        let first = inbox.next().await.expect("queued message");
+        assert_eq!(first.message.msg_id.as_deref(), Some("1"), "arrival order");
+        assert_eq!(first.attempts, 1);
+        inbox.finish(&first, Outcome::Done).await;
+        let second = inbox.next().await.expect("second message");
+        assert_eq!(second.message.msg_id.as_deref(), Some("2"));
+        inbox.finish(&second, Outcome::Failed("test".into())).await;
+        assert_eq!(
+            inbox.counts().await.unwrap(),
+            Counts {
+                done: 1,
+                failed: 1,
+                ..Counts::default()
+            }
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recorded_reply_comes_back_with_its_sent_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |inbox| {
+        inbox.push(job("bob", 7, "sales")).await.unwrap();
+        let j = inbox.next().await.unwrap();
+        inbox
+            .record_reply(&j, &["one", "two", "three"])
+            .await
+            .unwrap();
+        inbox.mark_sent(&j, 0).await.unwrap();
+        // No finish: the process "dies" here.
+    })
+    .await;
+    let recovered = SqliteInbox::open(dir.path(), 16, None).unwrap().recovered();
+    assert_eq!(recovered.resumed, 1);
+    with_inbox(dir.path(), async |inbox| {
+        let j = inbox.next().await.unwrap();
+        assert_eq!(j.attempts, 2);
+        let reply = j.reply.clone().expect("recorded reply");
+        let state: Vec<(&str, bool)> = reply.iter().map(|c| (c.content.as_str(), c.sent)).collect();
+        assert_eq!(state, vec![("one", true), ("two", false), ("three", false)]);
+        inbox.finish(&j, Outcome::Done).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_that_kills_the_process_every_time_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |inbox| {
+        inbox.push(job("carol", 9, "sales")).await.unwrap();
+    })
+    .await;
+    for _ in 0..MAX_ATTEMPTS {
+        with_inbox(dir.path(), async |inbox| {
+            inbox.next().await.expect("taken up again");
+        })
+        .await;
+    }
+    let inbox = SqliteInbox::open(dir.path(), 16, None).unwrap();
+    assert_eq!(inbox.recovered().given_up, 1);
+    assert_eq!(inbox.counts().await.unwrap().failed, 1);
+}
+
+#[tokio::test]
+async fn retention_prunes_finished_messages_and_their_dedup_keys_only() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |inbox| {
+        inbox.push(job("dave", 1, "sales")).await.unwrap();
+        inbox.push(job("erin", 2, "sales")).await.unwrap();
+        let j = inbox.next().await.unwrap();
+        inbox.finish(&j, Outcome::Done).await;
+        // Nothing is old enough yet.
+        assert_eq!(inbox.prune(0).await.unwrap(), 0);
+        // Everything finished before "a minute from now" goes; the unfinished message stays.
+        let later = wecom_gateway::inbox::now_ms() + 60_000;
+        assert_eq!(inbox.prune(later).await.unwrap(), 1);
+        let counts = inbox.counts().await.unwrap();
+        assert_eq!((counts.done, counts.queued + counts.processing), (0, 1));
+        // Its dedup key went with it.
+        assert_eq!(
+            inbox.push(job("dave", 1, "sales")).await.unwrap(),
+            Pushed::Queued
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_data_dir_serves_one_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteInbox::open(dir.path(), 16, None).unwrap();
+    let err = SqliteInbox::open(dir.path(), 16, None).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another wecom-gateway"),
+        "{err}"
+    );
+    drop(first);
+    SqliteInbox::open(dir.path(), 16, None).expect("free again once the first is gone");
+}
+
+#[tokio::test]
+async fn only_a_window_of_the_backlog_is_held_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |inbox| {
+        for i in 0..200 {
+            inbox
+                .push(job(&format!("user{i}"), i, "sales"))
+                .await
+                .unwrap();
+        }
+        // Take one job to be sure the feeder has run; the window never exceeds its capacity (16).
+        let j = inbox.next().await.unwrap();
+        assert!(inbox.len() <= 16 + 1, "{} jobs in memory", inbox.len());
+        assert_eq!(inbox.counts().await.unwrap().queued, 199);
+        inbox.finish(&j, Outcome::Done).await;
+    })
+    .await;
+}

@@ -3,60 +3,9 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-
+use support::process::*;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wecom-gateway");
-
-fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
-    cmd.env_clear()
-        .env("WECOM_CALLBACK_DATA_DIR", data_dir)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "debug")
-        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
-        .env("WECOM_CALLBACK_PORT", "0")
-        .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
-        .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
-        .env("WECOM_CALLBACK_AGENT_ID", APP_A.agent_id.to_string())
-        .env("WECOM_CALLBACK_TOKEN", APP_A.token)
-        .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key)
-        .env("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan")
-        .env("WECOM_CALLBACK_API_BASE_URL", api_base_url);
-}
-
-/// Start the binary and wait for its "listening on ADDR" line. Every stderr line is kept.
-async fn start(cmd: &mut Command) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = tokio::time::timeout(WAIT, rx)
-        .await
-        .expect("gateway start in time")
-        .expect("listening line");
-    (child, addr, log)
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
@@ -65,9 +14,10 @@ async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve");
     gateway_env(&mut cmd, &fake.base_url(), dir.path());
-    let (mut child, addr, log) = start(&mut cmd).await;
+    let gw = Gateway::start(&mut cmd).await;
+    let addr = gw.addr.clone();
     let http = reqwest::Client::new();
-    let url = |q: &str| format!("http://{addr}/wecom/callback?{q}");
+    let url = |q: &str| gw.callback_url(q);
 
     // A reply goes out; then the token is revoked so the 40014 refresh path runs (and logs).
     let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "hello", 1));
@@ -124,19 +74,7 @@ async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
     );
 
     // SIGTERM: a clean, successful exit.
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exit in time")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-
-    let text = log.lock().unwrap().join("\n");
+    let text = gw.terminate().await;
     assert!(text.contains("SIGTERM received"), "{text}");
     assert!(
         text.contains("check=\"signature\"") || text.contains("check=signature"),

@@ -2,6 +2,8 @@
 //! 127.0.0.1:0, plus builders for encrypted callbacks.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod process;
+
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,210 @@
+//! Nothing lost, nothing twice, with the real binary: kill -9 mid-reply and restart, memory under a
+//! large backlog, and a store that cannot take more.
+
+mod support;
+
+use futures::StreamExt;
+use support::process::*;
+use support::*;
+use tokio::process::Command;
+
+fn serve(fake: &FakeWecom, dir: &std::path::Path, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    gateway_env(&mut cmd, &fake.base_url(), dir);
+    cmd.env("WECOM_CALLBACK_ALLOW_ALL_USERS", "true");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The reply text for message `n`: about 5.4 KB, so three chunks, tagged so it can be recognised.
+fn long_text(n: u64) -> String {
+    format!("[{n}]{}", "企".repeat(1800))
+}
+
+#[tokio::test]
+async fn kill_9_mid_reply_then_restart_every_message_answered_exactly_once() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("WECOM_CALLBACK_WORKERS", "2"),
+        ("WECOM_CALLBACK_AGENT__DELAY_MS", "100"),
+    ];
+    // After five chunks are delivered, WeCom "stops answering": sends in flight hang, undelivered.
+    fake.hang_from(5);
+    let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
+    let http = reqwest::Client::new();
+    let users = ["u1", "u2", "u3"];
+    for n in 1..=6u64 {
+        let user = users[(n as usize - 1) % 3];
+        let (q, body) = APP_A.callback(&APP_A.text_xml(user, &long_text(n), n));
+        assert_eq!(
+            http.post(gw.callback_url(&q))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // Both workers are stuck mid-reply (chunks recorded, some sent): kill -9 now.
+    fake.wait_for_hung(2).await;
+    let first_log = gw.kill9().await;
+    assert_eq!(fake.sends().len(), 5);
+
+    fake.release();
+    let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
+    fake.wait_for_sends(18).await;
+    let log = gw.terminate().await;
+
+    // Exactly 18 chunks in all, and each user's chunks, in order, spell their two replies.
+    let sends = fake.sends();
+    assert_eq!(sends.len(), 18, "no chunk twice");
+    for (i, user) in users.iter().enumerate() {
+        let got: String = sends
+            .iter()
+            .filter(|s| s.touser() == *user)
+            .map(|s| s.content())
+            .collect();
+        let n = i as u64 + 1;
+        assert_eq!(
+            got,
+            format!("{}{}", long_text(n), long_text(n + 3)),
+            "{user}'s replies"
+        );
+    }
+    for s in &sends {
+        assert!(s.content().len() <= 2048);
+    }
+    // The interrupted replies were resumed from the outbox, not asked of the agent again.
+    let resumed: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("resuming a recorded reply"))
+        .filter_map(|l| {
+            l.split("job=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(resumed.len(), 2, "two replies were cut short:\n{log}");
+    for job in &resumed {
+        let asked = log
+            .lines()
+            .any(|l| l.contains("asking the agent") && l.contains(&format!("job={job} ")));
+        assert!(!asked, "agent asked again for job {job}:\n{log}");
+        assert!(
+            first_log.contains(&format!("job={job} ")),
+            "job {job} began before the kill"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_queued_messages_keep_memory_flat() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The agent never answers in time: everything queues up.
+    let env = [
+        ("WECOM_CALLBACK_WORKERS", "1"),
+        ("WECOM_CALLBACK_AGENT__DELAY_MS", "3600000"),
+        ("RUST_LOG", "info"),
+    ];
+    let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
+    let http = reqwest::Client::new();
+    let post_range = |range: std::ops::Range<u64>| {
+        let (http, gw) = (&http, &gw);
+        futures::stream::iter(range)
+            .map(move |n| async move {
+                let (q, body) = APP_A.callback(&APP_A.text_xml(
+                    &format!("user{}", n % 500),
+                    &format!("message number {n}"),
+                    n,
+                ));
+                http.post(gw.callback_url(&q))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+    };
+    let statuses = post_range(0..1_000).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let rss_1k = gw.rss_kib();
+    let statuses = post_range(1_000..10_000).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let rss_10k = gw.rss_kib();
+    eprintln!("RSS with 1,000 queued: {rss_1k} KiB; with 10,000 queued: {rss_10k} KiB");
+    // Nine thousand more messages (about 3 MB of XML) may not show up in memory.
+    assert!(
+        rss_10k < rss_1k + 16 * 1024,
+        "RSS grew from {rss_1k} KiB to {rss_10k} KiB"
+    );
+    gw.kill9().await;
+}
+
+#[tokio::test]
+async fn a_full_store_answers_500_and_says_why() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("WECOM_CALLBACK_MAX_STORE_MB", "1"),
+        ("WECOM_CALLBACK_AGENT__DELAY_MS", "3600000"),
+    ];
+    let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
+    let http = reqwest::Client::new();
+    let mut accepted = 0;
+    let mut refused = None;
+    for n in 0..20_000u64 {
+        let (q, body) = APP_A.callback(&APP_A.text_xml("u", &"x".repeat(400), n));
+        let resp = http
+            .post(gw.callback_url(&q))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => accepted += 1,
+            500 => {
+                refused = Some(resp.text().await.unwrap());
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let body = refused.expect("the store filled up and a callback was refused");
+    assert!(
+        accepted > 100,
+        "{accepted} accepted before the store was full"
+    );
+    assert!(body.contains("store"), "{body}");
+    let log = gw.kill9().await;
+    assert!(
+        log.contains("database or disk is full"),
+        "the log says why:\n{log}"
+    );
+    assert!(
+        log.contains("check=\"inbox\"") && log.contains("status=500"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_data_dir_stops_start_up_with_a_clear_error() {
+    let fake = FakeWecom::start().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = serve(&fake, file.path(), &[]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data_dir") && err.contains(&file.path().display().to_string()),
+        "{err}"
+    );
+}

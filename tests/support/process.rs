@@ -1,0 +1,110 @@
+//! The real binary as a child process: start it, read its log, stop or kill it.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{APP_A, WAIT};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wecom-gateway");
+
+/// Environment for a single-app gateway (app A) on 127.0.0.1:0 with `data_dir`, debug logs, and
+/// only `zhangsan` allowed. Tests add or override variables.
+pub fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "debug")
+        .env("WECOM_CALLBACK_DATA_DIR", data_dir)
+        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
+        .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
+        .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
+        .env("WECOM_CALLBACK_AGENT_ID", APP_A.agent_id.to_string())
+        .env("WECOM_CALLBACK_TOKEN", APP_A.token)
+        .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key)
+        .env("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan")
+        .env("WECOM_CALLBACK_API_BASE_URL", api_base_url);
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Start the binary and wait for its "listening on ADDR" line. Every stderr line is kept.
+    pub async fn start(cmd: &mut Command) -> Gateway {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!("gateway did not start:\n{}", log.lock().unwrap().join("\n")),
+        };
+        Gateway { child, addr, log }
+    }
+
+    pub fn callback_url(&self, query: &str) -> String {
+        format!("http://{}/wecom/callback?{query}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait for a successful exit.
+    pub async fn terminate(mut self) -> String {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exit in time")
+            .expect("wait");
+        assert!(status.success(), "exit status {status:?}\n{}", self.log());
+        self.log()
+    }
+
+    /// SIGKILL: the process dies on the spot, as in a crash or an OOM kill.
+    pub async fn kill9(mut self) -> String {
+        self.child.kill().await.expect("kill -9");
+        self.log()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+}

@@ -22,7 +22,11 @@ const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let requests: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20_000);
+    let requests: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(20_000);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
     let dir = tempfile::tempdir()?;
     let config = Config {
@@ -37,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
             token: TOKEN.into(),
             encoding_aes_key: KEY.into(),
         }],
-        allowlist: Allowlist { allow_all: true, users: vec![] },
+        allowlist: Allowlist {
+            allow_all: true,
+            users: vec![],
+        },
         api_base_url: "http://127.0.0.1:9".into(),
         workers: 1,
         queue_capacity: 1024,
@@ -48,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         data_dir: dir.path().to_path_buf(),
         retention_days: 7,
         max_store_mb: 0,
-        agent: AgentConfig { kind: AgentKind::Echo, delay_ms: 3_600_000 },
+        agent: AgentConfig {
+            kind: AgentKind::Echo,
+            delay_ms: 3_600_000,
+        },
     };
     let app = Application::build(config).await?;
     let base = format!("http://{}/wecom/callback", app.local_addr());
@@ -72,9 +82,13 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect(),
     );
-    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
 
-    println!("requests: {requests}, concurrency: {concurrency}, store: SQLite WAL synchronous=FULL");
+    println!(
+        "requests: {requests}, concurrency: {concurrency}, store: SQLite WAL synchronous=FULL"
+    );
     for round in ["new messages (durable insert)", "same again (dedup hits)"] {
         let started = Instant::now();
         let latencies: Vec<Duration> = futures::stream::iter(0..requests)
@@ -83,7 +97,12 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     let (url, body) = &callbacks[i];
                     let t = Instant::now();
-                    let status = http.post(url).body(body.clone()).send().await.map(|r| r.status().as_u16());
+                    let status = http
+                        .post(url)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
                     assert_eq!(status.ok(), Some(200), "request {i} not acknowledged");
                     t.elapsed()
                 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use wecom_gateway::config::{AgentConfig, AgentKind, Allowlist, AppConfig, Config, StoreKind};
+use wecom_gateway::config::Config;
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::Application;
 
@@ -29,37 +29,24 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(20_000);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
     let dir = tempfile::tempdir()?;
-    let config = Config {
-        host: "127.0.0.1".parse()?,
-        port: 0,
-        path: "/wecom/callback".into(),
-        apps: vec![AppConfig {
-            name: "load".into(),
-            corp_id: CORP.into(),
-            corp_secret: "unused".into(),
-            agent_id: 1000002,
-            token: TOKEN.into(),
-            encoding_aes_key: KEY.into(),
-        }],
-        allowlist: Allowlist {
-            allow_all: true,
-            users: vec![],
-        },
-        api_base_url: "http://127.0.0.1:9".into(),
-        workers: 1,
-        queue_capacity: 1024,
-        max_body_bytes: 65536,
-        shutdown_grace_secs: 0,
-        http_timeout_secs: 5,
-        store: StoreKind::Sqlite,
-        data_dir: dir.path().to_path_buf(),
-        retention_days: 7,
-        max_store_mb: 0,
-        agent: AgentConfig {
-            kind: AgentKind::Echo,
-            delay_ms: 3_600_000,
-        },
-    };
+    let env = [
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", "0".to_owned()),
+        ("CORP_ID", CORP.to_owned()),
+        ("CORP_SECRET", "unused".to_owned()),
+        ("AGENT_ID", "1000002".to_owned()),
+        ("TOKEN", TOKEN.to_owned()),
+        ("ENCODING_AES_KEY", KEY.to_owned()),
+        ("ALLOW_ALL_USERS", "true".to_owned()),
+        ("API_BASE_URL", "http://127.0.0.1:9".to_owned()),
+        ("WORKERS", "1".to_owned()),
+        ("SHUTDOWN_GRACE_SECS", "0".to_owned()),
+        ("DATA_DIR", dir.path().display().to_string()),
+        // An agent that never answers: only the acknowledgement path is measured.
+        ("AGENT__DELAY_MS", "3600000".to_owned()),
+    ]
+    .map(|(k, v)| (format!("WECOM_CALLBACK_{k}"), v));
+    let (config, _) = Config::load(None, env)?;
     let app = Application::build(config).await?;
     let base = format!("http://{}/wecom/callback", app.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -16,7 +16,10 @@ use figment::value::Value;
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::AesKey;
+use crate::outbound::ratelimit::Limit;
+use crate::outbound::retry::RetryPolicy;
 
 pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
@@ -46,9 +49,18 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "retention_days",
     "max_store_mb",
     "agent",
+    "bots",
+    "api",
+    "api_tokens",
+    "limits",
+    "retry",
     "platforms",
 ];
 const AGENT_KEYS: &[&str] = &["kind", "delay_ms"];
+const BOT_KEYS: &[&str] = &["name", "webhook_url", "secret"];
+const API_KEYS: &[&str] = &["tokens"];
+const LIMIT_KEYS: &[&str] = &["member", "bot"];
+const RETRY_KEYS: &[&str] = &["max_attempts", "base_ms", "max_ms"];
 const APP_KEYS: &[&str] = &[
     "name",
     "corp_id",
@@ -145,6 +157,15 @@ pub struct Config {
     /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 500.
     pub max_store_mb: u64,
     pub agent: AgentConfig,
+    /// Group robots by name.
+    pub bots: Vec<Bot>,
+    /// Bearer tokens for /api; the API is off when there are none.
+    pub api_tokens: Vec<SecretString>,
+    /// Per app member (WeCom: 30 a minute, 1000 an hour).
+    pub member_limits: Vec<Limit>,
+    /// Per group robot (WeCom: 20 a minute).
+    pub bot_limits: Vec<Limit>,
+    pub retry: RetryPolicy,
 }
 
 /// Where the configuration came from, for the start-up log.
@@ -268,6 +289,35 @@ impl Config {
         let _ = writeln!(out, "agent:");
         let _ = writeln!(out, "  kind: echo");
         let _ = writeln!(out, "  delay_ms: {}", self.agent.delay_ms);
+        let _ = writeln!(out, "api:");
+        let _ = writeln!(
+            out,
+            "  tokens: {} configured{}",
+            self.api_tokens.len(),
+            if self.api_tokens.is_empty() {
+                " (the /api endpoints are off)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "limits:");
+        let show = |l: &[Limit]| {
+            l.iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "  member: [{}]", show(&self.member_limits));
+        let _ = writeln!(out, "  bot: [{}]", show(&self.bot_limits));
+        let _ = writeln!(out, "retry:");
+        let _ = writeln!(out, "  max_attempts: {}", self.retry.max_attempts);
+        let _ = writeln!(out, "  base_ms: {}", self.retry.base.as_millis());
+        let _ = writeln!(out, "  max_ms: {}", self.retry.max.as_millis());
+        let _ = writeln!(out, "bots:");
+        for bot in &self.bots {
+            let _ = writeln!(out, "  - name: {}", bot.name);
+            let _ = writeln!(out, "    webhook_url: {REDACTED_WEBHOOK}");
+        }
         let _ = writeln!(out, "apps:");
         for app in &self.apps {
             let _ = writeln!(out, "  - name: {}", app.name);
@@ -279,6 +329,107 @@ impl Config {
         }
         out
     }
+}
+
+/// A mapping section (`agent:`, `api:`, ...), empty when absent; anything else is an error.
+fn section(
+    root: &BTreeMap<String, Value>,
+    key: &str,
+    known: &[&str],
+    r: &mut Reader<'_>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, Value> {
+    match root.get(key) {
+        None | Some(Value::Empty(..)) => BTreeMap::new(),
+        Some(Value::Dict(_, d)) => {
+            let d: BTreeMap<String, Value> =
+                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            warn_unknown(&d, known, &format!("{key}."), warnings);
+            d
+        }
+        Some(other) => {
+            r.err(key, format!("must be a mapping, got {}", other.to_actual()));
+            BTreeMap::new()
+        }
+    }
+}
+
+fn read_limits(
+    map: &BTreeMap<String, Value>,
+    key: &str,
+    r: &mut Reader<'_>,
+    default: Vec<Limit>,
+) -> Vec<Limit> {
+    if !map.contains_key(key) {
+        return default;
+    }
+    let field = format!("limits.{key}");
+    let mut limits = Vec::new();
+    for (i, text) in r.list(map, key, &field).into_iter().enumerate() {
+        match Limit::parse(&text) {
+            Ok(l) => limits.push(l),
+            Err(e) => r.err(&format!("{field}[{i}]"), e),
+        }
+    }
+    if limits.is_empty() {
+        default
+    } else {
+        limits
+    }
+}
+
+fn read_bots(
+    root: &BTreeMap<String, Value>,
+    r: &mut Reader<'_>,
+    warnings: &mut Vec<String>,
+) -> Vec<Bot> {
+    let list = match root.get("bots") {
+        None | Some(Value::Empty(..)) => return Vec::new(),
+        Some(Value::Array(_, list)) => list,
+        Some(other) => {
+            r.err("bots", format!("must be a list, got {}", other.to_actual()));
+            return Vec::new();
+        }
+    };
+    let mut bots: Vec<Bot> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let prefix = format!("bots[{i}].");
+        let Value::Dict(_, d) = v else {
+            r.err(
+                &format!("bots[{i}]"),
+                format!("must be a mapping, got {}", v.to_actual()),
+            );
+            continue;
+        };
+        let d: BTreeMap<String, Value> = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        warn_unknown(&d, BOT_KEYS, &prefix, warnings);
+        if d.contains_key("secret") {
+            warnings.push(format!(
+                "{prefix}secret: WeCom group robots have no signing secret; the field is ignored"
+            ));
+        }
+        let name = r.required(&d, "name", &format!("{prefix}name"));
+        let key = r
+            .required(&d, "webhook_url", &format!("{prefix}webhook_url"))
+            .and_then(|url| match webhook_key(&url) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    // Never echo the URL: it is the robot's password.
+                    r.err(&format!("{prefix}webhook_url"), e);
+                    None
+                }
+            });
+        if let (Some(name), Some(key)) = (name, key) {
+            if let Some(j) = bots.iter().position(|b| b.name == name) {
+                r.err(
+                    &format!("{prefix}name"),
+                    format!("{name:?} is already used by bots[{j}]"),
+                );
+            }
+            bots.push(Bot::new(name, SecretString::from(key)));
+        }
+    }
+    bots
 }
 
 fn insert_nested(map: &mut BTreeMap<String, Value>, path: &[&str], value: String) {
@@ -595,6 +746,44 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
             None
         }
     };
+    let bots = read_bots(root, &mut r, &mut warnings);
+    let api = section(root, "api", API_KEYS, &mut r, &mut warnings);
+    let mut api_tokens = r.list(&api, "tokens", "api.tokens");
+    api_tokens.extend(r.list(root, "api_tokens", "api_tokens"));
+    let limits = section(root, "limits", LIMIT_KEYS, &mut r, &mut warnings);
+    let member_limits = read_limits(
+        &limits,
+        "member",
+        &mut r,
+        crate::outbound::default_member_limits(),
+    );
+    let bot_limits = read_limits(
+        &limits,
+        "bot",
+        &mut r,
+        crate::outbound::default_bot_limits(),
+    );
+    let retry_map = section(root, "retry", RETRY_KEYS, &mut r, &mut warnings);
+    let default_retry = RetryPolicy::default();
+    let retry = (|| {
+        let max_attempts = match retry_map.contains_key("max_attempts") {
+            true => r.number::<u32>(&retry_map, "max_attempts", "retry.max_attempts", 1, 100)?,
+            false => default_retry.max_attempts,
+        };
+        let base_ms = match retry_map.contains_key("base_ms") {
+            true => r.number::<u64>(&retry_map, "base_ms", "retry.base_ms", 1, 3_600_000)?,
+            false => default_retry.base.as_millis() as u64,
+        };
+        let max_ms = match retry_map.contains_key("max_ms") {
+            true => r.number::<u64>(&retry_map, "max_ms", "retry.max_ms", 1, 86_400_000)?,
+            false => default_retry.max.as_millis() as u64,
+        };
+        Some(RetryPolicy {
+            max_attempts,
+            base: std::time::Duration::from_millis(base_ms),
+            max: std::time::Duration::from_millis(max_ms.max(base_ms)),
+        })
+    })();
     let users = r.list(root, "allowed_users", "allowed_users");
     for (i, u) in users.iter().enumerate() {
         if u.split(':').count() > 2 || u.starts_with(':') || u.ends_with(':') {
@@ -697,6 +886,7 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
         Some(retention_days),
         Some(max_store_mb),
         Some(agent),
+        Some(retry),
     ) = (
         host,
         port,
@@ -712,6 +902,7 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
         retention_days,
         max_store_mb,
         agent,
+        retry,
     )
     else {
         return Err(ConfigErrors(vec!["configuration is incomplete".into()]));
@@ -733,6 +924,11 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
         retention_days,
         max_store_mb,
         agent,
+        bots,
+        api_tokens: api_tokens.into_iter().map(SecretString::from).collect(),
+        member_limits,
+        bot_limits,
+        retry,
     };
     Ok((config, warnings))
 }

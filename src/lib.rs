@@ -5,11 +5,13 @@
 
 pub mod agent;
 pub mod app;
+pub mod bots;
 pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod inbox;
 pub mod message;
+pub mod outbound;
 pub mod wecom;
 pub mod worker;
 mod xml;
@@ -26,6 +28,7 @@ use crate::agent::{Agent, EchoAgent};
 use crate::app::Apps;
 use crate::config::{AgentKind, Config, StoreKind};
 use crate::inbox::{Inbox, MemoryInbox, SqliteInbox};
+use crate::outbound::{Dispatcher, Outbound};
 use crate::wecom::WecomClient;
 use crate::worker::Worker;
 
@@ -55,6 +58,7 @@ pub struct Application {
     apps: Apps,
     inbox: Arc<dyn Inbox>,
     worker: Worker,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Application {
@@ -99,10 +103,27 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
+        let outbound = Arc::new(Outbound::new(
+            client,
+            config.retry,
+            config.member_limits.clone(),
+            config.bot_limits.clone(),
+        ));
+        let bots = config
+            .bots
+            .iter()
+            .map(|b| (b.name.clone(), b.clone()))
+            .collect();
+        let dispatcher = Arc::new(Dispatcher::new(
+            outbound.clone(),
+            inbox.clone(),
+            apps.clone(),
+            Arc::new(bots),
+        ));
         let worker = Worker {
             inbox: inbox.clone(),
             agent,
-            client,
+            outbound,
             apps: apps.clone(),
         };
         Ok(Application {
@@ -112,6 +133,7 @@ impl Application {
             apps,
             inbox,
             worker,
+            dispatcher,
         })
     }
 
@@ -133,6 +155,7 @@ impl Application {
             apps,
             inbox,
             worker,
+            dispatcher,
         } = self;
         let mut workers = JoinSet::new();
         for _ in 0..config.workers {
@@ -147,7 +170,16 @@ impl Application {
             apps: apps.clone(),
             inbox: inbox.clone(),
             allowlist: Arc::new(config.allowlist.clone()),
+            dispatcher: dispatcher.clone(),
+            api_tokens: Arc::new(config.api_tokens.clone()),
         };
+        match dispatcher.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "resuming stored deliveries"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read stored deliveries; they are retried at the next start")
+            }
+        }
         let router = http::router(state, &config.path, config.max_body_bytes);
         let names: Vec<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
         tracing::info!(%local_addr, path = %config.path, apps = ?names, workers = config.workers, "wecom-gateway listening on {local_addr}");
@@ -167,11 +199,14 @@ impl Application {
                 "shutting down: letting messages in progress finish"
             );
         }
+        // Replies and pushes in progress share one grace period.
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let drained = tokio::time::timeout(grace, async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await;
+        let (drained, ()) = tokio::join!(
+            tokio::time::timeout(grace, async {
+                while workers.join_next().await.is_some() {}
+            }),
+            dispatcher.close(grace),
+        );
         if drained.is_err() {
             let left = inbox.len();
             workers.abort_all();

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use wecom_gateway::bots::Alert;
 use wecom_gateway::config::{Config, Loaded};
+use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
 #[derive(Parser)]
@@ -33,9 +35,26 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Group robots (群机器人).
+    Bot {
+        #[command(subcommand)]
+        command: BotCommand,
+    },
     /// Load and validate the configuration, print it with secrets hidden, and exit.
     CheckConfig {
         /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG; without either, environment only).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BotCommand {
+    /// Post "[INFO] wecom-gateway test" to a configured robot and say whether WeCom accepted it.
+    Test {
+        /// The robot's name in the bots: list.
+        name: String,
+        /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -59,6 +78,9 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::Health { url } => health(url),
+        Command::Bot {
+            command: BotCommand::Test { name, config },
+        } => bot_test(&name, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,4 +145,37 @@ fn health(url: Option<String>) -> anyhow::Result<()> {
         println!("ok");
         Ok(())
     })
+}
+
+fn bot_test(name: &str, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, _) = load(path)?;
+    let Some(bot) = config.bots.iter().find(|b| b.name == name) else {
+        let names: Vec<&str> = config.bots.iter().map(|b| b.name.as_str()).collect();
+        anyhow::bail!("no robot named {name:?} in bots: (configured: {names:?})");
+    };
+    let client = WecomClient::new(
+        &config.api_base_url,
+        std::time::Duration::from_secs(config.http_timeout_secs),
+    )?;
+    let message = BotMessage::Text {
+        content: Alert {
+            subject: "wecom-gateway test".into(),
+            ..Alert::default()
+        }
+        .text(),
+        mentioned_list: Vec::new(),
+        mentioned_mobile_list: Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(client.send_bot(bot.key(), &message)) {
+        Ok(()) => {
+            println!("robot {name}: accepted by WeCom (errcode 0)");
+            Ok(())
+        }
+        // The error's text carries WeCom's errcode, errmsg and a hint; never the webhook URL.
+        Err(e) => anyhow::bail!("robot {name}: not delivered: {e}"),
+    }
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use crate::agent::{Agent, Turn};
 use crate::app::Apps;
 use crate::inbox::{Chunk, Inbox, Job, Outcome};
-use crate::wecom::{split_utf8, WecomClient, TEXT_MAX_BYTES};
+use crate::outbound::Outbound;
+use crate::wecom::{split_utf8, AppMessage, TEXT_MAX_BYTES};
 
 #[derive(Clone)]
 pub struct Worker {
     pub inbox: Arc<dyn Inbox>,
     pub agent: Arc<dyn Agent>,
-    pub client: WecomClient,
+    pub outbound: Arc<Outbound>,
     pub apps: Apps,
 }
 
@@ -82,10 +83,18 @@ impl Worker {
             }
         };
         let total = chunks.len();
+        // One reply at a time per member: pushes to the same member wait until this one is out.
+        let _turn = self
+            .outbound
+            .lock(&Outbound::member_key(app, &msg.from_user_name))
+            .await;
         for chunk in chunks.iter().filter(|c| !c.sent) {
+            let message = AppMessage::Text {
+                content: chunk.content.clone(),
+            };
             match self
-                .client
-                .send_text(app, &msg.from_user_name, &chunk.content)
+                .outbound
+                .send_app(app, &msg.from_user_name, &message)
                 .await
             {
                 Ok(receipt) => {
@@ -96,11 +105,14 @@ impl Worker {
                         tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                     }
                 }
-                Err(e) => {
+                Err(failure) => {
                     // Later pieces are not sent: a reply with a hole in the middle reads worse than
                     // one that stops.
-                    tracing::error!(job = job.id, app = %app.config.name, user = %job.user_key, piece = chunk.seq + 1, of = total, errcode = e.errcode(), error = %e, "message/send failed");
-                    return Outcome::Failed(format!("piece {} of {total}: {e}", chunk.seq + 1));
+                    tracing::error!(job = job.id, app = %app.config.name, user = %job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
+                    return Outcome::Failed(format!(
+                        "piece {} of {total}: {failure}",
+                        chunk.seq + 1
+                    ));
                 }
             }
         }

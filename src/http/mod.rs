@@ -3,6 +3,7 @@
 //! Must never: answer 5xx for a client's mistake, or log query strings (the span records method and
 //! path only).
 
+pub mod api;
 pub mod callback;
 pub mod health;
 
@@ -14,9 +15,12 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
+use secrecy::SecretString;
+
 use crate::app::Apps;
 use crate::config::Allowlist;
 use crate::inbox::Inbox;
+use crate::outbound::Dispatcher;
 
 /// What every handler can see.
 #[derive(Clone)]
@@ -24,18 +28,25 @@ pub struct AppState {
     pub apps: Apps,
     pub inbox: Arc<dyn Inbox>,
     pub allowlist: Arc<Allowlist>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Bearer tokens for /api; empty means the API is off.
+    pub api_tokens: Arc<Vec<SecretString>>,
 }
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
     });
-    Router::new()
+    let mut router = Router::new()
         .route(
             callback_path,
             get(callback::verify_url).post(callback::receive),
         )
-        .route("/health", get(health::health))
+        .route("/health", get(health::health));
+    if !state.api_tokens.is_empty() {
+        router = router.nest("/api/v1", api::routes(state.clone()));
+    }
+    router
         .with_state(state)
         // tower-http enforces the limit (413), including for bodies without Content-Length.
         .layer(DefaultBodyLimit::disable())

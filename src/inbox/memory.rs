@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
-use super::{Inbox, InboxError, Job, NewJob, Outcome, Pushed};
+use super::{DeliveryStatus, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery};
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
 const DEDUP_MEMORY: usize = 100_000;
@@ -19,6 +19,7 @@ struct Seen {
     keys: HashSet<String>,
     order: VecDeque<String>,
     routes: HashMap<String, String>,
+    deliveries: std::collections::BTreeMap<i64, (StoredDelivery, DeliveryStatus)>,
     next_id: u64,
     closed: bool,
 }
@@ -117,6 +118,63 @@ impl Inbox for MemoryInbox {
 
     async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
         Ok(self.lock().routes.get(user_key).cloned())
+    }
+
+    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError> {
+        let mut seen = self.lock();
+        let mut ids = Vec::new();
+        for (target, payload) in items {
+            seen.next_id += 1;
+            let id = seen.next_id as i64;
+            let status = DeliveryStatus {
+                id,
+                target: target.clone(),
+                state: "queued".into(),
+                attempts: 0,
+                error: None,
+            };
+            seen.deliveries.insert(
+                id,
+                (
+                    StoredDelivery {
+                        id,
+                        target,
+                        payload,
+                    },
+                    status,
+                ),
+            );
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+        Ok(self
+            .lock()
+            .deliveries
+            .values()
+            .filter(|(_, s)| s.state == "queued")
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<(), InboxError> {
+        if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
+            status.state = if error.is_some() { "failed" } else { "sent" }.into();
+            status.attempts = attempts;
+            status.error = error;
+        }
+        Ok(())
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+        Ok(self.lock().deliveries.get(&id).map(|(_, s)| s.clone()))
     }
 
     fn close(&self) {

@@ -61,6 +61,27 @@ pub enum Pushed {
     Duplicate,
 }
 
+/// A push (notification or API message) stored for delivery: one WeCom message each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub id: i64,
+    /// Where it goes, as `outbound::dispatch` writes it.
+    pub target: String,
+    /// The message as JSON, as `outbound::dispatch` writes it.
+    pub payload: String,
+}
+
+/// What became of a delivery, for the status API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryStatus {
+    pub id: i64,
+    pub target: String,
+    /// `queued`, `sent` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -94,6 +115,18 @@ pub trait Inbox: Send + Sync + 'static {
     async fn finish(&self, job: &Job, outcome: Outcome);
     /// The app `user_key` last wrote through.
     async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
+    /// Store pushes for delivery, in order, before they are acknowledged; returns their ids.
+    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError>;
+    /// Deliveries not yet sent or failed (after a restart), in id order.
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError>;
+    /// A delivery is over: sent (`error` None) or failed.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<(), InboxError>;
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError>;
     /// Delete finished messages (and so their dedup keys) received before `cutoff_ms` (Unix ms).
     async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
         let _ = cutoff_ms;

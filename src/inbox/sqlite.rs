@@ -22,7 +22,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
 use super::schedule::{OnClose, Window};
-use super::{now_ms, Chunk, Inbox, InboxError, Job, NewJob, Outcome, Pushed};
+use super::{
+    now_ms, Chunk, DeliveryStatus, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery,
+};
 use crate::message::InboundMessage;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
@@ -63,6 +65,19 @@ const MIGRATIONS: &[&str] = &[
         app        TEXT NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 2: pushes from the API and alerting, one WeCom message per row, delivered in id order.
+    "CREATE TABLE deliveries (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        target     TEXT    NOT NULL,
+        payload    TEXT    NOT NULL,
+        state      TEXT    NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        error      TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_queued ON deliveries (state, id);
+    CREATE INDEX deliveries_finished ON deliveries (state, updated_at);",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
@@ -611,21 +626,104 @@ impl Inbox for SqliteInbox {
             .await
     }
 
+    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError> {
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
+                     VALUES (?1, ?2, 'queued', ?3, ?3)",
+                )?;
+                let mut ids = Vec::with_capacity(items.len());
+                for (target, payload) in &items {
+                    stmt.execute(params![target, payload, now])?;
+                    ids.push(c.last_insert_rowid());
+                }
+                Ok(ids)
+            })
+            .await
+    }
+
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, target, payload FROM deliveries WHERE state = 'queued' ORDER BY id",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(StoredDelivery {
+                        id: r.get(0)?,
+                        target: r.get(1)?,
+                        payload: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<(), InboxError> {
+        self.db
+            .write(move |c| {
+                let state = if error.is_some() { "failed" } else { "sent" };
+                c.prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+                )?
+                .execute(params![id, state, attempts, error, now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(DeliveryStatus {
+                            id: r.get(0)?,
+                            target: r.get(1)?,
+                            state: r.get(2)?,
+                            attempts: r.get(3)?,
+                            error: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()
+            })
+            .await
+    }
+
     async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
         let mut total = 0;
         loop {
             let n = self
                 .db
                 .write(move |c| {
-                    c.prepare_cached(
-                        "DELETE FROM inbox WHERE id IN (
-                             SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
-                    )?
-                    .execute(params![cutoff_ms, PRUNE_BATCH as i64])
+                    let inbox = c
+                        .prepare_cached(
+                            "DELETE FROM inbox WHERE id IN (
+                                 SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
+                    let deliveries = c
+                        .prepare_cached(
+                            "DELETE FROM deliveries WHERE id IN (
+                                 SELECT id FROM deliveries WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
+                    Ok((inbox, deliveries))
                 })
                 .await?;
-            total += n;
-            if n < PRUNE_BATCH {
+            total += n.0 + n.1;
+            if n.0 < PRUNE_BATCH && n.1 < PRUNE_BATCH {
                 return Ok(total);
             }
         }

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::{classify, ApiError, ErrcodeClass};
+use super::payload::{AppMessage, BotMessage};
 use super::token::AccessToken;
 use crate::app::App;
 
@@ -113,19 +114,14 @@ impl WecomClient {
         }
     }
 
-    /// Send one text message (at most 2048 bytes; split before calling) to one member.
-    pub async fn send_text(
+    /// Send one message (already within WeCom's limits: see `AppMessage::into_pieces`) to one member.
+    pub async fn send_app(
         &self,
         app: &App,
         touser: &str,
-        content: &str,
+        message: &AppMessage,
     ) -> Result<SendReceipt, ApiError> {
-        let body = json!({
-            "touser": touser,
-            "msgtype": "text",
-            "agentid": app.config.agent_id,
-            "text": { "content": content },
-        });
+        let body = message.body(touser, app.config.agent_id);
         let rest = self.post_json(app, "/cgi-bin/message/send", &body).await?;
         let invalid_users = rest
             .get("invaliduser")
@@ -141,6 +137,36 @@ impl WecomClient {
             msgid: rest.get("msgid").and_then(Value::as_str).map(str::to_owned),
             invalid_users,
         })
+    }
+
+    /// Send one text message (at most 2048 bytes) to one member.
+    pub async fn send_text(
+        &self,
+        app: &App,
+        touser: &str,
+        content: &str,
+    ) -> Result<SendReceipt, ApiError> {
+        self.send_app(
+            app,
+            touser,
+            &AppMessage::Text {
+                content: content.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Post one message to a group robot. The key is the robot's only credential: it goes into the
+    /// query string and nowhere else (errors carry no URL).
+    pub async fn send_bot(&self, key: &str, message: &BotMessage) -> Result<(), ApiError> {
+        let url = format!("{}/cgi-bin/webhook/send", self.base_url);
+        let request = self
+            .http
+            .post(url)
+            .query(&[("key", key)])
+            .json(&message.body());
+        read(request.send().await.map_err(ApiError::from_reqwest)?).await?;
+        Ok(())
     }
 }
 

@@ -64,11 +64,30 @@ pub fn hint(errcode: i64) -> Option<&'static str> {
         60011 => "the user is outside the app's visible range (可见范围)",
         60020 => "this server's public IP is not in the app's trusted IPs: add it under 企业可信IP on the app's page",
         81013 => "no valid recipient: the UserID does not exist or is outside the app's visible range",
+        93000 => "the robot's webhook URL is invalid or the robot was removed from the group: copy the webhook URL again from the group's robot settings",
+        40058 => "a field is too long or invalid (markdown at most 4096 bytes, text 2048)",
+        44004 => "the message content is empty",
         _ => return None,
     })
 }
 
 impl ApiError {
+    /// Worth trying again later? Transport failures, timeouts, HTTP 5xx and 429, unreadable answers
+    /// (a proxy's error page) and the transient errcodes. A stale token that survived the client's
+    /// own refresh-and-retry is treated as transient too. Everything else will not heal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Transport(_) | ApiError::Decode(_) => true,
+            ApiError::Http { status } => *status >= 500 || *status == 429,
+            ApiError::WeCom { errcode, .. } => {
+                matches!(
+                    classify(*errcode),
+                    ErrcodeClass::Transient | ErrcodeClass::StaleToken
+                )
+            }
+        }
+    }
+
     pub fn errcode(&self) -> Option<i64> {
         match self {
             ApiError::WeCom { errcode, .. } => Some(*errcode),

@@ -7,9 +7,11 @@
 
 pub mod client;
 pub mod error;
+pub mod payload;
 pub mod split;
 pub mod token;
 
 pub use client::{SendReceipt, WecomClient};
 pub use error::{ApiError, ErrcodeClass};
+pub use payload::{AppMessage, BotMessage, PayloadError, TextCard};
 pub use split::{split_utf8, TEXT_MAX_BYTES};

@@ -29,8 +29,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// One message/send call as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Sent {
+    /// The access token for message/send, the webhook key for robots.
     pub access_token: String,
     pub body: Value,
+    pub at: std::time::Instant,
 }
 
 impl Sent {
@@ -49,6 +51,9 @@ struct FakeState {
     gettoken_calls: AtomicUsize,
     issued: Mutex<HashSet<String>>,
     sends: Mutex<Vec<Sent>>,
+    robot: Mutex<Vec<Sent>>,
+    /// message/send and webhook/send requests received, answered or not.
+    calls: AtomicUsize,
     /// Answers to use for the next message/send calls, in order, before answering ok.
     scripted: Mutex<VecDeque<Value>>,
     /// Once this many sends were accepted, further sends hang forever and are never recorded.
@@ -63,6 +68,8 @@ impl Default for FakeState {
             gettoken_calls: AtomicUsize::new(0),
             issued: Mutex::default(),
             sends: Mutex::default(),
+            robot: Mutex::default(),
+            calls: AtomicUsize::new(0),
             scripted: Mutex::default(),
             hang_from: AtomicUsize::new(usize::MAX),
             hung: AtomicUsize::new(0),
@@ -89,6 +96,47 @@ struct SendQuery {
     access_token: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+struct WebhookQuery {
+    key: Option<String>,
+}
+
+/// A scripted answer: a JSON body, or `{"http": 502}` for a bare HTTP error status.
+fn scripted(s: &FakeState) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let answer = s.scripted.lock().unwrap().pop_front()?;
+    s.changed.notify_waiters();
+    Some(match answer.get("http").and_then(Value::as_u64) {
+        Some(code) => axum::http::StatusCode::from_u16(code as u16)
+            .unwrap()
+            .into_response(),
+        None => Json(answer).into_response(),
+    })
+}
+
+async fn webhook_send(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<WebhookQuery>,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    let key = q.key.unwrap_or_default();
+    if !key.starts_with("robot-key-") {
+        return Json(json!({"errcode": 93000, "errmsg": "invalid webhook url"})).into_response();
+    }
+    if let Some(answer) = scripted(&s) {
+        return answer;
+    }
+    s.robot.lock().unwrap().push(Sent {
+        access_token: key,
+        body,
+        at: std::time::Instant::now(),
+    });
+    s.changed.notify_waiters();
+    Json(json!({"errcode": 0, "errmsg": "ok"})).into_response()
+}
+
 async fn gettoken(State(s): State<Arc<FakeState>>, Query(q): Query<TokenQuery>) -> Json<Value> {
     let n = s.gettoken_calls.fetch_add(1, Ordering::SeqCst) + 1;
     if q.corpid.is_empty() || q.corpsecret.starts_with("wrong") {
@@ -104,13 +152,15 @@ async fn message_send(
     State(s): State<Arc<FakeState>>,
     Query(q): Query<SendQuery>,
     Json(body): Json<Value>,
-) -> Json<Value> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    s.calls.fetch_add(1, Ordering::SeqCst);
     let token = q.access_token.unwrap_or_default();
     if !s.issued.lock().unwrap().contains(&token) {
-        return Json(json!({"errcode": 40014, "errmsg": "invalid access_token"}));
+        return Json(json!({"errcode": 40014, "errmsg": "invalid access_token"})).into_response();
     }
-    if let Some(answer) = s.scripted.lock().unwrap().pop_front() {
-        return Json(answer);
+    if let Some(answer) = scripted(&s) {
+        return answer;
     }
     if s.sends.lock().unwrap().len() >= s.hang_from.load(Ordering::SeqCst) {
         // Like a request that never reached WeCom: no answer, nothing delivered, ever.
@@ -121,9 +171,10 @@ async fn message_send(
     s.sends.lock().unwrap().push(Sent {
         access_token: token,
         body,
+        at: std::time::Instant::now(),
     });
     s.changed.notify_waiters();
-    Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"}))
+    Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"})).into_response()
 }
 
 impl FakeWecom {
@@ -132,6 +183,7 @@ impl FakeWecom {
         let router = Router::new()
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
+            .route("/cgi-bin/webhook/send", post(webhook_send))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -161,6 +213,35 @@ impl FakeWecom {
 
     pub fn sends(&self) -> Vec<Sent> {
         self.state.sends.lock().unwrap().clone()
+    }
+
+    /// Messages the robots accepted.
+    pub fn robot_messages(&self) -> Vec<Sent> {
+        self.state.robot.lock().unwrap().clone()
+    }
+
+    /// message/send and webhook/send requests received, whatever they were answered.
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Wait until at least `n` robot messages were accepted.
+    pub async fn wait_for_robot(&self, n: usize) -> Vec<Sent> {
+        self.wait_until(
+            || self.robot_messages().len() >= n,
+            &format!("{n} robot messages"),
+        )
+        .await;
+        self.robot_messages()
+    }
+
+    /// Wait until every scripted answer has been used.
+    pub async fn wait_for_script_used(&self) {
+        self.wait_until(
+            || self.state.scripted.lock().unwrap().is_empty(),
+            "the scripted answers to be used",
+        )
+        .await;
     }
 
     /// Make every token issued so far invalid (as WeCom may do early).
@@ -322,6 +403,16 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         agent: AgentConfig {
             kind: AgentKind::Echo,
             delay_ms: 0,
+        },
+        bots: vec![],
+        api_tokens: vec![],
+        member_limits: wecom_gateway::outbound::default_member_limits(),
+        bot_limits: wecom_gateway::outbound::default_bot_limits(),
+        // Fast retries: tests script failures and should not wait seconds for them.
+        retry: wecom_gateway::outbound::retry::RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
         },
     }
 }

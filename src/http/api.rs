@@ -1,0 +1,323 @@
+//! The push API for alerting systems and other services, under /api/v1, behind bearer tokens.
+//!
+//! Owns: request validation (400 naming the problem), 401/404/202 semantics, and turning requests
+//! into stored deliveries.
+//!
+//! Must never: accept a request without a valid token, answer 202 for something not stored, or echo
+//! a token or webhook key.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::bots::{Alert, AlertmanagerPayload};
+use crate::inbox::InboxError;
+use crate::wecom::{AppMessage, BotMessage, TextCard};
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/notify/{bot}", post(notify))
+        .route("/alertmanager/{bot}", post(alertmanager))
+        .route("/send", post(send))
+        .route("/deliveries/{id}", get(delivery))
+        .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!(status = self.0.as_u16(), "api: {}", self.1);
+        } else {
+            tracing::info!(status = self.0.as_u16(), "api request refused: {}", self.1);
+        }
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+fn store_error(e: InboxError) -> ApiError {
+    match e {
+        InboxError::Closed => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+fn accepted(ids: Vec<i64>) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "accepted", "ids": ids })),
+    )
+        .into_response()
+}
+
+/// Parse a JSON body; serde's message names the field and position.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Every token is compared, in constant time, so timing says nothing about which one nearly matched.
+    let ok = state.api_tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(t.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
+    });
+    if !ok || presented.is_empty() {
+        tracing::warn!(path = %request.uri().path(), "api request without a valid bearer token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "missing or invalid bearer token (Authorization: Bearer <token>)" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyBody {
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    subject: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    dedupe_key: String,
+    #[serde(default)]
+    mentioned_list: Vec<String>,
+    #[serde(default)]
+    mentioned_mobile_list: Vec<String>,
+    /// `text` (default) or `markdown`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn submit_to_bot(
+    state: &AppState,
+    bot: &str,
+    message: BotMessage,
+) -> Result<Response, ApiError> {
+    if !state.dispatcher.bots().contains_key(bot) {
+        return Err(not_found(format!("no robot named {bot:?} is configured")));
+    }
+    let pieces = message
+        .into_pieces()
+        .map_err(|e| bad_request(e.to_string()))?;
+    let ids = state
+        .dispatcher
+        .submit_bot(bot, pieces)
+        .await
+        .map_err(store_error)?;
+    Ok(accepted(ids))
+}
+
+/// `POST /api/v1/notify/{bot}`: one alert to a group robot.
+async fn notify(
+    State(state): State<AppState>,
+    Path(bot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NotifyBody = parse(&body)?;
+    if req.subject.trim().is_empty() && req.body.trim().is_empty() {
+        return Err(bad_request("subject or body is required"));
+    }
+    let content = Alert {
+        severity: req.severity,
+        subject: req.subject,
+        body: req.body,
+        source: req.source,
+        dedupe_key: req.dedupe_key,
+    }
+    .text();
+    let message = match req.format.as_deref().unwrap_or("text") {
+        "text" => BotMessage::Text {
+            content,
+            mentioned_list: req.mentioned_list,
+            mentioned_mobile_list: req.mentioned_mobile_list,
+        },
+        "markdown" => BotMessage::Markdown { content },
+        other => {
+            return Err(bad_request(format!(
+                "format: must be text or markdown, got {other:?}"
+            )))
+        }
+    };
+    submit_to_bot(&state, &bot, message).await
+}
+
+/// `POST /api/v1/alertmanager/{bot}`: an Alertmanager webhook; one robot message per alert group.
+async fn alertmanager(
+    State(state): State<AppState>,
+    Path(bot): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let payload: AlertmanagerPayload = parse(&body)?;
+    if payload.alerts.is_empty() {
+        return Err(bad_request("alerts: is empty"));
+    }
+    let message = BotMessage::Text {
+        content: payload.to_alert().text(),
+        mentioned_list: Vec::new(),
+        mentioned_mobile_list: Vec::new(),
+    };
+    submit_to_bot(&state, &bot, message).await
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Users {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    #[serde(default)]
+    app: Option<String>,
+    touser: Users,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    markdown: Option<String>,
+    #[serde(default)]
+    textcard: Option<TextCard>,
+}
+
+/// `POST /api/v1/send`: an app message to members, each delivered within their own rate limit.
+async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: SendBody = parse(&body)?;
+    let users: Vec<String> = match req.touser {
+        Users::One(s) => s
+            .split('|')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Users::Many(v) => v
+            .into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect(),
+    };
+    if users.is_empty() {
+        return Err(bad_request("touser: at least one UserID is required"));
+    }
+    if users.iter().any(|u| u == "@all") {
+        return Err(bad_request(
+            "touser: @all is not supported; list the UserIDs (each is rate-limited on its own)",
+        ));
+    }
+    let message = match (req.text, req.markdown, req.textcard) {
+        (Some(content), None, None) => AppMessage::Text { content },
+        (None, Some(content), None) => AppMessage::Markdown { content },
+        (None, None, Some(card)) => AppMessage::Textcard(card),
+        _ => {
+            return Err(bad_request(
+                "exactly one of text, markdown or textcard is required",
+            ))
+        }
+    };
+    let pieces = message
+        .into_pieces()
+        .map_err(|e| bad_request(e.to_string()))?;
+    let apps = state.dispatcher.apps();
+    let mut ids = Vec::new();
+    // Resolve every user's app first, so a bad request stores nothing.
+    let mut plan = Vec::new();
+    for user in &users {
+        let app = match &req.app {
+            Some(name) => apps
+                .by_name(name)
+                .ok_or_else(|| not_found(format!("no app named {name:?} is configured")))?
+                .config
+                .name
+                .clone(),
+            None => match apps.iter().collect::<Vec<_>>().as_slice() {
+                [only] => only.config.name.clone(),
+                several => {
+                    // The app the user last wrote through, as the store remembers it.
+                    let routed = route_for_user(&state, several, user).await?;
+                    routed.ok_or_else(|| {
+                        bad_request(format!("app: required, several apps are configured and {user:?} has not written to any"))
+                    })?
+                }
+            },
+        };
+        plan.push((app, user.clone()));
+    }
+    for (app, user) in plan {
+        ids.extend(
+            state
+                .dispatcher
+                .submit_app(&app, &user, pieces.clone())
+                .await
+                .map_err(store_error)?,
+        );
+    }
+    Ok(accepted(ids))
+}
+
+/// The app `user` last wrote through, looked up in each corp the configured apps belong to.
+async fn route_for_user(
+    state: &AppState,
+    apps: &[&std::sync::Arc<crate::app::App>],
+    user: &str,
+) -> Result<Option<String>, ApiError> {
+    let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();
+    corps.sort_unstable();
+    corps.dedup();
+    for corp in corps {
+        if let Some(app) = state
+            .inbox
+            .route(&format!("{corp}:{user}"))
+            .await
+            .map_err(store_error)?
+        {
+            return Ok(Some(app));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /api/v1/deliveries/{id}`: what became of a push.
+async fn delivery(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad_request(format!("delivery id must be a number, got {id:?}")))?;
+    match state.inbox.delivery(id).await.map_err(store_error)? {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(not_found(format!("no delivery {id}"))),
+    }
+}

@@ -1,0 +1,191 @@
+//! Sliding-window rate limits: "at most N in any window of length W", WeCom's own rule for group
+//! robots (20 a minute) and for app messages to one member (30 a minute and 1000 an hour).
+//!
+//! Why not `governor`: its GCRA either admits up to 2N-1 in one window (burst N) or spaces every
+//! message W/N apart (burst 1), which would hold the second chunk of a reply back for seconds. This
+//! keeps the last N completion times per key: exact, and bursts up to N go out at once.
+//!
+//! Times are taken when WeCom has answered, so a message cannot arrive inside a window that this
+//! side thought was over. Callers serialise sends per key (one reply or queue at a time).
+//!
+//! Must never: drop a message. A caller over the limit waits for its turn.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// At most `count` sends in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: usize,
+    pub window: Duration,
+}
+
+impl Limit {
+    /// Parse `N/DURATION`, such as `20/1m`, `30/60s`, `1000/1h` or `5/500ms`.
+    pub fn parse(text: &str) -> Result<Limit, String> {
+        let (count, window) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("expected COUNT/DURATION such as 20/1m, got {text:?}"))?;
+        let count: usize = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("count must be a whole number above 0, got {count:?}"))?;
+        let window = window.trim();
+        let split = window
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(window.len());
+        let (number, unit) = window.split_at(split);
+        let number: u64 = number.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!("duration must start with a whole number above 0, got {window:?}")
+        })?;
+        let window = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            "h" => Duration::from_secs(number * 3600),
+            _ => {
+                return Err(format!(
+                    "duration unit must be ms, s, m or h, got {window:?}"
+                ))
+            }
+        };
+        Ok(Limit { count, window })
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}ms", self.count, self.window.as_millis())
+    }
+}
+
+/// One set of limits applied separately to every key (a member of an app, a robot).
+pub struct RateLimiter {
+    limits: Vec<Limit>,
+    /// Completion times of recent sends per key, oldest first; only as many as the largest count.
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Vec<Limit>) -> Self {
+        RateLimiter {
+            limits,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// When the next send for `key` may start: the earliest time at which every limit has room.
+    fn ready_at(&self, key: &str) -> Option<Instant> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let times = recent.get(key)?;
+        self.limits
+            .iter()
+            .filter(|l| times.len() >= l.count)
+            .map(|l| times[times.len() - l.count] + l.window)
+            .max()
+    }
+
+    /// Wait until `key` may send. Returns how long it waited.
+    pub async fn until_ready(&self, key: &str) -> Duration {
+        let start = Instant::now();
+        while let Some(at) = self.ready_at(key).filter(|at| *at > Instant::now()) {
+            tokio::time::sleep_until(at).await;
+        }
+        start.elapsed()
+    }
+
+    /// Record that a send for `key` was just answered by WeCom.
+    pub fn sent(&self, key: &str) {
+        let keep = self.limits.iter().map(|l| l.count).max().unwrap_or(0);
+        if keep == 0 {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let times = recent.entry(key.to_owned()).or_default();
+        times.push_back(Instant::now());
+        while times.len() > keep {
+            times.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_limits() {
+        assert_eq!(
+            Limit::parse("20/1m").unwrap(),
+            Limit {
+                count: 20,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            Limit::parse(" 1000/1h ").unwrap().window,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            Limit::parse("5/500ms").unwrap().window,
+            Duration::from_millis(500)
+        );
+        for bad in ["20", "0/1m", "x/1m", "20/m", "20/1d", "20/0s"] {
+            assert!(Limit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_count_in_any_window() {
+        let limiter = RateLimiter::new(vec![Limit {
+            count: 3,
+            window: Duration::from_secs(10),
+        }]);
+        let mut times = Vec::new();
+        for _ in 0..9 {
+            limiter.until_ready("k").await;
+            limiter.sent("k");
+            times.push(Instant::now());
+        }
+        // The first three go at once, then each waits for the window of the one three back.
+        for i in 3..times.len() {
+            assert!(
+                times[i] - times[i - 3] >= Duration::from_secs(10),
+                "send {i}"
+            );
+        }
+        assert!(
+            times[2] - times[0] < Duration::from_millis(1),
+            "a burst of three is allowed"
+        );
+        // Another key is not held back.
+        assert_eq!(limiter.until_ready("other").await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_limit_applies() {
+        let limiter = RateLimiter::new(vec![
+            Limit {
+                count: 2,
+                window: Duration::from_secs(1),
+            },
+            Limit {
+                count: 3,
+                window: Duration::from_secs(100),
+            },
+        ]);
+        let start = Instant::now();
+        for _ in 0..4 {
+            limiter.until_ready("k").await;
+            limiter.sent("k");
+        }
+        // The fourth waits for the 100 s window, not just the 1 s one.
+        assert!(Instant::now() - start >= Duration::from_secs(100));
+    }
+}

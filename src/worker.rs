@@ -97,7 +97,7 @@ impl Worker {
                 .send_app(app, &msg.from_user_name, &message)
                 .await
             {
-                Ok(receipt) => {
+                Ok((receipt, _attempts)) => {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(job = job.id, app = %app.config.name, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }

@@ -167,3 +167,91 @@ async fn health_probe_fails_when_nothing_listens() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn robot_keys_and_api_tokens_never_reach_logs_or_output() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good_key = "robot-key-ab12cd34-5678";
+    let removed_key = "removed-robot-key-ffee99";
+    let api_token = "api-token-9f8e7d6c";
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "bots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={good_key}\n  - name: old\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={removed_key}\n    secret: SECabc\napi:\n  tokens: [{api_token}]\n"
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&config);
+        gateway_env(&mut cmd, &fake.base_url(), dir.path());
+        cmd
+    };
+
+    // bot test: accepted, and a removed robot's errcode with a hint (no retry: one call).
+    let ok = cli(&["bot", "test", "ops"]).output().await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("accepted by WeCom (errcode 0)"));
+    assert_eq!(
+        fake.wait_for_robot(1).await[0].body["text"]["content"],
+        "[INFO] wecom-gateway test"
+    );
+    let calls = fake.calls();
+    let bad = cli(&["bot", "test", "old"]).output().await.unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let bad_err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(
+        bad_err.contains("93000") && bad_err.contains("removed from the group"),
+        "{bad_err}"
+    );
+    assert_eq!(fake.calls(), calls + 1, "93000 is not retried");
+    let printed = cli(&["check-config"]).output().await.unwrap();
+    let printed_out = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(printed_out.contains("key=****"), "{printed_out}");
+    assert!(
+        printed_out.contains("secret: WeCom group robots have no signing secret"),
+        "{printed_out}"
+    );
+
+    // The service: one push that works, one to the removed robot, one with a wrong token.
+    let mut cmd = cli(&["serve"]);
+    let gw = Gateway::start(&mut cmd).await;
+    let http = reqwest::Client::new();
+    let notify = |bot: &str, token: &str| {
+        http.post(format!("http://{}/api/v1/notify/{bot}", gw.addr))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"subject": "disk full", "severity": "critical"}))
+            .send()
+    };
+    assert_eq!(notify("ops", api_token).await.unwrap().status(), 202);
+    assert_eq!(notify("old", api_token).await.unwrap().status(), 202);
+    assert_eq!(notify("ops", "not-the-token").await.unwrap().status(), 401);
+    fake.wait_for_robot(2).await;
+    gw.wait_for_log(&["delivery failed", "93000"]).await;
+    let log = gw.terminate().await;
+
+    let all = [
+        log,
+        bad_err,
+        printed_out,
+        String::from_utf8_lossy(&ok.stdout).to_string(),
+        String::from_utf8_lossy(&ok.stderr).to_string(),
+    ]
+    .join("\n");
+    for secret in [
+        good_key,
+        removed_key,
+        api_token,
+        APP_A.secret,
+        APP_A.token,
+        APP_A.aes_key,
+    ] {
+        assert!(!all.contains(secret), "{secret:?} leaked:\n{all}");
+    }
+}

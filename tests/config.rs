@@ -247,3 +247,65 @@ fn secrets_never_show_in_debug_or_printed_config() {
         assert!(!debug.contains(secret), "App Debug leaks {secret}: {debug}");
     }
 }
+
+#[test]
+fn robots_api_tokens_limits_and_retry() {
+    let f = yaml(
+        "bots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k-123\n    secret: SECxyz\nlimits:\n  bot: 5/10s\n  member: [10/1m, 100/1h]\nretry:\n  max_attempts: 3\n  base_ms: 50\n",
+    );
+    let mut e = single_app_env();
+    e.push(("WECOM_CALLBACK_API_TOKENS".into(), "tok-a, tok-b".into()));
+    let (c, loaded) = Config::load(Some(f.path()), e).unwrap();
+    assert_eq!(c.bots.len(), 1);
+    assert_eq!(c.bots[0].key(), "k-123");
+    assert_eq!(c.api_tokens.len(), 2);
+    assert_eq!(c.bot_limits.len(), 1);
+    assert_eq!(c.bot_limits[0].window, std::time::Duration::from_secs(10));
+    assert_eq!(c.member_limits.len(), 2);
+    assert_eq!(c.retry.max_attempts, 3);
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("bots[0].secret")),
+        "{:?}",
+        loaded.warnings
+    );
+    let shown = format!("{}{c:?}", c.redacted());
+    assert!(
+        !shown.contains("k-123") && !shown.contains("tok-a"),
+        "{shown}"
+    );
+    // Defaults are WeCom's own limits.
+    let (d, _) = Config::load(None, single_app_env()).unwrap();
+    assert_eq!(
+        (
+            d.member_limits[0].count,
+            d.member_limits[1].count,
+            d.bot_limits[0].count
+        ),
+        (30, 1000, 20)
+    );
+    assert!(d.api_tokens.is_empty());
+}
+
+#[test]
+fn bad_robot_urls_and_limits_are_named_without_echoing_the_url() {
+    let f = yaml(
+        "bots:\n  - name: a\n    webhook_url: https://example.com/hook?token=SECRETX\n  - webhook_url: nonsense-SECRETY\nlimits:\n  bot: 20 per minute\n",
+    );
+    let text = Config::load(Some(f.path()), single_app_env())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("bots[0].webhook_url: has no key="), "{text}");
+    assert!(text.contains("bots[1].name: is required"), "{text}");
+    assert!(
+        text.contains("bots[1].webhook_url: must be the robot's webhook URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("limits.bot[0]: expected COUNT/DURATION"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRETX") && !text.contains("SECRETY"),
+        "{text}"
+    );
+}

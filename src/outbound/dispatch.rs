@@ -216,10 +216,11 @@ impl QueueWorker {
                     Err(e) => return fail(format!("stored message cannot be read: {e}")),
                 };
                 let _turn = self.outbound.lock(&Outbound::member_key(app, user)).await;
-                self.outbound.send_app(app, user, &message).await.map(|receipt| {
+                self.outbound.send_app(app, user, &message).await.map(|(receipt, attempts)| {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(delivery = d.id, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }
+                    attempts
                 })
             }
             Target::Bot { bot } => {
@@ -234,9 +235,9 @@ impl QueueWorker {
             }
         };
         match result {
-            Ok(()) => {
-                tracing::info!(delivery = d.id, target = %d.target, "delivered");
-                (1, None)
+            Ok(attempts) => {
+                tracing::info!(delivery = d.id, target = %d.target, attempts, "delivered");
+                (attempts, None)
             }
             Err(failure) => {
                 tracing::error!(delivery = d.id, target = %d.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");

@@ -107,12 +107,13 @@ impl Outbound {
     }
 
     /// Send one app message to one member within the member's limits, retrying what heals.
+    /// Returns WeCom's receipt and the attempts it took.
     pub async fn send_app(
         &self,
         app: &App,
         user: &str,
         message: &AppMessage,
-    ) -> Result<SendReceipt, Failure> {
+    ) -> Result<(SendReceipt, u32), Failure> {
         let key = Self::member_key(app, user);
         self.with_retry(&self.members, &key, || {
             self.client.send_app(app, user, message)
@@ -120,13 +121,15 @@ impl Outbound {
         .await
     }
 
-    /// Send one message to a group robot within its limit, retrying what heals.
-    pub async fn send_bot(&self, bot: &Bot, message: &BotMessage) -> Result<(), Failure> {
+    /// Send one message to a group robot within its limit, retrying what heals. Returns the
+    /// attempts it took.
+    pub async fn send_bot(&self, bot: &Bot, message: &BotMessage) -> Result<u32, Failure> {
         let key = Self::robot_key(bot);
         self.with_retry(&self.robots, &key, || {
             self.client.send_bot(bot.key(), message)
         })
         .await
+        .map(|((), attempts)| attempts)
     }
 
     async fn with_retry<T, F, Fut>(
@@ -134,7 +137,7 @@ impl Outbound {
         limiter: &RateLimiter,
         key: &str,
         send: F,
-    ) -> Result<T, Failure>
+    ) -> Result<(T, u32), Failure>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -156,7 +159,7 @@ impl Outbound {
                 limiter.sent(key);
             }
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok((value, attempt)),
                 Err(error) if error.is_retryable() && attempt < self.retry.max_attempts => {
                     let delay = self.retry.delay(attempt);
                     tracing::warn!(recipient = key, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "send failed; retrying");

@@ -33,6 +33,7 @@ pub struct Gateway {
     pub child: Child,
     pub addr: String,
     log: Arc<Mutex<Vec<String>>>,
+    logged: Arc<tokio::sync::Notify>,
 }
 
 impl Gateway {
@@ -46,8 +47,10 @@ impl Gateway {
             .expect("spawn");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sink = log.clone();
+        let notify = logged.clone();
         tokio::spawn(async move {
             let mut tx = Some(tx);
             while let Ok(Some(line)) = lines.next_line().await {
@@ -57,13 +60,41 @@ impl Gateway {
                     }
                 }
                 sink.lock().unwrap().push(line);
+                notify.notify_waiters();
             }
         });
         let addr = match tokio::time::timeout(WAIT, rx).await {
             Ok(Ok(addr)) => addr,
             _ => panic!("gateway did not start:\n{}", log.lock().unwrap().join("\n")),
         };
-        Gateway { child, addr, log }
+        Gateway {
+            child,
+            addr,
+            log,
+            logged,
+        }
+    }
+
+    /// Wait until a log line contains every one of `parts`; fail after `WAIT`.
+    pub async fn wait_for_log(&self, parts: &[&str]) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.logged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no log line with {parts:?}:\n{}", self.log());
+            }
+        }
     }
 
     pub fn callback_url(&self, query: &str) -> String {

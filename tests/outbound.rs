@@ -1,0 +1,405 @@
+//! Reliable outbound against the fake WeCom API: retries, rate limits, robots, the push API.
+
+mod support;
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use support::*;
+use wecom_gateway::bots::Bot;
+use wecom_gateway::outbound::ratelimit::Limit;
+
+const TOKEN: &str = "api-token-for-tests";
+
+fn with_api(mut cfg: wecom_gateway::config::Config) -> wecom_gateway::config::Config {
+    cfg.api_tokens = vec![SecretString::from(TOKEN)];
+    cfg.bots = vec![
+        Bot::new("ops", SecretString::from("robot-key-ops-0001")),
+        Bot::new("removed", SecretString::from("stale-key-0002")),
+    ];
+    cfg
+}
+
+async fn api(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1{path}")))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn status_of(app: &TestApp, id: i64) -> Value {
+    let resp = app
+        .http
+        .get(app.url(&format!("/api/v1/deliveries/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn busy_throttled_and_502_answers_are_retried_every_message_once_in_order() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A], &fake.base_url()))).await;
+
+    // App replies: the first three tries meet -1, 45009 and HTTP 502.
+    fake.script([
+        json!({"errcode": -1, "errmsg": "system busy"}),
+        json!({"errcode": 45009, "errmsg": "api freq out of limit"}),
+        json!({"http": 502}),
+    ]);
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        app.send_text(&APP_A, "zhangsan", text, i as u64 + 1).await;
+    }
+    let sends = fake.wait_for_sends(3).await;
+    let contents: Vec<&str> = sends.iter().map(|s| s.content()).collect();
+    assert_eq!(contents, vec!["one", "two", "three"]);
+
+    // Robot pushes: the same trouble.
+    fake.script([
+        json!({"http": 502}),
+        json!({"errcode": 45009, "errmsg": "api freq out of limit"}),
+        json!({"errcode": -1}),
+    ]);
+    for n in 1..=3 {
+        let (status, _) = api(
+            &app,
+            "/notify/ops",
+            json!({"subject": format!("alert {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let robot = fake.wait_for_robot(3).await;
+    let texts: Vec<&str> = robot
+        .iter()
+        .map(|m| m.body["text"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["[INFO] alert 1", "[INFO] alert 2", "[INFO] alert 3"]
+    );
+    assert_eq!(fake.calls(), 12, "six failed tries and six deliveries");
+    // The status API counts the tries: the first alert failed three times, then went through.
+    let first = status_of(&app, 1).await;
+    assert_eq!(
+        (first["state"].as_str(), first["attempts"].as_u64()),
+        (Some("sent"), Some(3))
+    );
+    app.stop().await;
+    assert_eq!(fake.sends().len(), 3);
+    assert_eq!(fake.robot_messages().len(), 3);
+}
+
+#[tokio::test]
+async fn a_burst_of_100_alerts_is_held_to_the_robot_limit_and_nothing_is_dropped() {
+    let fake = FakeWecom::start().await;
+    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
+    // WeCom's rule is 20 per 60 s; the same rule on a 500 ms window keeps the test short.
+    let window = Duration::from_millis(500);
+    cfg.bot_limits = vec![Limit { count: 20, window }];
+    let app = TestApp::spawn(cfg).await;
+    for n in 0..100 {
+        let (status, _) = api(
+            &app,
+            "/notify/ops",
+            json!({"severity": "warning", "subject": format!("disk {n}")}),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let robot = fake.wait_for_robot(100).await;
+    assert_eq!(robot.len(), 100);
+    for (n, m) in robot.iter().enumerate() {
+        assert_eq!(
+            m.body["text"]["content"],
+            format!("[WARNING] disk {n}"),
+            "in order"
+        );
+    }
+    for i in 20..robot.len() {
+        let gap = robot[i].at - robot[i - 20].at;
+        assert!(
+            gap >= window,
+            "messages {} and {i} arrived {gap:?} apart: 21 in one window",
+            i - 20
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn errcode_81013_is_not_retried_and_the_failure_is_visible() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A], &fake.base_url()))).await;
+    fake.script([json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"})]);
+    let (status, first) = api(
+        &app,
+        "/send",
+        json!({"touser": "ghost", "text": "are you there?"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // A second message to the same member queues behind the first, so once it arrives the first
+    // has been settled.
+    let (_, second) = api(&app, "/send", json!({"touser": "ghost", "text": "second"})).await;
+    fake.wait_for_sends(1).await;
+    let failed = status_of(&app, first["ids"][0].as_i64().unwrap()).await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["attempts"], 1, "not retried");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("81013") && error.contains("visible range"),
+        "{error}"
+    );
+    let sent = status_of(&app, second["ids"][0].as_i64().unwrap()).await;
+    assert_eq!(sent["state"], "sent");
+    assert_eq!(fake.calls(), 2);
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_checks_tokens_and_bodies() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A], &fake.base_url()))).await;
+    let url = app.url("/api/v1/notify/ops");
+
+    let resp = app
+        .http
+        .post(&url)
+        .json(&json!({"subject": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let resp = app
+        .http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&json!({"subject": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let cases = [
+        (
+            "/notify/nobody",
+            json!({"subject": "x"}),
+            404,
+            "no robot named \"nobody\"",
+        ),
+        ("/notify/ops", json!({}), 400, "subject or body is required"),
+        (
+            "/notify/ops",
+            json!({"subjekt": "x"}),
+            400,
+            "unknown field `subjekt`",
+        ),
+        (
+            "/notify/ops",
+            json!({"subject": "x", "format": "html"}),
+            400,
+            "format: must be text or markdown",
+        ),
+        (
+            "/alertmanager/ops",
+            json!({"alerts": []}),
+            400,
+            "alerts: is empty",
+        ),
+        (
+            "/alertmanager/ops",
+            json!({"status": "firing"}),
+            400,
+            "missing field `alerts`",
+        ),
+        (
+            "/send",
+            json!({"touser": "u", "text": "a", "markdown": "b"}),
+            400,
+            "exactly one of text, markdown or textcard",
+        ),
+        (
+            "/send",
+            json!({"touser": "", "text": "a"}),
+            400,
+            "touser: at least one UserID",
+        ),
+        (
+            "/send",
+            json!({"touser": "@all", "text": "a"}),
+            400,
+            "@all is not supported",
+        ),
+        (
+            "/send",
+            json!({"app": "nope", "touser": "u", "text": "a"}),
+            404,
+            "no app named \"nope\"",
+        ),
+        (
+            "/send",
+            json!({"touser": "u", "textcard": {"title": "标".repeat(129), "description": "d", "url": "https://x"}}),
+            400,
+            "textcard.title: at most 128 characters, got 129",
+        ),
+        (
+            "/send",
+            json!({"touser": "u", "textcard": {"title": "t", "description": "d", "url": ""}}),
+            400,
+            "textcard.url: is required",
+        ),
+    ];
+    for (path, body, want, message) in cases {
+        let (status, answer) = api(&app, path, body.clone()).await;
+        assert_eq!(status, want, "{path} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(message),
+            "{path} {body}: {error:?} lacks {message:?}"
+        );
+    }
+    let resp = app
+        .http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = app
+        .http
+        .get(app.url("/api/v1/deliveries/999"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    app.stop().await;
+
+    // Without tokens the API does not exist.
+    let plain = TestApp::spawn(config(&[APP_A], &fake.base_url())).await;
+    let resp = plain
+        .http
+        .post(plain.url("/api/v1/notify/ops"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"subject": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    plain.stop().await;
+    assert!(fake.robot_messages().is_empty() && fake.sends().is_empty());
+}
+
+#[tokio::test]
+async fn alertmanager_groups_render_the_documented_text() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A], &fake.base_url()))).await;
+    let payload = json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"HighLatency\"}",
+        "status": "firing",
+        "receiver": "wecom",
+        "groupLabels": {"alertname": "HighLatency"},
+        "commonLabels": {"alertname": "HighLatency", "job": "api", "severity": "critical"},
+        "commonAnnotations": {"summary": "p99 latency above 1s"},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": [
+            {"status": "resolved", "labels": {"alertname": "HighLatency", "job": "api", "severity": "critical", "instance": "node-02"}, "annotations": {}, "startsAt": "2026-11-21T10:00:00Z", "endsAt": "2026-11-21T10:05:00Z"},
+            {"status": "firing", "labels": {"alertname": "HighLatency", "job": "api", "severity": "critical", "instance": "node-01"}, "annotations": {"summary": "p99 latency 1.8s"}, "startsAt": "2026-11-21T10:00:00Z"},
+            {"status": "firing", "labels": {"alertname": "HighLatency", "job": "api", "severity": "critical", "instance": "node-03"}, "annotations": {}, "startsAt": "2026-11-21T10:01:00Z"}
+        ]
+    });
+    let (status, _) = api(&app, "/alertmanager/ops", payload).await;
+    assert_eq!(status, 202);
+    let resolved = json!({
+        "status": "resolved",
+        "groupKey": "{}:{alertname=\"DiskFull\"}",
+        "groupLabels": {"alertname": "DiskFull"},
+        "commonLabels": {"alertname": "DiskFull", "severity": "warning", "instance": "db-1"},
+        "commonAnnotations": {"description": "disk /data above 90%"},
+        "alerts": [{"status": "resolved", "labels": {"alertname": "DiskFull", "severity": "warning", "instance": "db-1"}, "annotations": {}}]
+    });
+    let (status, _) = api(&app, "/alertmanager/ops", resolved).await;
+    assert_eq!(status, 202);
+    let robot = fake.wait_for_robot(2).await;
+    assert_eq!(
+        robot[0].body["text"]["content"],
+        "[CRITICAL] FIRING: HighLatency (2 firing, 1 resolved)\nFIRING instance=node-01: p99 latency 1.8s\nFIRING instance=node-03: p99 latency above 1s\nRESOLVED instance=node-02: p99 latency above 1s\nsource: alertmanager\ndedupe: {}:{alertname=\"HighLatency\"}"
+    );
+    assert_eq!(
+        robot[1].body["text"]["content"],
+        "[RESOLVED] DiskFull (1 resolved)\nRESOLVED: disk /data above 90%\nsource: alertmanager\ndedupe: {}:{alertname=\"DiskFull\"}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn app_pushes_markdown_textcard_and_the_users_last_app() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A, APP_B], &fake.base_url()))).await;
+
+    // bob wrote to app beta; a push without `app` follows him there.
+    app.send_text(&APP_B, "bob", "hello beta", 1).await;
+    fake.wait_for_sends(1).await;
+    let (status, answer) = api(
+        &app,
+        "/send",
+        json!({"touser": "bob", "markdown": format!("# 报告\n{}", "行".repeat(700))}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["ids"].as_array().unwrap().len(),
+        2,
+        "2100 bytes of markdown: two pieces"
+    );
+    let (status, _) = api(&app, "/send", json!({"app": "alpha", "touser": ["carol", "dave"], "textcard": {"title": "审批", "description": "<div class=\"gray\">今天</div>", "url": "https://example.com/a", "btntxt": "查看"}})).await;
+    assert_eq!(status, 202);
+    let sends = fake.wait_for_sends(5).await;
+    let markdown: Vec<&Value> = sends
+        .iter()
+        .filter(|s| s.body["msgtype"] == "markdown")
+        .map(|s| &s.body)
+        .collect();
+    assert_eq!(markdown.len(), 2);
+    assert!(markdown
+        .iter()
+        .all(|b| b["agentid"] == 218 && b["touser"] == "bob"));
+    let joined: String = markdown
+        .iter()
+        .map(|b| b["markdown"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, format!("# 报告\n{}", "行".repeat(700)));
+    let cards: Vec<&Value> = sends
+        .iter()
+        .filter(|s| s.body["msgtype"] == "textcard")
+        .map(|s| &s.body)
+        .collect();
+    assert_eq!(cards.len(), 2);
+    assert_eq!(
+        cards[0]["textcard"],
+        json!({"title": "审批", "description": "<div class=\"gray\">今天</div>", "url": "https://example.com/a", "btntxt": "查看"})
+    );
+    assert!(cards.iter().all(|c| c["agentid"] == 1000002));
+
+    // Several apps and a user who never wrote: the app must be named.
+    let (status, answer) = api(&app, "/send", json!({"touser": "stranger", "text": "hi"})).await;
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("app: required"));
+    app.stop().await;
+}

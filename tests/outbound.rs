@@ -93,7 +93,7 @@ async fn busy_throttled_and_502_answers_are_retried_every_message_once_in_order(
     let first = status_of(&app, 1).await;
     assert_eq!(
         (first["state"].as_str(), first["attempts"].as_u64()),
-        (Some("sent"), Some(3))
+        (Some("sent"), Some(4))
     );
     app.stop().await;
     assert_eq!(fake.sends().len(), 3);

@@ -403,3 +403,37 @@ async fn app_pushes_markdown_textcard_and_the_users_last_app() {
     assert!(answer["error"].as_str().unwrap().contains("app: required"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn accepted_pushes_still_waiting_at_a_stop_are_delivered_after_the_restart() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
+    cfg.data_dir = dir.path().to_path_buf();
+    cfg.shutdown_grace_secs = 1;
+    // One message an hour: the second push cannot go out before the stop, whether the queue has
+    // started on it (it waits in the limiter) or not; either way it stays stored.
+    cfg.bot_limits = vec![Limit {
+        count: 1,
+        window: Duration::from_secs(3600),
+    }];
+    let app = TestApp::spawn(cfg.clone()).await;
+    for subject in ["first", "second"] {
+        let (status, _) = api(&app, "/notify/ops", json!({ "subject": subject })).await;
+        assert_eq!(status, 202);
+    }
+    fake.wait_for_robot(1).await;
+    app.stop().await;
+    assert_eq!(fake.robot_messages().len(), 1);
+
+    cfg.bot_limits = wecom_gateway::outbound::default_bot_limits();
+    let app = TestApp::spawn(cfg).await;
+    let robot = fake.wait_for_robot(2).await;
+    let texts: Vec<&str> = robot
+        .iter()
+        .map(|m| m.body["text"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["[INFO] first", "[INFO] second"]);
+    assert_eq!(status_of(&app, 2).await["state"], "sent");
+    app.stop().await;
+}

@@ -56,12 +56,12 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "retry",
     "platforms",
 ];
-const AGENT_KEYS: &[&str] = &["kind", "delay_ms"];
 const BOT_KEYS: &[&str] = &["name", "webhook_url", "secret"];
 const API_KEYS: &[&str] = &["tokens"];
 const LIMIT_KEYS: &[&str] = &["member", "bot"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "base_ms", "max_ms"];
 const APP_KEYS: &[&str] = &[
+    "agent",
     "name",
     "corp_id",
     "corp_secret",
@@ -79,6 +79,8 @@ pub struct AppConfig {
     pub agent_id: u64,
     pub token: SecretString,
     pub encoding_aes_key: SecretString,
+    /// This app's own agent, overriding the `agent:` section.
+    pub agent: Option<AgentConfig>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -90,6 +92,7 @@ impl std::fmt::Debug for AppConfig {
             .field("agent_id", &self.agent_id)
             .field("token", &"[redacted]")
             .field("encoding_aes_key", &"[redacted]")
+            .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
             .finish()
     }
 }
@@ -123,18 +126,9 @@ pub enum StoreKind {
     Memory,
 }
 
-/// Which agent answers, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentConfig {
-    pub kind: AgentKind,
-    /// Wait this long before answering: simulates a slow agent (testing, demos).
-    pub delay_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentKind {
-    Echo,
-}
+pub use crate::agent::config::{
+    AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig,
+};
 
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
@@ -209,8 +203,10 @@ impl Config {
     ) -> Result<(Config, Loaded), ConfigErrors> {
         // Environment values stay strings: figment's own Env provider would turn a token like
         // "0123" into the number 123.
-        let env: BTreeMap<String, String> = env
-            .into_iter()
+        let process_env: BTreeMap<String, String> = env.into_iter().collect();
+        let env: BTreeMap<String, String> = process_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .filter_map(|(k, v)| {
                 k.strip_prefix(ENV_PREFIX)
                     .map(|rest| (rest.to_ascii_lowercase(), v))
@@ -254,7 +250,7 @@ impl Config {
                     .collect(),
             )
         })?;
-        let (config, warnings) = from_values(&root)?;
+        let (config, warnings) = from_values(&root, &process_env)?;
         Ok((
             config,
             Loaded {
@@ -287,8 +283,7 @@ impl Config {
         let _ = writeln!(out, "retention_days: {}", self.retention_days);
         let _ = writeln!(out, "max_store_mb: {}", self.max_store_mb);
         let _ = writeln!(out, "agent:");
-        let _ = writeln!(out, "  kind: echo");
-        let _ = writeln!(out, "  delay_ms: {}", self.agent.delay_ms);
+        out.push_str(&self.agent.redacted("  "));
         let _ = writeln!(out, "api:");
         let _ = writeln!(
             out,
@@ -326,6 +321,10 @@ impl Config {
             let _ = writeln!(out, "    corp_secret: '****'");
             let _ = writeln!(out, "    token: '****'");
             let _ = writeln!(out, "    encoding_aes_key: '****'");
+            if let Some(agent) = &app.agent {
+                let _ = writeln!(out, "    agent:");
+                out.push_str(&agent.redacted("      "));
+            }
         }
         out
     }
@@ -453,17 +452,22 @@ fn insert_nested(map: &mut BTreeMap<String, Value>, path: &[&str], value: String
 }
 
 /// Reads typed values out of figment's value tree, recording a named error for each bad one.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     errors: &'a mut Vec<String>,
 }
 
 impl Reader<'_> {
-    fn err(&mut self, field: &str, msg: impl std::fmt::Display) {
+    pub(crate) fn err(&mut self, field: &str, msg: impl std::fmt::Display) {
         self.errors.push(format!("{field}: {msg}"));
     }
 
     /// Any scalar as text: YAML may give a token or agent id as a number.
-    fn string(&mut self, map: &BTreeMap<String, Value>, key: &str, field: &str) -> Option<String> {
+    pub(crate) fn string(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+    ) -> Option<String> {
         match map.get(key)? {
             Value::String(_, s) => Some(s.trim().to_owned()),
             Value::Char(_, c) => Some(c.to_string()),
@@ -484,7 +488,7 @@ impl Reader<'_> {
         }
     }
 
-    fn required(
+    pub(crate) fn required(
         &mut self,
         map: &BTreeMap<String, Value>,
         key: &str,
@@ -505,7 +509,7 @@ impl Reader<'_> {
         }
     }
 
-    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    pub(crate) fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
         &mut self,
         map: &BTreeMap<String, Value>,
         key: &str,
@@ -526,7 +530,12 @@ impl Reader<'_> {
         }
     }
 
-    fn boolean(&mut self, map: &BTreeMap<String, Value>, key: &str, field: &str) -> Option<bool> {
+    pub(crate) fn boolean(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+    ) -> Option<bool> {
         let text = self.string(map, key, field)?;
         match text.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Some(true),
@@ -539,7 +548,12 @@ impl Reader<'_> {
     }
 
     /// A list, or a comma-separated string (the environment's form).
-    fn list(&mut self, map: &BTreeMap<String, Value>, key: &str, field: &str) -> Vec<String> {
+    pub(crate) fn list(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+    ) -> Vec<String> {
         let items: Vec<String> = match map.get(key) {
             None | Some(Value::Empty(..)) => return Vec::new(),
             Some(Value::Array(_, values)) => values
@@ -561,6 +575,62 @@ impl Reader<'_> {
             .filter(|s| !s.is_empty())
             .collect()
     }
+
+    /// A list kept as given (program arguments may hold commas), or a string split at whitespace.
+    pub(crate) fn list_raw(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+    ) -> Vec<String> {
+        match map.get(key) {
+            None | Some(Value::Empty(..)) => Vec::new(),
+            Some(Value::Array(_, values)) => values
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    let one = BTreeMap::from([(String::new(), v.clone())]);
+                    self.string(&one, "", &format!("{field}[{i}]"))
+                })
+                .collect(),
+            Some(_) => self
+                .string(map, key, field)
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A mapping of names to text values (headers, environment variables).
+    pub(crate) fn map(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+    ) -> Vec<(String, String)> {
+        match map.get(key) {
+            None | Some(Value::Empty(..)) => Vec::new(),
+            Some(Value::Dict(_, d)) => {
+                let d: BTreeMap<String, Value> =
+                    d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                d.keys()
+                    .filter_map(|k| {
+                        self.string(&d, k, &format!("{field}.{k}"))
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect()
+            }
+            Some(other) => {
+                self.err(
+                    field,
+                    format!(
+                        "must be a mapping of names to values, got {}",
+                        other.to_actual()
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
 }
 
 fn warn_unknown(
@@ -576,11 +646,19 @@ fn warn_unknown(
     }
 }
 
+/// Agent settings an app entry may override, and what it inherits.
+struct AgentContext<'a> {
+    global: Option<&'a AgentConfig>,
+    env: &'a BTreeMap<String, String>,
+}
+
 fn app_from(
     map: &BTreeMap<String, Value>,
     prefix: &str,
     default_name: Option<&str>,
     r: &mut Reader<'_>,
+    warnings: &mut Vec<String>,
+    agents: &AgentContext<'_>,
 ) -> Option<AppConfig> {
     let f = |k: &str| format!("{prefix}{k}");
     let name = match default_name {
@@ -615,7 +693,20 @@ fn app_from(
             r.err(&f("encoding_aes_key"), reason);
         }
     }
+    // The single-app layout's agent is the global one; only an apps[] entry may have its own.
+    let agent = match (default_name, map.get("agent")) {
+        (None, Some(v)) => Some(crate::agent::config::read(
+            Some(v),
+            &f("agent"),
+            r,
+            warnings,
+            agents.env,
+            agents.global,
+        )?),
+        _ => None,
+    };
     Some(AppConfig {
+        agent,
         name: name?,
         corp_id: corp_id?,
         corp_secret: SecretString::from(corp_secret?),
@@ -627,7 +718,10 @@ fn app_from(
     })
 }
 
-fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), ConfigErrors> {
+fn from_values(
+    root: &BTreeMap<String, Value>,
+    process_env: &BTreeMap<String, String>,
+) -> Result<(Config, Vec<String>), ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     warn_unknown(root, TOP_LEVEL_KEYS, "", &mut warnings);
@@ -709,42 +803,17 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
     let data_dir = r.required(root, "data_dir", "data_dir").map(PathBuf::from);
     let retention_days = r.number::<u64>(root, "retention_days", "retention_days", 1, 3650);
     let max_store_mb = r.number::<u64>(root, "max_store_mb", "max_store_mb", 0, 1 << 30);
-    let agent = match root.get("agent") {
-        None | Some(Value::Empty(..)) => Some(AgentConfig {
-            kind: AgentKind::Echo,
-            delay_ms: 0,
-        }),
-        Some(Value::Dict(_, d)) => {
-            let d: BTreeMap<String, Value> =
-                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            warn_unknown(&d, AGENT_KEYS, "agent.", &mut warnings);
-            let kind = match r.string(&d, "kind", "agent.kind").as_deref() {
-                None | Some("echo") => Some(AgentKind::Echo),
-                Some(other) => {
-                    r.err("agent.kind", format!("must be echo, got {other:?}"));
-                    None
-                }
-            };
-            let delay_ms = if d.contains_key("delay_ms") {
-                r.number::<u64>(&d, "delay_ms", "agent.delay_ms", 0, 86_400_000)
-            } else {
-                Some(0)
-            };
-            match (kind, delay_ms) {
-                (Some(kind), Some(delay_ms)) => Some(AgentConfig { kind, delay_ms }),
-                _ => None,
-            }
-        }
-        Some(other) => {
-            r.err(
-                "agent",
-                format!(
-                    "must be a mapping such as {{kind: echo}}, got {}",
-                    other.to_actual()
-                ),
-            );
-            None
-        }
+    let agent = crate::agent::config::read(
+        root.get("agent"),
+        "agent",
+        &mut r,
+        &mut warnings,
+        process_env,
+        None,
+    );
+    let agents = AgentContext {
+        global: agent.as_ref(),
+        env: process_env,
     };
     let bots = read_bots(root, &mut r, &mut warnings);
     let api = section(root, "api", API_KEYS, &mut r, &mut warnings);
@@ -817,7 +886,9 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
                         let d: BTreeMap<String, Value> =
                             d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                         warn_unknown(&d, APP_KEYS, &prefix, &mut warnings);
-                        if let Some(app) = app_from(&d, &prefix, None, &mut r) {
+                        if let Some(app) =
+                            app_from(&d, &prefix, None, &mut r, &mut warnings, &agents)
+                        {
                             apps.push(app);
                         }
                     }
@@ -833,7 +904,9 @@ fn from_values(root: &BTreeMap<String, Value>) -> Result<(Config, Vec<String>), 
         }
         Some(Value::Empty(..)) | None => {
             if single_keys.iter().any(|k| root.contains_key(*k)) {
-                if let Some(app) = app_from(root, "", Some("default"), &mut r) {
+                if let Some(app) =
+                    app_from(root, "", Some("default"), &mut r, &mut warnings, &agents)
+                {
                     apps.push(app);
                 }
             } else {

@@ -24,13 +24,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::agent::{Agent, EchoAgent};
+use std::collections::HashMap;
+
+use crate::agent::Agent;
 use crate::app::Apps;
-use crate::config::{AgentKind, Config, StoreKind};
+use crate::config::{Config, StoreKind};
 use crate::inbox::{Inbox, MemoryInbox, SqliteInbox};
 use crate::outbound::{Dispatcher, Outbound};
 use crate::wecom::WecomClient;
-use crate::worker::Worker;
+use crate::worker::{AgentHandle, Agents, Worker};
 
 /// How long a callback may wait for room in a full inbox before it is answered 503 (WeCom waits 5 s).
 const PUSH_WAIT: Duration = Duration::from_secs(2);
@@ -62,20 +64,23 @@ pub struct Application {
 }
 
 impl Application {
-    /// Build with the agent the configuration names.
+    /// Build with the agents the configuration names (the `agent:` section, and each app's own).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let agent: Arc<dyn Agent> = match config.agent.kind {
-            AgentKind::Echo => Arc::new(EchoAgent {
-                delay: Duration::from_millis(config.agent.delay_ms),
-            }),
-        };
-        Self::build_with_agent(config, agent).await
+        Self::build_inner(config, None).await
     }
 
-    /// Build with a given agent (for embedding, and for tests that need a slow or scripted agent).
+    /// Build with one given agent for every app (for embedding, and for tests that need a slow or
+    /// scripted agent). The `agent:` section's chat settings (receipt, failure message) still apply.
     pub async fn build_with_agent(
         config: Config,
         agent: Arc<dyn Agent>,
+    ) -> Result<Self, StartupError> {
+        Self::build_inner(config, Some(agent)).await
+    }
+
+    async fn build_inner(
+        config: Config,
+        given: Option<Arc<dyn Agent>>,
     ) -> Result<Self, StartupError> {
         let apps = Apps::new(&config.apps).map_err(|e| StartupError::App(e.to_string()))?;
         let client = WecomClient::new(
@@ -120,9 +125,32 @@ impl Application {
             apps.clone(),
             Arc::new(bots),
         ));
+        let agents = match given {
+            Some(agent) => Agents {
+                default: Arc::new(AgentHandle::new(agent, &config.agent)),
+                by_app: HashMap::new(),
+            },
+            None => {
+                let build = |settings: &config::AgentConfig| {
+                    agent::build(settings, inbox.clone())
+                        .map(|a| Arc::new(AgentHandle::new(a, settings)))
+                        .map_err(StartupError::App)
+                };
+                let mut by_app = HashMap::new();
+                for app in &config.apps {
+                    if let Some(own) = &app.agent {
+                        by_app.insert(app.name.clone(), build(own)?);
+                    }
+                }
+                Agents {
+                    default: build(&config.agent)?,
+                    by_app,
+                }
+            }
+        };
         let worker = Worker {
             inbox: inbox.clone(),
-            agent,
+            agents: Arc::new(agents),
             outbound,
             apps: apps.clone(),
         };

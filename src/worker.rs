@@ -4,18 +4,54 @@
 //! Must never: ask the agent again for a message whose reply is already recorded, send a chunk
 //! before the reply is recorded (when the store works), or let one failed job stop the pool.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::agent::{Agent, Turn};
 use crate::app::Apps;
+use crate::config::AgentConfig;
 use crate::inbox::{Chunk, Inbox, Job, Outcome};
 use crate::outbound::Outbound;
 use crate::wecom::{split_utf8, AppMessage, TEXT_MAX_BYTES};
 
+/// An agent with the chat settings around it.
+pub struct AgentHandle {
+    pub agent: Arc<dyn Agent>,
+    /// Send `ack_message` once if the agent is still working after this long.
+    pub ack_after: Option<Duration>,
+    pub ack_message: String,
+    /// Sent instead of silence when the agent fails or times out.
+    pub failure_message: String,
+}
+
+impl AgentHandle {
+    pub fn new(agent: Arc<dyn Agent>, settings: &AgentConfig) -> Self {
+        AgentHandle {
+            agent,
+            ack_after: settings.ack_after,
+            ack_message: settings.ack_message.clone(),
+            failure_message: settings.failure_message.clone(),
+        }
+    }
+}
+
+/// The agent for each app: its own if configured, else the default.
+pub struct Agents {
+    pub default: Arc<AgentHandle>,
+    pub by_app: HashMap<String, Arc<AgentHandle>>,
+}
+
+impl Agents {
+    pub fn for_app(&self, app: &str) -> &AgentHandle {
+        self.by_app.get(app).unwrap_or(&self.default)
+    }
+}
+
 #[derive(Clone)]
 pub struct Worker {
     pub inbox: Arc<dyn Inbox>,
-    pub agent: Arc<dyn Agent>,
+    pub agents: Arc<Agents>,
     pub outbound: Arc<Outbound>,
     pub apps: Apps,
 }
@@ -40,6 +76,8 @@ impl Worker {
             tracing::error!(job = job.id, user = %job.user_key, "{error}; message dropped");
             return Outcome::Failed(error);
         };
+        // Set when the agent failed: the user gets the failure message, the job is marked failed.
+        let mut failure: Option<String> = None;
         let chunks = match &job.reply {
             Some(recorded) => {
                 let left = recorded.iter().filter(|c| !c.sent).count();
@@ -47,7 +85,8 @@ impl Worker {
                 recorded.clone()
             }
             None => {
-                tracing::debug!(job = job.id, user = %job.user_key, attempt = job.attempts, "asking the agent");
+                let handle = self.agents.for_app(&app.config.name);
+                tracing::debug!(job = job.id, user = %job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
                 let turn = Turn {
                     app: &app.config.name,
                     corp_id: &app.config.corp_id,
@@ -55,18 +94,22 @@ impl Worker {
                     user_key: &job.user_key,
                     message: msg,
                 };
-                let reply = match self.agent.reply(turn).await {
-                    Ok(Some(reply)) if !reply.trim().is_empty() => reply,
-                    Ok(_) => {
-                        tracing::debug!(job = job.id, user = %job.user_key, "agent gave no reply");
-                        return Outcome::Done;
-                    }
-                    Err(e) => {
-                        tracing::error!(job = job.id, user = %job.user_key, agent = self.agent.name(), error = %e, "agent failed");
-                        return Outcome::Failed(e.to_string());
+                let replies = match self.ask(handle, turn, job).await {
+                    Ok(replies) => replies,
+                    Err(cause) => {
+                        failure = Some(cause);
+                        vec![handle.failure_message.clone()]
                     }
                 };
-                let pieces = split_utf8(&reply, TEXT_MAX_BYTES);
+                let pieces: Vec<&str> = replies
+                    .iter()
+                    .filter(|r| !r.trim().is_empty())
+                    .flat_map(|r| split_utf8(r, TEXT_MAX_BYTES))
+                    .collect();
+                if pieces.is_empty() {
+                    tracing::debug!(job = job.id, user = %job.user_key, "agent gave no reply");
+                    return Outcome::Done;
+                }
                 if let Err(e) = self.inbox.record_reply(job, &pieces).await {
                     // Deliver anyway: a lost answer is worse than a rare double after a crash.
                     tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
@@ -116,7 +159,62 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(job = job.id, app = %app.config.name, user = %job.user_key, pieces = total, "reply sent");
-        Outcome::Done
+        match failure {
+            Some(cause) => {
+                tracing::info!(job = job.id, user = %job.user_key, "failure message sent");
+                Outcome::Failed(cause)
+            }
+            None => {
+                tracing::info!(job = job.id, app = %app.config.name, user = %job.user_key, pieces = total, "reply sent");
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Ask the agent; if it is still working after `ack_after`, tell the member once that the
+    /// message arrived. Errors come back as the cause, already logged.
+    async fn ask(
+        &self,
+        handle: &AgentHandle,
+        turn: Turn<'_>,
+        job: &Job,
+    ) -> Result<Vec<String>, String> {
+        let answer = handle.agent.reply(turn);
+        tokio::pin!(answer);
+        let result = match handle.ack_after {
+            None => answer.await,
+            Some(after) => tokio::select! {
+                result = &mut answer => result,
+                () = tokio::time::sleep(after) => {
+                    self.send_receipt(handle, turn, job).await;
+                    answer.await
+                }
+            },
+        };
+        result.map_err(|e| {
+            tracing::error!(job = job.id, user = %job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
+            e.to_string()
+        })
+    }
+
+    async fn send_receipt(&self, handle: &AgentHandle, turn: Turn<'_>, job: &Job) {
+        let Some(app) = self.apps.by_name(turn.app) else {
+            return;
+        };
+        let _turn = self
+            .outbound
+            .lock(&Outbound::member_key(app, turn.user_id))
+            .await;
+        let receipt = AppMessage::Text {
+            content: handle.ack_message.clone(),
+        };
+        match self.outbound.send_app(app, turn.user_id, &receipt).await {
+            Ok(_) => {
+                tracing::debug!(job = job.id, user = %job.user_key, "receipt sent: the agent is taking a while")
+            }
+            Err(e) => {
+                tracing::warn!(job = job.id, user = %job.user_key, error = %e, "cannot send the receipt")
+            }
+        }
     }
 }

@@ -375,12 +375,12 @@ impl Agent for Gated {
     fn name(&self) -> &str {
         "gated"
     }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Option<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
         self.gate
             .acquire()
             .await
             .map_err(|e| AgentError::Failed(e.to_string()))?
             .forget();
-        Ok(Some(turn.message.describe()))
+        Ok(vec![turn.message.describe()])
     }
 }

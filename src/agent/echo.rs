@@ -20,13 +20,13 @@ impl Agent for EchoAgent {
         "echo"
     }
 
-    async fn reply(&self, turn: Turn<'_>) -> Result<Option<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(Some(match &turn.message.kind {
+        Ok(vec![match &turn.message.kind {
             MessageKind::Text { content } => content.clone(),
             _ => format!("Received: {}", turn.message.describe()),
-        }))
+        }])
     }
 }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
-use super::{DeliveryStatus, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery};
+use super::{
+    DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery,
+};
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
 const DEDUP_MEMORY: usize = 100_000;
@@ -19,6 +21,7 @@ struct Seen {
     keys: HashSet<String>,
     order: VecDeque<String>,
     routes: HashMap<String, String>,
+    history: HashMap<String, VecDeque<HistoryEntry>>,
     deliveries: std::collections::BTreeMap<i64, (StoredDelivery, DeliveryStatus)>,
     next_id: u64,
     closed: bool,
@@ -170,6 +173,39 @@ impl Inbox for MemoryInbox {
             status.attempts = attempts;
             status.error = error;
         }
+        Ok(())
+    }
+
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+        let seen = self.lock();
+        let entries = seen.history.get(user_key);
+        Ok(entries
+            .map(|h| {
+                h.iter()
+                    .skip(h.len().saturating_sub(max))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn append_history(
+        &self,
+        user_key: &str,
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    ) -> Result<(), InboxError> {
+        let mut seen = self.lock();
+        let h = seen.history.entry(user_key.to_owned()).or_default();
+        h.extend(entries);
+        while h.len() > keep {
+            h.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+        self.lock().history.remove(user_key);
         Ok(())
     }
 

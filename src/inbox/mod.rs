@@ -82,6 +82,14 @@ pub struct DeliveryStatus {
     pub error: Option<String>,
 }
 
+/// One message of a conversation, as chat-completion APIs name the roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -127,6 +135,16 @@ pub trait Inbox: Send + Sync + 'static {
         error: Option<String>,
     ) -> Result<(), InboxError>;
     async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError>;
+    /// The last `max` entries of `user_key`'s conversation, oldest first.
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError>;
+    /// Add to `user_key`'s conversation, keeping only the last `keep` entries.
+    async fn append_history(
+        &self,
+        user_key: &str,
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    ) -> Result<(), InboxError>;
+    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
     /// Delete finished messages (and so their dedup keys) received before `cutoff_ms` (Unix ms).
     async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
         let _ = cutoff_ms;

@@ -23,7 +23,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::schedule::{OnClose, Window};
 use super::{
-    now_ms, Chunk, DeliveryStatus, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery,
+    now_ms, Chunk, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed,
+    StoredDelivery,
 };
 use crate::message::InboundMessage;
 
@@ -78,6 +79,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deliveries_queued ON deliveries (state, id);
     CREATE INDEX deliveries_finished ON deliveries (state, updated_at);",
+    // 3: conversation history for agents that keep one (openai), per corp_id:user_id.
+    "CREATE TABLE history (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_key   TEXT    NOT NULL,
+        role       TEXT    NOT NULL,
+        content    TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX history_user ON history (user_key, id);",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
@@ -675,6 +685,60 @@ impl Inbox for SqliteInbox {
                     "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
                 )?
                 .execute(params![id, state, attempts, error, now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+        let user_key = user_key.to_owned();
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT role, content FROM (
+                         SELECT id, role, content FROM history WHERE user_key = ?1 ORDER BY id DESC LIMIT ?2)
+                     ORDER BY id",
+                )?;
+                let rows = stmt.query_map(params![user_key, max as i64], |r| {
+                    Ok(HistoryEntry { role: r.get(0)?, content: r.get(1)? })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn append_history(
+        &self,
+        user_key: &str,
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    ) -> Result<(), InboxError> {
+        let user_key = user_key.to_owned();
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO history (user_key, role, content, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for e in &entries {
+                    insert.execute(params![user_key, e.role, e.content, now])?;
+                }
+                c.prepare_cached(
+                    "DELETE FROM history WHERE user_key = ?1 AND id NOT IN (
+                         SELECT id FROM history WHERE user_key = ?1 ORDER BY id DESC LIMIT ?2)",
+                )?
+                .execute(params![user_key, keep as i64])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+        let user_key = user_key.to_owned();
+        self.db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM history WHERE user_key = ?1")?
+                    .execute([user_key])?;
                 Ok(())
             })
             .await

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
-use wecom_gateway::config::{AgentConfig, AgentKind, Allowlist, AppConfig, Config, StoreKind};
+use wecom_gateway::config::{AgentConfig, Allowlist, AppConfig, Config, StoreKind};
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::Application;
 
@@ -340,6 +340,7 @@ impl AppSpec {
             agent_id: self.agent_id,
             token: self.token.into(),
             encoding_aes_key: self.aes_key.into(),
+            agent: None,
         }
     }
 
@@ -400,10 +401,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         data_dir: std::path::PathBuf::new(),
         retention_days: 7,
         max_store_mb: 0,
-        agent: AgentConfig {
-            kind: AgentKind::Echo,
-            delay_ms: 0,
-        },
+        agent: AgentConfig::default(),
         bots: vec![],
         api_tokens: vec![],
         member_limits: wecom_gateway::outbound::default_member_limits(),
@@ -535,11 +533,11 @@ impl Agent for Recording {
     fn name(&self) -> &str {
         "recording"
     }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Option<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
         self.0.lock().unwrap().push(turn.user_id.to_owned());
-        Ok(Some(match &turn.message.kind {
+        Ok(vec![match &turn.message.kind {
             wecom_gateway::message::MessageKind::Text { content } => content.clone(),
             _ => turn.message.describe(),
-        }))
+        }])
     }
 }

@@ -1,0 +1,132 @@
+//! The command agent: run a program per message with the turn as JSON on stdin; its stdout is the
+//! reply. No shell is involved, so nothing in a message can become a command.
+//!
+//! Must never: pass the gateway's environment (its secrets) to the program, leave it running after
+//! its timeout, or let it fill memory (stdout is capped).
+
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::{Agent, AgentError, Turn};
+use crate::config::CommandAgentConfig;
+
+/// Most reply bytes read from the program; more is an error rather than a memory problem.
+const MAX_STDOUT: u64 = 1024 * 1024;
+/// Most stderr bytes kept for the log.
+const MAX_STDERR: u64 = 64 * 1024;
+/// Variables passed through from the gateway's environment so ordinary programs work.
+const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+pub struct CommandAgent {
+    config: CommandAgentConfig,
+}
+
+impl CommandAgent {
+    pub fn new(config: CommandAgentConfig) -> Self {
+        CommandAgent { config }
+    }
+}
+
+#[async_trait]
+impl Agent for CommandAgent {
+    fn name(&self) -> &str {
+        "command"
+    }
+
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+        let c = &self.config;
+        let mut cmd = Command::new(&c.program);
+        cmd.args(&c.args)
+            .env_clear()
+            .envs(
+                PASSED_THROUGH
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &c.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| AgentError::Failed(format!("cannot start {}: {e}", c.program)))?;
+        let input = serde_json::to_vec(&turn.to_json()).unwrap_or_default();
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().map(|s| s.take(MAX_STDOUT + 1));
+        let mut stderr = child.stderr.take().map(|s| s.take(MAX_STDERR));
+        let run = async {
+            // Write, read and wait together: a program that answers before reading all its input,
+            // or writes a lot, must not deadlock on a full pipe.
+            let write = async {
+                if let Some(mut stdin) = stdin.take() {
+                    // A program that ignores its input closes the pipe early; that is its business.
+                    let _ = stdin.write_all(&input).await;
+                }
+            };
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let read_out = async {
+                if let Some(s) = stdout.as_mut() {
+                    let _ = s.read_to_end(&mut out).await;
+                }
+            };
+            let read_err = async {
+                if let Some(s) = stderr.as_mut() {
+                    let _ = s.read_to_end(&mut err).await;
+                }
+            };
+            tokio::join!(write, read_out, read_err);
+            let status = child.wait().await;
+            (status, out, err)
+        };
+        let finished = tokio::time::timeout(c.timeout, run).await;
+        let Ok((status, out, err)) = finished else {
+            // Kill and reap it, so no stray process outlives its turn.
+            let _ = child.kill().await;
+            return Err(AgentError::Timeout(c.timeout.as_secs()));
+        };
+        let stderr_text = String::from_utf8_lossy(&err);
+        for line in stderr_text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(50)
+        {
+            tracing::warn!(program = %c.program, "agent stderr: {line}");
+        }
+        let status =
+            status.map_err(|e| AgentError::Failed(format!("waiting for {}: {e}", c.program)))?;
+        if !status.success() {
+            let last = stderr_text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(AgentError::Failed(format!(
+                "{} exited with {status}: {last}",
+                c.program
+            )));
+        }
+        if out.len() as u64 > MAX_STDOUT {
+            return Err(AgentError::Failed(format!(
+                "{} wrote more than {MAX_STDOUT} bytes",
+                c.program
+            )));
+        }
+        let text = String::from_utf8(out).map_err(|_| {
+            AgentError::Failed(format!("{} wrote output that is not UTF-8", c.program))
+        })?;
+        let text = text.trim();
+        Ok(if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![text.to_owned()]
+        })
+    }
+}

@@ -1,0 +1,124 @@
+//! The http agent: POST the turn as JSON to a URL. A 200 with `{"reply": "..."}` or
+//! `{"replies": [...]}` is the answer; a 202 or 204 means the agent will answer later through
+//! `POST /api/v1/send`.
+//!
+//! Must never: retry a 4xx (the agent refused the request), or log the configured header values.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use super::{Agent, AgentError, Turn};
+use crate::config::HttpAgentConfig;
+
+pub struct HttpAgent {
+    http: reqwest::Client,
+    config: HttpAgentConfig,
+}
+
+impl HttpAgent {
+    pub fn new(config: HttpAgentConfig) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("agent.headers: {name:?} is not a valid header name"))?;
+            let mut value = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
+                format!("agent.headers.{name}: the value is not a valid header value")
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .default_headers(headers)
+            .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
+        Ok(HttpAgent { http, config })
+    }
+
+    async fn once(&self, body: &Value) -> Result<Vec<String>, (bool, AgentError)> {
+        let response = match self.http.post(&self.config.url).json(body).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Err((false, AgentError::Timeout(self.config.timeout.as_secs())))
+            }
+            Err(e) => {
+                return Err((
+                    true,
+                    AgentError::Failed(format!("cannot reach the agent: {}", e.without_url())),
+                ))
+            }
+        };
+        let status = response.status();
+        match status.as_u16() {
+            200 => {}
+            // Accepted: the agent answers later through the push API.
+            202 | 204 => return Ok(Vec::new()),
+            code => {
+                let retry = status.is_server_error();
+                let text = response.text().await.unwrap_or_default();
+                let excerpt: String = text.chars().take(200).collect();
+                return Err((
+                    retry,
+                    AgentError::Failed(format!("agent answered HTTP {code}: {excerpt}")),
+                ));
+            }
+        }
+        let doc: Value = response.json().await.map_err(|e| {
+            (
+                false,
+                AgentError::Failed(format!(
+                    "agent's 200 answer is not JSON: {}",
+                    e.without_url()
+                )),
+            )
+        })?;
+        replies_from(&doc).map_err(|e| (false, e))
+    }
+}
+
+/// `{"reply": "..."}` or `{"replies": ["...", ...]}`; null or empty means no reply.
+fn replies_from(doc: &Value) -> Result<Vec<String>, AgentError> {
+    if let Some(list) = doc.get("replies").and_then(Value::as_array) {
+        return Ok(list
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned)
+            .collect());
+    }
+    match doc.get("reply") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(vec![s.clone()]),
+        Some(Value::String(_)) | Some(Value::Null) => Ok(Vec::new()),
+        _ => Err(AgentError::Failed(
+            "agent's 200 answer has neither \"reply\" (a string) nor \"replies\" (a list of strings)".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Agent for HttpAgent {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+        let body = turn.to_json();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.once(&body).await {
+                Ok(replies) => return Ok(replies),
+                Err((true, e)) if attempt <= self.config.retries => {
+                    tracing::warn!(attempt, error = %e, "http agent failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    }
+}

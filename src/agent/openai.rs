@@ -1,0 +1,161 @@
+//! The openai agent: an OpenAI-compatible `/chat/completions` endpoint (OpenAI, DeepSeek, Qwen, vLLM,
+//! Ollama, ...), with per-user conversation history kept in the gateway's store.
+//!
+//! Owns: the chat commands (/reset, /new, /help), how history is bounded (turns and characters), and
+//! how non-text messages become text for the model.
+//!
+//! Must never: log or echo the API key, or mix one user's history into another's.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use super::{Agent, AgentError, Turn};
+use crate::config::OpenAiConfig;
+use crate::inbox::{HistoryEntry, Inbox};
+use crate::message::MessageKind;
+
+pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
+pub const RESET_DONE: &str = "已清空对话历史，我们重新开始吧。(Conversation cleared.)";
+
+pub struct OpenAiAgent {
+    http: reqwest::Client,
+    config: OpenAiConfig,
+    store: Arc<dyn Inbox>,
+}
+
+impl OpenAiAgent {
+    pub fn new(config: OpenAiConfig, store: Arc<dyn Inbox>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
+        Ok(OpenAiAgent {
+            http,
+            config,
+            store,
+        })
+    }
+
+    fn storage(e: impl std::fmt::Display) -> AgentError {
+        AgentError::Failed(format!("conversation history: {e}"))
+    }
+
+    /// The stored history, newest kept, within the turn and character bounds.
+    async fn bounded_history(&self, user_key: &str) -> Result<Vec<HistoryEntry>, AgentError> {
+        let mut entries = self
+            .store
+            .history(user_key, self.config.history_turns * 2)
+            .await
+            .map_err(Self::storage)?;
+        let mut total: usize = entries.iter().map(|e| e.content.chars().count()).sum();
+        while total > self.config.history_chars && !entries.is_empty() {
+            total -= entries.remove(0).content.chars().count();
+        }
+        // Never start with a dangling answer.
+        while entries.first().is_some_and(|e| e.role != "user") {
+            entries.remove(0);
+        }
+        Ok(entries)
+    }
+}
+
+#[async_trait]
+impl Agent for OpenAiAgent {
+    fn name(&self) -> &str {
+        "openai"
+    }
+
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+        let text = match &turn.message.kind {
+            MessageKind::Text { content } => content.clone(),
+            // The model sees a short description of what arrived (e.g. "[image] https://...").
+            _ => turn.message.describe(),
+        };
+        match text.trim() {
+            "/reset" | "/new" => {
+                self.store
+                    .clear_history(turn.user_key)
+                    .await
+                    .map_err(Self::storage)?;
+                return Ok(vec![RESET_DONE.to_owned()]);
+            }
+            "/help" => return Ok(vec![HELP.to_owned()]),
+            _ => {}
+        }
+        let mut messages = Vec::new();
+        if let Some(prompt) = &self.config.system_prompt {
+            messages.push(json!({ "role": "system", "content": prompt }));
+        }
+        for e in self.bounded_history(turn.user_key).await? {
+            messages.push(json!({ "role": e.role, "content": e.content }));
+        }
+        messages.push(json!({ "role": "user", "content": text }));
+        let mut body = json!({ "model": self.config.model, "messages": messages });
+        if let Some(t) = self.config.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = self.config.max_tokens {
+            body["max_tokens"] = json!(m);
+        }
+        let mut request = self
+            .http
+            .post(format!("{}/chat/completions", self.config.base_url))
+            .json(&body);
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                AgentError::Timeout(self.config.timeout.as_secs())
+            } else {
+                AgentError::Failed(format!("cannot reach the model API: {}", e.without_url()))
+            }
+        })?;
+        let status = response.status();
+        let doc: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = doc["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            return Err(AgentError::Failed(format!(
+                "model API answered HTTP {}: {message}",
+                status.as_u16()
+            )));
+        }
+        let answer = doc["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| {
+                AgentError::Failed("model API answer has no choices[0].message.content".into())
+            })?
+            .trim()
+            .to_owned();
+        if answer.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store
+            .append_history(
+                turn.user_key,
+                vec![
+                    HistoryEntry {
+                        role: "user".into(),
+                        content: text,
+                    },
+                    HistoryEntry {
+                        role: "assistant".into(),
+                        content: answer.clone(),
+                    },
+                ],
+                self.config.history_turns * 2,
+            )
+            .await
+            .map_err(Self::storage)?;
+        Ok(vec![answer])
+    }
+}

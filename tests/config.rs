@@ -309,3 +309,82 @@ fn bad_robot_urls_and_limits_are_named_without_echoing_the_url() {
         "{text}"
     );
 }
+
+#[test]
+fn agent_sections_per_kind_and_per_app() {
+    use wecom_gateway::config::AgentKind;
+    let f = yaml(&format!(
+        "agent:\n  kind: openai\n  base_url: http://localhost:11434/v1/\n  model: qwen2.5:7b\n  api_key_env: MY_LLM_KEY\n  temperature: 0.3\n  ack_after: 2.5\n  ack_message: 稍等\napps:\n  - name: a\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 1\n    token: t\n    encoding_aes_key: {KEY_A}\n  - name: b\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 2\n    token: t\n    encoding_aes_key: {KEY_A}\n    agent:\n      kind: http\n      url: http://127.0.0.1:9000/chat\n      headers:\n        Authorization: Bearer hdr-secret-1\n"
+    ));
+    let e = vec![("MY_LLM_KEY".to_string(), "llm-secret-2".to_string())];
+    let (c, _) = Config::load(Some(f.path()), e).unwrap();
+    let AgentKind::Openai(o) = &c.agent.kind else {
+        panic!("openai expected")
+    };
+    assert_eq!(o.base_url, "http://localhost:11434/v1");
+    assert_eq!(o.model, "qwen2.5:7b");
+    assert!(o.api_key.is_some());
+    assert_eq!(
+        c.agent.ack_after,
+        Some(std::time::Duration::from_millis(2500))
+    );
+    assert!(c.apps[0].agent.is_none());
+    let b = c.apps[1].agent.as_ref().expect("app b's own agent");
+    assert!(matches!(b.kind, AgentKind::Http(_)));
+    assert_eq!(
+        b.ack_message, "稍等",
+        "chat settings are inherited from the agent: section"
+    );
+    let shown = format!("{}{c:?}", c.redacted());
+    assert!(
+        !shown.contains("hdr-secret-1") && !shown.contains("llm-secret-2"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("kind: openai") && shown.contains("kind: http"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn agent_errors_name_their_fields() {
+    let f = yaml("agent:\n  kind: openai\n  api_key_env: NOT_SET_ANYWHERE\n  temperature: hot\n");
+    let text = Config::load(Some(f.path()), single_app_env())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "agent.base_url: is required",
+        "agent.model: is required",
+        "agent.api_key_env: the environment variable NOT_SET_ANYWHERE is not set",
+        "agent.temperature: must be a number from 0 to 2",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in {text}");
+    }
+    let f = yaml("agent:\n  kind: telepathy\n");
+    let text = Config::load(Some(f.path()), single_app_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("agent.kind: must be echo, http, command or openai"),
+        "{text}"
+    );
+    let f = yaml("agent:\n  kind: command\n  timeout_secs: 0\n");
+    let text = Config::load(Some(f.path()), single_app_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("agent.program: is required") && text.contains("agent.timeout_secs"),
+        "{text}"
+    );
+    let mut e = single_app_env();
+    e.push(("WECOM_CALLBACK_AGENT__KIND".into(), "http".into()));
+    e.push((
+        "WECOM_CALLBACK_AGENT__URL".into(),
+        "http://127.0.0.1:1/x".into(),
+    ));
+    let (c, _) = Config::load(None, e).unwrap();
+    assert!(
+        matches!(c.agent.kind, wecom_gateway::config::AgentKind::Http(_)),
+        "nested env keys"
+    );
+}

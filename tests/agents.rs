@@ -17,22 +17,24 @@ use wecom_gateway::config::{
     AgentConfig, AgentKind, CommandAgentConfig, Config, HttpAgentConfig, OpenAiConfig,
 };
 
-/// A local HTTP server: records each request (headers, JSON) and answers with `answer(n, body)`.
-struct Server {
-    url: String,
-    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-}
-
+/// Requests a local server received: headers and JSON body, in order.
+type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
 type Answer = fn(usize, &Value) -> (StatusCode, Value);
 
+/// A local HTTP server: records each request and answers with `answer(n, body)` (n from 1).
+struct Server {
+    url: String,
+    seen: Seen,
+}
+
 async fn serve(path: &str, answer: Answer) -> Server {
-    let seen: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let state = (seen.clone(), answer);
     let router = Router::new()
         .route(
             path,
             post(
-                |State((seen, answer)): State<(Arc<Mutex<Vec<(HeaderMap, Value)>>>, Answer)>,
+                |State((seen, answer)): State<(Seen, Answer)>,
                  headers: HeaderMap,
                  Json(body): Json<Value>| async move {
                     let n = {

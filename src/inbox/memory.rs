@@ -169,7 +169,7 @@ impl Inbox for MemoryInbox {
         error: Option<String>,
     ) -> Result<(), InboxError> {
         if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
-            status.state = if error.is_some() { "failed" } else { "sent" }.into();
+            status.state = super::delivery_state(&error).into();
             status.attempts = attempts;
             status.error = error;
         }

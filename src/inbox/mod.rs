@@ -71,6 +71,15 @@ pub struct StoredDelivery {
     pub payload: String,
 }
 
+/// The state a finished delivery is stored with: the one place that names it.
+pub fn delivery_state(error: &Option<String>) -> &'static str {
+    if error.is_some() {
+        "failed"
+    } else {
+        "sent"
+    }
+}
+
 /// What became of a delivery, for the status API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryStatus {

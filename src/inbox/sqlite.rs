@@ -680,7 +680,7 @@ impl Inbox for SqliteInbox {
     ) -> Result<(), InboxError> {
         self.db
             .write(move |c| {
-                let state = if error.is_some() { "failed" } else { "sent" };
+                let state = super::delivery_state(&error);
                 c.prepare_cached(
                     "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
                 )?

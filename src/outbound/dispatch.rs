@@ -80,14 +80,7 @@ impl Dispatcher {
             app: app.into(),
             user: user.into(),
         };
-        self.submit(
-            &target,
-            pieces
-                .iter()
-                .map(|p| serde_json::to_string(p).unwrap_or_default())
-                .collect(),
-        )
-        .await
+        self.submit(&target, &pieces).await
     }
 
     /// Store robot messages (already split), then queue them. Returns their ids.
@@ -96,22 +89,25 @@ impl Dispatcher {
         bot: &str,
         pieces: Vec<BotMessage>,
     ) -> Result<Vec<i64>, InboxError> {
-        let target = Target::Bot { bot: bot.into() };
-        self.submit(
-            &target,
-            pieces
-                .iter()
-                .map(|p| serde_json::to_string(p).unwrap_or_default())
-                .collect(),
-        )
-        .await
+        self.submit(&Target::Bot { bot: bot.into() }, &pieces).await
     }
 
-    async fn submit(&self, target: &Target, payloads: Vec<String>) -> Result<Vec<i64>, InboxError> {
+    async fn submit<T: Serialize>(
+        &self,
+        target: &Target,
+        pieces: &[T],
+    ) -> Result<Vec<i64>, InboxError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(InboxError::Closed);
         }
         let key = target.key();
+        let payloads = pieces
+            .iter()
+            .map(|p| {
+                serde_json::to_string(p)
+                    .map_err(|e| InboxError::Storage(format!("cannot encode a message: {e}")))
+            })
+            .collect::<Result<Vec<String>, _>>()?;
         let items: Vec<(String, String)> =
             payloads.iter().map(|p| (key.clone(), p.clone())).collect();
         let ids = self.store.add_deliveries(items).await?;

@@ -240,7 +240,8 @@ time.sleep(600)
             pid = pid_file.display().to_string()
         ),
     );
-    let mut cfg = with_agent(&fake, command_agent(program, Duration::from_secs(1)));
+    // Long enough for Python to start and write its PID file on a busy machine.
+    let mut cfg = with_agent(&fake, command_agent(program, Duration::from_secs(3)));
     cfg.workers = 1;
     cfg.agent.failure_message = "agent failed".into();
     let app = TestApp::spawn(cfg).await;

@@ -73,6 +73,11 @@ async fn serves_from_env_alone_stops_on_sigterm_and_never_logs_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The 60020 failure and the refusals are logged (a graceful stop would leave a message that
+    // is still queued for the next start, so wait for the worker to have handled it).
+    gw.wait_for_log(&["message/send failed", "60020"]).await;
+    gw.wait_for_log(&["not on the allowlist"]).await;
+
     // SIGTERM: a clean, successful exit.
     let text = gw.terminate().await;
     assert!(text.contains("SIGTERM received"), "{text}");

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub addr: String,
     log: Arc<Mutex<Vec<String>>>,
     logged: Arc<tokio::sync::Notify>,
+    /// Ends when stderr closes: after it, the log holds every line the process wrote.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -51,7 +53,7 @@ impl Gateway {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sink = log.clone();
         let notify = logged.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut tx = Some(tx);
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("listening on ").nth(1) {
@@ -72,6 +74,7 @@ impl Gateway {
             addr,
             log,
             logged,
+            reader,
         }
     }
 
@@ -118,13 +121,20 @@ impl Gateway {
             .expect("exit in time")
             .expect("wait");
         assert!(status.success(), "exit status {status:?}\n{}", self.log());
-        self.log()
+        self.full_log().await
+    }
+
+    /// The whole log, once the process has closed stderr.
+    async fn full_log(self) -> String {
+        let _ = tokio::time::timeout(WAIT, self.reader).await;
+        let lines = self.log.lock().unwrap().join("\n");
+        lines
     }
 
     /// SIGKILL: the process dies on the spot, as in a crash or an OOM kill.
     pub async fn kill9(mut self) -> String {
         self.child.kill().await.expect("kill -9");
-        self.log()
+        self.full_log().await
     }
 
     /// Resident memory in KiB, from /proc.

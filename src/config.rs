@@ -341,10 +341,8 @@ fn section(
     match root.get(key) {
         None | Some(Value::Empty(..)) => BTreeMap::new(),
         Some(Value::Dict(_, d)) => {
-            let d: BTreeMap<String, Value> =
-                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            warn_unknown(&d, known, &format!("{key}."), warnings);
-            d
+            warn_unknown(d, known, &format!("{key}."), warnings);
+            d.clone()
         }
         Some(other) => {
             r.err(key, format!("must be a mapping, got {}", other.to_actual()));
@@ -400,8 +398,7 @@ fn read_bots(
             );
             continue;
         };
-        let d: BTreeMap<String, Value> = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        warn_unknown(&d, BOT_KEYS, &prefix, warnings);
+        warn_unknown(d, BOT_KEYS, &prefix, warnings);
         if d.contains_key("secret") {
             warnings.push(format!(
                 "{prefix}secret: WeCom group robots have no signing secret; the field is ignored"
@@ -547,33 +544,21 @@ impl Reader<'_> {
         }
     }
 
-    /// A list, or a comma-separated string (the environment's form).
+    /// A list, or a comma-separated string (the environment's form); items trimmed, empty ones
+    /// dropped.
     pub(crate) fn list(
         &mut self,
         map: &BTreeMap<String, Value>,
         key: &str,
         field: &str,
     ) -> Vec<String> {
-        let items: Vec<String> = match map.get(key) {
-            None | Some(Value::Empty(..)) => return Vec::new(),
-            Some(Value::Array(_, values)) => values
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    let one = BTreeMap::from([(String::new(), v.clone())]);
-                    self.string(&one, "", &format!("{field}[{i}]"))
-                })
-                .collect(),
-            Some(_) => match self.string(map, key, field) {
-                Some(s) => s.split(',').map(str::to_owned).collect(),
-                None => return Vec::new(),
-            },
-        };
-        items
-            .into_iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
+        self.items(map, key, field, |s| {
+            s.split(',').map(str::to_owned).collect()
+        })
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
     }
 
     /// A list kept as given (program arguments may hold commas), or a string split at whitespace.
@@ -582,6 +567,19 @@ impl Reader<'_> {
         map: &BTreeMap<String, Value>,
         key: &str,
         field: &str,
+    ) -> Vec<String> {
+        self.items(map, key, field, |s| {
+            s.split_whitespace().map(str::to_owned).collect()
+        })
+    }
+
+    /// A list's items as text, or a single text value cut into items by `split`.
+    fn items(
+        &mut self,
+        map: &BTreeMap<String, Value>,
+        key: &str,
+        field: &str,
+        split: fn(&str) -> Vec<String>,
     ) -> Vec<String> {
         match map.get(key) {
             None | Some(Value::Empty(..)) => Vec::new(),
@@ -595,7 +593,7 @@ impl Reader<'_> {
                 .collect(),
             Some(_) => self
                 .string(map, key, field)
-                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .map(|s| split(&s))
                 .unwrap_or_default(),
         }
     }
@@ -609,16 +607,13 @@ impl Reader<'_> {
     ) -> Vec<(String, String)> {
         match map.get(key) {
             None | Some(Value::Empty(..)) => Vec::new(),
-            Some(Value::Dict(_, d)) => {
-                let d: BTreeMap<String, Value> =
-                    d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                d.keys()
-                    .filter_map(|k| {
-                        self.string(&d, k, &format!("{field}.{k}"))
-                            .map(|v| (k.clone(), v))
-                    })
-                    .collect()
-            }
+            Some(Value::Dict(_, d)) => d
+                .keys()
+                .filter_map(|k| {
+                    self.string(d, k, &format!("{field}.{k}"))
+                        .map(|v| (k.clone(), v))
+                })
+                .collect(),
             Some(other) => {
                 self.err(
                     field,
@@ -883,11 +878,9 @@ fn from_values(
                 let prefix = format!("apps[{i}].");
                 match v {
                     Value::Dict(_, d) => {
-                        let d: BTreeMap<String, Value> =
-                            d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        warn_unknown(&d, APP_KEYS, &prefix, &mut warnings);
+                        warn_unknown(d, APP_KEYS, &prefix, &mut warnings);
                         if let Some(app) =
-                            app_from(&d, &prefix, None, &mut r, &mut warnings, &agents)
+                            app_from(d, &prefix, None, &mut r, &mut warnings, &agents)
                         {
                             apps.push(app);
                         }

@@ -190,9 +190,9 @@ pub(crate) fn read(
     base: Option<&AgentConfig>,
 ) -> Option<AgentConfig> {
     let defaults = base.cloned().unwrap_or_default();
-    let d: BTreeMap<String, Value> = match value {
+    let d: &BTreeMap<String, Value> = match value {
         None | Some(Value::Empty(..)) => return Some(defaults),
-        Some(Value::Dict(_, d)) => d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(Value::Dict(_, d)) => d,
         Some(other) => {
             r.err(
                 prefix,
@@ -212,20 +212,20 @@ pub(crate) fn read(
     let f = |k: &str| format!("{prefix}.{k}");
     let secs = |r: &mut Reader<'_>, key: &str, default: u64| -> Option<Duration> {
         if d.contains_key(key) {
-            r.number::<u64>(&d, key, &f(key), 1, 86_400)
+            r.number::<u64>(d, key, &f(key), 1, 86_400)
                 .map(Duration::from_secs)
         } else {
             Some(Duration::from_secs(default))
         }
     };
-    let text = |r: &mut Reader<'_>, key: &str| r.string(&d, key, &f(key)).filter(|s| !s.is_empty());
+    let text = |r: &mut Reader<'_>, key: &str| r.string(d, key, &f(key)).filter(|s| !s.is_empty());
 
     let kind_name = text(r, "kind").unwrap_or_else(|| "echo".into());
     let kind = match kind_name.to_ascii_lowercase().as_str() {
         "echo" => Some(AgentKind::Echo),
         "http" => {
             let url = r
-                .required(&d, "url", &f("url"))
+                .required(d, "url", &f("url"))
                 .and_then(|u| match url::Url::parse(&u) {
                     Ok(p) if matches!(p.scheme(), "http" | "https") => Some(u),
                     _ => {
@@ -238,11 +238,11 @@ pub(crate) fn read(
                 });
             let timeout = secs(r, "timeout_secs", 120);
             let retries = if d.contains_key("retries") {
-                r.number::<u32>(&d, "retries", &f("retries"), 0, 10)
+                r.number::<u32>(d, "retries", &f("retries"), 0, 10)
             } else {
                 Some(2)
             };
-            let headers = r.map(&d, "headers", &f("headers"));
+            let headers = r.map(d, "headers", &f("headers"));
             match (url, timeout, retries) {
                 (Some(url), Some(timeout), Some(retries)) => {
                     Some(AgentKind::Http(HttpAgentConfig {
@@ -259,10 +259,10 @@ pub(crate) fn read(
             }
         }
         "command" => {
-            let program = r.required(&d, "program", &f("program"));
-            let args = r.list_raw(&d, "args", &f("args"));
+            let program = r.required(d, "program", &f("program"));
+            let args = r.list_raw(d, "args", &f("args"));
             let timeout = secs(r, "timeout_secs", 120);
-            let env_vars = r.map(&d, "env", &f("env"));
+            let env_vars = r.map(d, "env", &f("env"));
             let working_dir = text(r, "working_dir").map(PathBuf::from);
             match (program, timeout) {
                 (Some(program), Some(timeout)) => Some(AgentKind::Command(CommandAgentConfig {
@@ -276,14 +276,14 @@ pub(crate) fn read(
             }
         }
         "openai" => {
-            let base_url = r.required(&d, "base_url", &f("base_url")).and_then(|u| match url::Url::parse(&u) {
+            let base_url = r.required(d, "base_url", &f("base_url")).and_then(|u| match url::Url::parse(&u) {
                 Ok(p) if matches!(p.scheme(), "http" | "https") => Some(u.trim_end_matches('/').to_owned()),
                 _ => {
                     r.err(&f("base_url"), format!("must be an http:// or https:// URL such as https://api.openai.com/v1, got {u:?}"));
                     None
                 }
             });
-            let model = r.required(&d, "model", &f("model"));
+            let model = r.required(d, "model", &f("model"));
             let api_key = match (text(r, "api_key"), text(r, "api_key_env")) {
                 (Some(key), _) => Some(SecretString::from(key)),
                 (None, Some(var)) => match env.get(&var).filter(|v| !v.is_empty()) {
@@ -312,18 +312,18 @@ pub(crate) fn read(
                 }
             });
             let max_tokens = if d.contains_key("max_tokens") {
-                r.number::<u32>(&d, "max_tokens", &f("max_tokens"), 1, 1_000_000)
+                r.number::<u32>(d, "max_tokens", &f("max_tokens"), 1, 1_000_000)
             } else {
                 None
             };
             let timeout = secs(r, "timeout_secs", 120);
             let history_turns = if d.contains_key("history_turns") {
-                r.number::<usize>(&d, "history_turns", &f("history_turns"), 0, 1000)
+                r.number::<usize>(d, "history_turns", &f("history_turns"), 0, 1000)
             } else {
                 Some(10)
             };
             let history_chars = if d.contains_key("history_chars") {
-                r.number::<usize>(&d, "history_chars", &f("history_chars"), 0, 10_000_000)
+                r.number::<usize>(d, "history_chars", &f("history_chars"), 0, 10_000_000)
             } else {
                 Some(16_000)
             };
@@ -358,7 +358,7 @@ pub(crate) fn read(
         }
     };
     let delay_ms = if d.contains_key("delay_ms") {
-        r.number::<u64>(&d, "delay_ms", &f("delay_ms"), 0, 86_400_000)?
+        r.number::<u64>(d, "delay_ms", &f("delay_ms"), 0, 86_400_000)?
     } else {
         0
     };

@@ -250,30 +250,35 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
         .into_pieces()
         .map_err(|e| bad_request(e.to_string()))?;
     let apps = state.dispatcher.apps();
-    let mut ids = Vec::new();
-    // Resolve every user's app first, so a bad request stores nothing.
-    let mut plan = Vec::new();
-    for user in &users {
-        let app = match &req.app {
-            Some(name) => apps
-                .by_name(name)
+    // The app named in the request, else the only app; with several and none named, each user's
+    // stored route decides.
+    let fixed = match &req.app {
+        Some(name) => Some(
+            apps.by_name(name)
                 .ok_or_else(|| not_found(format!("no app named {name:?} is configured")))?
                 .config
                 .name
                 .clone(),
-            None => match apps.iter().collect::<Vec<_>>().as_slice() {
-                [only] => only.config.name.clone(),
-                several => {
-                    // The app the user last wrote through, as the store remembers it.
-                    let routed = route_for_user(&state, several, user).await?;
-                    routed.ok_or_else(|| {
-                        bad_request(format!("app: required, several apps are configured and {user:?} has not written to any"))
-                    })?
-                }
-            },
+        ),
+        None => match apps.iter().collect::<Vec<_>>().as_slice() {
+            [only] => Some(only.config.name.clone()),
+            _ => None,
+        },
+    };
+    // Resolve every user's app first, so a bad request stores nothing.
+    let mut plan = Vec::new();
+    for user in &users {
+        let app = match &fixed {
+            Some(app) => app.clone(),
+            None => route_for_user(&state, apps, user).await?.ok_or_else(|| {
+                bad_request(format!(
+                    "app: required, several apps are configured and {user:?} has not written to any"
+                ))
+            })?,
         };
         plan.push((app, user.clone()));
     }
+    let mut ids = Vec::new();
     for (app, user) in plan {
         ids.extend(
             state
@@ -289,7 +294,7 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
 /// The app `user` last wrote through, looked up in each corp the configured apps belong to.
 async fn route_for_user(
     state: &AppState,
-    apps: &[&std::sync::Arc<crate::app::App>],
+    apps: &crate::app::Apps,
     user: &str,
 ) -> Result<Option<String>, ApiError> {
     let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();

@@ -404,9 +404,9 @@ fn read_bots(
                 "{prefix}secret: WeCom group robots have no signing secret; the field is ignored"
             ));
         }
-        let name = r.required(&d, "name", &format!("{prefix}name"));
+        let name = r.required(d, "name", &format!("{prefix}name"));
         let key = r
-            .required(&d, "webhook_url", &format!("{prefix}webhook_url"))
+            .required(d, "webhook_url", &format!("{prefix}webhook_url"))
             .and_then(|url| match webhook_key(&url) {
                 Ok(key) => Some(key),
                 Err(e) => {

@@ -57,18 +57,13 @@ pub fn webhook_key(webhook_url: &str) -> Result<String, String> {
 }
 
 /// A notification for a group: `[SEVERITY] subject` / body / `source: ...` / `dedupe: ...`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// (The push API reads its fields from its own request body.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Alert {
-    #[serde(default)]
     pub severity: Option<String>,
-    #[serde(default)]
     pub subject: String,
-    #[serde(default)]
     pub body: String,
-    #[serde(default)]
     pub source: String,
-    #[serde(default)]
     pub dedupe_key: String,
 }
 

@@ -6,7 +6,7 @@
 //! Must never: do I/O, log, block, or be async. Every function here is pure (randomness is passed in), so
 //! it can be tested with the official vectors and fuzzed without a runtime. Secrets never reach `Debug`.
 //!
-//! Compatibility choices (see shared/wecom-protocol.md §2): the key is decoded with trailing bits allowed
+//! Compatibility choices (see docs/wecom-protocol.md §2.9): the key is decoded with trailing bits allowed
 //! (the console produces non-canonical base64), padding is PKCS#7 over 32-byte blocks (pad 1..=32), the
 //! receive id must match exactly, and signatures are compared in constant time.
 
@@ -39,8 +39,6 @@ const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
 pub enum CryptoError {
     #[error("msg_signature does not match (-40001)")]
     ValidateSignature,
-    #[error("callback XML could not be parsed (-40002): {0}")]
-    ParseXml(String),
     #[error("EncodingAESKey is invalid (-40004): {0}")]
     IllegalAesKey(String),
     #[error("receive id in the message does not match the configured corp id (-40005)")]
@@ -58,7 +56,6 @@ impl CryptoError {
     pub fn code(&self) -> i32 {
         match self {
             CryptoError::ValidateSignature => -40001,
-            CryptoError::ParseXml(_) => -40002,
             CryptoError::IllegalAesKey(_) => -40004,
             CryptoError::ValidateCorpId => -40005,
             CryptoError::DecryptAes(_) => -40007,
@@ -166,10 +163,6 @@ impl MsgCrypt {
         })
     }
 
-    pub fn receive_id(&self) -> &str {
-        &self.receive_id
-    }
-
     /// Does `msg_signature` sign `encrypt` under this app's token?
     pub fn verify(
         &self,
@@ -260,7 +253,7 @@ impl MsgCrypt {
         STANDARD.encode(ct)
     }
 
-    /// Build the encrypted XML envelope WeCom sends (and expects for passive replies).
+    /// Build the encrypted XML envelope WeCom sends .
     pub fn encrypt_msg(
         &self,
         msg: &str,
@@ -289,14 +282,6 @@ pub struct EncryptedMsg {
 }
 
 impl EncryptedMsg {
-    /// The passive-reply layout of the official Python/PHP SDKs.
-    pub fn to_reply_xml(&self) -> String {
-        format!(
-            "<xml>\n<Encrypt><![CDATA[{}]]></Encrypt>\n<MsgSignature><![CDATA[{}]]></MsgSignature>\n<TimeStamp>{}</TimeStamp>\n<Nonce><![CDATA[{}]]></Nonce>\n</xml>",
-            self.encrypt, self.msg_signature, self.timestamp, self.nonce
-        )
-    }
-
     /// The callback envelope WeCom POSTs to the gateway (used by the simulator and tests).
     pub fn to_callback_xml(&self, to_user_name: &str, agent_id: &str) -> String {
         format!(

@@ -60,6 +60,7 @@ pub struct Application {
     apps: Apps,
     inbox: Arc<dyn Inbox>,
     worker: Worker,
+    outbound: Arc<Outbound>,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -151,7 +152,7 @@ impl Application {
         let worker = Worker {
             inbox: inbox.clone(),
             agents: Arc::new(agents),
-            outbound,
+            outbound: outbound.clone(),
             apps: apps.clone(),
         };
         Ok(Application {
@@ -161,6 +162,7 @@ impl Application {
             apps,
             inbox,
             worker,
+            outbound,
             dispatcher,
         })
     }
@@ -183,6 +185,7 @@ impl Application {
             apps,
             inbox,
             worker,
+            outbound,
             dispatcher,
         } = self;
         let mut workers = JoinSet::new();
@@ -200,6 +203,7 @@ impl Application {
             allowlist: Arc::new(config.allowlist.clone()),
             dispatcher: dispatcher.clone(),
             api_tokens: Arc::new(config.api_tokens.clone()),
+            agent_ids: Arc::default(),
         };
         match dispatcher.resume().await {
             Ok(0) => {}
@@ -219,6 +223,11 @@ impl Application {
 
         background.shutdown().await;
         inbox.close();
+        // Replies and pushes in progress share one grace period. A send that WeCom's rate limit
+        // (or a retry's backoff) would hold past it gives up at once and stays stored, so the
+        // stop takes only as long as something can still progress.
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        outbound.stop_by(tokio::time::Instant::now() + grace);
         let pending = inbox.len();
         if pending > 0 {
             tracing::info!(
@@ -227,21 +236,26 @@ impl Application {
                 "shutting down: letting messages in progress finish"
             );
         }
-        // Replies and pushes in progress share one grace period.
-        let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let (drained, ()) = tokio::join!(
+        let (drained, waiting_targets) = tokio::join!(
             tokio::time::timeout(grace, async {
                 while workers.join_next().await.is_some() {}
             }),
             dispatcher.close(grace),
         );
+        let kept = match config.store {
+            StoreKind::Sqlite => "stay in the store and are taken up at the next start",
+            StoreKind::Memory => "are lost (store: memory)",
+        };
         if drained.is_err() {
             let left = inbox.len();
             workers.abort_all();
-            match config.store {
-                StoreKind::Sqlite => tracing::warn!(unfinished = left, "grace period over: {left} message(s) still in progress stay in the store and are taken up at the next start"),
-                StoreKind::Memory => tracing::warn!(unfinished = left, "grace period over: {left} message(s) were not finished and are lost (store: memory)"),
-            }
+            tracing::warn!(
+                unfinished = left,
+                "grace period over: {left} message(s) still in progress {kept}"
+            );
+        }
+        if waiting_targets > 0 {
+            tracing::warn!(targets = waiting_targets, "pushes to {waiting_targets} recipient(s) were still waiting to be sent: they {kept}");
         }
         tracing::info!("wecom-gateway stopped");
         Ok(())

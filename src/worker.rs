@@ -11,9 +11,9 @@ use std::time::Duration;
 use crate::agent::{Agent, Turn};
 use crate::app::Apps;
 use crate::config::AgentConfig;
-use crate::inbox::{Chunk, Inbox, Job, Outcome};
-use crate::outbound::Outbound;
-use crate::wecom::{split_utf8, AppMessage, TEXT_MAX_BYTES};
+use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
+use crate::outbound::{Outbound, Undelivered};
+use crate::wecom::AppMessage;
 
 /// An agent with the chat settings around it.
 pub struct AgentHandle {
@@ -57,10 +57,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Take and handle jobs until the inbox closes.
+    /// Take and handle jobs until the inbox closes. Each job runs in a task of its own, so a
+    /// panic (in an agent, say) fails that job alone: it is recorded as failed with the panic's
+    /// message, its user's lane is freed, and this worker takes the next job.
     pub async fn run(self) {
         while let Some(job) = self.inbox.next().await {
-            let outcome = self.handle(&job).await;
+            let worker = self.clone();
+            let task_job = job.clone();
+            let mut task = AbortOnDrop(tokio::spawn(async move { worker.handle(&task_job).await }));
+            let outcome = match (&mut task.0).await {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_panic() => {
+                    let why = panic_message(e.into_panic());
+                    tracing::error!(job = job.id, user = ?job.user_key, "handling the message panicked: {why}; it is marked failed");
+                    Outcome::Failed(format!("panicked: {why}"))
+                }
+                Err(_) => Outcome::Interrupted,
+            };
             self.inbox.finish(&job, outcome).await;
         }
     }
@@ -68,25 +81,28 @@ impl Worker {
     async fn handle(&self, job: &Job) -> Outcome {
         let msg = &job.message;
         if !msg.is_chat_turn() {
-            tracing::debug!(job = job.id, user = %job.user_key, msg_type = %msg.msg_type, "not a chat turn; no reply");
+            tracing::debug!(job = job.id, user = ?job.user_key, msg_type = ?msg.msg_type, "not a chat turn; no reply");
             return Outcome::Done;
         }
         let Some(app) = self.apps.by_name(&job.app) else {
             let error = format!("app {:?} is no longer configured", job.app);
-            tracing::error!(job = job.id, user = %job.user_key, "{error}; message dropped");
+            tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
             return Outcome::Failed(error);
         };
         // Set when the agent failed: the user gets the failure message, the job is marked failed.
         let mut failure: Option<String> = None;
         let chunks = match &job.reply {
             Some(recorded) => {
-                let left = recorded.iter().filter(|c| !c.sent).count();
-                tracing::info!(job = job.id, user = %job.user_key, attempt = job.attempts, left, "resuming a recorded reply");
+                let left = recorded
+                    .iter()
+                    .filter(|c| c.state != ChunkState::Sent)
+                    .count();
+                tracing::info!(job = job.id, user = ?job.user_key, attempt = job.attempts, left, "resuming a recorded reply");
                 recorded.clone()
             }
             None => {
                 let handle = self.agents.for_app(&app.config.name);
-                tracing::debug!(job = job.id, user = %job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
+                tracing::debug!(job = job.id, user = ?job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
                 let turn = Turn {
                     app: &app.config.name,
                     corp_id: &app.config.corp_id,
@@ -101,15 +117,23 @@ impl Worker {
                         vec![handle.failure_message.clone()]
                     }
                 };
-                let pieces: Vec<&str> = replies
-                    .iter()
-                    .filter(|r| !r.trim().is_empty())
-                    .flat_map(|r| split_utf8(r, TEXT_MAX_BYTES))
+                let pieces: Vec<String> = replies
+                    .into_iter()
+                    .flat_map(|content| {
+                        AppMessage::Text { content }
+                            .into_pieces()
+                            .unwrap_or_default()
+                    })
+                    .filter_map(|piece| match piece {
+                        AppMessage::Text { content } => Some(content),
+                        _ => None,
+                    })
                     .collect();
                 if pieces.is_empty() {
-                    tracing::debug!(job = job.id, user = %job.user_key, "agent gave no reply");
+                    tracing::debug!(job = job.id, user = ?job.user_key, "agent gave no reply");
                     return Outcome::Done;
                 }
+                let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
                 if let Err(e) = self.inbox.record_reply(job, &pieces).await {
                     // Deliver anyway: a lost answer is worse than a rare double after a crash.
                     tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
@@ -120,7 +144,7 @@ impl Worker {
                     .map(|(seq, content)| Chunk {
                         seq,
                         content: content.to_owned(),
-                        sent: false,
+                        state: ChunkState::Unsent,
                     })
                     .collect::<Vec<_>>()
             }
@@ -131,13 +155,19 @@ impl Worker {
             .outbound
             .lock(&Outbound::member_key(app, &msg.from_user_name))
             .await;
-        for chunk in chunks.iter().filter(|c| !c.sent) {
+        for chunk in chunks.iter().filter(|c| c.state != ChunkState::Sent) {
             let message = AppMessage::Text {
                 content: chunk.content.clone(),
             };
+            // Recorded before WeCom is called: if the process dies before the answer is recorded,
+            // the next try knows this chunk may have arrived and asks WeCom to drop a duplicate.
+            if let Err(e) = self.inbox.mark_started(job, chunk.seq).await {
+                tracing::warn!(job = job.id, seq = chunk.seq, error = %e, "cannot record that a chunk is being sent");
+            }
+            let resend = chunk.state == ChunkState::Started;
             match self
                 .outbound
-                .send_app(app, &msg.from_user_name, &message)
+                .send_app(app, &msg.from_user_name, &message, resend)
                 .await
             {
                 Ok((receipt, _attempts)) => {
@@ -148,10 +178,14 @@ impl Worker {
                         tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                     }
                 }
-                Err(failure) => {
+                Err(Undelivered::Stopped) => {
+                    tracing::info!(job = job.id, user = ?job.user_key, "shutting down: WeCom's rate limit holds the rest of this reply past the grace period; it is sent after the next start");
+                    return Outcome::Interrupted;
+                }
+                Err(Undelivered::Failed(failure)) => {
                     // Later pieces are not sent: a reply with a hole in the middle reads worse than
                     // one that stops.
-                    tracing::error!(job = job.id, app = %app.config.name, user = %job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
+                    tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
                     return Outcome::Failed(format!(
                         "piece {} of {total}: {failure}",
                         chunk.seq + 1
@@ -161,11 +195,11 @@ impl Worker {
         }
         match failure {
             Some(cause) => {
-                tracing::info!(job = job.id, user = %job.user_key, "failure message sent");
+                tracing::info!(job = job.id, user = ?job.user_key, "failure message sent");
                 Outcome::Failed(cause)
             }
             None => {
-                tracing::info!(job = job.id, app = %app.config.name, user = %job.user_key, pieces = total, "reply sent");
+                tracing::info!(job = job.id, app = %app.config.name, user = ?job.user_key, pieces = total, "reply sent");
                 Outcome::Done
             }
         }
@@ -192,7 +226,7 @@ impl Worker {
             },
         };
         result.map_err(|e| {
-            tracing::error!(job = job.id, user = %job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
+            tracing::error!(job = job.id, user = ?job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
             e.to_string()
         })
     }
@@ -208,13 +242,35 @@ impl Worker {
         let receipt = AppMessage::Text {
             content: handle.ack_message.clone(),
         };
-        match self.outbound.send_app(app, turn.user_id, &receipt).await {
+        match self
+            .outbound
+            .send_app(app, turn.user_id, &receipt, false)
+            .await
+        {
             Ok(_) => {
-                tracing::debug!(job = job.id, user = %job.user_key, "receipt sent: the agent is taking a while")
+                tracing::debug!(job = job.id, user = ?job.user_key, "receipt sent: the agent is taking a while")
             }
             Err(e) => {
-                tracing::warn!(job = job.id, user = %job.user_key, error = %e, "cannot send the receipt")
+                tracing::warn!(job = job.id, user = ?job.user_key, error = ?e, "cannot send the receipt")
             }
         }
     }
+}
+
+/// A job's task ends with its worker: a worker stopped at shutdown (or in a test's simulated
+/// crash) must not leave the job running on its own.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::inbox::{Inbox, NewJob, Outcome, Pushed, SqliteInbox};
+use wecom_gateway::inbox::{ChunkState, Inbox, NewJob, Outcome, Pushed, SqliteInbox};
 use wecom_gateway::message::InboundMessage;
 
 fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
@@ -18,7 +18,6 @@ fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
         user_key: format!("ww1:{user}"),
         dedup_key: message.dedup_key("ww1", 5),
         payload: xml,
-        message,
     }
 }
 
@@ -93,7 +92,10 @@ async fn a_recorded_reply_comes_back_with_its_sent_chunks() {
             .record_reply(&j, &["one", "two", "three"])
             .await
             .unwrap();
+        inbox.mark_started(&j, 0).await.unwrap();
         inbox.mark_sent(&j, 0).await.unwrap();
+        // The second chunk's send began; its answer never came back.
+        inbox.mark_started(&j, 1).await.unwrap();
         // No finish: the process "dies" here.
     })
     .await;
@@ -103,8 +105,18 @@ async fn a_recorded_reply_comes_back_with_its_sent_chunks() {
         let j = inbox.next().await.unwrap();
         assert_eq!(j.attempts, 2);
         let reply = j.reply.clone().expect("recorded reply");
-        let state: Vec<(&str, bool)> = reply.iter().map(|c| (c.content.as_str(), c.sent)).collect();
-        assert_eq!(state, vec![("one", true), ("two", false), ("three", false)]);
+        let state: Vec<(&str, ChunkState)> = reply
+            .iter()
+            .map(|c| (c.content.as_str(), c.state))
+            .collect();
+        assert_eq!(
+            state,
+            vec![
+                ("one", ChunkState::Sent),
+                ("two", ChunkState::Started),
+                ("three", ChunkState::Unsent)
+            ]
+        );
         inbox.finish(&j, Outcome::Done).await;
     })
     .await;

@@ -2,12 +2,13 @@
 //! reply. No shell is involved, so nothing in a message can become a command.
 //!
 //! Must never: pass the gateway's environment (its secrets) to the program, leave it running after
-//! its timeout, or let it fill memory (stdout is capped).
+//! its timeout, or let it fill memory (what is kept of stdout and stderr is capped; the rest is
+//! read and thrown away, so a chatty program never blocks on a full pipe).
 
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::{Agent, AgentError, Turn};
@@ -59,8 +60,8 @@ impl Agent for CommandAgent {
             .map_err(|e| AgentError::Failed(format!("cannot start {}: {e}", c.program)))?;
         let input = serde_json::to_vec(&turn.to_json()).unwrap_or_default();
         let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().map(|s| s.take(MAX_STDOUT + 1));
-        let mut stderr = child.stderr.take().map(|s| s.take(MAX_STDERR));
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         let run = async {
             // Write, read and wait together: a program that answers before reading all its input,
             // or writes a lot, must not deadlock on a full pipe.
@@ -70,35 +71,30 @@ impl Agent for CommandAgent {
                     let _ = stdin.write_all(&input).await;
                 }
             };
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let read_out = async {
-                if let Some(s) = stdout.as_mut() {
-                    let _ = s.read_to_end(&mut out).await;
-                }
-            };
-            let read_err = async {
-                if let Some(s) = stderr.as_mut() {
-                    let _ = s.read_to_end(&mut err).await;
-                }
-            };
-            tokio::join!(write, read_out, read_err);
+            let (_, out, err) = tokio::join!(
+                write,
+                read_capped(stdout, MAX_STDOUT),
+                read_capped(stderr, MAX_STDERR)
+            );
             let status = child.wait().await;
             (status, out, err)
         };
         let finished = tokio::time::timeout(c.timeout, run).await;
-        let Ok((status, out, err)) = finished else {
+        let Ok((status, (out, out_cut), (err, err_cut))) = finished else {
             // Kill and reap it, so no stray process outlives its turn.
             let _ = child.kill().await;
             return Err(AgentError::Timeout(c.timeout.as_secs()));
         };
+        if err_cut > 0 {
+            tracing::warn!(program = %c.program, kept = err.len(), cut = err_cut, "agent wrote more to stderr than is kept; the rest was read and dropped");
+        }
         let stderr_text = String::from_utf8_lossy(&err);
         for line in stderr_text
             .lines()
             .filter(|l| !l.trim().is_empty())
             .take(50)
         {
-            tracing::warn!(program = %c.program, "agent stderr: {line}");
+            tracing::warn!(program = %c.program, line = ?line, "agent stderr");
         }
         let status =
             status.map_err(|e| AgentError::Failed(format!("waiting for {}: {e}", c.program)))?;
@@ -113,10 +109,11 @@ impl Agent for CommandAgent {
                 c.program
             )));
         }
-        if out.len() as u64 > MAX_STDOUT {
+        if out_cut > 0 {
             return Err(AgentError::Failed(format!(
-                "{} wrote more than {MAX_STDOUT} bytes",
-                c.program
+                "{} wrote {} bytes to stdout, more than the {MAX_STDOUT} a reply may have",
+                c.program,
+                out.len() as u64 + out_cut
             )));
         }
         let text = String::from_utf8(out).map_err(|_| {
@@ -129,4 +126,18 @@ impl Agent for CommandAgent {
             vec![text.to_owned()]
         })
     }
+}
+
+/// Read `pipe` to its end, keeping the first `cap` bytes; returns them and how many more were
+/// read and dropped. Reading on past the cap is what lets the program finish writing and exit.
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> (Vec<u8>, u64) {
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), 0);
+    };
+    let mut kept = Vec::new();
+    let _ = (&mut pipe).take(cap).read_to_end(&mut kept).await;
+    let dropped = tokio::io::copy(&mut pipe, &mut tokio::io::sink())
+        .await
+        .unwrap_or(0);
+    (kept, dropped)
 }

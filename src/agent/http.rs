@@ -13,11 +13,17 @@ use serde_json::Value;
 
 use super::{Agent, AgentError, Turn};
 use crate::config::HttpAgentConfig;
+use crate::outbound::retry::RetryPolicy;
 
 pub struct HttpAgent {
     http: reqwest::Client,
     config: HttpAgentConfig,
+    retry: RetryPolicy,
 }
+
+/// The wait before the first retry of a failed agent call; it doubles, up to `RETRY_MAX`.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl HttpAgent {
     pub fn new(config: HttpAgentConfig) -> Result<Self, String> {
@@ -37,7 +43,16 @@ impl HttpAgent {
             .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
-        Ok(HttpAgent { http, config })
+        let retry = RetryPolicy {
+            max_attempts: config.retries + 1,
+            base: RETRY_BASE,
+            max: RETRY_MAX,
+        };
+        Ok(HttpAgent {
+            http,
+            config,
+            retry,
+        })
     }
 
     async fn once(&self, body: &Value) -> Result<Vec<String>, (bool, AgentError)> {
@@ -108,17 +123,17 @@ impl Agent for HttpAgent {
 
     async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
         let body = turn.to_json();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.once(&body).await {
-                Ok(replies) => return Ok(replies),
-                Err((true, e)) if attempt <= self.config.retries => {
-                    tracing::warn!(attempt, error = %e, "http agent failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                }
-                Err((_, e)) => return Err(e),
-            }
-        }
+        let (result, _) = self
+            .retry
+            .run(
+                |_| self.once(&body),
+                |(retryable, _)| *retryable,
+                |(_, e), attempt, delay| {
+                    tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "http agent failed; retrying");
+                    true
+                },
+            )
+            .await;
+        result.map_err(|(_, e)| e)
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{Agent, AgentError, Turn};
 use crate::config::OpenAiConfig;
-use crate::inbox::{HistoryEntry, Inbox};
+use crate::inbox::{HistoryEntry, Inbox, Role};
 use crate::message::MessageKind;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
@@ -56,7 +56,7 @@ impl OpenAiAgent {
             total -= entries.remove(0).content.chars().count();
         }
         // Never start with a dangling answer.
-        while entries.first().is_some_and(|e| e.role != "user") {
+        while entries.first().is_some_and(|e| e.role != Role::User) {
             entries.remove(0);
         }
         Ok(entries)
@@ -91,7 +91,7 @@ impl Agent for OpenAiAgent {
             messages.push(json!({ "role": "system", "content": prompt }));
         }
         for e in self.bounded_history(turn.user_key).await? {
-            messages.push(json!({ "role": e.role, "content": e.content }));
+            messages.push(json!({ "role": e.role.as_str(), "content": e.content }));
         }
         messages.push(json!({ "role": "user", "content": text }));
         let mut body = json!({ "model": self.config.model, "messages": messages });
@@ -144,11 +144,11 @@ impl Agent for OpenAiAgent {
                 turn.user_key,
                 vec![
                     HistoryEntry {
-                        role: "user".into(),
+                        role: Role::User,
                         content: text,
                     },
                     HistoryEntry {
-                        role: "assistant".into(),
+                        role: Role::Assistant,
                         content: answer.clone(),
                     },
                 ],

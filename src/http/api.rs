@@ -19,9 +19,11 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::error::HttpError;
 use super::AppState;
 use crate::bots::{Alert, AlertmanagerPayload};
 use crate::inbox::InboxError;
+use crate::outbound::dispatch::Push;
 use crate::wecom::{AppMessage, BotMessage, TextCard};
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -33,32 +35,34 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 
-struct ApiError(StatusCode, String);
+/// An error answer of the API: logged, then sent as JSON.
+struct ApiFailure(HttpError);
 
-impl IntoResponse for ApiError {
+impl From<HttpError> for ApiFailure {
+    fn from(e: HttpError) -> Self {
+        ApiFailure(e)
+    }
+}
+
+impl From<InboxError> for ApiFailure {
+    fn from(e: InboxError) -> Self {
+        ApiFailure(e.into())
+    }
+}
+
+impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        if self.0.is_server_error() {
-            tracing::error!(status = self.0.as_u16(), "api: {}", self.1);
-        } else {
-            tracing::info!(status = self.0.as_u16(), "api request refused: {}", self.1);
-        }
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        self.0.log("api request", "api");
+        self.0.json_response()
     }
 }
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+fn bad_request(msg: impl Into<String>) -> ApiFailure {
+    ApiFailure(HttpError::BadRequest(msg.into()))
 }
 
-fn not_found(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, msg.into())
-}
-
-fn store_error(e: InboxError) -> ApiError {
-    match e {
-        InboxError::Closed => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-    }
+fn not_found(msg: impl Into<String>) -> ApiFailure {
+    ApiFailure(HttpError::NotFound(msg.into()))
 }
 
 fn accepted(ids: Vec<i64>) -> Response {
@@ -70,7 +74,7 @@ fn accepted(ids: Vec<i64>) -> Response {
 }
 
 /// Parse a JSON body; serde's message names the field and position.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
@@ -87,13 +91,8 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         ok | bool::from(t.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
     });
     if !ok || presented.is_empty() {
-        tracing::warn!(path = %request.uri().path(), "api request without a valid bearer token");
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "missing or invalid bearer token (Authorization: Bearer <token>)" })),
-        )
-            .into_response();
+        tracing::warn!(path = ?request.uri().path(), "api request without a valid bearer token");
+        return HttpError::Unauthorized.json_response();
     }
     next.run(request).await
 }
@@ -124,19 +123,21 @@ async fn submit_to_bot(
     state: &AppState,
     bot: &str,
     message: BotMessage,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiFailure> {
     if !state.dispatcher.bots().contains_key(bot) {
         return Err(not_found(format!("no robot named {bot:?} is configured")));
     }
     let pieces = message
         .into_pieces()
         .map_err(|e| bad_request(e.to_string()))?;
-    let ids = state
-        .dispatcher
-        .submit_bot(bot, pieces)
-        .await
-        .map_err(store_error)?;
-    Ok(accepted(ids))
+    let pushes = pieces
+        .into_iter()
+        .map(|message| Push::Bot {
+            bot: bot.to_owned(),
+            message,
+        })
+        .collect();
+    Ok(accepted(state.dispatcher.submit(pushes).await?))
 }
 
 /// `POST /api/v1/notify/{bot}`: one alert to a group robot.
@@ -144,7 +145,7 @@ async fn notify(
     State(state): State<AppState>,
     Path(bot): Path<String>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiFailure> {
     let req: NotifyBody = parse(&body)?;
     if req.subject.trim().is_empty() && req.body.trim().is_empty() {
         return Err(bad_request("subject or body is required"));
@@ -178,7 +179,7 @@ async fn alertmanager(
     State(state): State<AppState>,
     Path(bot): Path<String>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiFailure> {
     let payload: AlertmanagerPayload = parse(&body)?;
     if payload.alerts.is_empty() {
         return Err(bad_request("alerts: is empty"));
@@ -213,7 +214,7 @@ struct SendBody {
 }
 
 /// `POST /api/v1/send`: an app message to members, each delivered within their own rate limit.
-async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiFailure> {
     let req: SendBody = parse(&body)?;
     let users: Vec<String> = match req.touser {
         Users::One(s) => s
@@ -278,17 +279,18 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
         };
         plan.push((app, user.clone()));
     }
-    let mut ids = Vec::new();
-    for (app, user) in plan {
-        ids.extend(
-            state
-                .dispatcher
-                .submit_app(&app, &user, pieces.clone())
-                .await
-                .map_err(store_error)?,
-        );
-    }
-    Ok(accepted(ids))
+    // One submission: all members' pushes are stored together, or none is.
+    let pushes = plan
+        .into_iter()
+        .flat_map(|(app, user)| {
+            pieces.iter().map(move |message| Push::App {
+                app: app.clone(),
+                user: user.clone(),
+                message: message.clone(),
+            })
+        })
+        .collect();
+    Ok(accepted(state.dispatcher.submit(pushes).await?))
 }
 
 /// The app `user` last wrote through, looked up in each corp the configured apps belong to.
@@ -296,17 +298,12 @@ async fn route_for_user(
     state: &AppState,
     apps: &crate::app::Apps,
     user: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, ApiFailure> {
     let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();
     corps.sort_unstable();
     corps.dedup();
     for corp in corps {
-        if let Some(app) = state
-            .inbox
-            .route(&format!("{corp}:{user}"))
-            .await
-            .map_err(store_error)?
-        {
+        if let Some(app) = state.inbox.route(&format!("{corp}:{user}")).await? {
             return Ok(Some(app));
         }
     }
@@ -317,11 +314,11 @@ async fn route_for_user(
 async fn delivery(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiFailure> {
     let id: i64 = id
         .parse()
         .map_err(|_| bad_request(format!("delivery id must be a number, got {id:?}")))?;
-    match state.inbox.delivery(id).await.map_err(store_error)? {
+    match state.inbox.delivery(id).await? {
         Some(status) => Ok(Json(status).into_response()),
         None => Err(not_found(format!("no delivery {id}"))),
     }

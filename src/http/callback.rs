@@ -14,47 +14,31 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
+use super::error::HttpError;
 use super::AppState;
 use crate::app::App;
 use crate::crypto::CryptoError;
-use crate::inbox::{InboxError, NewJob, Pushed};
+use crate::inbox::{NewJob, Pushed};
 use crate::message::{Envelope, InboundMessage};
 
-/// A refused callback: the status WeCom sees and the reason it is told (no secrets in either).
+/// A refused callback: which check refused it and why. WeCom sees the status alone; the log says
+/// which check and why (with no secrets in either).
 struct Reject {
-    status: StatusCode,
     check: &'static str,
-    reason: String,
+    error: HttpError,
 }
 
-impl Reject {
-    fn new(status: StatusCode, check: &'static str, reason: impl Into<String>) -> Self {
-        Reject {
-            status,
-            check,
-            reason: reason.into(),
-        }
+fn bad(check: &'static str, reason: impl Into<String>) -> Reject {
+    Reject {
+        check,
+        error: HttpError::BadRequest(reason.into()),
     }
 }
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(
-                check = self.check,
-                status = self.status.as_u16(),
-                "callback not accepted: {}",
-                self.reason
-            );
-        } else {
-            tracing::warn!(
-                check = self.check,
-                status = self.status.as_u16(),
-                "callback rejected: {}",
-                self.reason
-            );
-        }
-        (self.status, self.reason).into_response()
+        self.error.log("callback", self.check);
+        self.error.status().into_response()
     }
 }
 
@@ -73,10 +57,9 @@ fn signed_query(raw: Option<&str>) -> Result<Signed, Reject> {
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode_str(v).decode_utf8().map_err(|_| {
-            Reject::new(
-                StatusCode::BAD_REQUEST,
+            bad(
                 "query",
-                format!("query parameter {k} is not UTF-8 after percent-decoding"),
+                format!("query parameter {k:?} is not UTF-8 after percent-decoding"),
             )
         })?;
         params.entry(k.to_owned()).or_insert_with(|| v.into_owned());
@@ -86,13 +69,7 @@ fn signed_query(raw: Option<&str>) -> Result<Signed, Reject> {
             .get(name)
             .filter(|v| !v.is_empty())
             .cloned()
-            .ok_or_else(|| {
-                Reject::new(
-                    StatusCode::BAD_REQUEST,
-                    "query",
-                    format!("missing query parameter {name}"),
-                )
-            })
+            .ok_or_else(|| bad("query", format!("missing query parameter {name}")))
     };
     Ok(Signed {
         msg_signature: take("msg_signature")?,
@@ -107,7 +84,7 @@ fn crypto_reject(e: &CryptoError) -> Reject {
         CryptoError::ValidateCorpId => "corp_id",
         _ => "decrypt",
     };
-    Reject::new(StatusCode::BAD_REQUEST, check, format!("{e}"))
+    bad(check, e.to_string())
 }
 
 /// Try the candidate apps in order: the first whose token signs the ciphertext and whose key decrypts
@@ -138,11 +115,12 @@ fn open<'a>(
     }
     Err(match decrypt_error {
         Some(e) => crypto_reject(&e),
-        None => Reject::new(
-            StatusCode::FORBIDDEN,
-            "signature",
-            "msg_signature does not match any configured app's token (-40001)",
-        ),
+        None => Reject {
+            check: "signature",
+            error: HttpError::Forbidden(
+                "msg_signature does not match any configured app's token (-40001)".into(),
+            ),
+        },
     })
 }
 
@@ -153,12 +131,7 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
         Err(r) => return r.into_response(),
     };
     let Some(echostr) = signed.params.get("echostr").filter(|e| !e.is_empty()) else {
-        return Reject::new(
-            StatusCode::BAD_REQUEST,
-            "query",
-            "missing query parameter echostr",
-        )
-        .into_response();
+        return bad("query", "missing query parameter echostr").into_response();
     };
     match open(state.apps.candidates(None, None), &signed, echostr) {
         Ok((app, plain)) => match String::from_utf8(plain) {
@@ -166,12 +139,7 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
                 tracing::info!(app = %app.config.name, "callback URL verified");
                 (StatusCode::OK, text).into_response()
             }
-            Err(_) => Reject::new(
-                StatusCode::BAD_REQUEST,
-                "decrypt",
-                "echostr plaintext is not UTF-8",
-            )
-            .into_response(),
+            Err(_) => bad("decrypt", "echostr plaintext is not UTF-8").into_response(),
         },
         Err(r) => r.into_response(),
     }
@@ -191,70 +159,78 @@ pub async fn receive(
 
 async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Result<(), Reject> {
     let signed = signed_query(raw_query)?;
-    let body = std::str::from_utf8(body)
-        .map_err(|_| Reject::new(StatusCode::BAD_REQUEST, "body", "body is not UTF-8"))?;
-    let envelope = Envelope::parse(body).map_err(|e| {
-        Reject::new(
-            StatusCode::BAD_REQUEST,
-            "envelope",
-            format!("callback XML (-40002): {e}"),
-        )
-    })?;
+    let body = std::str::from_utf8(body).map_err(|_| bad("body", "body is not UTF-8"))?;
+    let envelope = Envelope::parse(body)
+        .map_err(|e| bad("envelope", format!("callback XML (-40002): {e}")))?;
     let candidates = state.apps.candidates(
         envelope.to_user_name.as_deref(),
         envelope.agent_id.as_deref(),
     );
     let (app, plain) = open(candidates, &signed, &envelope.encrypt)?;
-    let xml = std::str::from_utf8(&plain).map_err(|_| {
-        Reject::new(
-            StatusCode::BAD_REQUEST,
-            "message",
-            "decrypted message is not UTF-8",
-        )
-    })?;
-    let message = InboundMessage::parse(xml).map_err(|e| {
-        Reject::new(
-            StatusCode::BAD_REQUEST,
-            "message",
-            format!("decrypted message: {e}"),
-        )
-    })?;
+    if let Some(agent_id) = envelope.agent_id.as_deref() {
+        state.agent_ids.check(app, agent_id);
+    }
+    let xml = std::str::from_utf8(&plain)
+        .map_err(|_| bad("message", "decrypted message is not UTF-8"))?;
+    let message = InboundMessage::parse(xml)
+        .map_err(|e| bad("message", format!("decrypted message: {e}")))?;
 
     let corp_id = &app.config.corp_id;
     let user_id = &message.from_user_name;
+    // User-controlled text is logged with `?` (quoted, escaped): a UserID holding a newline or a
+    // terminal escape cannot forge a log line.
+    let user_key = format!("{corp_id}:{user_id}");
     if !state.allowlist.allows(corp_id, user_id) {
-        tracing::warn!(app = %app.config.name, user = %format!("{corp_id}:{user_id}"), msg_type = %message.msg_type,
+        tracing::warn!(app = %app.config.name, user = ?user_key, msg_type = ?message.msg_type,
             "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
         return Ok(());
     }
     let job = NewJob {
         app: app.config.name.clone(),
-        user_key: format!("{corp_id}:{user_id}"),
         dedup_key: message.dedup_key(corp_id, app.config.agent_id),
+        user_key,
         payload: xml.to_owned(),
-        message,
     };
     let user_key = job.user_key.clone();
-    match state.inbox.push(job).await {
-        Ok(Pushed::Queued) => {
-            tracing::debug!(app = %app.config.name, user = %user_key, "callback queued");
-            Ok(())
+    // Not the client's fault, and WeCom retries a non-200: 503 (full, busy) or 500 (a write
+    // failed), never a 200 for something not recorded.
+    match state.inbox.push(job).await.map_err(|e| Reject {
+        check: "inbox",
+        error: e.into(),
+    })? {
+        Pushed::Queued => {
+            tracing::debug!(app = %app.config.name, user = ?user_key, "callback queued");
         }
-        Ok(Pushed::Duplicate) => {
-            tracing::info!(app = %app.config.name, user = %user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
-            Ok(())
+        Pushed::Duplicate => {
+            tracing::info!(app = %app.config.name, user = ?user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
         }
-        // Not the client's fault, and WeCom retries a non-200: 503 (busy) or 500 (store failed),
-        // never a 200 for something not recorded.
-        Err(e @ (InboxError::Full { .. } | InboxError::Closed)) => Err(Reject::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "inbox",
-            e.to_string(),
-        )),
-        Err(e @ InboxError::Storage(_)) => Err(Reject::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "inbox",
-            e.to_string(),
-        )),
+    }
+    Ok(())
+}
+
+/// Envelope AgentIDs seen that are not the AgentId of the app whose token and key opened the
+/// callback. The signature proves which app it is, so the callback is accepted, but a mismatch
+/// usually means a mistyped `agent_id`: warned about once per app and AgentID.
+#[derive(Default)]
+pub struct AgentIds(std::sync::Mutex<std::collections::HashSet<(String, String)>>);
+
+/// Warnings are remembered for at most this many distinct AgentIDs.
+const AGENT_ID_MEMORY: usize = 1000;
+
+impl AgentIds {
+    fn check(&self, app: &App, seen: &str) {
+        let seen = seen.trim();
+        if seen == app.config.agent_id.to_string() {
+            return;
+        }
+        let mut warned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() >= AGENT_ID_MEMORY
+            || !warned.insert((app.config.name.clone(), seen.to_owned()))
+        {
+            return;
+        }
+        tracing::warn!(app = %app.config.name, configured_agent_id = app.config.agent_id, callback_agent_id = ?seen,
+            "a callback for AgentID {seen:?} was opened with app {:?}'s token and key, whose agent_id is {}: accepted; check the app's agent_id in the configuration (this warning is shown once)",
+            app.config.name, app.config.agent_id);
     }
 }

@@ -5,11 +5,13 @@
 
 pub mod api;
 pub mod callback;
+pub mod error;
 pub mod health;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -31,25 +33,33 @@ pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     /// Bearer tokens for /api; empty means the API is off.
     pub api_tokens: Arc<Vec<SecretString>>,
+    /// Envelope AgentIDs already warned about.
+    pub agent_ids: Arc<callback::AgentIds>,
 }
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-        tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        tracing::info_span!("http", method = %req.method(), path = ?req.uri().path())
     });
+    // tower-http enforces the body limit (413), including for bodies without Content-Length; the
+    // error-shaping layer sits outside it, so its 413 is shaped like every other error.
+    let limit = || RequestBodyLimitLayer::new(max_body_bytes);
     let mut router = Router::new()
         .route(
             callback_path,
             get(callback::verify_url).post(callback::receive),
         )
+        .layer(limit())
+        .layer(middleware::map_response(error::empty_errors))
         .route("/health", get(health::health));
     if !state.api_tokens.is_empty() {
-        router = router.nest("/api/v1", api::routes(state.clone()));
+        let api = api::routes(state.clone())
+            .layer(limit())
+            .layer(middleware::map_response(error::json_errors));
+        router = router.nest("/api/v1", api);
     }
     router
         .with_state(state)
-        // tower-http enforces the limit (413), including for bodies without Content-Length.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(trace)
 }

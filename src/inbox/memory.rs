@@ -10,8 +10,11 @@ use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
 use super::{
-    DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed, StoredDelivery,
+    DeliveryState, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed,
+    StoredDelivery,
 };
+use crate::message::InboundMessage;
+use crate::outbound::dispatch::Push;
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
 const DEDUP_MEMORY: usize = 100_000;
@@ -56,6 +59,8 @@ impl MemoryInbox {
 #[async_trait]
 impl Inbox for MemoryInbox {
     async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
+        let message = InboundMessage::parse(&new.payload)
+            .map_err(|e| InboxError::Storage(format!("message cannot be parsed: {e}")))?;
         {
             let seen = self.lock();
             if seen.closed {
@@ -92,7 +97,7 @@ impl Inbox for MemoryInbox {
                 id: seen.next_id,
                 app: new.app,
                 user_key: new.user_key,
-                message: new.message,
+                message,
                 attempts: 1,
                 reply: None,
             }
@@ -110,6 +115,10 @@ impl Inbox for MemoryInbox {
         Ok(())
     }
 
+    async fn mark_started(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
+        Ok(())
+    }
+
     async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
         Ok(())
     }
@@ -123,30 +132,25 @@ impl Inbox for MemoryInbox {
         Ok(self.lock().routes.get(user_key).cloned())
     }
 
-    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError> {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
         let mut seen = self.lock();
         let mut ids = Vec::new();
-        for (target, payload) in items {
+        for push in items {
             seen.next_id += 1;
             let id = seen.next_id as i64;
             let status = DeliveryStatus {
                 id,
-                target: target.clone(),
-                state: "queued".into(),
+                target: push.target(),
+                state: DeliveryState::Queued,
                 attempts: 0,
                 error: None,
             };
-            seen.deliveries.insert(
+            let stored = StoredDelivery {
                 id,
-                (
-                    StoredDelivery {
-                        id,
-                        target,
-                        payload,
-                    },
-                    status,
-                ),
-            );
+                push,
+                started: false,
+            };
+            seen.deliveries.insert(id, (stored, status));
             ids.push(id);
         }
         Ok(ids)
@@ -157,9 +161,16 @@ impl Inbox for MemoryInbox {
             .lock()
             .deliveries
             .values()
-            .filter(|(_, s)| s.state == "queued")
+            .filter(|(_, s)| s.state == DeliveryState::Queued)
             .map(|(d, _)| d.clone())
             .collect())
+    }
+
+    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+        if let Some((stored, _)) = self.lock().deliveries.get_mut(&id) {
+            stored.started = true;
+        }
+        Ok(())
     }
 
     async fn finish_delivery(
@@ -169,7 +180,7 @@ impl Inbox for MemoryInbox {
         error: Option<String>,
     ) -> Result<(), InboxError> {
         if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
-            status.state = super::delivery_state(&error).into();
+            status.state = DeliveryState::finished(&error);
             status.attempts = attempts;
             status.error = error;
         }

@@ -13,8 +13,10 @@ pub mod schedule;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use serde::Serialize;
 
 use crate::message::InboundMessage;
+use crate::outbound::dispatch::{Push, Target};
 
 pub use memory::MemoryInbox;
 pub use sqlite::SqliteInbox;
@@ -28,9 +30,19 @@ pub struct NewJob {
     pub user_key: String,
     /// The callback's identity across WeCom's retries (`InboundMessage::dedup_key`).
     pub dedup_key: String,
-    /// The decrypted XML, kept so the message can be parsed again after a restart.
+    /// The decrypted XML: what is stored, and parsed into the job's message when it is handed out.
     pub payload: String,
-    pub message: InboundMessage,
+}
+
+/// How far the sending of one reply chunk got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Never handed to WeCom.
+    Unsent,
+    /// Handed to WeCom, and no answer recorded: it may have been delivered.
+    Started,
+    /// WeCom accepted it.
+    Sent,
 }
 
 /// One piece of a recorded reply.
@@ -38,7 +50,7 @@ pub struct NewJob {
 pub struct Chunk {
     pub seq: usize,
     pub content: String,
-    pub sent: bool,
+    pub state: ChunkState,
 }
 
 /// A queued message handed to a worker.
@@ -65,37 +77,82 @@ pub enum Pushed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDelivery {
     pub id: i64,
-    /// Where it goes, as `outbound::dispatch` writes it.
-    pub target: String,
-    /// The message as JSON, as `outbound::dispatch` writes it.
-    pub payload: String,
+    pub push: Push,
+    /// A previous process began sending it and did not record the outcome: it may have arrived.
+    pub started: bool,
 }
 
-/// The state a finished delivery is stored with: the one place that names it.
-pub fn delivery_state(error: &Option<String>) -> &'static str {
-    if error.is_some() {
-        "failed"
-    } else {
-        "sent"
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Queued,
+    Sent,
+    Failed,
+}
+
+impl DeliveryState {
+    /// The state a finished delivery is stored with.
+    pub fn finished(error: &Option<String>) -> Self {
+        if error.is_some() {
+            DeliveryState::Failed
+        } else {
+            DeliveryState::Sent
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Queued, Self::Sent, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
 /// What became of a delivery, for the status API.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryStatus {
     pub id: i64,
-    pub target: String,
-    /// `queued`, `sent` or `failed`.
-    pub state: String,
+    pub target: Target,
+    pub state: DeliveryState,
     pub attempts: u32,
     pub error: Option<String>,
 }
 
-/// One message of a conversation, as chat-completion APIs name the roles.
+/// Who said a line of a conversation, as chat-completion APIs name the roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::User, Self::Assistant]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
+/// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
-    /// `user` or `assistant`.
-    pub role: String,
+    pub role: Role,
     pub content: String,
 }
 
@@ -106,12 +163,17 @@ pub enum Outcome {
     Done,
     /// Gave up; the reason is kept with the message.
     Failed(String),
+    /// Cut short by the gateway stopping: a durable backend takes it up again at the next start.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InboxError {
     #[error("inbox is full ({capacity} messages waiting)")]
     Full { capacity: usize },
+    /// No room for new work: `max_store_mb` reached, or the disk is full.
+    #[error("message store is full: {0}")]
+    StoreFull(String),
     #[error("inbox is closed: the gateway is shutting down")]
     Closed,
     #[error("message store failed: {0}")]
@@ -126,16 +188,21 @@ pub trait Inbox: Send + Sync + 'static {
     async fn next(&self) -> Option<Job>;
     /// Record the reply, already split, before any chunk is sent.
     async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError>;
+    /// Chunk `seq` of the job's reply is about to be handed to WeCom.
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
     /// WeCom accepted chunk `seq` of the job's reply.
     async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
-    /// The job is over: free its user for their next message.
+    /// The job is over: record it and free its user for their next message. A durable backend
+    /// keeps trying to record it while the store refuses writes (until the inbox closes).
     async fn finish(&self, job: &Job, outcome: Outcome);
     /// The app `user_key` last wrote through.
     async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
     /// Store pushes for delivery, in order, before they are acknowledged; returns their ids.
-    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError>;
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError>;
     /// Deliveries not yet sent or failed (after a restart), in id order.
     async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError>;
+    /// A delivery is about to be handed to WeCom.
+    async fn start_delivery(&self, id: i64) -> Result<(), InboxError>;
     /// A delivery is over: sent (`error` None) or failed.
     async fn finish_delivery(
         &self,

@@ -101,6 +101,20 @@ impl Window {
         }
     }
 
+    /// A job handed out could not be started after all: it goes back to the front of its user's
+    /// queue, ahead of their later messages.
+    pub fn put_back(&self, job: Job) {
+        let mut s = self.lock();
+        let user = job.user_key.clone();
+        // The user was busy with this very job, so they are not in `ready` yet.
+        s.busy.remove(&user);
+        s.queues.entry(user.clone()).or_default().push_front(job);
+        s.waiting += 1;
+        s.ready.push_back(user);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
     /// The user's job is finished: their next one, if any, becomes ready.
     pub fn release(&self, user_key: &str) {
         let mut s = self.lock();

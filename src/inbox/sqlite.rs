@@ -9,6 +9,12 @@
 //! `Queued` answer means the message is on disk. Reads run after the batch's commit, so they never
 //! see a write that might still roll back. Only a bounded window of the backlog is in memory.
 //!
+//! A write that fails (a full disk, say) fails only the operations it belongs to, and everything
+//! resumes by itself once writes succeed again: a job that cannot be marked as started goes back to
+//! the front of its user's queue, and the end of a job is recorded as soon as the store takes it.
+//! `max_store_mb` limits new work only (new messages and pushes); finishing acknowledged work is
+//! never refused.
+//!
 //! Must never: answer a push before its commit, run two gateways on one data directory (a lock
 //! file prevents it), or block the async runtime on disk I/O.
 
@@ -23,10 +29,11 @@ use tokio::sync::{oneshot, Notify};
 
 use super::schedule::{OnClose, Window};
 use super::{
-    now_ms, Chunk, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed,
-    StoredDelivery,
+    now_ms, Chunk, ChunkState, DeliveryState, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job,
+    NewJob, Outcome, Pushed, Role, StoredDelivery,
 };
 use crate::message::InboundMessage;
+use crate::outbound::dispatch::{Push, Target};
 
 pub const DB_FILE: &str = "wecom-gateway.db";
 const LOCK_FILE: &str = "wecom-gateway.lock";
@@ -36,6 +43,8 @@ const MAX_BATCH: usize = 512;
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Finished rows deleted per transaction while pruning, so pushes are never held up for long.
 const PRUNE_BATCH: usize = 1000;
+/// How long to wait before trying again a write the store refused (a full disk, say).
+const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -88,10 +97,22 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX history_user ON history (user_key, id);",
+    // 4: when a reply chunk's or a push's send began, so a restart knows it may have arrived.
+    "ALTER TABLE outbox ADD COLUMN started_at INTEGER;
+    ALTER TABLE deliveries ADD COLUMN started_at INTEGER;",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
     InboxError::Storage(e.to_string())
+}
+
+/// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later); anything else
+/// is a failed write.
+fn store_error(e: &rusqlite::Error) -> InboxError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => InboxError::StoreFull(e.to_string()),
+        _ => storage(e),
+    }
 }
 
 // ---------------------------------------------------------------- the writer thread
@@ -99,14 +120,14 @@ fn storage(e: impl std::fmt::Display) -> InboxError {
 /// A statement batch waiting for the writer thread.
 trait Pending: Send {
     fn is_read(&self) -> bool;
-    /// Run against the connection; false if it failed (its savepoint is then rolled back).
+    /// Run against the connection; false if it failed. May run again if its transaction was lost.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Tell the caller, once the outcome of the commit is known.
-    fn complete(self: Box<Self>, commit_error: Option<&str>);
+    fn complete(self: Box<Self>, commit_error: Option<InboxError>);
 }
 
 struct Call<F, R> {
-    f: Option<F>,
+    f: F,
     read: bool,
     result: Option<rusqlite::Result<R>>,
     tx: oneshot::Sender<Result<R, InboxError>>,
@@ -114,7 +135,7 @@ struct Call<F, R> {
 
 impl<F, R> Pending for Call<F, R>
 where
-    F: FnOnce(&Connection) -> rusqlite::Result<R> + Send,
+    F: Fn(&Connection) -> rusqlite::Result<R> + Send,
     R: Send,
 {
     fn is_read(&self) -> bool {
@@ -122,17 +143,16 @@ where
     }
 
     fn run(&mut self, conn: &Connection) -> bool {
-        let Some(f) = self.f.take() else { return false };
-        let result = f(conn);
+        let result = (self.f)(conn);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
     }
 
-    fn complete(self: Box<Self>, commit_error: Option<&str>) {
+    fn complete(self: Box<Self>, commit_error: Option<InboxError>) {
         let outcome = match (self.result, commit_error) {
-            (Some(Err(e)), _) => Err(storage(e)),
-            (_, Some(e)) => Err(storage(e)),
+            (Some(Err(e)), _) => Err(store_error(&e)),
+            (_, Some(e)) => Err(e),
             (Some(Ok(value)), None) => Ok(value),
             (None, None) => Err(storage("statement was not run")),
         };
@@ -158,12 +178,12 @@ impl Db {
 
     async fn call<R, F>(&self, read: bool, f: F) -> Result<R, InboxError>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let op = Box::new(Call {
-            f: Some(f),
+            f,
             read,
             result: None,
             tx,
@@ -177,7 +197,7 @@ impl Db {
 
     async fn write<R, F>(&self, f: F) -> Result<R, InboxError>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         self.call(false, f).await
@@ -185,11 +205,65 @@ impl Db {
 
     async fn read<R, F>(&self, f: F) -> Result<R, InboxError>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         self.call(true, f).await
     }
+}
+
+fn sql_error(conn: &Connection, sql: &str) -> Option<InboxError> {
+    conn.execute_batch(sql).err().map(|e| store_error(&e))
+}
+
+/// Run the writes of one batch in one transaction, each behind a savepoint so one failing
+/// statement does not undo the others. Returns false if SQLite rolled the whole transaction back
+/// on its own (it may, on a full disk or an I/O error): the batch's work is then undone.
+fn run_batch(conn: &Connection, writes: &mut [Box<dyn Pending>]) -> Result<(), InboxError> {
+    if let Some(e) = sql_error(conn, "BEGIN IMMEDIATE") {
+        return Err(e);
+    }
+    for op in writes.iter_mut() {
+        let _ = conn.execute_batch("SAVEPOINT op");
+        if !op.run(conn) {
+            if conn.is_autocommit() {
+                return Err(storage("the transaction was rolled back"));
+            }
+            let _ = conn.execute_batch("ROLLBACK TO op");
+        }
+        let _ = conn.execute_batch("RELEASE op");
+    }
+    match sql_error(conn, "COMMIT") {
+        None => Ok(()),
+        Some(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One write in a transaction of its own: its outcome is its own, whatever the others do.
+fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<InboxError> {
+    if let Some(e) = sql_error(conn, "BEGIN IMMEDIATE") {
+        return Some(e);
+    }
+    if !op.run(conn) {
+        // The op's own error is its outcome; SQLite may already have rolled back.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return None;
+    }
+    if conn.is_autocommit() {
+        return Some(storage("the transaction was rolled back"));
+    }
+    let failed = sql_error(conn, "COMMIT");
+    if failed.is_some() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    failed
 }
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
@@ -203,25 +277,19 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
         }
         let (mut writes, reads): (Vec<_>, Vec<_>) = batch.into_iter().partition(|op| !op.is_read());
         if !writes.is_empty() {
-            let commit_error = match conn.execute_batch("BEGIN IMMEDIATE") {
-                Err(e) => Some(e.to_string()),
-                Ok(()) => {
-                    for op in writes.iter_mut() {
-                        // A savepoint per operation: one failing statement does not undo the others.
-                        let _ = conn.execute_batch("SAVEPOINT op");
-                        if !op.run(&conn) {
-                            let _ = conn.execute_batch("ROLLBACK TO op");
-                        }
-                        let _ = conn.execute_batch("RELEASE op");
+            match run_batch(&conn, &mut writes) {
+                Ok(()) => writes.into_iter().for_each(|op| op.complete(None)),
+                // Nothing of the batch stands. Run each write again on its own, so only the
+                // ones the store really refuses fail, and each caller hears its own outcome.
+                Err(_) if writes.len() > 1 => {
+                    for mut op in writes {
+                        let error = run_alone(&conn, &mut op);
+                        op.complete(error);
                     }
-                    conn.execute_batch("COMMIT").err().map(|e| {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        e.to_string()
-                    })
                 }
-            };
-            for op in writes {
-                op.complete(commit_error.as_deref());
+                Err(e) => writes
+                    .into_iter()
+                    .for_each(|op| op.complete(Some(e.clone()))),
             }
         }
         for mut op in reads {
@@ -229,6 +297,27 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
             op.complete(None);
         }
     }
+}
+
+/// Refuse new work once the store holds `max_bytes` (pages in use, free pages not counted).
+fn check_room(c: &Connection, max_bytes: Option<u64>) -> rusqlite::Result<()> {
+    let Some(max) = max_bytes else {
+        return Ok(());
+    };
+    let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let used = (pages - free).max(0).saturating_mul(size) as u64;
+    if used >= max {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some(format!(
+                "the store reached max_store_mb ({} MiB); new messages are refused until finished ones are pruned (retention_days) or the limit is raised",
+                max / (1024 * 1024)
+            )),
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- opening and recovery
@@ -251,18 +340,13 @@ pub struct Counts {
     pub failed: usize,
 }
 
-fn open_connection(path: &Path, max_store_bytes: Option<u64>) -> rusqlite::Result<Connection> {
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // WAL for concurrent readers and cheap commits; FULL so a commit survives power loss too.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    if let Some(max) = max_store_bytes {
-        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        let pages = (max as i64 / page_size.max(512)).max(16);
-        conn.pragma_update(None, "max_page_count", pages)?;
-    }
     Ok(conn)
 }
 
@@ -305,6 +389,8 @@ fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
 
 pub struct SqliteInbox {
     db: Db,
+    /// `max_store_mb` in bytes: new work is refused beyond it.
+    max_bytes: Option<u64>,
     window: Window,
     /// Most jobs held in memory at once; the rest wait on disk.
     capacity: usize,
@@ -353,7 +439,7 @@ impl SqliteInbox {
             ))
         })?;
         let path = data_dir.join(DB_FILE);
-        let mut conn = open_connection(&path, max_store_bytes)
+        let mut conn = open_connection(&path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
         migrate(&mut conn)
             .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
@@ -361,6 +447,7 @@ impl SqliteInbox {
             .map_err(|e| storage(format!("cannot recover {}: {e}", path.display())))?;
         Ok(Arc::new(SqliteInbox {
             db: Db::spawn(conn)?,
+            max_bytes: max_store_bytes,
             window: Window::new(OnClose::Stop),
             capacity,
             loader: Notify::new(),
@@ -398,6 +485,19 @@ impl SqliteInbox {
                     }
                 }
                 Ok(counts)
+            })
+            .await
+    }
+
+    /// Messages that were given up, oldest first, with why: `(id, error)`.
+    pub async fn failures(&self) -> Result<Vec<(i64, String)>, InboxError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, COALESCE(error, '') FROM inbox WHERE state = 'failed' ORDER BY id",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
             })
             .await
     }
@@ -476,14 +576,20 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
     // Only a message handled before (by a process that died) can have a recorded reply.
     for row in rows.iter_mut().filter(|r| r.attempts > 0) {
         let mut stmt = c.prepare_cached(
-            "SELECT seq, content, sent_at IS NOT NULL FROM outbox WHERE inbox_id = ?1 ORDER BY seq",
+            "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL
+             FROM outbox WHERE inbox_id = ?1 ORDER BY seq",
         )?;
         let chunks = stmt
             .query_map([row.id], |r| {
+                let state = match (r.get(2)?, r.get(3)?) {
+                    (true, _) => ChunkState::Sent,
+                    (false, true) => ChunkState::Started,
+                    (false, false) => ChunkState::Unsent,
+                };
                 Ok(Chunk {
                     seq: r.get::<_, i64>(0)? as usize,
                     content: r.get(1)?,
-                    sent: r.get(2)?,
+                    state,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -511,12 +617,19 @@ impl Inbox for SqliteInbox {
             user_key,
             dedup_key,
             payload,
-            ..
         } = new;
+        let max_bytes = self.max_bytes;
         let inserted = self
             .db
             .write(move |c| {
                 let now = now_ms();
+                let known = c
+                    .prepare_cached("SELECT 1 FROM inbox WHERE dedup_key = ?1")?
+                    .exists([&dedup_key])?;
+                if known {
+                    return Ok(false);
+                }
+                check_room(c, max_bytes)?;
                 let inserted = c
                     .prepare_cached(
                         "INSERT INTO inbox (dedup_key, app, user_key, payload, state, received_at, updated_at)
@@ -566,10 +679,11 @@ impl Inbox for SqliteInbox {
                     self.window.release(&job.user_key);
                 }
                 Err(e) => {
-                    // Leave it queued on disk for the next start rather than handle it unrecorded.
-                    tracing::error!(id, error = %e, "cannot mark message as processing; it stays queued");
-                    self.window.release(&job.user_key);
-                    return None;
+                    // Not handled unrecorded: it goes back to the front of its user's queue, and
+                    // this worker waits a moment before taking work again.
+                    tracing::error!(id, error = %e, "cannot mark message as processing; trying again shortly");
+                    self.window.put_back(job);
+                    tokio::time::sleep(WRITE_RETRY).await;
                 }
             }
         }
@@ -587,6 +701,19 @@ impl Inbox for SqliteInbox {
                 for (seq, content) in chunks.iter().enumerate() {
                     stmt.execute(params![id, seq as i64, content])?;
                 }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+        let id = job.id as i64;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE outbox SET started_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![id, seq as i64, now_ms()])?;
                 Ok(())
             })
             .await
@@ -610,14 +737,25 @@ impl Inbox for SqliteInbox {
         let (state, error) = match outcome {
             Outcome::Done => ("done", None),
             Outcome::Failed(e) => ("failed", Some(e)),
+            // Left 'processing': recovery at the next start queues it again.
+            Outcome::Interrupted => return self.window.release(&job.user_key),
         };
-        if let Err(e) = self
-            .db
-            .write(move |c| finish_row(c, id, state, error.as_deref()))
-            .await
-        {
-            // It stays 'processing' and is taken up again at the next start.
-            tracing::error!(id, error = %e, "cannot record the end of a message");
+        // The user's lane stays busy until the end is recorded, so their next message waits its
+        // turn; once the store takes writes again, this goes through on its own.
+        let error = Arc::new(error);
+        while let Err(e) = {
+            let error = error.clone();
+            self.db
+                .write(move |c| finish_row(c, id, state, error.as_deref()))
+                .await
+        } {
+            if self.closed.load(Ordering::SeqCst) {
+                // It stays 'processing' and is taken up again at the next start.
+                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again at the next start");
+                break;
+            }
+            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
+            tokio::time::sleep(WRITE_RETRY).await;
         }
         self.window.release(&job.user_key);
     }
@@ -628,7 +766,7 @@ impl Inbox for SqliteInbox {
             .read(move |c| {
                 c.query_row(
                     "SELECT app FROM routes WHERE user_key = ?1",
-                    [user_key],
+                    [&user_key],
                     |r| r.get(0),
                 )
                 .optional()
@@ -636,16 +774,22 @@ impl Inbox for SqliteInbox {
             .await
     }
 
-    async fn add_deliveries(&self, items: Vec<(String, String)>) -> Result<Vec<i64>, InboxError> {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+        let rows = items
+            .iter()
+            .map(Push::to_columns)
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_bytes = self.max_bytes;
         self.db
             .write(move |c| {
+                check_room(c, max_bytes)?;
                 let now = now_ms();
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
                      VALUES (?1, ?2, 'queued', ?3, ?3)",
                 )?;
-                let mut ids = Vec::with_capacity(items.len());
-                for (target, payload) in &items {
+                let mut ids = Vec::with_capacity(rows.len());
+                for (target, payload) in &rows {
                     stmt.execute(params![target, payload, now])?;
                     ids.push(c.last_insert_rowid());
                 }
@@ -655,19 +799,43 @@ impl Inbox for SqliteInbox {
     }
 
     async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
-        self.db
+        let rows = self
+            .db
             .read(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT id, target, payload FROM deliveries WHERE state = 'queued' ORDER BY id",
+                    "SELECT id, target, payload, started_at IS NOT NULL FROM deliveries
+                     WHERE state = 'queued' ORDER BY id",
                 )?;
                 let rows = stmt.query_map([], |r| {
-                    Ok(StoredDelivery {
-                        id: r.get(0)?,
-                        target: r.get(1)?,
-                        payload: r.get(2)?,
-                    })
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, bool>(3)?,
+                    ))
                 })?;
-                rows.collect()
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        let mut queued = Vec::with_capacity(rows.len());
+        for (id, target, payload, started) in rows {
+            match Push::from_columns(&target, &payload) {
+                Ok(push) => queued.push(StoredDelivery { id, push, started }),
+                Err(why) => {
+                    tracing::error!(delivery = id, "{why}; marked failed");
+                    self.finish_delivery(id, 0, Some(why)).await?;
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE deliveries SET started_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, now_ms()])?;
+                Ok(())
             })
             .await
     }
@@ -680,7 +848,7 @@ impl Inbox for SqliteInbox {
     ) -> Result<(), InboxError> {
         self.db
             .write(move |c| {
-                let state = super::delivery_state(&error);
+                let state = DeliveryState::finished(&error).as_str();
                 c.prepare_cached(
                     "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
                 )?
@@ -700,7 +868,10 @@ impl Inbox for SqliteInbox {
                      ORDER BY id",
                 )?;
                 let rows = stmt.query_map(params![user_key, max as i64], |r| {
-                    Ok(HistoryEntry { role: r.get(0)?, content: r.get(1)? })
+                    let role: String = r.get(0)?;
+                    // An unknown role can only come from a newer version; read it as the user's.
+                    let role = Role::parse(&role).unwrap_or(Role::User);
+                    Ok(HistoryEntry { role, content: r.get(1)? })
                 })?;
                 rows.collect()
             })
@@ -721,7 +892,7 @@ impl Inbox for SqliteInbox {
                     "INSERT INTO history (user_key, role, content, created_at) VALUES (?1, ?2, ?3, ?4)",
                 )?;
                 for e in &entries {
-                    insert.execute(params![user_key, e.role, e.content, now])?;
+                    insert.execute(params![user_key, e.role.as_str(), e.content, now])?;
                 }
                 c.prepare_cached(
                     "DELETE FROM history WHERE user_key = ?1 AND id NOT IN (
@@ -738,31 +909,46 @@ impl Inbox for SqliteInbox {
         self.db
             .write(move |c| {
                 c.prepare_cached("DELETE FROM history WHERE user_key = ?1")?
-                    .execute([user_key])?;
+                    .execute([&user_key])?;
                 Ok(())
             })
             .await
     }
 
     async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
-        self.db
+        let row = self
+            .db
             .read(move |c| {
                 c.query_row(
                     "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
                     [id],
                     |r| {
-                        Ok(DeliveryStatus {
-                            id: r.get(0)?,
-                            target: r.get(1)?,
-                            state: r.get(2)?,
-                            attempts: r.get(3)?,
-                            error: r.get(4)?,
-                        })
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, u32>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
                     },
                 )
                 .optional()
             })
-            .await
+            .await?;
+        let Some((id, target, state, attempts, error)) = row else {
+            return Ok(None);
+        };
+        let target: Target = serde_json::from_str(&target)
+            .map_err(|e| storage(format!("delivery {id} has an unreadable target: {e}")))?;
+        let state = DeliveryState::parse(&state)
+            .ok_or_else(|| storage(format!("delivery {id} has an unknown state {state:?}")))?;
+        Ok(Some(DeliveryStatus {
+            id,
+            target,
+            state,
+            attempts,
+            error,
+        }))
     }
 
     async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {

@@ -1,8 +1,9 @@
 //! Pushes from the API and alerting: stored before they are acknowledged, then delivered one target
 //! at a time, in order (one queue per robot, one per app member), through `Outbound`.
 //!
-//! Owns: how a delivery's target and message are written to the store, and resuming stored
-//! deliveries after a restart.
+//! Owns: what a push is ([`Push`]: a target and its message, typed), how it is written to a store's
+//! columns, the per-target queues (which end as soon as they are empty, so idle targets cost
+//! nothing), and resuming stored deliveries after a restart.
 //!
 //! Must never: acknowledge a push it has not stored, or send two messages to one target at once.
 
@@ -12,38 +13,93 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::task::JoinSet;
 
-use super::Outbound;
+use super::{Outbound, Undelivered};
 use crate::app::Apps;
 use crate::bots::Bot;
 use crate::inbox::{Inbox, InboxError, StoredDelivery};
 use crate::wecom::{AppMessage, BotMessage};
 
-/// Where a delivery goes. Its JSON form is the store's `target` column and the queue's key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a delivery goes. Its JSON form is the store's `target` column.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Target {
     App { app: String, user: String },
     Bot { bot: String },
 }
 
-impl Target {
-    fn key(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+/// One WeCom message to one target: the unit a push is stored and delivered as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    App {
+        app: String,
+        user: String,
+        message: AppMessage,
+    },
+    Bot {
+        bot: String,
+        message: BotMessage,
+    },
+}
+
+impl Push {
+    pub fn target(&self) -> Target {
+        match self {
+            Push::App { app, user, .. } => Target::App {
+                app: app.clone(),
+                user: user.clone(),
+            },
+            Push::Bot { bot, .. } => Target::Bot { bot: bot.clone() },
+        }
+    }
+
+    /// The (target, message) JSON columns a store keeps.
+    pub fn to_columns(&self) -> Result<(String, String), InboxError> {
+        let encode =
+            |e: serde_json::Error| InboxError::Storage(format!("cannot encode a push: {e}"));
+        let message = match self {
+            Push::App { message, .. } => serde_json::to_string(message),
+            Push::Bot { message, .. } => serde_json::to_string(message),
+        }
+        .map_err(encode)?;
+        Ok((
+            serde_json::to_string(&self.target()).map_err(encode)?,
+            message,
+        ))
+    }
+
+    /// Read back what [`Push::to_columns`] wrote.
+    pub fn from_columns(target: &str, message: &str) -> Result<Push, String> {
+        let target: Target = serde_json::from_str(target)
+            .map_err(|e| format!("stored target cannot be read: {e}"))?;
+        let unreadable = |e: serde_json::Error| format!("stored message cannot be read: {e}");
+        Ok(match target {
+            Target::App { app, user } => Push::App {
+                app,
+                user,
+                message: serde_json::from_str(message).map_err(unreadable)?,
+            },
+            Target::Bot { bot } => Push::Bot {
+                bot,
+                message: serde_json::from_str(message).map_err(unreadable)?,
+            },
+        })
     }
 }
 
 /// Robots by name.
 pub type Bots = Arc<HashMap<String, Bot>>;
 
+type Queues = Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<StoredDelivery>>>>;
+
 pub struct Dispatcher {
     outbound: Arc<Outbound>,
     store: Arc<dyn Inbox>,
     apps: Apps,
     bots: Bots,
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<StoredDelivery>>>,
+    queues: Queues,
     tasks: Mutex<JoinSet<()>>,
     closed: Arc<AtomicBool>,
 }
@@ -55,7 +111,7 @@ impl Dispatcher {
             store,
             apps,
             bots,
-            queues: Mutex::new(HashMap::new()),
+            queues: Arc::default(),
             tasks: Mutex::new(JoinSet::new()),
             closed: Arc::new(AtomicBool::new(false)),
         }
@@ -69,53 +125,21 @@ impl Dispatcher {
         &self.apps
     }
 
-    /// Store app messages (already split) for one member, then queue them. Returns their ids.
-    pub async fn submit_app(
-        &self,
-        app: &str,
-        user: &str,
-        pieces: Vec<AppMessage>,
-    ) -> Result<Vec<i64>, InboxError> {
-        let target = Target::App {
-            app: app.into(),
-            user: user.into(),
-        };
-        self.submit(&target, &pieces).await
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
     }
 
-    /// Store robot messages (already split), then queue them. Returns their ids.
-    pub async fn submit_bot(
-        &self,
-        bot: &str,
-        pieces: Vec<BotMessage>,
-    ) -> Result<Vec<i64>, InboxError> {
-        self.submit(&Target::Bot { bot: bot.into() }, &pieces).await
-    }
-
-    async fn submit<T: Serialize>(
-        &self,
-        target: &Target,
-        pieces: &[T],
-    ) -> Result<Vec<i64>, InboxError> {
+    /// Store pushes (already split), in order, then queue them. Returns their ids.
+    pub async fn submit(&self, pushes: Vec<Push>) -> Result<Vec<i64>, InboxError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(InboxError::Closed);
         }
-        let key = target.key();
-        let payloads = pieces
-            .iter()
-            .map(|p| {
-                serde_json::to_string(p)
-                    .map_err(|e| InboxError::Storage(format!("cannot encode a message: {e}")))
-            })
-            .collect::<Result<Vec<String>, _>>()?;
-        let items: Vec<(String, String)> =
-            payloads.iter().map(|p| (key.clone(), p.clone())).collect();
-        let ids = self.store.add_deliveries(items).await?;
-        for (id, payload) in ids.iter().zip(payloads) {
+        let ids = self.store.add_deliveries(pushes.clone()).await?;
+        for (id, push) in ids.iter().zip(pushes) {
             self.enqueue(StoredDelivery {
                 id: *id,
-                target: key.clone(),
-                payload,
+                push,
+                started: false,
             });
         }
         Ok(ids)
@@ -131,114 +155,155 @@ impl Dispatcher {
         Ok(n)
     }
 
+    /// Targets with a queue (deliveries waiting or in progress).
+    pub fn active_targets(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn enqueue(&self, delivery: StoredDelivery) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = queues.entry(delivery.target.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let worker = QueueWorker {
-                outbound: self.outbound.clone(),
-                store: self.store.clone(),
-                apps: self.apps.clone(),
-                bots: self.bots.clone(),
-                closed: self.closed.clone(),
-            };
-            self.tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .spawn(worker.run(rx));
-            tx
-        });
-        // The receiver lives as long as its task, which ends only after `close`.
+        let target = delivery.push.target();
+        // Sent under the map's lock: a queue worker drops its entry under the same lock, only
+        // when its channel is empty, so a delivery never lands in a queue nobody reads.
+        let delivery = match queues.get(&target) {
+            Some(tx) => match tx.send(delivery) {
+                Ok(()) => return,
+                Err(closed) => closed.0,
+            },
+            None => delivery,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(delivery);
+        queues.insert(target.clone(), tx);
+        let worker = QueueWorker {
+            target,
+            outbound: self.outbound.clone(),
+            store: self.store.clone(),
+            apps: self.apps.clone(),
+            bots: self.bots.clone(),
+            closed: self.closed.clone(),
+            queues: self.queues.clone(),
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap queues that ended, so the set holds only live ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(worker.run(rx));
     }
 
     /// Stop taking pushes; let deliveries in progress finish for up to `grace`. Whatever is still
-    /// queued stays in the store for the next start.
-    pub async fn close(&self, grace: Duration) {
+    /// queued stays in the store for the next start. Returns how many deliveries were left.
+    pub async fn close(&self, grace: Duration) -> usize {
         self.closed.store(true, Ordering::SeqCst);
-        self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let waiting = |queues: &Queues| -> Vec<Target> {
+            queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let pending = waiting(&self.queues);
+        if !pending.is_empty() {
+            tracing::info!(targets = ?pending, "shutting down: letting deliveries in progress finish");
+        }
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
             .is_err()
         {
             tasks.shutdown().await;
         }
+        let left = waiting(&self.queues);
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.clear();
+        left.len()
     }
 }
 
 struct QueueWorker {
+    target: Target,
     outbound: Arc<Outbound>,
     store: Arc<dyn Inbox>,
     apps: Apps,
     bots: Bots,
     closed: Arc<AtomicBool>,
+    queues: Queues,
 }
 
 impl QueueWorker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<StoredDelivery>) {
-        while let Some(delivery) = rx.recv().await {
+        loop {
+            let delivery = match rx.try_recv() {
+                Ok(d) => d,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    match rx.try_recv() {
+                        Ok(d) => d,
+                        Err(_) => {
+                            // Idle: the queue ends, and its target costs nothing until the next push.
+                            queues.remove(&self.target);
+                            return;
+                        }
+                    }
+                }
+            };
             if self.closed.load(Ordering::SeqCst) {
+                // Left queued in the store for the next start.
                 return;
             }
             let id = delivery.id;
-            let (attempts, error) = self.deliver(delivery).await;
+            let Some((attempts, error)) = self.deliver(delivery).await else {
+                let left = rx.len() + 1;
+                tracing::info!(target = ?self.target, left, "shutting down: WeCom's rate limit holds this target's next message past the grace period; {left} message(s) stay stored and are delivered after the next start");
+                return;
+            };
             if let Err(e) = self.store.finish_delivery(id, attempts, error).await {
                 tracing::error!(delivery = id, error = %e, "cannot record the delivery's outcome; it will be sent again at the next start");
             }
         }
     }
 
-    /// Returns the attempts made and the error, if it failed for good.
-    async fn deliver(&self, d: StoredDelivery) -> (u32, Option<String>) {
+    /// Returns the attempts made and the error, if it failed for good; `None` if the gateway is
+    /// stopping and the delivery stays stored for the next start.
+    async fn deliver(&self, d: StoredDelivery) -> Option<(u32, Option<String>)> {
         let fail = |why: String| {
-            tracing::error!(delivery = d.id, target = %d.target, "delivery failed: {why}");
-            (0, Some(why))
+            tracing::error!(delivery = d.id, target = ?self.target, "delivery failed: {why}");
+            Some((0, Some(why)))
         };
-        let target: Target = match serde_json::from_str(&d.target) {
-            Ok(t) => t,
-            Err(e) => return fail(format!("stored target cannot be read: {e}")),
-        };
-        let result = match &target {
-            Target::App { app, user } => {
+        if let Err(e) = self.store.start_delivery(d.id).await {
+            // Send anyway: a lost notification is worse than a rare double after a crash.
+            tracing::warn!(delivery = d.id, error = %e, "cannot record that the delivery started");
+        }
+        let result = match &d.push {
+            Push::App { app, user, message } => {
                 let Some(app) = self.apps.by_name(app) else {
                     return fail(format!("app {app:?} is not configured"));
                 };
-                let message: AppMessage = match serde_json::from_str(&d.payload) {
-                    Ok(m) => m,
-                    Err(e) => return fail(format!("stored message cannot be read: {e}")),
-                };
                 let _turn = self.outbound.lock(&Outbound::member_key(app, user)).await;
-                self.outbound.send_app(app, user, &message).await.map(|(receipt, attempts)| {
+                self.outbound.send_app(app, user, message, d.started).await.map(|(receipt, attempts)| {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(delivery = d.id, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }
                     attempts
                 })
             }
-            Target::Bot { bot } => {
+            Push::Bot { bot, message } => {
                 let Some(bot) = self.bots.get(bot) else {
                     return fail(format!("robot {bot:?} is not configured"));
                 };
-                let message: BotMessage = match serde_json::from_str(&d.payload) {
-                    Ok(m) => m,
-                    Err(e) => return fail(format!("stored message cannot be read: {e}")),
-                };
-                self.outbound.send_bot(bot, &message).await
+                self.outbound.send_bot(bot, message).await
             }
         };
         match result {
             Ok(attempts) => {
-                tracing::info!(delivery = d.id, target = %d.target, attempts, "delivered");
-                (attempts, None)
+                tracing::info!(delivery = d.id, target = ?self.target, attempts, "delivered");
+                Some((attempts, None))
             }
-            Err(failure) => {
-                tracing::error!(delivery = d.id, target = %d.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");
-                (failure.attempts, Some(failure.to_string()))
+            Err(Undelivered::Failed(failure)) => {
+                tracing::error!(delivery = d.id, target = ?self.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");
+                Some((failure.attempts, Some(failure.to_string())))
             }
+            Err(Undelivered::Stopped) => None,
         }
     }
 }

@@ -12,9 +12,13 @@ pub mod ratelimit;
 pub mod retry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OwnedMutexGuard;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::time::Instant;
 
 use crate::app::App;
 use crate::bots::Bot;
@@ -59,12 +63,62 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// Why a message did not go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undelivered {
+    Failed(Failure),
+    /// The gateway is stopping, and the recipient's rate window (or the next retry) opens only
+    /// after the grace period: the message stays stored for the next start.
+    Stopped,
+}
+
+/// One attempt's failure, inside the retry loop.
+enum Tried {
+    Api(ApiError),
+    Stopped,
+}
+
 pub struct Outbound {
     client: WecomClient,
     retry: RetryPolicy,
     members: RateLimiter,
     robots: RateLimiter,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Locks,
+    /// Set when the gateway stops: no send waits past it.
+    deadline: Mutex<Option<Instant>>,
+    stopping: Notify,
+}
+
+type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Held while sending to one recipient; the recipient's entry goes when nobody holds or waits.
+pub struct RecipientGuard {
+    guard: Option<OwnedMutexGuard<()>>,
+    key: String,
+    locks: Locks,
+}
+
+impl Drop for RecipientGuard {
+    fn drop(&mut self) {
+        // Release first, then drop the entry if the map holds the only handle: a waiter holds one
+        // too, and new lockers clone it under the same map lock, so no one can be left out.
+        self.guard.take();
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// Per-recipient state the sender holds: it shrinks back to nothing when the recipients go idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tracked {
+    pub member_windows: usize,
+    pub robot_windows: usize,
+    pub locks: usize,
 }
 
 impl Outbound {
@@ -79,12 +133,41 @@ impl Outbound {
             retry,
             members: RateLimiter::new(member_limits),
             robots: RateLimiter::new(bot_limits),
-            locks: Mutex::new(HashMap::new()),
+            locks: Arc::default(),
+            deadline: Mutex::new(None),
+            stopping: Notify::new(),
         }
     }
 
-    pub fn client(&self) -> &WecomClient {
-        &self.client
+    /// The gateway is stopping: from now on, a send that would have to wait past `deadline` (for
+    /// a rate window or a retry) gives up at once, and the message stays stored.
+    pub fn stop_by(&self, deadline: Instant) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.stopping.notify_waiters();
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until `key` may send, or `Err` once that would be past the stop deadline.
+    async fn until_ready(&self, limiter: &RateLimiter, key: &str) -> Result<Duration, Tried> {
+        let start = Instant::now();
+        loop {
+            let stopping = self.stopping.notified();
+            tokio::pin!(stopping);
+            stopping.as_mut().enable();
+            let Some(at) = limiter.ready_at(key).filter(|at| *at > Instant::now()) else {
+                return Ok(start.elapsed());
+            };
+            if self.deadline().is_some_and(|d| at > d) {
+                return Err(Tried::Stopped);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = stopping => {}
+            }
+        }
     }
 
     /// The rate-limit and ordering key of one member of one app. UserIDs are case-insensitive.
@@ -98,34 +181,49 @@ impl Outbound {
 
     /// Hold this while sending a sequence that must not be interleaved (the chunks of one reply,
     /// a robot's queue): other senders to the same recipient wait.
-    pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+    pub async fn lock(&self, key: &str) -> RecipientGuard {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(key.to_owned()).or_default().clone()
         };
-        lock.lock_owned().await
+        RecipientGuard {
+            guard: Some(lock.lock_owned().await),
+            key: key.to_owned(),
+            locks: self.locks.clone(),
+        }
+    }
+
+    pub fn tracked(&self) -> Tracked {
+        Tracked {
+            member_windows: self.members.tracked(),
+            robot_windows: self.robots.tracked(),
+            locks: self.locks.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        }
     }
 
     /// Send one app message to one member within the member's limits, retrying what heals.
+    /// `resend`: an earlier attempt may have been delivered (its outcome is unknown), so WeCom's
+    /// duplicate check is asked for; a retry after a lost answer asks for it too.
     /// Returns WeCom's receipt and the attempts it took.
     pub async fn send_app(
         &self,
         app: &App,
         user: &str,
         message: &AppMessage,
-    ) -> Result<(SendReceipt, u32), Failure> {
+        resend: bool,
+    ) -> Result<(SendReceipt, u32), Undelivered> {
         let key = Self::member_key(app, user);
-        self.with_retry(&self.members, &key, || {
-            self.client.send_app(app, user, message)
+        self.with_retry(&self.members, &key, resend, |resend| {
+            self.client.send_app(app, user, message, resend)
         })
         .await
     }
 
     /// Send one message to a group robot within its limit, retrying what heals. Returns the
-    /// attempts it took.
-    pub async fn send_bot(&self, bot: &Bot, message: &BotMessage) -> Result<u32, Failure> {
+    /// attempts it took. (Robots have no duplicate check to ask for.)
+    pub async fn send_bot(&self, bot: &Bot, message: &BotMessage) -> Result<u32, Undelivered> {
         let key = Self::robot_key(bot);
-        self.with_retry(&self.robots, &key, || {
+        self.with_retry(&self.robots, &key, false, |_| {
             self.client.send_bot(bot.key(), message)
         })
         .await
@@ -136,44 +234,65 @@ impl Outbound {
         &self,
         limiter: &RateLimiter,
         key: &str,
+        resend: bool,
         send: F,
-    ) -> Result<(T, u32), Failure>
+    ) -> Result<(T, u32), Undelivered>
     where
-        F: Fn() -> Fut,
+        F: Fn(bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let waited = limiter.until_ready(key).await;
-            if waited.as_millis() >= 1000 {
-                tracing::info!(
-                    recipient = key,
-                    waited_ms = waited.as_millis() as u64,
-                    "held back to stay within WeCom's rate limit"
-                );
-            }
-            let result = send().await;
-            // Whatever WeCom answered counts toward its limit; a request that never arrived does not.
-            if !matches!(&result, Err(ApiError::Transport(_))) {
-                limiter.sent(key);
-            }
-            match result {
-                Ok(value) => return Ok((value, attempt)),
-                Err(error) if error.is_retryable() && attempt < self.retry.max_attempts => {
-                    let delay = self.retry.delay(attempt);
-                    tracing::warn!(recipient = key, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "send failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => {
-                    if error.errcode() == Some(60020) {
-                        tracing::error!(recipient = key, "WeCom refused this server's IP (60020): add the gateway's public IP under the app's 企业可信IP (trusted IPs) in the admin console");
+        // Atomics only because the future must be Send; nothing else touches them.
+        let resend = AtomicBool::new(resend);
+        let stopped = AtomicBool::new(false);
+        let (result, attempts) = self
+            .retry
+            .run(
+                |_| {
+                    let (send, resend) = (&send, &resend);
+                    async move {
+                        let waited = self.until_ready(limiter, key).await?;
+                        if waited.as_millis() >= 1000 {
+                            tracing::info!(
+                                recipient = key,
+                                waited_ms = waited.as_millis() as u64,
+                                "held back to stay within WeCom's rate limit"
+                            );
+                        }
+                        let result = send(resend.load(Ordering::Relaxed)).await;
+                        // Whatever reached WeCom counts toward its limit; a connection that never
+                        // opened does not.
+                        if !matches!(&result, Err(ApiError::Connect(_))) {
+                            limiter.sent(key);
+                        }
+                        result.map_err(Tried::Api)
                     }
-                    return Err(Failure {
-                        attempts: attempt,
-                        error,
-                    });
+                },
+                |tried| matches!(tried, Tried::Api(e) if e.is_retryable()),
+                |tried, attempt, delay| {
+                    let Tried::Api(error) = tried else {
+                        return false;
+                    };
+                    if error.outcome_unknown() {
+                        resend.store(true, Ordering::Relaxed);
+                    }
+                    if self.deadline().is_some_and(|d| Instant::now() + delay > d) {
+                        stopped.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                    tracing::warn!(recipient = key, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "send failed; retrying");
+                    true
+                },
+            )
+            .await;
+        match result {
+            Ok(value) => Ok((value, attempts)),
+            Err(Tried::Stopped) => Err(Undelivered::Stopped),
+            Err(Tried::Api(_)) if stopped.load(Ordering::Relaxed) => Err(Undelivered::Stopped),
+            Err(Tried::Api(error)) => {
+                if error.errcode() == Some(60020) {
+                    tracing::error!(recipient = key, "WeCom refused this server's IP (60020): add the gateway's public IP under the app's 企业可信IP (trusted IPs) in the admin console");
                 }
+                Err(Undelivered::Failed(Failure { attempts, error }))
             }
         }
     }

@@ -68,26 +68,55 @@ impl std::fmt::Display for Limit {
 /// One set of limits applied separately to every key (a member of an app, a robot).
 pub struct RateLimiter {
     limits: Vec<Limit>,
+    /// The longest window: a key whose last send is older than this has no state worth keeping.
+    longest: Duration,
+    state: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
     /// Completion times of recent sends per key, oldest first; only as many as the largest count.
-    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    recent: HashMap<String, VecDeque<Instant>>,
+    /// Every recorded send as (key, time), oldest first: tells which keys may have gone idle
+    /// without scanning them all.
+    expiry: VecDeque<(Instant, String)>,
+}
+
+/// `at + d`, or the far future when that is past what `Instant` can hold (a window of centuries
+/// from the config): waiting "for ever" is the honest answer there, and it must not panic.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or_else(far_future)
+}
+
+fn far_future() -> Instant {
+    // About 30 years: as good as never, and always representable.
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 impl RateLimiter {
     pub fn new(limits: Vec<Limit>) -> Self {
+        let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
         RateLimiter {
             limits,
-            recent: Mutex::new(HashMap::new()),
+            longest,
+            state: Mutex::new(Windows::default()),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.forget_idle(self.longest);
+        state
+    }
+
     /// When the next send for `key` may start: the earliest time at which every limit has room.
-    fn ready_at(&self, key: &str) -> Option<Instant> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let times = recent.get(key)?;
+    pub fn ready_at(&self, key: &str) -> Option<Instant> {
+        let state = self.lock();
+        let times = state.recent.get(key)?;
         self.limits
             .iter()
             .filter(|l| times.len() >= l.count)
-            .map(|l| times[times.len() - l.count] + l.window)
+            .map(|l| later(times[times.len() - l.count], l.window))
             .max()
     }
 
@@ -106,11 +135,41 @@ impl RateLimiter {
         if keep == 0 {
             return;
         }
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let times = recent.entry(key.to_owned()).or_default();
-        times.push_back(Instant::now());
+        let now = Instant::now();
+        let mut state = self.lock();
+        let times = state.recent.entry(key.to_owned()).or_default();
+        times.push_back(now);
         while times.len() > keep {
             times.pop_front();
+        }
+        state.expiry.push_back((now, key.to_owned()));
+    }
+
+    /// Keys with sends still inside a window.
+    pub fn tracked(&self) -> usize {
+        self.lock().recent.len()
+    }
+}
+
+impl Windows {
+    /// Drop the keys whose every send has left the longest window: they limit nothing any more.
+    fn forget_idle(&mut self, longest: Duration) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.expiry.front() {
+            if later(*at, longest) > now {
+                break;
+            }
+            let Some((_, key)) = self.expiry.pop_front() else {
+                break;
+            };
+            let idle = self
+                .recent
+                .get(&key)
+                .and_then(|t| t.back())
+                .is_none_or(|last| later(*last, longest) <= now);
+            if idle {
+                self.recent.remove(&key);
+            }
         }
     }
 }
@@ -166,6 +225,22 @@ mod tests {
         );
         // Another key is not held back.
         assert_eq!(limiter.until_ready("other").await, Duration::ZERO);
+        // Once the window has passed, nothing is kept for the key.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(limiter.tracked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_too_long_for_the_clock_waits_instead_of_panicking() {
+        let limiter = RateLimiter::new(vec![Limit {
+            count: 1,
+            window: Duration::MAX,
+        }]);
+        limiter.until_ready("k").await;
+        limiter.sent("k");
+        let ready = limiter.ready_at("k").unwrap();
+        assert!(ready > Instant::now() + Duration::from_secs(86_400 * 365));
+        assert_eq!(limiter.tracked(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{classify, ApiError, ErrcodeClass};
+use super::error::{ApiError, Call};
 use super::payload::{AppMessage, BotMessage};
 use super::token::AccessToken;
 use crate::app::App;
@@ -68,7 +68,7 @@ impl WecomClient {
             ("corpid", app.config.corp_id.as_str()),
             ("corpsecret", app.config.corp_secret()),
         ]);
-        let body = read(request.send().await.map_err(ApiError::from_reqwest)?).await?;
+        let body = read(Call::GetToken, request.send().await).await?;
         let token = body
             .rest
             .get("access_token")
@@ -100,12 +100,10 @@ impl WecomClient {
                 .post(&url)
                 .query(&[("access_token", token.expose())])
                 .json(body);
-            let result = read(request.send().await.map_err(ApiError::from_reqwest)?).await;
+            let result = read(Call::WithToken, request.send().await).await;
             match result {
-                Err(ApiError::WeCom { errcode, .. })
-                    if !retried && classify(errcode) == ErrcodeClass::StaleToken =>
-                {
-                    tracing::warn!(app = %app.config.name, errcode, "access token rejected; fetching a new one and retrying once");
+                Err(e) if !retried && e.is_stale_token() => {
+                    tracing::warn!(app = %app.config.name, errcode = e.errcode(), "access token rejected; fetching a new one and retrying once");
                     app.tokens.invalidate(&token).await;
                     retried = true;
                 }
@@ -115,13 +113,15 @@ impl WecomClient {
     }
 
     /// Send one message (already within WeCom's limits: see `AppMessage::into_pieces`) to one member.
+    /// `resend`: an earlier attempt may have been delivered, so ask WeCom to drop an identical copy.
     pub async fn send_app(
         &self,
         app: &App,
         touser: &str,
         message: &AppMessage,
+        resend: bool,
     ) -> Result<SendReceipt, ApiError> {
-        let body = message.body(touser, app.config.agent_id);
+        let body = message.body(touser, app.config.agent_id, resend);
         let rest = self.post_json(app, "/cgi-bin/message/send", &body).await?;
         let invalid_users = rest
             .get("invaliduser")
@@ -139,23 +139,6 @@ impl WecomClient {
         })
     }
 
-    /// Send one text message (at most 2048 bytes) to one member.
-    pub async fn send_text(
-        &self,
-        app: &App,
-        touser: &str,
-        content: &str,
-    ) -> Result<SendReceipt, ApiError> {
-        self.send_app(
-            app,
-            touser,
-            &AppMessage::Text {
-                content: content.to_owned(),
-            },
-        )
-        .await
-    }
-
     /// Post one message to a group robot. The key is the robot's only credential: it goes into the
     /// query string and nowhere else (errors carry no URL).
     pub async fn send_bot(&self, key: &str, message: &BotMessage) -> Result<(), ApiError> {
@@ -165,13 +148,17 @@ impl WecomClient {
             .post(url)
             .query(&[("key", key)])
             .json(&message.body());
-        read(request.send().await.map_err(ApiError::from_reqwest)?).await?;
+        read(Call::Webhook, request.send().await).await?;
         Ok(())
     }
 }
 
-/// Read a WeCom answer: non-2xx is an HTTP error, a non-zero errcode is an error even with HTTP 200.
-async fn read(response: reqwest::Response) -> Result<Envelope, ApiError> {
+/// Read `call`'s answer: non-2xx is an HTTP error, a non-zero errcode is an error even with HTTP 200.
+async fn read(
+    call: Call,
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Envelope, ApiError> {
+    let response = response.map_err(ApiError::from_reqwest)?;
     let status = response.status();
     if !status.is_success() {
         return Err(ApiError::Http {
@@ -181,6 +168,7 @@ async fn read(response: reqwest::Response) -> Result<Envelope, ApiError> {
     let body: Envelope = response.json().await.map_err(ApiError::from_reqwest)?;
     if body.errcode != 0 {
         return Err(ApiError::WeCom {
+            call,
             errcode: body.errcode,
             errmsg: body.errmsg,
         });

@@ -20,6 +20,10 @@ pub const TEXTCARD_DESCRIPTION_MAX_CHARS: usize = 512;
 pub const TEXTCARD_URL_MAX_BYTES: usize = 2048;
 pub const TEXTCARD_BTNTXT_MAX_CHARS: usize = 4;
 
+/// How far back WeCom looks for an identical message when a send asks it to drop duplicates: its
+/// maximum, 4 hours (docs/wecom-protocol.md §4.2).
+pub const DUPLICATE_CHECK_INTERVAL_SECS: u64 = 14_400;
+
 /// A message an app sends to members (message/send).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msgtype", rename_all = "lowercase")]
@@ -103,8 +107,11 @@ impl AppMessage {
         }
     }
 
-    /// The message/send body for one member.
-    pub fn body(&self, touser: &str, agent_id: u64) -> Value {
+    /// The message/send body for one member. `resend`: an earlier attempt may have been delivered,
+    /// so WeCom is asked to drop this one if an identical message reached the member within
+    /// [`DUPLICATE_CHECK_INTERVAL_SECS`]. First attempts never ask: the same answer twice a minute
+    /// apart is legitimate.
+    pub fn body(&self, touser: &str, agent_id: u64, resend: bool) -> Value {
         let (kind, inner) = match self {
             AppMessage::Text { content } => ("text", json!({ "content": content })),
             AppMessage::Markdown { content } => ("markdown", json!({ "content": content })),
@@ -112,6 +119,10 @@ impl AppMessage {
         };
         let mut body = json!({ "touser": touser, "msgtype": kind, "agentid": agent_id });
         body[kind] = inner;
+        if resend {
+            body["enable_duplicate_check"] = json!(1);
+            body["duplicate_check_interval"] = json!(DUPLICATE_CHECK_INTERVAL_SECS);
+        }
         body
     }
 }
@@ -243,11 +254,17 @@ mod tests {
         let body = AppMessage::Markdown {
             content: "**hi**".into(),
         }
-        .body("zhangsan", 7);
+        .body("zhangsan", 7, false);
         assert_eq!(
             body,
             json!({"touser": "zhangsan", "msgtype": "markdown", "agentid": 7, "markdown": {"content": "**hi**"}})
         );
+        let resent = AppMessage::Text {
+            content: "x".into(),
+        }
+        .body("u", 1, true);
+        assert_eq!(resent["enable_duplicate_check"], json!(1));
+        assert_eq!(resent["duplicate_check_interval"], json!(14_400));
         let card = AppMessage::Textcard(TextCard {
             title: "t".into(),
             description: "d".into(),
@@ -255,7 +272,7 @@ mod tests {
             btntxt: None,
         });
         assert_eq!(
-            card.body("u", 1)["textcard"],
+            card.body("u", 1, false)["textcard"],
             json!({"title": "t", "description": "d", "url": "https://x"})
         );
     }

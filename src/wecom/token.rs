@@ -13,6 +13,9 @@ use super::ApiError;
 
 /// Refresh this long before WeCom's stated expiry, so a token never dies mid-request.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// WeCom issues tokens for 7200 s. A longer `expires_in` (a proxy's, or garbage) is held to a day,
+/// so a token is never trusted for ever and the arithmetic below cannot overflow.
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// An access token. Cheap to clone; `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,13 +61,15 @@ impl TokenCache {
             }
         }
         let (value, expires_in) = fetch().await?;
-        let lifetime = Duration::from_secs(expires_in);
+        let lifetime = Duration::from_secs(expires_in).min(MAX_LIFETIME);
         // Short-lived tokens (tests, proxies) still get half their life rather than none.
         let usable = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
         let token = AccessToken::new(value);
         *slot = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + usable,
+            refresh_at: Instant::now()
+                .checked_add(usable)
+                .unwrap_or_else(Instant::now),
         });
         Ok(token)
     }
@@ -75,5 +80,29 @@ impl TokenCache {
         if slot.as_ref().is_some_and(|c| &c.token == stale) {
             *slot = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn any_expires_in_is_safe_and_a_huge_one_is_held_to_a_day() {
+        let cache = TokenCache::default();
+        for expires_in in [u64::MAX, u64::MAX / 2, 0, 1] {
+            let token = cache
+                .get(|| async move { Ok((format!("t{expires_in}"), expires_in)) })
+                .await
+                .unwrap();
+            cache.invalidate(&token).await;
+        }
+        cache
+            .get(|| async { Ok(("long".to_owned(), u64::MAX)) })
+            .await
+            .unwrap();
+        let slot = cache.slot.lock().await;
+        let left = slot.as_ref().unwrap().refresh_at - Instant::now();
+        assert!(left <= MAX_LIFETIME, "{left:?}");
     }
 }

@@ -59,6 +59,8 @@ struct FakeState {
     /// Once this many sends were accepted, further sends hang forever and are never recorded.
     hang_from: AtomicUsize,
     hung: AtomicUsize,
+    /// Flagged resends that WeCom's duplicate check dropped.
+    duplicates_dropped: AtomicUsize,
     changed: Notify,
 }
 
@@ -73,6 +75,7 @@ impl Default for FakeState {
             scripted: Mutex::default(),
             hang_from: AtomicUsize::new(usize::MAX),
             hung: AtomicUsize::new(0),
+            duplicates_dropped: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
@@ -168,13 +171,42 @@ async fn message_send(
         s.changed.notify_waiters();
         std::future::pending::<()>().await;
     }
-    s.sends.lock().unwrap().push(Sent {
+    // WeCom's duplicate check: a send flagged with enable_duplicate_check is answered ok and not
+    // delivered if an identical message reached the same member within the interval. (Whether
+    // WeCom compares with an unflagged original is undocumented; this fake assumes it does.)
+    let mut sends = s.sends.lock().unwrap();
+    if body["enable_duplicate_check"] == json!(1) {
+        let interval = body["duplicate_check_interval"].as_u64().unwrap_or(1800);
+        let content = message_identity(&body);
+        let duplicate = sends.iter().any(|earlier| {
+            earlier.at.elapsed() < Duration::from_secs(interval)
+                && message_identity(&earlier.body) == content
+        });
+        if duplicate {
+            s.duplicates_dropped.fetch_add(1, Ordering::SeqCst);
+            drop(sends);
+            s.changed.notify_waiters();
+            return Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m-dup"})).into_response();
+        }
+    }
+    sends.push(Sent {
         access_token: token,
         body,
         at: std::time::Instant::now(),
     });
+    drop(sends);
     s.changed.notify_waiters();
     Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"})).into_response()
+}
+
+/// What makes two message/send requests "the same message" for the duplicate check.
+fn message_identity(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.remove("enable_duplicate_check");
+        map.remove("duplicate_check_interval");
+    }
+    body
 }
 
 impl FakeWecom {
@@ -218,6 +250,11 @@ impl FakeWecom {
     /// Messages the robots accepted.
     pub fn robot_messages(&self) -> Vec<Sent> {
         self.state.robot.lock().unwrap().clone()
+    }
+
+    /// Flagged resends dropped by the modelled duplicate check.
+    pub fn duplicates_dropped(&self) -> usize {
+        self.state.duplicates_dropped.load(Ordering::SeqCst)
     }
 
     /// message/send and webhook/send requests received, whatever they were answered.

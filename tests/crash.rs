@@ -32,8 +32,9 @@ async fn kill_9_mid_reply_then_restart_every_message_answered_exactly_once() {
         ("WECOM_CALLBACK_WORKERS", "2"),
         ("WECOM_CALLBACK_AGENT__DELAY_MS", "100"),
     ];
-    // After five chunks are delivered, WeCom "stops answering": sends in flight hang, undelivered.
-    fake.hang_from(5);
+    // After five chunks, WeCom delivers what it gets but its answers never come back: the
+    // process dies knowing it handed those chunks over, not knowing they arrived.
+    fake.deliver_then_hang_from(5);
     let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
     let http = reqwest::Client::new();
     let users = ["u1", "u2", "u3"];
@@ -53,16 +54,35 @@ async fn kill_9_mid_reply_then_restart_every_message_answered_exactly_once() {
     // Both workers are stuck mid-reply (chunks recorded, some sent): kill -9 now.
     fake.wait_for_hung(2).await;
     let first_log = gw.kill9().await;
-    assert_eq!(fake.sends().len(), 5);
+    assert_eq!(
+        fake.sends().len(),
+        7,
+        "five answered and two delivered unanswered"
+    );
 
     fake.release();
     let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
     fake.wait_for_sends(18).await;
     let log = gw.terminate().await;
 
-    // Exactly 18 chunks in all, and each user's chunks, in order, spell their two replies.
+    // The two chunks whose outcome was unknown were sent again with WeCom's duplicate check,
+    // which dropped them: exactly 18 chunks delivered, and each user's, in order, spell their
+    // two replies.
     let sends = fake.sends();
+    assert_eq!(
+        fake.duplicates_dropped(),
+        2,
+        "the resends asked for the duplicate check"
+    );
     assert_eq!(sends.len(), 18, "no chunk twice");
+    let flagged = sends
+        .iter()
+        .filter(|s| s.body.get("enable_duplicate_check").is_some())
+        .count();
+    assert_eq!(
+        flagged, 0,
+        "first attempts never ask for the duplicate check"
+    );
     for (i, user) in users.iter().enumerate() {
         let got: String = sends
             .iter()

@@ -32,6 +32,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/alertmanager/{bot}", post(alertmanager))
         .route("/send", post(send))
         .route("/deliveries/{id}", get(delivery))
+        .fallback(|| async { ApiFailure(HttpError::NotFound("no such endpoint".into())) })
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 

@@ -28,6 +28,8 @@ pub enum HttpError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
     #[error("the request body is larger than max_body_bytes")]
     TooLarge,
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl HttpError {
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,9 +92,7 @@ pub fn from_status(status: StatusCode) -> Option<HttpError> {
     Some(match status {
         StatusCode::PAYLOAD_TOO_LARGE => HttpError::TooLarge,
         StatusCode::NOT_FOUND => HttpError::NotFound("no such endpoint".into()),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            HttpError::BadRequest("this endpoint does not take that method".into())
-        }
+        StatusCode::METHOD_NOT_ALLOWED => HttpError::MethodNotAllowed,
         s if s.is_client_error() => {
             HttpError::BadRequest(s.canonical_reason().unwrap_or("bad request").to_owned())
         }

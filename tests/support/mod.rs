@@ -58,6 +58,10 @@ struct FakeState {
     scripted: Mutex<VecDeque<Value>>,
     /// Once this many sends were accepted, further sends hang forever and are never recorded.
     hang_from: AtomicUsize,
+    /// With `hang_from`: the hanging sends are delivered first, and only their answer is lost.
+    deliver_then_hang: std::sync::atomic::AtomicBool,
+    /// Answers lost after delivery for the next this-many sends (the request is held until released).
+    lose_answers: AtomicUsize,
     hung: AtomicUsize,
     /// Flagged resends that WeCom's duplicate check dropped.
     duplicates_dropped: AtomicUsize,
@@ -74,6 +78,8 @@ impl Default for FakeState {
             calls: AtomicUsize::new(0),
             scripted: Mutex::default(),
             hang_from: AtomicUsize::new(usize::MAX),
+            deliver_then_hang: std::sync::atomic::AtomicBool::new(false),
+            lose_answers: AtomicUsize::new(0),
             hung: AtomicUsize::new(0),
             duplicates_dropped: AtomicUsize::new(0),
             changed: Notify::new(),
@@ -165,37 +171,58 @@ async fn message_send(
     if let Some(answer) = scripted(&s) {
         return answer;
     }
+    let deliver_then_hang = s.deliver_then_hang.load(Ordering::SeqCst);
     if s.sends.lock().unwrap().len() >= s.hang_from.load(Ordering::SeqCst) {
-        // Like a request that never reached WeCom: no answer, nothing delivered, ever.
+        if deliver_then_hang {
+            // Delivered, and the answer never comes back (the process dies waiting for it).
+            s.sends.lock().unwrap().push(Sent {
+                access_token: token.clone(),
+                body: body.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
+        // Otherwise like a request that never reached WeCom: no answer, nothing delivered, ever.
         s.hung.fetch_add(1, Ordering::SeqCst);
         s.changed.notify_waiters();
         std::future::pending::<()>().await;
     }
+    let lose_answer = s
+        .lose_answers
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     // WeCom's duplicate check: a send flagged with enable_duplicate_check is answered ok and not
     // delivered if an identical message reached the same member within the interval. (Whether
     // WeCom compares with an unflagged original is undocumented; this fake assumes it does.)
-    let mut sends = s.sends.lock().unwrap();
-    if body["enable_duplicate_check"] == json!(1) {
-        let interval = body["duplicate_check_interval"].as_u64().unwrap_or(1800);
-        let content = message_identity(&body);
-        let duplicate = sends.iter().any(|earlier| {
-            earlier.at.elapsed() < Duration::from_secs(interval)
-                && message_identity(&earlier.body) == content
-        });
-        if duplicate {
-            s.duplicates_dropped.fetch_add(1, Ordering::SeqCst);
-            drop(sends);
-            s.changed.notify_waiters();
-            return Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m-dup"})).into_response();
+    let dropped = {
+        let mut sends = s.sends.lock().unwrap();
+        let duplicate = body["enable_duplicate_check"] == json!(1) && {
+            let interval = body["duplicate_check_interval"].as_u64().unwrap_or(1800);
+            let content = message_identity(&body);
+            sends.iter().any(|earlier| {
+                earlier.at.elapsed() < Duration::from_secs(interval)
+                    && message_identity(&earlier.body) == content
+            })
+        };
+        if !duplicate {
+            sends.push(Sent {
+                access_token: token,
+                body,
+                at: std::time::Instant::now(),
+            });
         }
+        duplicate
+    };
+    if dropped {
+        s.duplicates_dropped.fetch_add(1, Ordering::SeqCst);
     }
-    sends.push(Sent {
-        access_token: token,
-        body,
-        at: std::time::Instant::now(),
-    });
-    drop(sends);
     s.changed.notify_waiters();
+    if dropped {
+        return Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m-dup"})).into_response();
+    }
+    if lose_answer {
+        // Delivered, but the answer is lost on the way back: the caller times out.
+        std::future::pending::<()>().await;
+    }
     Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"})).into_response()
 }
 
@@ -272,6 +299,15 @@ impl FakeWecom {
         self.robot_messages()
     }
 
+    /// Wait until the modelled duplicate check has dropped at least `n` resends.
+    pub async fn wait_for_duplicates_dropped(&self, n: usize) {
+        self.wait_until(
+            || self.duplicates_dropped() >= n,
+            &format!("{n} duplicates dropped"),
+        )
+        .await;
+    }
+
     /// Wait until every scripted answer has been used.
     pub async fn wait_for_script_used(&self) {
         self.wait_until(
@@ -296,6 +332,17 @@ impl FakeWecom {
         self.state.hang_from.store(n, Ordering::SeqCst);
     }
 
+    /// Like `hang_from`, but the hanging sends are delivered: only WeCom's answer is lost.
+    pub fn deliver_then_hang_from(&self, n: usize) {
+        self.state.deliver_then_hang.store(true, Ordering::SeqCst);
+        self.hang_from(n);
+    }
+
+    /// Deliver the next `n` sends but never answer them (the answer is lost on the network).
+    pub fn lose_answers(&self, n: usize) {
+        self.state.lose_answers.store(n, Ordering::SeqCst);
+    }
+
     /// Accept sends normally again (requests already hanging stay hung).
     pub fn release(&self) {
         self.state.hang_from.store(usize::MAX, Ordering::SeqCst);
@@ -312,7 +359,11 @@ impl FakeWecom {
 
     /// Wait until `done()` holds, re-checking at every change of the fake; fail after `WAIT`.
     async fn wait_until(&self, done: impl Fn() -> bool, what: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_until_within(done, what, WAIT).await
+    }
+
+    async fn wait_until_within(&self, done: impl Fn() -> bool, what: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.state.changed.notified();
             tokio::pin!(notified);
@@ -321,12 +372,22 @@ impl FakeWecom {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let sends = self.sends();
+                let last: Vec<&Sent> = sends.iter().rev().take(20).collect();
                 panic!(
-                    "timed out waiting for {what}; sends so far: {:#?}",
-                    self.sends()
+                    "timed out waiting for {what}; {} sends so far, the last: {last:#?}",
+                    sends.len()
                 );
             }
         }
+    }
+
+    /// Wait until at least `n` messages were accepted, for a load larger than the usual `WAIT` is
+    /// meant for.
+    pub async fn wait_for_many_sends(&self, n: usize, wait: Duration) -> Vec<Sent> {
+        self.wait_until_within(|| self.sends().len() >= n, &format!("{n} sends"), wait)
+            .await;
+        self.sends()
     }
 
     /// Wait until at least `n` messages were accepted; fail the test after `WAIT`.

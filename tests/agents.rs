@@ -433,3 +433,28 @@ async fn a_slow_agent_triggers_one_receipt_a_fast_one_none() {
         .collect();
     assert_eq!(contents, vec!["quick one"], "no receipt for a fast answer");
 }
+
+#[tokio::test]
+async fn a_command_agent_that_writes_a_lot_is_read_to_the_end_and_answers_in_time() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 200 KB of diagnostics (far past what is kept for the log), then the reply.
+    let program = script(
+        dir.path(),
+        "chatty.py",
+        r#"import json, sys
+turn = json.load(sys.stdin)
+for i in range(2000):
+    print("diagnostic line %04d " % i + "." * 80, file=sys.stderr)
+sys.stderr.flush()
+print("answer to " + turn["text"])
+"#,
+    );
+    let mut cfg = with_agent(&fake, command_agent(program, Duration::from_secs(20)));
+    cfg.agent.failure_message = "agent failed".into();
+    let app = TestApp::spawn(cfg).await;
+    app.send_text(&APP_A, "lisi", "the question", 1).await;
+    let sends = fake.wait_for_sends(1).await;
+    assert_eq!(sends[0].content(), "answer to the question");
+    app.stop().await;
+}

@@ -208,6 +208,7 @@ async fn at_max_store_mb_new_callbacks_get_503_and_every_acknowledged_one_is_ans
         ("WECOM_CALLBACK_MAX_STORE_MB", "1"),
         ("WECOM_CALLBACK_WORKERS", "8"),
         ("WECOM_CALLBACK_AGENT__DELAY_MS", "20"),
+        ("WECOM_CALLBACK_API_TOKENS", "t0ken"),
     ];
     let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
     let (accepted, status) = fill_until_refused(&gw, 20_000).await;
@@ -246,4 +247,103 @@ async fn an_unusable_data_dir_stops_start_up_with_a_clear_error() {
         err.contains("data_dir") && err.contains(&file.path().display().to_string()),
         "{err}"
     );
+}
+
+/// A small tmpfs the test mounts (as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fill the filesystem holding `path` with a file until it has no space left.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 16 * 1024];
+    while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_new_callbacks_and_everything_resumes_when_space_returns() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!(
+            "SKIPPED a_full_disk_refuses_new_callbacks_and_everything_resumes_when_space_returns: \
+             it mounts a small tmpfs, which needs root (the max_store_mb test covers the rest)"
+        );
+        return;
+    };
+    let fake = FakeWecom::start().await;
+    let data = disk.path().join("data");
+    let env = [("WECOM_CALLBACK_WORKERS", "4")];
+    let gw = Gateway::start(&mut serve(&fake, &data, &env)).await;
+    let http = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut send = async |n: u64| {
+        let text = format!("[{n}]{}", "x".repeat(600));
+        let (q, body) = APP_A.callback(&APP_A.text_xml(&format!("u{}", n % 7), &text, n));
+        let resp = http
+            .post(gw.callback_url(&q))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => accepted.push(text),
+            500 | 503 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    };
+    for n in 0..20 {
+        send(n).await;
+    }
+    // The disk fills up while callbacks keep coming.
+    let filler = disk.path().join("filler");
+    fill(&filler);
+    for n in 20..300 {
+        send(n).await;
+    }
+    // Space returns; no restart.
+    std::fs::remove_file(&filler).unwrap();
+    for n in 300..320 {
+        send(n).await;
+    }
+    assert!(refused > 0, "the full disk refused some callbacks");
+    let tail = &accepted[accepted.len() - 20..];
+    assert!(
+        tail.iter().all(|t| t.starts_with("[3")),
+        "every callback after space returned was acknowledged"
+    );
+    // Every acknowledged message is answered, once.
+    let sends = fake.wait_for_sends(accepted.len()).await;
+    let mut replied: Vec<String> = sends.iter().map(|s| s.content().to_owned()).collect();
+    replied.sort();
+    accepted.sort();
+    assert_eq!(replied, accepted);
+    gw.kill9().await;
 }

@@ -1,0 +1,135 @@
+//! What an operator sees in the real binary's log: a warning for a mistyped agent_id, log lines a
+//! member cannot forge, and a stop that says what is left instead of waiting silently.
+
+mod support;
+
+use support::process::*;
+use support::*;
+use tokio::process::Command;
+
+fn serve(fake: &FakeWecom, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    gateway_env(&mut cmd, &fake.base_url(), dir);
+    cmd
+}
+
+async fn post(gw: &Gateway, query: &str, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(gw.callback_url(query))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_callback_for_another_agent_id_is_accepted_and_warned_about_once() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
+    for n in 1..=2u64 {
+        let e = APP_A.crypt().encrypt_msg(
+            &APP_A.text_xml("zhangsan", &format!("hi {n}"), n),
+            "1700000000",
+            "nonce",
+            [n as u8; 16],
+        );
+        let query = format!(
+            "msg_signature={}&timestamp={}&nonce={}",
+            e.msg_signature, e.timestamp, e.nonce
+        );
+        // The envelope names AgentID 999; the configured app (whose token and key open it) is 1000002.
+        let status = post(&gw, &query, e.to_callback_xml(APP_A.corp_id, "999")).await;
+        assert_eq!(status, 200);
+    }
+    fake.wait_for_sends(2).await;
+    let log = gw.terminate().await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("\"999\""))
+        .collect();
+    assert_eq!(warnings.len(), 1, "warned once:\n{log}");
+    assert!(
+        warnings[0].contains("1000002") && warnings[0].contains("agent_id"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[tokio::test]
+async fn a_user_id_with_newlines_and_escapes_cannot_forge_log_lines() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
+    let forged = "2026-11-23T00:00:00.000000Z  INFO wecom_gateway: all good";
+    let user = format!("mallory\n{forged}\u{1b}[2K\r");
+    let (q, body) = APP_A.callback(&APP_A.text_xml(&user, "hi", 1));
+    // Not on the allowlist: acknowledged, and the refusal is logged with the UserID.
+    assert_eq!(post(&gw, &q, body).await, 200);
+    gw.wait_for_log(&["not on the allowlist"]).await;
+    let log = gw.terminate().await;
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-11-23T00:00:00")),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\r'),
+        "raw control characters:\n{log}"
+    );
+    assert!(
+        log.contains(r"mallory\n2026-11-23"),
+        "the UserID, escaped:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_with_robot_messages_held_by_the_rate_limit_says_so_and_does_not_wait() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    // One robot message an hour, and a grace period longer than the test waits for the stop.
+    std::fs::write(
+        &config,
+        "bots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=robot-key-ops\napi:\n  tokens: [t0ken]\nlimits:\n  bot: [1/1h]\nshutdown_grace_secs: 600\n",
+    )
+    .unwrap();
+    let start = || {
+        let mut cmd = serve(&fake, dir.path());
+        cmd.arg("--config").arg(&config);
+        cmd
+    };
+    let gw = Gateway::start(&mut start()).await;
+    let http = reqwest::Client::new();
+    for n in 1..=3 {
+        let resp = http
+            .post(format!("http://{}/api/v1/notify/ops", gw.addr))
+            .bearer_auth("t0ken")
+            .json(&serde_json::json!({"subject": format!("alert {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    fake.wait_for_robot(1).await;
+    // The other two wait an hour for the robot's window: the stop must not wait for them
+    // (`terminate` fails if the process is not gone well within the 600 s grace period).
+    let log = gw.terminate().await;
+    assert!(
+        log.contains("left=2") && log.contains("delivered after the next start"),
+        "the log says what is left:\n{log}"
+    );
+    assert_eq!(fake.robot_messages().len(), 1);
+
+    // After the restart they go out, in order.
+    let gw = Gateway::start(&mut start()).await;
+    let sent = fake.wait_for_robot(2).await;
+    let texts: Vec<&str> = sent
+        .iter()
+        .map(|m| m.body["text"]["content"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(texts, vec!["[INFO] alert 1", "[INFO] alert 2"]);
+    gw.kill9().await;
+}

@@ -489,6 +489,18 @@ impl SqliteInbox {
             .await
     }
 
+    /// Stamp one chunk of a job's reply with the time (`sql` sets ?3 on inbox_id ?1, seq ?2).
+    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &'static str) -> Result<(), InboxError> {
+        let id = job.id as i64;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(sql)?
+                    .execute(params![id, seq as i64, now_ms()])?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Messages that were given up, oldest first, with why: `(id, error)`.
     pub async fn failures(&self) -> Result<Vec<(i64, String)>, InboxError> {
         self.db
@@ -707,29 +719,21 @@ impl Inbox for SqliteInbox {
     }
 
     async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
-        let id = job.id as i64;
-        self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE outbox SET started_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
-                )?
-                .execute(params![id, seq as i64, now_ms()])?;
-                Ok(())
-            })
-            .await
+        self.mark_chunk(
+            job,
+            seq,
+            "UPDATE outbox SET started_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
+        )
+        .await
     }
 
     async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
-        let id = job.id as i64;
-        self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE outbox SET sent_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
-                )?
-                .execute(params![id, seq as i64, now_ms()])?;
-                Ok(())
-            })
-            .await
+        self.mark_chunk(
+            job,
+            seq,
+            "UPDATE outbox SET sent_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
+        )
+        .await
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome) {

@@ -518,3 +518,84 @@ fn printed_config_format_is_stable() {
         )
     );
 }
+
+#[test]
+fn errors_from_the_environment_name_the_variable() {
+    let mut e = single_app_env();
+    e.extend(env(&[
+        ("WECOM_CALLBACK_PORT", "abc"),
+        ("WECOM_CALLBACK_AGENT__KIND", "http"),
+        ("WECOM_CALLBACK_AGENT__URL", "http://127.0.0.1:1/x"),
+        ("WECOM_CALLBACK_AGENT__TIMEOUT_SECS", "0"),
+        ("WECOM_CALLBACK_LIMITS__BOT", "20/1m, 20 a minute"),
+        ("WECOM_CALLBACK_ALLOWED_USERS", "alice, :bob"),
+    ]));
+    // The same mistake in the file names only the field.
+    let f = yaml("workers: 0\n");
+    let text = Config::load(Some(f.path()), e).unwrap_err().to_string();
+    for expected in [
+        "port: must be a whole number from 0 to 65535, got \"abc\" (from WECOM_CALLBACK_PORT)",
+        "agent.timeout_secs: must be a whole number from 1 to 86400, got \"0\" (from WECOM_CALLBACK_AGENT__TIMEOUT_SECS)",
+        "limits.bot[1]: expected COUNT/DURATION such as 20/1m, got \"20 a minute\" (from WECOM_CALLBACK_LIMITS__BOT)",
+        "allowed_users[1]: must be user or corp_id:user, got \":bob\" (from WECOM_CALLBACK_ALLOWED_USERS)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let workers = text.lines().find(|l| l.contains("workers:")).unwrap();
+    assert!(!workers.contains("WECOM_CALLBACK"), "{workers}");
+}
+
+#[test]
+fn warnings_are_shown_with_the_errors() {
+    let f = yaml("prot: 9000\nagent:\n  kind: http\n  foo: 1\n");
+    let err = Config::load(Some(f.path()), single_app_env()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("agent.url: is required"), "{text}");
+    for warning in [
+        "warning: prot: unknown key, ignored",
+        "warning: agent.foo: unknown key, ignored",
+    ] {
+        assert!(
+            err.0.iter().any(|l| l == warning),
+            "missing {warning:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn environment_beats_the_nested_layout_and_stays_text() {
+    let f = yaml(&format!(
+        "platforms:\n  wecom_callback:\n    extra:\n      corp_id: ww1\n      corp_secret: s\n      agent_id: 7\n      token: from-file\n      encoding_aes_key: {KEY_A}\n      port: 8700\n"
+    ));
+    let e = env(&[
+        ("WECOM_CALLBACK_PORT", "8701"),
+        ("WECOM_CALLBACK_TOKEN", "000123"),
+        ("WECOM_CALLBACK_AGENT_ID", "0218"),
+    ]);
+    let (c, loaded) = Config::load(Some(f.path()), e).unwrap();
+    assert_eq!(c.port, 8701);
+    assert_eq!(c.apps[0].token(), "000123");
+    assert_eq!(c.apps[0].agent_id, 218);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn wrong_shapes_are_named_without_echoing_values() {
+    let f = yaml(
+        "agent: http\nbots: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=SECRETZ\napi: [x]\nretry:\n  max_attempts: [1, 2]\nlimits:\n  bot: 1/99999999999999999h\napps:\n  - just-a-name\n",
+    );
+    let text = Config::load(Some(f.path()), Vec::new())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "agent: must be a mapping such as {kind: echo}, got a text value",
+        "bots: must be a list, got a text value",
+        "api: must be a mapping, got a list",
+        "retry.max_attempts: expected a text value, got a list",
+        "limits.bot[0]: duration is too long",
+        "apps[0]: must be a mapping, got a text value",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("SECRETZ"), "{text}");
+}

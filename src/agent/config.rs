@@ -209,7 +209,9 @@ pub(crate) fn validate(
     };
     c.unknown(&format!("{prefix}."), &s.unknown);
     let f = |key: &str| format!("{prefix}.{key}");
-    let timeout = (f("timeout_secs"), secs(1, 86_400));
+    // Read by the kinds that use it, so an echo agent's stray timeout_secs stays harmless.
+    let timeout =
+        |c: &mut Check<'_>, v| c.get(&f("timeout_secs"), v, DEFAULT_TIMEOUT, secs(1, 86_400));
     let kind = c.opt(&f("kind"), s.kind, |k| Ok(k.to_ascii_lowercase()));
     let kind = match kind.as_deref().unwrap_or("echo") {
         "echo" => AgentKind::Echo,
@@ -218,7 +220,7 @@ pub(crate) fn validate(
                 .req(&f("url"), s.url, HttpUrl::parse)
                 .map(|u| u.0)
                 .unwrap_or_default(),
-            timeout: c.get(&timeout.0, s.timeout_secs, DEFAULT_TIMEOUT, timeout.1),
+            timeout: timeout(c, s.timeout_secs),
             retries: c.get(&f("retries"), s.retries, 2, num(0, 10)),
             headers: (pairs(c, &f("headers"), s.headers).into_iter())
                 .map(|(name, value)| (name, SecretString::from(value)))
@@ -233,7 +235,7 @@ pub(crate) fn validate(
                 |t| t.split_whitespace().map(Into::into).collect(),
                 text,
             ),
-            timeout: c.get(&timeout.0, s.timeout_secs, DEFAULT_TIMEOUT, timeout.1),
+            timeout: timeout(c, s.timeout_secs),
             env: pairs(c, &f("env"), s.env),
             working_dir: c.opt(&f("working_dir"), s.working_dir, |d| Ok(PathBuf::from(d))),
         }),
@@ -261,7 +263,7 @@ pub(crate) fn validate(
                 system_prompt: c.opt(&f("system_prompt"), s.system_prompt, text),
                 temperature: c.opt(&f("temperature"), s.temperature, temperature),
                 max_tokens: c.opt(&f("max_tokens"), s.max_tokens, num(1, 1_000_000)),
-                timeout: c.get(&timeout.0, s.timeout_secs, DEFAULT_TIMEOUT, timeout.1),
+                timeout: timeout(c, s.timeout_secs),
                 history_turns: c.get(&f("history_turns"), s.history_turns, 10, num(0, 1000)),
                 history_chars: c.get(
                     &f("history_chars"),

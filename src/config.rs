@@ -1,74 +1,43 @@
 //! Configuration: built-in defaults < config.yaml < `WECOM_CALLBACK_*` environment, then validation.
 //!
 //! Owns: every configuration key, its default, where it may come from, and what makes it valid.
-//! Validation reports every problem at once, each naming its field (`apps[1].encoding_aes_key: ...`).
+//! figment layers the sources into serde-derived settings whose fields keep what was given; the
+//! parsing newtypes below (one per rule) turn them into [`Config`]. Every problem is reported at
+//! once, each naming its field and, for an environment value, its variable.
 //!
-//! Must never: print or `Debug` a secret (corp_secret, token, encoding_aes_key), or invent rules WeCom
-//! does not have (legacy `wx` corp ids and short tokens are valid).
+//! Must never: print or `Debug` a secret (corp_secret, token, encoding_aes_key, robot keys, API
+//! tokens), or invent rules WeCom does not have (legacy `wx` corp ids and short tokens are valid).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Yaml};
-use figment::value::Value;
-use figment::Figment;
+use figment::providers::{Format, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
 
+use crate::agent::config::AgentSettings;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
-use crate::crypto::AesKey;
+use crate::crypto::{AesKey, CryptoError};
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
+
+pub use crate::agent::config::{
+    AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig,
+};
 
 pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 /// Existing deployments keep the keys under this nesting; it is read as if it were the top level.
 const NESTED_PATH: &str = "platforms.wecom_callback.extra";
-
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "path",
-    "corp_id",
-    "corp_secret",
-    "agent_id",
-    "token",
-    "encoding_aes_key",
-    "allowed_users",
-    "allow_all_users",
-    "api_base_url",
-    "apps",
-    "workers",
-    "queue_capacity",
-    "max_body_bytes",
-    "shutdown_grace_secs",
-    "http_timeout_secs",
-    "store",
-    "data_dir",
-    "retention_days",
-    "max_store_mb",
-    "agent",
-    "bots",
-    "api",
-    "api_tokens",
-    "limits",
-    "retry",
-    "platforms",
-];
-const BOT_KEYS: &[&str] = &["name", "webhook_url", "secret"];
-const API_KEYS: &[&str] = &["tokens"];
-const LIMIT_KEYS: &[&str] = &["member", "bot"];
-const RETRY_KEYS: &[&str] = &["max_attempts", "base_ms", "max_ms"];
-const APP_KEYS: &[&str] = &[
-    "agent",
-    "name",
-    "corp_id",
-    "corp_secret",
-    "agent_id",
-    "token",
-    "encoding_aes_key",
-];
+/// The figment metadata name of [`EnvVars`], by which errors find values that came from there.
+const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
 
 /// One WeCom self-built application (自建应用).
 #[derive(Clone)]
@@ -94,6 +63,19 @@ impl std::fmt::Debug for AppConfig {
             .field("encoding_aes_key", &"[redacted]")
             .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
             .finish()
+    }
+}
+
+impl AppConfig {
+    /// The secret values, for the few places that must send them (gettoken) or key crypto with them.
+    pub fn corp_secret(&self) -> &str {
+        self.corp_secret.expose_secret()
+    }
+    pub fn token(&self) -> &str {
+        self.token.expose_secret()
+    }
+    pub fn encoding_aes_key(&self) -> &str {
+        self.encoding_aes_key.expose_secret()
     }
 }
 
@@ -125,10 +107,6 @@ pub enum StoreKind {
     /// In memory only: lost on restart. For tests and throw-away setups.
     Memory,
 }
-
-pub use crate::agent::config::{
-    AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig,
-};
 
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
@@ -169,29 +147,11 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Every problem found, one line each.
+/// Every problem found, one line each; the warnings (unknown keys...) follow as `warning: ...`
+/// lines, since a misspelt key is often the cause of an error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigErrors(pub Vec<String>);
-
-fn defaults() -> BTreeMap<&'static str, Value> {
-    BTreeMap::from([
-        ("host", Value::from("0.0.0.0")),
-        ("port", Value::from(8645u16)),
-        ("path", Value::from("/wecom/callback")),
-        ("allow_all_users", Value::from(false)),
-        ("api_base_url", Value::from(DEFAULT_API_BASE_URL)),
-        ("workers", Value::from(4u32)),
-        ("queue_capacity", Value::from(1024u32)),
-        ("max_body_bytes", Value::from(65536u32)),
-        ("shutdown_grace_secs", Value::from(30u32)),
-        ("http_timeout_secs", Value::from(10u32)),
-        ("store", Value::from("sqlite")),
-        ("data_dir", Value::from("./data")),
-        ("retention_days", Value::from(7u32)),
-        ("max_store_mb", Value::from(0u32)),
-    ])
-}
 
 impl Config {
     /// Load from an optional YAML file and the given environment (`(name, value)` pairs; the binary
@@ -201,29 +161,20 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Loaded), ConfigErrors> {
-        // Environment values stay strings: figment's own Env provider would turn a token like
-        // "0123" into the number 123.
-        let process_env: BTreeMap<String, String> = env.into_iter().collect();
-        let env: BTreeMap<String, String> = process_env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .filter_map(|(k, v)| {
-                k.strip_prefix(ENV_PREFIX)
-                    .map(|rest| (rest.to_ascii_lowercase(), v))
-            })
-            .collect();
+        let env: BTreeMap<String, String> = env.into_iter().collect();
         let file = file.map(Path::to_path_buf).or_else(|| {
-            env.get("config")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
+            let path = env.get(&format!("{ENV_PREFIX}CONFIG"))?;
+            Some(PathBuf::from(path)).filter(|_| !path.is_empty())
         });
-
-        let mut figment = Figment::from(Serialized::defaults(defaults()));
-        if let Some(path) = &file {
+        let in_file = |e: &dyn Display| match &file {
+            Some(path) => format!("config file {}: {e}", path.display()),
+            None => e.to_string(),
+        };
+        let mut figment = Figment::new();
+        if let Some(path) = file.as_deref() {
             if !path.is_file() {
-                return Err(ConfigErrors(vec![format!(
-                    "config file {}: not found or not a regular file",
-                    path.display()
+                return Err(ConfigErrors(vec![in_file(
+                    &"not found or not a regular file",
                 )]));
             }
             let yaml = Figment::from(Yaml::file_exact(path));
@@ -232,25 +183,21 @@ impl Config {
                 figment = figment.merge(yaml.focus(NESTED_PATH));
             }
         }
-        // `A__B` in a variable name is the key `b` inside the section `a` (WECOM_CALLBACK_AGENT__KIND).
-        let mut env_values: BTreeMap<String, Value> = BTreeMap::new();
-        for (key, value) in env.into_iter().filter(|(k, _)| k != "config") {
-            let parts: Vec<&str> = key.split("__").collect();
-            insert_nested(&mut env_values, &parts, value);
+        let figment = figment.merge(EnvVars::new(&env));
+        let settings: Settings = (figment.extract())
+            .map_err(|e| ConfigErrors(e.into_iter().map(|e| in_file(&e)).collect()))?;
+        let mut check = Check {
+            figment: &figment,
+            env: &env,
+            errors: vec![],
+            warnings: vec![],
+        };
+        let config = settings.validate(&mut check);
+        let (mut errors, warnings) = (check.errors, check.warnings);
+        if !errors.is_empty() {
+            errors.extend(warnings.iter().map(|w| format!("warning: {w}")));
+            return Err(ConfigErrors(errors));
         }
-        figment = figment.merge(Serialized::globals(env_values));
-
-        let root: BTreeMap<String, Value> = figment.extract().map_err(|e| {
-            ConfigErrors(
-                e.into_iter()
-                    .map(|e| match &file {
-                        Some(p) => format!("config file {}: {e}", p.display()),
-                        None => e.to_string(),
-                    })
-                    .collect(),
-            )
-        })?;
-        let (config, warnings) = from_values(&root, &process_env)?;
         Ok((
             config,
             Loaded {
@@ -262,752 +209,697 @@ impl Config {
 
     /// The configuration as YAML with every secret replaced, for `check-config` and logs.
     pub fn redacted(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "host: {}", self.host);
-        let _ = writeln!(out, "port: {}", self.port);
-        let _ = writeln!(out, "path: {}", self.path);
-        let _ = writeln!(out, "api_base_url: {}", self.api_base_url);
-        let _ = writeln!(out, "allow_all_users: {}", self.allowlist.allow_all);
-        let _ = writeln!(out, "allowed_users: {:?}", self.allowlist.users);
-        let _ = writeln!(out, "workers: {}", self.workers);
-        let _ = writeln!(out, "queue_capacity: {}", self.queue_capacity);
-        let _ = writeln!(out, "max_body_bytes: {}", self.max_body_bytes);
-        let _ = writeln!(out, "shutdown_grace_secs: {}", self.shutdown_grace_secs);
-        let _ = writeln!(out, "http_timeout_secs: {}", self.http_timeout_secs);
-        let store = match self.store {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Memory => "memory",
-        };
-        let _ = writeln!(out, "store: {store}");
-        let _ = writeln!(out, "data_dir: {}", self.data_dir.display());
-        let _ = writeln!(out, "retention_days: {}", self.retention_days);
-        let _ = writeln!(out, "max_store_mb: {}", self.max_store_mb);
-        let _ = writeln!(out, "agent:");
-        out.push_str(&self.agent.redacted("  "));
-        let _ = writeln!(out, "api:");
-        let _ = writeln!(
-            out,
-            "  tokens: {} configured{}",
-            self.api_tokens.len(),
-            if self.api_tokens.is_empty() {
-                " (the /api endpoints are off)"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(out, "limits:");
-        let show = |l: &[Limit]| {
+        let (c, mut out) = (self, String::new());
+        let limits = |l: &[Limit]| {
             l.iter()
                 .map(|l| l.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(out, "  member: [{}]", show(&self.member_limits));
-        let _ = writeln!(out, "  bot: [{}]", show(&self.bot_limits));
-        let _ = writeln!(out, "retry:");
-        let _ = writeln!(out, "  max_attempts: {}", self.retry.max_attempts);
-        let _ = writeln!(out, "  base_ms: {}", self.retry.base.as_millis());
-        let _ = writeln!(out, "  max_ms: {}", self.retry.max.as_millis());
-        let _ = writeln!(out, "bots:");
-        for bot in &self.bots {
+        let store = match c.store {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Memory => "memory",
+        };
+        let api_off = if c.api_tokens.is_empty() {
+            " (the /api endpoints are off)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "host: {}\nport: {}\npath: {}", c.host, c.port, c.path);
+        let _ = writeln!(out, "api_base_url: {}", c.api_base_url);
+        let _ = writeln!(out, "allow_all_users: {}", c.allowlist.allow_all);
+        let _ = writeln!(out, "allowed_users: {:?}", c.allowlist.users);
+        let _ = writeln!(out, "workers: {}", c.workers);
+        let _ = writeln!(out, "queue_capacity: {}", c.queue_capacity);
+        let _ = writeln!(out, "max_body_bytes: {}", c.max_body_bytes);
+        let _ = writeln!(out, "shutdown_grace_secs: {}", c.shutdown_grace_secs);
+        let _ = writeln!(out, "http_timeout_secs: {}", c.http_timeout_secs);
+        let _ = writeln!(out, "store: {store}\ndata_dir: {}", c.data_dir.display());
+        let _ = writeln!(out, "retention_days: {}", c.retention_days);
+        let _ = writeln!(out, "max_store_mb: {}", c.max_store_mb);
+        let _ = write!(out, "agent:\n{}api:\n", c.agent.redacted("  "));
+        let _ = writeln!(out, "  tokens: {} configured{api_off}", c.api_tokens.len());
+        let _ = writeln!(out, "limits:\n  member: [{}]", limits(&c.member_limits));
+        let _ = writeln!(out, "  bot: [{}]\nretry:", limits(&c.bot_limits));
+        let _ = writeln!(out, "  max_attempts: {}", c.retry.max_attempts);
+        let _ = writeln!(out, "  base_ms: {}", c.retry.base.as_millis());
+        let _ = writeln!(out, "  max_ms: {}\nbots:", c.retry.max.as_millis());
+        for bot in &c.bots {
             let _ = writeln!(out, "  - name: {}", bot.name);
             let _ = writeln!(out, "    webhook_url: {REDACTED_WEBHOOK}");
         }
-        let _ = writeln!(out, "apps:");
-        for app in &self.apps {
-            let _ = writeln!(out, "  - name: {}", app.name);
-            let _ = writeln!(out, "    corp_id: {}", app.corp_id);
+        out.push_str("apps:\n");
+        for app in &c.apps {
+            let _ = writeln!(out, "  - name: {}\n    corp_id: {}", app.name, app.corp_id);
             let _ = writeln!(out, "    agent_id: {}", app.agent_id);
-            let _ = writeln!(out, "    corp_secret: '****'");
-            let _ = writeln!(out, "    token: '****'");
-            let _ = writeln!(out, "    encoding_aes_key: '****'");
+            out.push_str(
+                "    corp_secret: '****'\n    token: '****'\n    encoding_aes_key: '****'\n",
+            );
             if let Some(agent) = &app.agent {
-                let _ = writeln!(out, "    agent:");
-                out.push_str(&agent.redacted("      "));
+                let _ = write!(out, "    agent:\n{}", agent.redacted("      "));
             }
         }
         out
     }
 }
 
-/// A mapping section (`agent:`, `api:`, ...), empty when absent; anything else is an error.
-fn section(
-    root: &BTreeMap<String, Value>,
-    key: &str,
-    known: &[&str],
-    r: &mut Reader<'_>,
-    warnings: &mut Vec<String>,
-) -> BTreeMap<String, Value> {
-    match root.get(key) {
-        None | Some(Value::Empty(..)) => BTreeMap::new(),
-        Some(Value::Dict(_, d)) => {
-            warn_unknown(d, known, &format!("{key}."), warnings);
-            d.clone()
-        }
-        Some(other) => {
-            r.err(key, format!("must be a mapping, got {}", other.to_actual()));
-            BTreeMap::new()
-        }
-    }
-}
+/// The `WECOM_CALLBACK_*` variables given to `load` as a figment provider: `__` nests
+/// (`AGENT__KIND` is `agent.kind`) and values stay text. figment's own `Env` cannot do this: it
+/// reads the process environment itself and parses values (the token "0123" would become 123).
+struct EnvVars(Dict);
 
-fn read_limits(
-    map: &BTreeMap<String, Value>,
-    key: &str,
-    r: &mut Reader<'_>,
-    default: Vec<Limit>,
-) -> Vec<Limit> {
-    if !map.contains_key(key) {
-        return default;
-    }
-    let field = format!("limits.{key}");
-    let mut limits = Vec::new();
-    for (i, text) in r.list(map, key, &field).into_iter().enumerate() {
-        match Limit::parse(&text) {
-            Ok(l) => limits.push(l),
-            Err(e) => r.err(&format!("{field}[{i}]"), e),
-        }
-    }
-    if limits.is_empty() {
-        default
-    } else {
-        limits
-    }
-}
-
-fn read_bots(
-    root: &BTreeMap<String, Value>,
-    r: &mut Reader<'_>,
-    warnings: &mut Vec<String>,
-) -> Vec<Bot> {
-    let list = match root.get("bots") {
-        None | Some(Value::Empty(..)) => return Vec::new(),
-        Some(Value::Array(_, list)) => list,
-        Some(other) => {
-            r.err("bots", format!("must be a list, got {}", other.to_actual()));
-            return Vec::new();
-        }
-    };
-    let mut bots: Vec<Bot> = Vec::new();
-    for (i, v) in list.iter().enumerate() {
-        let prefix = format!("bots[{i}].");
-        let Value::Dict(_, d) = v else {
-            r.err(
-                &format!("bots[{i}]"),
-                format!("must be a mapping, got {}", v.to_actual()),
-            );
-            continue;
-        };
-        warn_unknown(d, BOT_KEYS, &prefix, warnings);
-        if d.contains_key("secret") {
-            warnings.push(format!(
-                "{prefix}secret: WeCom group robots have no signing secret; the field is ignored"
-            ));
-        }
-        let name = r.required(d, "name", &format!("{prefix}name"));
-        let key = r
-            .required(d, "webhook_url", &format!("{prefix}webhook_url"))
-            .and_then(|url| match webhook_key(&url) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    // Never echo the URL: it is the robot's password.
-                    r.err(&format!("{prefix}webhook_url"), e);
-                    None
-                }
-            });
-        if let (Some(name), Some(key)) = (name, key) {
-            if let Some(j) = bots.iter().position(|b| b.name == name) {
-                r.err(
-                    &format!("{prefix}name"),
-                    format!("{name:?} is already used by bots[{j}]"),
-                );
-            }
-            bots.push(Bot::new(name, SecretString::from(key)));
-        }
-    }
-    bots
-}
-
-fn insert_nested(map: &mut BTreeMap<String, Value>, path: &[&str], value: String) {
-    match path {
-        [] => {}
-        [leaf] => {
-            map.insert((*leaf).to_owned(), Value::from(value));
-        }
-        [section, rest @ ..] => {
-            let entry = map
-                .entry((*section).to_owned())
-                .or_insert_with(|| Value::from(figment::value::Dict::new()));
-            if !matches!(entry, Value::Dict(..)) {
-                *entry = Value::from(figment::value::Dict::new());
-            }
-            if let Value::Dict(_, dict) = entry {
-                insert_nested(dict, rest, value);
-            }
-        }
-    }
-}
-
-/// Reads typed values out of figment's value tree, recording a named error for each bad one.
-pub(crate) struct Reader<'a> {
-    errors: &'a mut Vec<String>,
-}
-
-impl Reader<'_> {
-    pub(crate) fn err(&mut self, field: &str, msg: impl std::fmt::Display) {
-        self.errors.push(format!("{field}: {msg}"));
-    }
-
-    /// Any scalar as text: YAML may give a token or agent id as a number.
-    pub(crate) fn string(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Option<String> {
-        match map.get(key)? {
-            Value::String(_, s) => Some(s.trim().to_owned()),
-            Value::Char(_, c) => Some(c.to_string()),
-            Value::Bool(_, b) => Some(b.to_string()),
-            Value::Num(_, n) => n
-                .to_u128()
-                .map(|v| v.to_string())
-                .or_else(|| n.to_i128().map(|v| v.to_string()))
-                .or_else(|| n.to_f64().map(|v| v.to_string())),
-            Value::Empty(..) => None,
-            other => {
-                self.err(
-                    field,
-                    format!("expected a text value, got {}", other.to_actual()),
-                );
-                None
-            }
-        }
-    }
-
-    pub(crate) fn required(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Option<String> {
-        match self.string(map, key, field) {
-            Some(s) if !s.is_empty() => Some(s),
-            Some(_) => {
-                self.err(field, "must not be empty");
-                None
-            }
-            None => {
-                if !map.contains_key(key) || matches!(map.get(key), Some(Value::Empty(..))) {
-                    self.err(field, "is required");
-                }
-                None
-            }
-        }
-    }
-
-    pub(crate) fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-        min: T,
-        max: T,
-    ) -> Option<T> {
-        let text = self.string(map, key, field)?;
-        match text.parse::<T>() {
-            Ok(v) if v >= min && v <= max => Some(v),
-            _ => {
-                self.err(
-                    field,
-                    format!("must be a whole number from {min} to {max}, got {text:?}"),
-                );
-                None
-            }
-        }
-    }
-
-    pub(crate) fn boolean(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Option<bool> {
-        let text = self.string(map, key, field)?;
-        match text.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Some(true),
-            "false" | "0" | "no" | "off" | "" => Some(false),
-            _ => {
-                self.err(field, format!("must be true or false, got {text:?}"));
-                None
-            }
-        }
-    }
-
-    /// A list, or a comma-separated string (the environment's form); items trimmed, empty ones
-    /// dropped.
-    pub(crate) fn list(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Vec<String> {
-        self.items(map, key, field, |s| {
-            s.split(',').map(str::to_owned).collect()
-        })
-        .into_iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-    }
-
-    /// A list kept as given (program arguments may hold commas), or a string split at whitespace.
-    pub(crate) fn list_raw(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Vec<String> {
-        self.items(map, key, field, |s| {
-            s.split_whitespace().map(str::to_owned).collect()
-        })
-    }
-
-    /// A list's items as text, or a single text value cut into items by `split`.
-    fn items(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-        split: fn(&str) -> Vec<String>,
-    ) -> Vec<String> {
-        match map.get(key) {
-            None | Some(Value::Empty(..)) => Vec::new(),
-            Some(Value::Array(_, values)) => values
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    let one = BTreeMap::from([(String::new(), v.clone())]);
-                    self.string(&one, "", &format!("{field}[{i}]"))
-                })
-                .collect(),
-            Some(_) => self
-                .string(map, key, field)
-                .map(|s| split(&s))
-                .unwrap_or_default(),
-        }
-    }
-
-    /// A mapping of names to text values (headers, environment variables).
-    pub(crate) fn map(
-        &mut self,
-        map: &BTreeMap<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Vec<(String, String)> {
-        match map.get(key) {
-            None | Some(Value::Empty(..)) => Vec::new(),
-            Some(Value::Dict(_, d)) => d
-                .keys()
-                .filter_map(|k| {
-                    self.string(d, k, &format!("{field}.{k}"))
-                        .map(|v| (k.clone(), v))
-                })
-                .collect(),
-            Some(other) => {
-                self.err(
-                    field,
-                    format!(
-                        "must be a mapping of names to values, got {}",
-                        other.to_actual()
-                    ),
-                );
-                Vec::new()
-            }
-        }
-    }
-}
-
-fn warn_unknown(
-    map: &BTreeMap<String, Value>,
-    known: &[&str],
-    prefix: &str,
-    warnings: &mut Vec<String>,
-) {
-    for key in map.keys() {
-        if !known.contains(&key.as_str()) {
-            warnings.push(format!("{prefix}{key}: unknown key, ignored"));
-        }
-    }
-}
-
-/// Agent settings an app entry may override, and what it inherits.
-struct AgentContext<'a> {
-    global: Option<&'a AgentConfig>,
-    env: &'a BTreeMap<String, String>,
-}
-
-fn app_from(
-    map: &BTreeMap<String, Value>,
-    prefix: &str,
-    default_name: Option<&str>,
-    r: &mut Reader<'_>,
-    warnings: &mut Vec<String>,
-    agents: &AgentContext<'_>,
-) -> Option<AppConfig> {
-    let f = |k: &str| format!("{prefix}{k}");
-    let name = match default_name {
-        Some(n) => Some(n.to_owned()),
-        None => r.required(map, "name", &f("name")),
-    };
-    let corp_id = r.required(map, "corp_id", &f("corp_id"));
-    if let Some(id) = &corp_id {
-        if id.chars().any(char::is_whitespace) {
-            r.err(&f("corp_id"), "must not contain spaces");
-        }
-    }
-    let corp_secret = r.required(map, "corp_secret", &f("corp_secret"));
-    let agent_id = r.required(map, "agent_id", &f("agent_id")).and_then(|s| {
-        s.parse::<u64>().ok().or_else(|| {
-            r.err(
-                &f("agent_id"),
-                format!("must be the numeric AgentId, got {s:?}"),
-            );
-            None
-        })
-    });
-    let token = r.required(map, "token", &f("token"));
-    let key = r.required(map, "encoding_aes_key", &f("encoding_aes_key"));
-    if let Some(k) = &key {
-        if let Err(e) = AesKey::from_encoding_aes_key(k) {
-            // The crypto module owns the key rule; report its reason without the code suffix.
-            let reason = match e {
-                crate::crypto::CryptoError::IllegalAesKey(reason) => reason,
-                other => other.to_string(),
-            };
-            r.err(&f("encoding_aes_key"), reason);
-        }
-    }
-    // The single-app layout's agent is the global one; only an apps[] entry may have its own.
-    let agent = match (default_name, map.get("agent")) {
-        (None, Some(v)) => Some(crate::agent::config::read(
-            Some(v),
-            &f("agent"),
-            r,
-            warnings,
-            agents.env,
-            agents.global,
-        )?),
-        _ => None,
-    };
-    Some(AppConfig {
-        agent,
-        name: name?,
-        corp_id: corp_id?,
-        corp_secret: SecretString::from(corp_secret?),
-        agent_id: agent_id?,
-        token: SecretString::from(token?),
-        encoding_aes_key: SecretString::from(
-            key.filter(|k| AesKey::from_encoding_aes_key(k).is_ok())?,
-        ),
-    })
-}
-
-fn from_values(
-    root: &BTreeMap<String, Value>,
-    process_env: &BTreeMap<String, String>,
-) -> Result<(Config, Vec<String>), ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-    warn_unknown(root, TOP_LEVEL_KEYS, "", &mut warnings);
-    let mut r = Reader {
-        errors: &mut errors,
-    };
-
-    let host = r.required(root, "host", "host").and_then(|h| {
-        h.parse::<IpAddr>().ok().or_else(|| {
-            r.err(
-                "host",
-                format!("must be an IP address such as 0.0.0.0 or ::, got {h:?}"),
-            );
-            None
-        })
-    });
-    let port = r.number::<u16>(root, "port", "port", 0, u16::MAX);
-    let path = r.required(root, "path", "path").and_then(|p| {
-        if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
-            r.err(
-                "path",
-                format!("must start with / and contain no ?, # or spaces, got {p:?}"),
-            );
-            None
-        } else if p == "/health" {
-            r.err(
-                "path",
-                "must not be /health, which the gateway serves itself",
-            );
-            None
-        } else {
-            Some(p)
-        }
-    });
-    let api_base_url = r
-        .required(root, "api_base_url", "api_base_url")
-        .and_then(|u| match url::Url::parse(&u) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
-                Some(u.trim_end_matches('/').to_owned())
-            }
-            _ => {
-                r.err(
-                    "api_base_url",
-                    format!("must be an http:// or https:// URL, got {u:?}"),
-                );
-                None
-            }
+impl EnvVars {
+    fn new(env: &BTreeMap<String, String>) -> Self {
+        let vars = env.iter().filter_map(|(name, value)| {
+            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            let var = figment::util::nest(&key.replace("__", "."), Value::from(value.clone()));
+            var.into_dict().filter(|_| key != "config")
         });
-    let workers = r.number::<usize>(root, "workers", "workers", 1, 1024);
-    let queue_capacity = r.number::<usize>(root, "queue_capacity", "queue_capacity", 1, 1_000_000);
-    let max_body_bytes = r.number::<usize>(
-        root,
-        "max_body_bytes",
-        "max_body_bytes",
-        1024,
-        16 * 1024 * 1024,
-    );
-    let shutdown_grace_secs = r.number::<u64>(
-        root,
-        "shutdown_grace_secs",
-        "shutdown_grace_secs",
-        0,
-        86_400,
-    );
-    let http_timeout_secs = r.number::<u64>(root, "http_timeout_secs", "http_timeout_secs", 1, 600);
-    let allow_all = r
-        .boolean(root, "allow_all_users", "allow_all_users")
-        .unwrap_or(false);
-    let store =
-        r.required(root, "store", "store")
-            .and_then(|s| match s.to_ascii_lowercase().as_str() {
-                "sqlite" => Some(StoreKind::Sqlite),
-                "memory" => Some(StoreKind::Memory),
-                _ => {
-                    r.err("store", format!("must be sqlite or memory, got {s:?}"));
-                    None
-                }
-            });
-    let data_dir = r.required(root, "data_dir", "data_dir").map(PathBuf::from);
-    let retention_days = r.number::<u64>(root, "retention_days", "retention_days", 1, 3650);
-    let max_store_mb = r.number::<u64>(root, "max_store_mb", "max_store_mb", 0, 1 << 30);
-    let agent = crate::agent::config::read(
-        root.get("agent"),
-        "agent",
-        &mut r,
-        &mut warnings,
-        process_env,
-        None,
-    );
-    let agents = AgentContext {
-        global: agent.as_ref(),
-        env: process_env,
-    };
-    let bots = read_bots(root, &mut r, &mut warnings);
-    let api = section(root, "api", API_KEYS, &mut r, &mut warnings);
-    let mut api_tokens = r.list(&api, "tokens", "api.tokens");
-    api_tokens.extend(r.list(root, "api_tokens", "api_tokens"));
-    let limits = section(root, "limits", LIMIT_KEYS, &mut r, &mut warnings);
-    let member_limits = read_limits(
-        &limits,
-        "member",
-        &mut r,
-        crate::outbound::default_member_limits(),
-    );
-    let bot_limits = read_limits(
-        &limits,
-        "bot",
-        &mut r,
-        crate::outbound::default_bot_limits(),
-    );
-    let retry_map = section(root, "retry", RETRY_KEYS, &mut r, &mut warnings);
-    let default_retry = RetryPolicy::default();
-    let retry = (|| {
-        let max_attempts = match retry_map.contains_key("max_attempts") {
-            true => r.number::<u32>(&retry_map, "max_attempts", "retry.max_attempts", 1, 100)?,
-            false => default_retry.max_attempts,
-        };
-        let base_ms = match retry_map.contains_key("base_ms") {
-            true => r.number::<u64>(&retry_map, "base_ms", "retry.base_ms", 1, 3_600_000)?,
-            false => default_retry.base.as_millis() as u64,
-        };
-        let max_ms = match retry_map.contains_key("max_ms") {
-            true => r.number::<u64>(&retry_map, "max_ms", "retry.max_ms", 1, 86_400_000)?,
-            false => default_retry.max.as_millis() as u64,
-        };
-        Some(RetryPolicy {
-            max_attempts,
-            base: std::time::Duration::from_millis(base_ms),
-            max: std::time::Duration::from_millis(max_ms.max(base_ms)),
-        })
-    })();
-    let users = r.list(root, "allowed_users", "allowed_users");
-    for (i, u) in users.iter().enumerate() {
-        if u.split(':').count() > 2 || u.starts_with(':') || u.ends_with(':') {
-            r.err(
-                &format!("allowed_users[{i}]"),
-                format!("must be user or corp_id:user, got {u:?}"),
-            );
+        EnvVars(vars.fold(Dict::new(), |mut all, var| {
+            merge(&mut all, var);
+            all
+        }))
+    }
+}
+
+/// `WECOM_CALLBACK_AGENT__KIND` and `..._AGENT__URL` both land in the one `agent` section.
+fn merge(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, section)), Value::Dict(_, more)) => merge(section, more),
+            (_, value) => drop(into.insert(key, value)),
         }
     }
+}
 
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        // Names a value's variable in errors: keys `agent`, `kind` are WECOM_CALLBACK_AGENT__KIND.
+        Metadata::named(ENV_SOURCE).interpolater(|_, keys: &[&str]| {
+            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+        })
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Map::from([(Profile::Global, self.0.clone())]))
+    }
+}
+
+// ---------------------------------------------------------------- settings, as given
+
+/// Keys nobody reads, kept to warn about them.
+pub(crate) type Unknown = BTreeMap<String, IgnoredAny>;
+
+/// A scalar as text (YAML may give a token or an agent id as a number), or the kind of value found
+/// instead. Never fails to deserialize, so one bad value cannot hide the others.
+pub(crate) struct Text(Result<String, &'static str>);
+
+impl From<&Value> for Text {
+    fn from(value: &Value) -> Self {
+        let number = |n: &figment::value::Num| {
+            let int = n.to_u128().map(|v| v.to_string());
+            int.or_else(|| n.to_i128().map(|v| v.to_string()))
+                .or_else(|| n.to_f64().map(|v| v.to_string()))
+        };
+        Text(match value {
+            Value::String(_, s) => Ok(s.clone()),
+            Value::Char(_, c) => Ok(c.to_string()),
+            Value::Bool(_, b) => Ok(b.to_string()),
+            Value::Num(_, n) => number(n).ok_or("a number"),
+            Value::Empty(..) => Ok(String::new()),
+            other => Err(kind(other)),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Text::from(&<Value as Deserialize>::deserialize(d)?))
+    }
+}
+
+/// A list, or one text value to be split (the environment's form).
+pub(crate) enum List {
+    One(Text),
+    Many(Vec<Text>),
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match <Value as Deserialize>::deserialize(d)? {
+            Value::Array(_, items) => List::Many(items.iter().map(Text::from).collect()),
+            other => List::One(Text::from(&other)),
+        })
+    }
+}
+
+/// A section (or a list of them) shaped like `T`, or the kind of value found instead.
+pub(crate) struct Field<T>(pub(crate) Result<T, &'static str>);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = <Value as Deserialize>::deserialize(d)?;
+        Ok(Field(T::deserialize(&value).map_err(|_| kind(&value))))
+    }
+}
+
+/// What a value is, for errors: never the value itself, which may be a secret.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) | Value::Char(..) => "a text value",
+        Value::Bool(..) => "true or false",
+        Value::Num(..) => "a number",
+        Value::Dict(..) => "a mapping",
+        Value::Array(..) => "a list",
+        Value::Empty(..) => "nothing",
+    }
+}
+
+#[derive(Deserialize)]
+struct Settings {
+    host: Option<Text>,
+    port: Option<Text>,
+    path: Option<Text>,
+    #[serde(flatten)]
+    single_app: AppKeys,
+    allowed_users: Option<List>,
+    allow_all_users: Option<Text>,
+    api_base_url: Option<Text>,
+    apps: Option<Field<Vec<Field<AppSettings>>>>,
+    workers: Option<Text>,
+    queue_capacity: Option<Text>,
+    max_body_bytes: Option<Text>,
+    shutdown_grace_secs: Option<Text>,
+    http_timeout_secs: Option<Text>,
+    store: Option<Text>,
+    data_dir: Option<Text>,
+    retention_days: Option<Text>,
+    max_store_mb: Option<Text>,
+    agent: Option<Field<AgentSettings>>,
+    bots: Option<Field<Vec<Field<BotSettings>>>>,
+    api: Option<Field<ApiSettings>>,
+    api_tokens: Option<List>,
+    limits: Option<Field<LimitSettings>>,
+    retry: Option<Field<RetrySettings>>,
+    /// The nested layout's root, read through [`NESTED_PATH`] instead.
+    #[serde(rename = "platforms")]
+    _platforms: Option<IgnoredAny>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// An app's WeCom keys: the top level's single app, or an `apps:` entry's.
+#[derive(Deserialize)]
+struct AppKeys {
+    corp_id: Option<Text>,
+    corp_secret: Option<Text>,
+    agent_id: Option<Text>,
+    token: Option<Text>,
+    encoding_aes_key: Option<Text>,
+}
+
+#[derive(Deserialize)]
+struct AppSettings {
+    name: Option<Text>,
+    agent: Option<Field<AgentSettings>>,
+    #[serde(flatten)]
+    keys: AppKeys,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct BotSettings {
+    name: Option<Text>,
+    webhook_url: Option<Text>,
+    secret: Option<IgnoredAny>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct ApiSettings {
+    tokens: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct LimitSettings {
+    member: Option<List>,
+    bot: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct RetrySettings {
+    max_attempts: Option<Text>,
+    base_ms: Option<Text>,
+    max_ms: Option<Text>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+// ---------------------------------------------------------------- rules: text to value, each once
+
+/// How a setting's text (trimmed, not empty) becomes a value, or the reason it cannot.
+pub(crate) trait Rule<T>: FnOnce(&str) -> Result<T, String> {}
+impl<T, F: FnOnce(&str) -> Result<T, String>> Rule<T> for F {}
+
+/// An absolute http:// or https:// URL, as given.
+pub(crate) struct HttpUrl(pub(crate) String);
+
+impl HttpUrl {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(HttpUrl(text.to_owned())),
+            _ => Err(format!("must be an http:// or https:// URL, got {text:?}")),
+        }
+    }
+    /// Without a trailing `/`: paths are appended to a base.
+    pub(crate) fn base(self) -> String {
+        self.0.trim_end_matches('/').to_owned()
+    }
+}
+
+/// A corp id (`ww…`, or a legacy `wx…`): any text without spaces.
+struct CorpId(String);
+
+impl CorpId {
+    fn parse(text: &str) -> Result<Self, String> {
+        let spaced = text.contains(char::is_whitespace);
+        (!spaced)
+            .then(|| CorpId(text.to_owned()))
+            .ok_or_else(|| "must not contain spaces".into())
+    }
+}
+
+/// A callback EncodingAESKey, decoded once here to check it (the crypto module owns the rule).
+struct EncodingAesKey(SecretString);
+
+impl EncodingAesKey {
+    fn parse(text: &str) -> Result<Self, String> {
+        match AesKey::from_encoding_aes_key(text) {
+            Ok(_) => Ok(EncodingAesKey(SecretString::from(text))),
+            // The reason without the WXBizMsgCrypt code, which means nothing in a config file.
+            Err(CryptoError::IllegalAesKey(reason)) => Err(reason),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+}
+
+/// A group robot's webhook URL, kept as its key: the robot's only credential, never echoed.
+struct WebhookUrl(SecretString);
+
+impl WebhookUrl {
+    fn parse(text: &str) -> Result<Self, String> {
+        webhook_key(text).map(|key| WebhookUrl(SecretString::from(key)))
+    }
+}
+
+/// A whole number from `min` to `max`.
+pub(crate) fn num<T: FromStr + PartialOrd + Display>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> {
+    move |text| match text.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!(
+            "must be a whole number from {min} to {max}, got {text:?}"
+        )),
+    }
+}
+
+/// Whole seconds from `min` to `max`.
+pub(crate) fn secs(min: u64, max: u64) -> impl Fn(&str) -> Result<Duration, String> {
+    move |text| num(min, max)(text).map(Duration::from_secs)
+}
+
+pub(crate) fn text(text: &str) -> Result<String, String> {
+    Ok(text.to_owned())
+}
+
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text))
+}
+
+fn ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("must be an IP address such as 0.0.0.0 or ::, got {text:?}"))
+}
+
+fn callback_path(text: &str) -> Result<String, String> {
+    match text {
+        "/health" => Err("must not be /health, which the gateway serves itself".into()),
+        p if p.starts_with('/') && !p.contains(['?', '#', ' ']) => Ok(p.to_owned()),
+        p => Err(format!(
+            "must start with / and contain no ?, # or spaces, got {p:?}"
+        )),
+    }
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("must be true or false, got {text:?}")),
+    }
+}
+
+fn store(text: &str) -> Result<StoreKind, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "sqlite" => Ok(StoreKind::Sqlite),
+        "memory" => Ok(StoreKind::Memory),
+        _ => Err(format!("must be sqlite or memory, got {text:?}")),
+    }
+}
+
+fn allowed_user(text: &str) -> Result<String, String> {
+    match text.split(':').count() > 2 || text.starts_with(':') || text.ends_with(':') {
+        true => Err(format!("must be user or corp_id:user, got {text:?}")),
+        false => Ok(text.to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Collects every problem while the settings are validated.
+pub(crate) struct Check<'a> {
+    figment: &'a Figment,
+    /// The process environment given to `load`, for `api_key_env`.
+    pub(crate) env: &'a BTreeMap<String, String>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Check<'_> {
+    /// `field: reason`, plus the variable when the value came from the environment: that is
+    /// where the user has to look.
+    fn line(&self, field: &str, reason: impl Display) -> String {
+        let path = field.strip_suffix(']').and_then(|f| f.rsplit_once('['));
+        let path = path.map_or(field, |(path, _)| path);
+        match self.figment.find_metadata(path) {
+            Some(md) if md.name == ENV_SOURCE => {
+                let var = md.interpolate(&Profile::Global, &path.split('.').collect::<Vec<_>>());
+                format!("{field}: {reason} (from {var})")
+            }
+            _ => format!("{field}: {reason}"),
+        }
+    }
+    pub(crate) fn err(&mut self, field: &str, reason: impl Display) {
+        let line = self.line(field, reason);
+        self.errors.push(line);
+    }
+    fn warn(&mut self, field: &str, reason: impl Display) {
+        let line = self.line(field, reason);
+        self.warnings.push(line);
+    }
+    pub(crate) fn unknown(&mut self, prefix: &str, keys: &Unknown) {
+        for key in keys.keys() {
+            self.warn(&format!("{prefix}{key}"), "unknown key, ignored");
+        }
+    }
+    /// The text, trimmed; an error for a list or a mapping.
+    pub(crate) fn text(&mut self, field: &str, value: Text) -> Option<String> {
+        let error = |kind| format!("expected a text value, got {kind}");
+        value
+            .0
+            .map(|t| t.trim().to_owned())
+            .map_err(|kind| self.err(field, error(kind)))
+            .ok()
+    }
+    /// A value that may be left out: None when absent or empty, or invalid (error recorded).
+    pub(crate) fn opt<T>(&mut self, field: &str, v: Option<Text>, rule: impl Rule<T>) -> Option<T> {
+        let text = self.text(field, v?).filter(|t| !t.is_empty())?;
+        rule(&text).map_err(|e| self.err(field, e)).ok()
+    }
+    /// As [`Check::opt`], with `default` when absent (or invalid: the error is recorded).
+    pub(crate) fn get<T>(
+        &mut self,
+        field: &str,
+        v: Option<Text>,
+        default: T,
+        rule: impl Rule<T>,
+    ) -> T {
+        self.opt(field, v, rule).unwrap_or(default)
+    }
+    /// A value that must be given: as [`Check::opt`], and an error when absent or empty.
+    pub(crate) fn req<T>(&mut self, field: &str, v: Option<Text>, rule: impl Rule<T>) -> Option<T> {
+        match v.map(|v| self.text(field, v)) {
+            None => self.err(field, "is required"),
+            Some(Some(t)) if t.is_empty() => self.err(field, "must not be empty"),
+            Some(t) => return rule(&t?).map_err(|e| self.err(field, e)).ok(),
+        }
+        None
+    }
+    /// A list's items (trimmed), or one text value cut into items by `split`; each item checked.
+    pub(crate) fn list<T>(
+        &mut self,
+        field: &str,
+        v: Option<List>,
+        split: fn(&str) -> Vec<String>,
+        rule: impl Rule<T> + Copy,
+    ) -> Vec<T> {
+        let items = match v {
+            None => Vec::new(),
+            Some(List::One(t)) => self.text(field, t).map(|t| split(&t)).unwrap_or_default(),
+            Some(List::Many(items)) => (items.into_iter().enumerate())
+                .filter_map(|(i, t)| self.text(&format!("{field}[{i}]"), t))
+                .collect(),
+        };
+        (items.iter().enumerate())
+            .filter_map(|(i, t)| {
+                rule(t)
+                    .map_err(|e| self.err(&format!("{field}[{i}]"), e))
+                    .ok()
+            })
+            .collect()
+    }
+    /// A list, or comma-separated text (the environment's form); empty items dropped.
+    fn names<T>(&mut self, field: &str, v: Option<List>, rule: impl Rule<T> + Copy) -> Vec<T> {
+        let split = |t: &str| {
+            t.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        self.list(field, v, split, rule)
+    }
+    /// A section's settings; None when absent or not a mapping (error recorded).
+    pub(crate) fn mapping<T>(&mut self, field: &str, v: Option<Field<T>>) -> Option<T> {
+        let error = |kind| format!("must be a mapping, got {kind}");
+        v?.0.map_err(|kind| self.err(field, error(kind))).ok()
+    }
+    /// A list of mappings, each with its field name (`bots[1]`).
+    fn entries<T>(&mut self, field: &str, v: Option<Field<Vec<Field<T>>>>) -> Vec<(String, T)> {
+        let list = v.map_or(Ok(Vec::new()), |v| v.0);
+        let list = list.map_err(|kind| self.err(field, format!("must be a list, got {kind}")));
+        (list.unwrap_or_default().into_iter().enumerate())
+            .filter_map(|(i, entry)| {
+                let field = format!("{field}[{i}]");
+                self.mapping(&field, Some(entry)).map(|t| (field, t))
+            })
+            .collect()
+    }
+}
+
+impl Settings {
+    fn validate(self, c: &mut Check<'_>) -> Config {
+        let s = self;
+        c.unknown("", &s.unknown);
+        let agent = crate::agent::config::validate(c, "agent", s.agent, None);
+        let apps = validate_apps(c, s.single_app, s.apps, &agent);
+        let bots = validate_bots(c, s.bots);
+        let api = c.mapping("api", s.api).unwrap_or_default();
+        c.unknown("api.", &api.unknown);
+        let mut api_tokens = c.names("api.tokens", api.tokens, secret);
+        api_tokens.extend(c.names("api_tokens", s.api_tokens, secret));
+        let limits = c.mapping("limits", s.limits).unwrap_or_default();
+        c.unknown("limits.", &limits.unknown);
+        // Defaults are WeCom's own limits, kept when none is given.
+        let member_limits = Some(c.names("limits.member", limits.member, Limit::parse))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(crate::outbound::default_member_limits);
+        let bot_limits = Some(c.names("limits.bot", limits.bot, Limit::parse))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(crate::outbound::default_bot_limits);
+        let retry = c.mapping("retry", s.retry).unwrap_or_default();
+        c.unknown("retry.", &retry.unknown);
+        let ms = |max| move |t: &str| num(1, max)(t).map(Duration::from_millis);
+        let default = RetryPolicy::default();
+        let base = c.get("retry.base_ms", retry.base_ms, default.base, ms(3_600_000));
+        let max = c.get("retry.max_ms", retry.max_ms, default.max, ms(86_400_000));
+        let max_attempts = c.get(
+            "retry.max_attempts",
+            retry.max_attempts,
+            default.max_attempts,
+            num(1, 100),
+        );
+        Config {
+            host: c.get("host", s.host, IpAddr::from([0, 0, 0, 0]), ip),
+            port: c.get("port", s.port, 8645, num(0, u16::MAX)),
+            path: c.get("path", s.path, "/wecom/callback".into(), callback_path),
+            apps,
+            allowlist: Allowlist {
+                allow_all: c.get("allow_all_users", s.allow_all_users, false, boolean),
+                users: c.names("allowed_users", s.allowed_users, allowed_user),
+            },
+            api_base_url: (c.opt("api_base_url", s.api_base_url, HttpUrl::parse))
+                .map_or_else(|| DEFAULT_API_BASE_URL.into(), HttpUrl::base),
+            workers: c.get("workers", s.workers, 4, num(1, 1024)),
+            queue_capacity: c.get("queue_capacity", s.queue_capacity, 1024, num(1, 1_000_000)),
+            max_body_bytes: c.get(
+                "max_body_bytes",
+                s.max_body_bytes,
+                65536,
+                num(1024, 16 << 20),
+            ),
+            shutdown_grace_secs: c.get(
+                "shutdown_grace_secs",
+                s.shutdown_grace_secs,
+                30,
+                num(0, 86_400),
+            ),
+            http_timeout_secs: c.get("http_timeout_secs", s.http_timeout_secs, 10, num(1, 600)),
+            store: c.get("store", s.store, StoreKind::Sqlite, store),
+            data_dir: c.get("data_dir", s.data_dir, "./data".into(), |d| {
+                Ok(PathBuf::from(d))
+            }),
+            retention_days: c.get("retention_days", s.retention_days, 7, num(1, 3650)),
+            max_store_mb: c.get("max_store_mb", s.max_store_mb, 0, num(0, 1 << 30)),
+            agent,
+            bots,
+            api_tokens,
+            member_limits,
+            bot_limits,
+            retry: RetryPolicy {
+                max_attempts,
+                base,
+                max: max.max(base),
+            },
+        }
+    }
+}
+
+/// The `apps:` list, or else the single app of the top-level keys; no app at all is an error.
+fn validate_apps(
+    c: &mut Check<'_>,
+    single: AppKeys,
+    listed: Option<Field<Vec<Field<AppSettings>>>>,
+    global: &AgentConfig,
+) -> Vec<AppConfig> {
     let single_keys = [
-        "corp_id",
-        "corp_secret",
-        "agent_id",
-        "token",
-        "encoding_aes_key",
+        &single.corp_id,
+        &single.corp_secret,
+        &single.agent_id,
+        &single.token,
     ];
+    let has_single = single_keys.iter().any(|k| k.is_some()) || single.encoding_aes_key.is_some();
     let mut apps = Vec::new();
-    match root.get("apps") {
-        Some(Value::Array(_, list)) if !list.is_empty() => {
-            if single_keys.iter().any(|k| root.contains_key(*k)) {
-                warnings.push(
-                    "apps: is set, so the single-app keys (corp_id, corp_secret, agent_id, token, encoding_aes_key) are ignored"
-                        .into(),
-                );
-            }
-            for (i, v) in list.iter().enumerate() {
-                let prefix = format!("apps[{i}].");
-                match v {
-                    Value::Dict(_, d) => {
-                        warn_unknown(d, APP_KEYS, &prefix, &mut warnings);
-                        if let Some(app) =
-                            app_from(d, &prefix, None, &mut r, &mut warnings, &agents)
-                        {
-                            apps.push(app);
-                        }
-                    }
-                    other => r.err(
-                        &format!("apps[{i}]"),
-                        format!("must be a mapping, got {}", other.to_actual()),
-                    ),
-                }
-            }
+    match listed {
+        None if has_single => apps.extend(app(c, "", Some("default".into()), single, None)),
+        None => {
+            let vars =
+                ["CORP_ID", "CORP_SECRET", "AGENT_ID", "TOKEN"].map(|v| ENV_PREFIX.to_owned() + v);
+            let reason = format!(
+                "no WeCom app configured: set {} and {ENV_PREFIX}ENCODING_AES_KEY, or an apps: list in config.yaml",
+                vars.join(", ")
+            );
+            c.err("apps", reason)
         }
-        Some(Value::Array(..)) => {
-            r.err("apps", "is empty: list at least one app or remove the key")
+        Some(Field(Ok(list))) if list.is_empty() => {
+            c.err("apps", "is empty: list at least one app or remove the key")
         }
-        Some(Value::Empty(..)) | None => {
-            if single_keys.iter().any(|k| root.contains_key(*k)) {
-                if let Some(app) =
-                    app_from(root, "", Some("default"), &mut r, &mut warnings, &agents)
-                {
-                    apps.push(app);
-                }
-            } else {
-                r.err(
+        listed => {
+            if has_single {
+                let keys = "corp_id, corp_secret, agent_id, token, encoding_aes_key";
+                c.warn(
                     "apps",
-                    format!(
-                        "no WeCom app configured: set {ENV_PREFIX}CORP_ID, {ENV_PREFIX}CORP_SECRET, {ENV_PREFIX}AGENT_ID, {ENV_PREFIX}TOKEN and {ENV_PREFIX}ENCODING_AES_KEY, or an apps: list in config.yaml"
-                    ),
+                    format!("is set, so the single-app keys ({keys}) are ignored"),
                 );
             }
+            for (f, entry) in c.entries("apps", listed) {
+                c.unknown(&format!("{f}."), &entry.unknown);
+                let name = c.req(&format!("{f}.name"), entry.name, text);
+                let agent = (entry.agent).map(|a| {
+                    crate::agent::config::validate(c, &format!("{f}.agent"), Some(a), Some(global))
+                });
+                apps.extend(app(c, &format!("{f}."), name, entry.keys, agent));
+            }
         }
-        Some(other) => r.err("apps", format!("must be a list, got {}", other.to_actual())),
     }
     for (i, app) in apps.iter().enumerate() {
         for (j, earlier) in apps[..i].iter().enumerate() {
             if app.name == earlier.name {
-                r.err(
-                    &format!("apps[{i}].name"),
-                    format!("{:?} is already used by apps[{j}]", app.name),
-                );
+                let reason = format!("{:?} is already used by apps[{j}]", app.name);
+                c.err(&format!("apps[{i}].name"), reason);
             }
-            if app.corp_id == earlier.corp_id && app.agent_id == earlier.agent_id {
-                r.err(
-                    &format!("apps[{i}].agent_id"),
-                    format!(
-                        "corp {} agent {} is already configured as apps[{j}]",
-                        app.corp_id, app.agent_id
-                    ),
-                );
+            if (&app.corp_id, app.agent_id) == (&earlier.corp_id, earlier.agent_id) {
+                let (corp, agent) = (&app.corp_id, app.agent_id);
+                let reason =
+                    format!("corp {corp} agent {agent} is already configured as apps[{j}]");
+                c.err(&format!("apps[{i}].agent_id"), reason);
             }
         }
     }
-
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    // Every None below recorded an error above, so this else is not reached; stay total anyway.
-    let (
-        Some(host),
-        Some(port),
-        Some(path),
-        Some(api_base_url),
-        Some(workers),
-        Some(queue_capacity),
-        Some(max_body_bytes),
-        Some(shutdown_grace_secs),
-        Some(http_timeout_secs),
-        Some(store),
-        Some(data_dir),
-        Some(retention_days),
-        Some(max_store_mb),
-        Some(agent),
-        Some(retry),
-    ) = (
-        host,
-        port,
-        path,
-        api_base_url,
-        workers,
-        queue_capacity,
-        max_body_bytes,
-        shutdown_grace_secs,
-        http_timeout_secs,
-        store,
-        data_dir,
-        retention_days,
-        max_store_mb,
-        agent,
-        retry,
-    )
-    else {
-        return Err(ConfigErrors(vec!["configuration is incomplete".into()]));
-    };
-    let config = Config {
-        host,
-        port,
-        path,
-        apps,
-        allowlist: Allowlist { allow_all, users },
-        api_base_url,
-        workers,
-        queue_capacity,
-        max_body_bytes,
-        shutdown_grace_secs,
-        http_timeout_secs,
-        store,
-        data_dir,
-        retention_days,
-        max_store_mb,
-        agent,
-        bots,
-        api_tokens: api_tokens.into_iter().map(SecretString::from).collect(),
-        member_limits,
-        bot_limits,
-        retry,
-    };
-    Ok((config, warnings))
+    apps
 }
 
-impl AppConfig {
-    /// The secret values, for the few places that must send them (gettoken) or key crypto with them.
-    pub fn corp_secret(&self) -> &str {
-        self.corp_secret.expose_secret()
+/// One app from its keys; `prefix` names them in errors (`apps[1].`, or nothing at the top level).
+fn app(
+    c: &mut Check<'_>,
+    prefix: &str,
+    name: Option<String>,
+    keys: AppKeys,
+    agent: Option<AgentConfig>,
+) -> Option<AppConfig> {
+    let f = |key: &str| format!("{prefix}{key}");
+    let corp_id = c.req(&f("corp_id"), keys.corp_id, CorpId::parse);
+    let corp_secret = c.req(&f("corp_secret"), keys.corp_secret, secret);
+    let agent_id = c.req(&f("agent_id"), keys.agent_id, |t| {
+        t.parse()
+            .map_err(|_| format!("must be the numeric AgentId, got {t:?}"))
+    });
+    let token = c.req(&f("token"), keys.token, secret);
+    let key = c.req(
+        &f("encoding_aes_key"),
+        keys.encoding_aes_key,
+        EncodingAesKey::parse,
+    );
+    Some(AppConfig {
+        name: name?,
+        corp_id: corp_id?.0,
+        corp_secret: corp_secret?,
+        agent_id: agent_id?,
+        token: token?,
+        encoding_aes_key: key?.0,
+        agent,
+    })
+}
+
+fn validate_bots(c: &mut Check<'_>, listed: Option<Field<Vec<Field<BotSettings>>>>) -> Vec<Bot> {
+    let mut bots: Vec<Bot> = Vec::new();
+    for (f, entry) in c.entries("bots", listed) {
+        c.unknown(&format!("{f}."), &entry.unknown);
+        if entry.secret.is_some() {
+            let reason = "WeCom group robots have no signing secret; the field is ignored";
+            c.warn(&format!("{f}.secret"), reason);
+        }
+        let name = c.req(&format!("{f}.name"), entry.name, text);
+        let key = c.req(
+            &format!("{f}.webhook_url"),
+            entry.webhook_url,
+            WebhookUrl::parse,
+        );
+        if let (Some(name), Some(key)) = (name, key) {
+            if let Some(j) = bots.iter().position(|b| b.name == name) {
+                c.err(
+                    &format!("{f}.name"),
+                    format!("{name:?} is already used by bots[{j}]"),
+                );
+            }
+            bots.push(Bot::new(name, key.0));
+        }
     }
-    pub fn token(&self) -> &str {
-        self.token.expose_secret()
-    }
-    pub fn encoding_aes_key(&self) -> &str {
-        self.encoding_aes_key.expose_secret()
-    }
+    bots
 }

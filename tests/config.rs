@@ -388,3 +388,214 @@ fn agent_errors_name_their_fields() {
         "nested env keys"
     );
 }
+
+/// `check-config` output, every line of it: scripts and the README rely on its shape.
+#[test]
+fn printed_config_format_is_stable() {
+    let f = yaml(&format!(
+        "allowed_users: [alice]\nbots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k-1\napi:\n  tokens: [t1]\nlimits:\n  bot: 5/10s\nagent:\n  kind: command\n  program: /bin/cat\n  args: [-u]\n  env:\n    A: b\n  working_dir: /tmp\n  ack_after: 1.5\napps:\n  - name: a\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 1\n    token: t\n    encoding_aes_key: {KEY_A}\n    agent:\n      kind: http\n      url: http://127.0.0.1:9/x\n      headers:\n        X-Key: v\n  - name: b\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 2\n    token: t\n    encoding_aes_key: {KEY_A}\n    agent:\n      kind: openai\n      base_url: http://127.0.0.1:9/v1\n      model: m\n  - name: c\n    corp_id: ww1\n    corp_secret: x\n    agent_id: 3\n    token: t\n    encoding_aes_key: {KEY_A}\n    agent:\n      delay_ms: 5\n"
+    ));
+    let (c, _) = Config::load(Some(f.path()), Vec::new()).unwrap();
+    assert_eq!(
+        c.redacted(),
+        concat!(
+            "host: 0.0.0.0\n",
+            "port: 8645\n",
+            "path: /wecom/callback\n",
+            "api_base_url: https://qyapi.weixin.qq.com\n",
+            "allow_all_users: false\n",
+            "allowed_users: [\"alice\"]\n",
+            "workers: 4\n",
+            "queue_capacity: 1024\n",
+            "max_body_bytes: 65536\n",
+            "shutdown_grace_secs: 30\n",
+            "http_timeout_secs: 10\n",
+            "store: sqlite\n",
+            "data_dir: ./data\n",
+            "retention_days: 7\n",
+            "max_store_mb: 0\n",
+            "agent:\n",
+            "  kind: command\n",
+            "  program: /bin/cat\n",
+            "  args: [\"-u\"]\n",
+            "  timeout_secs: 120\n",
+            "  env: [\"A\"] (values hidden)\n",
+            "  working_dir: /tmp\n",
+            "  ack_after: 1.5\n",
+            "api:\n",
+            "  tokens: 1 configured\n",
+            "limits:\n",
+            "  member: [30/60000ms, 1000/3600000ms]\n",
+            "  bot: [5/10000ms]\n",
+            "retry:\n",
+            "  max_attempts: 8\n",
+            "  base_ms: 1000\n",
+            "  max_ms: 60000\n",
+            "bots:\n",
+            "  - name: ops\n",
+            "    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=****\n",
+            "apps:\n",
+            "  - name: a\n",
+            "    corp_id: ww1\n",
+            "    agent_id: 1\n",
+            "    corp_secret: '****'\n",
+            "    token: '****'\n",
+            "    encoding_aes_key: '****'\n",
+            "    agent:\n",
+            "      kind: http\n",
+            "      url: http://127.0.0.1:9/x\n",
+            "      timeout_secs: 120\n",
+            "      retries: 2\n",
+            "      headers.X-Key: '****'\n",
+            "      ack_after: 1.5\n",
+            "  - name: b\n",
+            "    corp_id: ww1\n",
+            "    agent_id: 2\n",
+            "    corp_secret: '****'\n",
+            "    token: '****'\n",
+            "    encoding_aes_key: '****'\n",
+            "    agent:\n",
+            "      kind: openai\n",
+            "      base_url: http://127.0.0.1:9/v1\n",
+            "      model: m\n",
+            "      api_key: none\n",
+            "      timeout_secs: 120\n",
+            "      history_turns: 10\n",
+            "      history_chars: 16000\n",
+            "      ack_after: 1.5\n",
+            "  - name: c\n",
+            "    corp_id: ww1\n",
+            "    agent_id: 3\n",
+            "    corp_secret: '****'\n",
+            "    token: '****'\n",
+            "    encoding_aes_key: '****'\n",
+            "    agent:\n",
+            "      kind: echo\n",
+            "      delay_ms: 5\n",
+            "      ack_after: 1.5\n",
+        )
+    );
+    let (d, _) = Config::load(None, single_app_env()).unwrap();
+    assert_eq!(
+        d.redacted(),
+        concat!(
+            "host: 0.0.0.0\n",
+            "port: 8645\n",
+            "path: /wecom/callback\n",
+            "api_base_url: https://qyapi.weixin.qq.com\n",
+            "allow_all_users: false\n",
+            "allowed_users: []\n",
+            "workers: 4\n",
+            "queue_capacity: 1024\n",
+            "max_body_bytes: 65536\n",
+            "shutdown_grace_secs: 30\n",
+            "http_timeout_secs: 10\n",
+            "store: sqlite\n",
+            "data_dir: ./data\n",
+            "retention_days: 7\n",
+            "max_store_mb: 0\n",
+            "agent:\n",
+            "  kind: echo\n",
+            "  delay_ms: 0\n",
+            "  ack_after: off\n",
+            "api:\n",
+            "  tokens: 0 configured (the /api endpoints are off)\n",
+            "limits:\n",
+            "  member: [30/60000ms, 1000/3600000ms]\n",
+            "  bot: [20/60000ms]\n",
+            "retry:\n",
+            "  max_attempts: 8\n",
+            "  base_ms: 1000\n",
+            "  max_ms: 60000\n",
+            "bots:\n",
+            "apps:\n",
+            "  - name: default\n",
+            "    corp_id: wx5823bf96d3bd56c7\n",
+            "    agent_id: 218\n",
+            "    corp_secret: '****'\n",
+            "    token: '****'\n",
+            "    encoding_aes_key: '****'\n",
+        )
+    );
+}
+
+#[test]
+fn errors_from_the_environment_name_the_variable() {
+    let mut e = single_app_env();
+    e.extend(env(&[
+        ("WECOM_CALLBACK_PORT", "abc"),
+        ("WECOM_CALLBACK_AGENT__KIND", "http"),
+        ("WECOM_CALLBACK_AGENT__URL", "http://127.0.0.1:1/x"),
+        ("WECOM_CALLBACK_AGENT__TIMEOUT_SECS", "0"),
+        ("WECOM_CALLBACK_LIMITS__BOT", "20/1m, 20 a minute"),
+        ("WECOM_CALLBACK_ALLOWED_USERS", "alice, :bob"),
+    ]));
+    // The same mistake in the file names only the field.
+    let f = yaml("workers: 0\n");
+    let text = Config::load(Some(f.path()), e).unwrap_err().to_string();
+    for expected in [
+        "port: must be a whole number from 0 to 65535, got \"abc\" (from WECOM_CALLBACK_PORT)",
+        "agent.timeout_secs: must be a whole number from 1 to 86400, got \"0\" (from WECOM_CALLBACK_AGENT__TIMEOUT_SECS)",
+        "limits.bot[1]: expected COUNT/DURATION such as 20/1m, got \"20 a minute\" (from WECOM_CALLBACK_LIMITS__BOT)",
+        "allowed_users[1]: must be user or corp_id:user, got \":bob\" (from WECOM_CALLBACK_ALLOWED_USERS)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let workers = text.lines().find(|l| l.contains("workers:")).unwrap();
+    assert!(!workers.contains("WECOM_CALLBACK"), "{workers}");
+}
+
+#[test]
+fn warnings_are_shown_with_the_errors() {
+    let f = yaml("prot: 9000\nagent:\n  kind: http\n  foo: 1\n");
+    let err = Config::load(Some(f.path()), single_app_env()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("agent.url: is required"), "{text}");
+    for warning in [
+        "warning: prot: unknown key, ignored",
+        "warning: agent.foo: unknown key, ignored",
+    ] {
+        assert!(
+            err.0.iter().any(|l| l == warning),
+            "missing {warning:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn environment_beats_the_nested_layout_and_stays_text() {
+    let f = yaml(&format!(
+        "platforms:\n  wecom_callback:\n    extra:\n      corp_id: ww1\n      corp_secret: s\n      agent_id: 7\n      token: from-file\n      encoding_aes_key: {KEY_A}\n      port: 8700\n"
+    ));
+    let e = env(&[
+        ("WECOM_CALLBACK_PORT", "8701"),
+        ("WECOM_CALLBACK_TOKEN", "000123"),
+        ("WECOM_CALLBACK_AGENT_ID", "0218"),
+    ]);
+    let (c, loaded) = Config::load(Some(f.path()), e).unwrap();
+    assert_eq!(c.port, 8701);
+    assert_eq!(c.apps[0].token(), "000123");
+    assert_eq!(c.apps[0].agent_id, 218);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn wrong_shapes_are_named_without_echoing_values() {
+    let f = yaml(
+        "agent: http\nbots: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=SECRETZ\napi: [x]\nretry:\n  max_attempts: [1, 2]\nlimits:\n  bot: 1/99999999999999999h\napps:\n  - just-a-name\n",
+    );
+    let text = Config::load(Some(f.path()), Vec::new())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "agent: must be a mapping such as {kind: echo}, got a text value",
+        "bots: must be a list, got a text value",
+        "api: must be a mapping, got a list",
+        "retry.max_attempts: expected a text value, got a list",
+        "limits.bot[0]: duration is too long",
+        "apps[0]: must be a mapping, got a text value",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("SECRETZ"), "{text}");
+}

@@ -1,47 +1,23 @@
-//! Agent configuration: the `agent:` section (and `apps[i].agent:` overrides), read and validated
-//! with every problem named.
+//! Agent configuration: the `agent:` section (and `apps[i].agent:` overrides) as given, and what
+//! makes it valid.
 //!
 //! Must never: print a header value or API key (they are secrets).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::value::Value;
 use secrecy::SecretString;
+use serde::Deserialize;
 
-use crate::config::Reader;
+use crate::config::{num, secs, text, Check, Field, HttpUrl, List, Text, Unknown};
 
 pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
 pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
 /// The environment variable the openai agent reads its key from when `api_key_env` is not set.
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
-
-pub const AGENT_KEYS: &[&str] = &[
-    "kind",
-    "delay_ms",
-    "url",
-    "timeout_secs",
-    "retries",
-    "headers",
-    "program",
-    "args",
-    "env",
-    "working_dir",
-    "base_url",
-    "model",
-    "api_key",
-    "api_key_env",
-    "system_prompt",
-    "temperature",
-    "max_tokens",
-    "history_turns",
-    "history_chars",
-    "ack_after",
-    "ack_message",
-    "failure_message",
-];
+/// How long http, command and openai agents may take when `timeout_secs` is not set.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which agent answers, and how the chat feels around it.
 #[derive(Debug, Clone)]
@@ -128,261 +104,216 @@ impl AgentConfig {
 
     /// YAML lines (indented by `indent`) with secrets hidden.
     pub fn redacted(&self, indent: &str) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "{indent}kind: {}", self.kind_name());
+        let mut lines = vec![format!("kind: {}", self.kind_name())];
         match &self.kind {
-            AgentKind::Echo => {
-                let _ = writeln!(out, "{indent}delay_ms: {}", self.delay_ms);
-            }
+            AgentKind::Echo => lines.push(format!("delay_ms: {}", self.delay_ms)),
             AgentKind::Http(c) => {
-                let _ = writeln!(out, "{indent}url: {}", c.url);
-                let _ = writeln!(out, "{indent}timeout_secs: {}", c.timeout.as_secs());
-                let _ = writeln!(out, "{indent}retries: {}", c.retries);
-                for (name, _) in &c.headers {
-                    let _ = writeln!(out, "{indent}headers.{name}: '****'");
-                }
+                lines.push(format!(
+                    "url: {}\ntimeout_secs: {}",
+                    c.url,
+                    c.timeout.as_secs()
+                ));
+                lines.push(format!("retries: {}", c.retries));
+                lines.extend(
+                    c.headers
+                        .iter()
+                        .map(|(name, _)| format!("headers.{name}: '****'")),
+                );
             }
             AgentKind::Command(c) => {
-                let _ = writeln!(out, "{indent}program: {}", c.program);
-                let _ = writeln!(out, "{indent}args: {:?}", c.args);
-                let _ = writeln!(out, "{indent}timeout_secs: {}", c.timeout.as_secs());
+                lines.push(format!("program: {}\nargs: {:?}", c.program, c.args));
+                lines.push(format!("timeout_secs: {}", c.timeout.as_secs()));
                 let names: Vec<&str> = c.env.iter().map(|(k, _)| k.as_str()).collect();
-                let _ = writeln!(out, "{indent}env: {names:?} (values hidden)");
-                if let Some(d) = &c.working_dir {
-                    let _ = writeln!(out, "{indent}working_dir: {}", d.display());
-                }
+                lines.push(format!("env: {names:?} (values hidden)"));
+                lines.extend(
+                    c.working_dir
+                        .as_ref()
+                        .map(|d| format!("working_dir: {}", d.display())),
+                );
             }
             AgentKind::Openai(c) => {
-                let _ = writeln!(out, "{indent}base_url: {}", c.base_url);
-                let _ = writeln!(out, "{indent}model: {}", c.model);
+                lines.push(format!("base_url: {}\nmodel: {}", c.base_url, c.model));
                 let key = if c.api_key.is_some() {
                     "'****'"
                 } else {
                     "none"
                 };
-                let _ = writeln!(out, "{indent}api_key: {key}");
-                let _ = writeln!(out, "{indent}timeout_secs: {}", c.timeout.as_secs());
-                let _ = writeln!(out, "{indent}history_turns: {}", c.history_turns);
-                let _ = writeln!(out, "{indent}history_chars: {}", c.history_chars);
+                lines.push(format!(
+                    "api_key: {key}\ntimeout_secs: {}",
+                    c.timeout.as_secs()
+                ));
+                lines.push(format!("history_turns: {}", c.history_turns));
+                lines.push(format!("history_chars: {}", c.history_chars));
             }
         }
-        match self.ack_after {
-            Some(d) => {
-                let _ = writeln!(out, "{indent}ack_after: {}", d.as_secs_f64());
-            }
-            None => {
-                let _ = writeln!(out, "{indent}ack_after: off");
-            }
+        let ack_after = self.ack_after.map(|d| d.as_secs_f64().to_string());
+        lines.push(format!(
+            "ack_after: {}",
+            ack_after.as_deref().unwrap_or("off")
+        ));
+        lines
+            .join("\n")
+            .lines()
+            .map(|line| format!("{indent}{line}\n"))
+            .collect()
+    }
+}
+/// An agent section as given; [`validate`] reads the keys its kind uses.
+#[derive(Deserialize)]
+pub(crate) struct AgentSettings {
+    kind: Option<Text>,
+    delay_ms: Option<Text>,
+    url: Option<Text>,
+    timeout_secs: Option<Text>,
+    retries: Option<Text>,
+    headers: Option<Field<BTreeMap<String, Text>>>,
+    program: Option<Text>,
+    args: Option<List>,
+    env: Option<Field<BTreeMap<String, Text>>>,
+    working_dir: Option<Text>,
+    base_url: Option<Text>,
+    model: Option<Text>,
+    api_key: Option<Text>,
+    api_key_env: Option<Text>,
+    system_prompt: Option<Text>,
+    temperature: Option<Text>,
+    max_tokens: Option<Text>,
+    history_turns: Option<Text>,
+    history_chars: Option<Text>,
+    ack_after: Option<Text>,
+    ack_message: Option<Text>,
+    failure_message: Option<Text>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// Validate an agent section. `prefix` names it in errors (`agent`, `apps[1].agent`); `base` is the
+/// global agent an app's override inherits its chat settings from.
+pub(crate) fn validate(
+    c: &mut Check<'_>,
+    prefix: &str,
+    section: Option<Field<AgentSettings>>,
+    base: Option<&AgentConfig>,
+) -> AgentConfig {
+    let inherited = base.cloned().unwrap_or_default();
+    let s = match section.map(|s| s.0) {
+        None => return inherited,
+        Some(Ok(s)) => s,
+        Some(Err(kind)) => {
+            c.err(
+                prefix,
+                format!("must be a mapping such as {{kind: echo}}, got {kind}"),
+            );
+            return inherited;
         }
-        out
+    };
+    c.unknown(&format!("{prefix}."), &s.unknown);
+    let f = |key: &str| format!("{prefix}.{key}");
+    // Read by the kinds that use it, so an echo agent's stray timeout_secs stays harmless.
+    let timeout =
+        |c: &mut Check<'_>, v| c.get(&f("timeout_secs"), v, DEFAULT_TIMEOUT, secs(1, 86_400));
+    let kind = c.opt(&f("kind"), s.kind, |k| Ok(k.to_ascii_lowercase()));
+    let kind = match kind.as_deref().unwrap_or("echo") {
+        "echo" => AgentKind::Echo,
+        "http" => AgentKind::Http(HttpAgentConfig {
+            url: c
+                .req(&f("url"), s.url, HttpUrl::parse)
+                .map(|u| u.0)
+                .unwrap_or_default(),
+            timeout: timeout(c, s.timeout_secs),
+            retries: c.get(&f("retries"), s.retries, 2, num(0, 10)),
+            headers: (pairs(c, &f("headers"), s.headers).into_iter())
+                .map(|(name, value)| (name, SecretString::from(value)))
+                .collect(),
+        }),
+        "command" => AgentKind::Command(CommandAgentConfig {
+            program: c.req(&f("program"), s.program, text).unwrap_or_default(),
+            // A list is kept as given (arguments may hold commas); text is split at whitespace.
+            args: c.list(
+                &f("args"),
+                s.args,
+                |t| t.split_whitespace().map(Into::into).collect(),
+                text,
+            ),
+            timeout: timeout(c, s.timeout_secs),
+            env: pairs(c, &f("env"), s.env),
+            working_dir: c.opt(&f("working_dir"), s.working_dir, |d| Ok(PathBuf::from(d))),
+        }),
+        "openai" => {
+            let env = c.env;
+            let from_env = |var: &str| env.get(var).filter(|v| !v.is_empty()).cloned();
+            let unset = |var: &str| format!("the environment variable {var} is not set");
+            let api_key = (c.opt(&f("api_key"), s.api_key, text))
+                .or_else(|| {
+                    c.opt(&f("api_key_env"), s.api_key_env, |v| {
+                        from_env(v).ok_or_else(|| unset(v))
+                    })
+                })
+                .or_else(|| from_env(DEFAULT_API_KEY_ENV));
+            let temperature = |t: &str| match t.parse() {
+                Ok(v) if (0.0..=2.0).contains(&v) => Ok(v),
+                _ => Err(format!("must be a number from 0 to 2, got {t:?}")),
+            };
+            AgentKind::Openai(OpenAiConfig {
+                base_url: (c.req(&f("base_url"), s.base_url, HttpUrl::parse))
+                    .map(HttpUrl::base)
+                    .unwrap_or_default(),
+                model: c.req(&f("model"), s.model, text).unwrap_or_default(),
+                api_key: api_key.map(SecretString::from),
+                system_prompt: c.opt(&f("system_prompt"), s.system_prompt, text),
+                temperature: c.opt(&f("temperature"), s.temperature, temperature),
+                max_tokens: c.opt(&f("max_tokens"), s.max_tokens, num(1, 1_000_000)),
+                timeout: timeout(c, s.timeout_secs),
+                history_turns: c.get(&f("history_turns"), s.history_turns, 10, num(0, 1000)),
+                history_chars: c.get(
+                    &f("history_chars"),
+                    s.history_chars,
+                    16_000,
+                    num(0, 10_000_000),
+                ),
+            })
+        }
+        other => {
+            let reason = format!("must be echo, http, command or openai, got {other:?}");
+            c.err(&f("kind"), reason);
+            AgentKind::Echo
+        }
+    };
+    // Seconds, fractional; 0 turns the receipt off.
+    let ack_after = |t: &str| match t.parse::<f64>() {
+        Ok(0.0) => Ok(None),
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(Some(Duration::from_secs_f64(v))),
+        _ => Err(format!("must be seconds from 0 (off) to 3600, got {t:?}")),
+    };
+    AgentConfig {
+        kind,
+        delay_ms: c.get(&f("delay_ms"), s.delay_ms, 0, num(0, 86_400_000)),
+        ack_after: c.get(&f("ack_after"), s.ack_after, inherited.ack_after, ack_after),
+        ack_message: c.get(
+            &f("ack_message"),
+            s.ack_message,
+            inherited.ack_message,
+            text,
+        ),
+        failure_message: c.get(
+            &f("failure_message"),
+            s.failure_message,
+            inherited.failure_message,
+            text,
+        ),
     }
 }
 
-/// Read an agent section. `prefix` names it in errors (`agent`, `apps[1].agent`); `base` is the
-/// global section an app's override inherits its chat settings from; `env` is the process
-/// environment, for `api_key_env`.
-pub(crate) fn read(
-    value: Option<&Value>,
-    prefix: &str,
-    r: &mut Reader<'_>,
-    warnings: &mut Vec<String>,
-    env: &BTreeMap<String, String>,
-    base: Option<&AgentConfig>,
-) -> Option<AgentConfig> {
-    let defaults = base.cloned().unwrap_or_default();
-    let d: &BTreeMap<String, Value> = match value {
-        None | Some(Value::Empty(..)) => return Some(defaults),
-        Some(Value::Dict(_, d)) => d,
-        Some(other) => {
-            r.err(
-                prefix,
-                format!(
-                    "must be a mapping such as {{kind: echo}}, got {}",
-                    other.to_actual()
-                ),
-            );
-            return None;
-        }
-    };
-    for key in d.keys() {
-        if !AGENT_KEYS.contains(&key.as_str()) {
-            warnings.push(format!("{prefix}.{key}: unknown key, ignored"));
-        }
-    }
-    let f = |k: &str| format!("{prefix}.{k}");
-    let secs = |r: &mut Reader<'_>, key: &str, default: u64| -> Option<Duration> {
-        if d.contains_key(key) {
-            r.number::<u64>(d, key, &f(key), 1, 86_400)
-                .map(Duration::from_secs)
-        } else {
-            Some(Duration::from_secs(default))
-        }
-    };
-    let text = |r: &mut Reader<'_>, key: &str| r.string(d, key, &f(key)).filter(|s| !s.is_empty());
-
-    let kind_name = text(r, "kind").unwrap_or_else(|| "echo".into());
-    let kind = match kind_name.to_ascii_lowercase().as_str() {
-        "echo" => Some(AgentKind::Echo),
-        "http" => {
-            let url = r
-                .required(d, "url", &f("url"))
-                .and_then(|u| match url::Url::parse(&u) {
-                    Ok(p) if matches!(p.scheme(), "http" | "https") => Some(u),
-                    _ => {
-                        r.err(
-                            &f("url"),
-                            format!("must be an http:// or https:// URL, got {u:?}"),
-                        );
-                        None
-                    }
-                });
-            let timeout = secs(r, "timeout_secs", 120);
-            let retries = if d.contains_key("retries") {
-                r.number::<u32>(d, "retries", &f("retries"), 0, 10)
-            } else {
-                Some(2)
-            };
-            let headers = r.map(d, "headers", &f("headers"));
-            match (url, timeout, retries) {
-                (Some(url), Some(timeout), Some(retries)) => {
-                    Some(AgentKind::Http(HttpAgentConfig {
-                        url,
-                        timeout,
-                        retries,
-                        headers: headers
-                            .into_iter()
-                            .map(|(k, v)| (k, SecretString::from(v)))
-                            .collect(),
-                    }))
-                }
-                _ => None,
-            }
-        }
-        "command" => {
-            let program = r.required(d, "program", &f("program"));
-            let args = r.list_raw(d, "args", &f("args"));
-            let timeout = secs(r, "timeout_secs", 120);
-            let env_vars = r.map(d, "env", &f("env"));
-            let working_dir = text(r, "working_dir").map(PathBuf::from);
-            match (program, timeout) {
-                (Some(program), Some(timeout)) => Some(AgentKind::Command(CommandAgentConfig {
-                    program,
-                    args,
-                    timeout,
-                    env: env_vars,
-                    working_dir,
-                })),
-                _ => None,
-            }
-        }
-        "openai" => {
-            let base_url = r.required(d, "base_url", &f("base_url")).and_then(|u| match url::Url::parse(&u) {
-                Ok(p) if matches!(p.scheme(), "http" | "https") => Some(u.trim_end_matches('/').to_owned()),
-                _ => {
-                    r.err(&f("base_url"), format!("must be an http:// or https:// URL such as https://api.openai.com/v1, got {u:?}"));
-                    None
-                }
-            });
-            let model = r.required(d, "model", &f("model"));
-            let api_key = match (text(r, "api_key"), text(r, "api_key_env")) {
-                (Some(key), _) => Some(SecretString::from(key)),
-                (None, Some(var)) => match env.get(&var).filter(|v| !v.is_empty()) {
-                    Some(v) => Some(SecretString::from(v.clone())),
-                    None => {
-                        r.err(
-                            &f("api_key_env"),
-                            format!("the environment variable {var} is not set"),
-                        );
-                        None
-                    }
-                },
-                (None, None) => env
-                    .get(DEFAULT_API_KEY_ENV)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| SecretString::from(v.clone())),
-            };
-            let temperature = text(r, "temperature").and_then(|t| match t.parse::<f64>() {
-                Ok(v) if (0.0..=2.0).contains(&v) => Some(v),
-                _ => {
-                    r.err(
-                        &f("temperature"),
-                        format!("must be a number from 0 to 2, got {t:?}"),
-                    );
-                    None
-                }
-            });
-            let max_tokens = if d.contains_key("max_tokens") {
-                r.number::<u32>(d, "max_tokens", &f("max_tokens"), 1, 1_000_000)
-            } else {
-                None
-            };
-            let timeout = secs(r, "timeout_secs", 120);
-            let history_turns = if d.contains_key("history_turns") {
-                r.number::<usize>(d, "history_turns", &f("history_turns"), 0, 1000)
-            } else {
-                Some(10)
-            };
-            let history_chars = if d.contains_key("history_chars") {
-                r.number::<usize>(d, "history_chars", &f("history_chars"), 0, 10_000_000)
-            } else {
-                Some(16_000)
-            };
-            let system_prompt = text(r, "system_prompt");
-            match (base_url, model, timeout, history_turns, history_chars) {
-                (
-                    Some(base_url),
-                    Some(model),
-                    Some(timeout),
-                    Some(history_turns),
-                    Some(history_chars),
-                ) => Some(AgentKind::Openai(OpenAiConfig {
-                    base_url,
-                    model,
-                    api_key,
-                    system_prompt,
-                    temperature,
-                    max_tokens,
-                    timeout,
-                    history_turns,
-                    history_chars,
-                })),
-                _ => None,
-            }
-        }
-        other => {
-            r.err(
-                &f("kind"),
-                format!("must be echo, http, command or openai, got {other:?}"),
-            );
-            None
-        }
-    };
-    let delay_ms = if d.contains_key("delay_ms") {
-        r.number::<u64>(d, "delay_ms", &f("delay_ms"), 0, 86_400_000)?
-    } else {
-        0
-    };
-    let ack_after = match text(r, "ack_after") {
-        None => defaults.ack_after,
-        Some(t) => match t.parse::<f64>() {
-            Ok(0.0) => None,
-            Ok(v) if v > 0.0 && v <= 3600.0 => Some(Duration::from_secs_f64(v)),
-            _ => {
-                r.err(
-                    &f("ack_after"),
-                    format!("must be seconds from 0 (off) to 3600, got {t:?}"),
-                );
-                None
-            }
-        },
-    };
-    let ack_message = text(r, "ack_message").unwrap_or(defaults.ack_message);
-    let failure_message = text(r, "failure_message").unwrap_or(defaults.failure_message);
-    Some(AgentConfig {
-        kind: kind?,
-        delay_ms,
-        ack_after,
-        ack_message,
-        failure_message,
-    })
+/// A mapping of names to text values (headers, environment variables).
+fn pairs(
+    c: &mut Check<'_>,
+    field: &str,
+    v: Option<Field<BTreeMap<String, Text>>>,
+) -> Vec<(String, String)> {
+    let map = c.mapping(field, v).unwrap_or_default();
+    // Empty values are kept: an empty variable or header may be meant.
+    (map.into_iter())
+        .filter_map(|(name, v)| Some((c.text(&format!("{field}.{name}"), v)?, name)))
+        .map(|(value, name)| (name, value))
+        .collect()
 }

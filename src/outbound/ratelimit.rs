@@ -44,18 +44,25 @@ impl Limit {
         let number: u64 = number.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
             format!("duration must start with a whole number above 0, got {window:?}")
         })?;
-        let window = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number * 60),
-            "h" => Duration::from_secs(number * 3600),
+        let millis_per = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             _ => {
                 return Err(format!(
                     "duration unit must be ms, s, m or h, got {window:?}"
                 ))
             }
         };
-        Ok(Limit { count, window })
+        // Checked: the number comes from a config file and must not overflow into a panic.
+        let millis = number
+            .checked_mul(millis_per)
+            .ok_or_else(|| format!("duration is too long, got {window:?}"))?;
+        Ok(Limit {
+            count,
+            window: Duration::from_millis(millis),
+        })
     }
 }
 
@@ -195,7 +202,16 @@ mod tests {
             Limit::parse("5/500ms").unwrap().window,
             Duration::from_millis(500)
         );
-        for bad in ["20", "0/1m", "x/1m", "20/m", "20/1d", "20/0s"] {
+        for bad in [
+            "20",
+            "0/1m",
+            "x/1m",
+            "20/m",
+            "20/1d",
+            "20/0s",
+            "1/99999999999999999h",
+            "1/99999999999999999999ms",
+        ] {
             assert!(Limit::parse(bad).is_err(), "{bad}");
         }
     }

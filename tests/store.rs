@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::inbox::{ChunkState, Inbox, NewJob, Outcome, Pushed, SqliteInbox};
+use wecom_gateway::inbox::{
+    ChunkState, NewJob, Outbox, Outcome, Pushed, Queue, Routes, SqliteInbox,
+};
 use wecom_gateway::message::InboundMessage;
 
 fn job(user: &str, msg_id: u64, app: &str) -> NewJob {

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::config::{AgentConfig, AgentKind};
-use crate::inbox::Inbox;
+use crate::inbox::History;
 use crate::message::{Event, InboundMessage, MessageKind};
 
 pub use echo::EchoAgent;
@@ -116,7 +116,7 @@ pub trait Agent: Send + Sync + 'static {
 }
 
 /// The agent a configuration describes. `store` keeps per-user state (conversation history).
-pub fn build(config: &AgentConfig, store: Arc<dyn Inbox>) -> Result<Arc<dyn Agent>, String> {
+pub fn build(config: &AgentConfig, store: Arc<dyn History>) -> Result<Arc<dyn Agent>, String> {
     Ok(match &config.kind {
         AgentKind::Echo => Arc::new(EchoAgent {
             delay: Duration::from_millis(config.delay_ms),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{Agent, AgentError, Turn};
 use crate::config::OpenAiConfig;
-use crate::inbox::{HistoryEntry, Inbox, Role};
+use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
@@ -23,11 +23,11 @@ pub const RESET_DONE: &str = "已清空对话历史，我们重新开始吧。(C
 pub struct OpenAiAgent {
     http: reqwest::Client,
     config: OpenAiConfig,
-    store: Arc<dyn Inbox>,
+    store: Arc<dyn History>,
 }
 
 impl OpenAiAgent {
-    pub fn new(config: OpenAiConfig, store: Arc<dyn Inbox>) -> Result<Self, String> {
+    pub fn new(config: OpenAiConfig, store: Arc<dyn History>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))

@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
 use super::{
-    DeliveryState, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job, NewJob, Outcome, Pushed,
-    StoredDelivery,
+    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, InboxError, Job, NewJob,
+    Outbox, Outcome, Pushed, Queue, Routes, StoredDelivery,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -57,7 +57,7 @@ impl MemoryInbox {
 }
 
 #[async_trait]
-impl Inbox for MemoryInbox {
+impl Queue for MemoryInbox {
     async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
         let message = InboundMessage::parse(&new.payload)
             .map_err(|e| InboxError::Storage(format!("message cannot be parsed: {e}")))?;
@@ -111,6 +111,23 @@ impl Inbox for MemoryInbox {
         self.window.next().await
     }
 
+    async fn finish(&self, job: &Job, _outcome: Outcome) {
+        self.window.release(&job.user_key);
+        self.room.add_permits(1);
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.window.close();
+    }
+
+    fn len(&self) -> usize {
+        self.window.waiting() + self.window.in_progress()
+    }
+}
+
+#[async_trait]
+impl Outbox for MemoryInbox {
     async fn record_reply(&self, _job: &Job, _chunks: &[&str]) -> Result<(), InboxError> {
         Ok(())
     }
@@ -122,16 +139,17 @@ impl Inbox for MemoryInbox {
     async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
         Ok(())
     }
+}
 
-    async fn finish(&self, job: &Job, _outcome: Outcome) {
-        self.window.release(&job.user_key);
-        self.room.add_permits(1);
-    }
-
+#[async_trait]
+impl Routes for MemoryInbox {
     async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
         Ok(self.lock().routes.get(user_key).cloned())
     }
+}
 
+#[async_trait]
+impl Deliveries for MemoryInbox {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
         let mut seen = self.lock();
         let mut ids = Vec::new();
@@ -187,6 +205,13 @@ impl Inbox for MemoryInbox {
         Ok(())
     }
 
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+        Ok(self.lock().deliveries.get(&id).map(|(_, s)| s.clone()))
+    }
+}
+
+#[async_trait]
+impl History for MemoryInbox {
     async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
         let seen = self.lock();
         let entries = seen.history.get(user_key);
@@ -218,18 +243,5 @@ impl Inbox for MemoryInbox {
     async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
         self.lock().history.remove(user_key);
         Ok(())
-    }
-
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
-        Ok(self.lock().deliveries.get(&id).map(|(_, s)| s.clone()))
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.window.close();
-    }
-
-    fn len(&self) -> usize {
-        self.window.waiting() + self.window.in_progress()
     }
 }

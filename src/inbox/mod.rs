@@ -6,7 +6,7 @@
 //! never two at once; dedup of WeCom's retries; and the record of which reply chunks were sent.
 //!
 //! Must never: answer `Queued` for a message it has not recorded, or hand out a duplicate it
-//! recognised. Backends implement [`Inbox`]; handlers and workers see only the trait.
+//! recognised. Each concern has its own trait; [`Inbox`] is all of them from one backend.
 
 pub mod memory;
 pub mod schedule;
@@ -180,47 +180,16 @@ pub enum InboxError {
     Storage(String),
 }
 
+/// The job queue: acknowledged messages in per-user lanes, dedup of WeCom's retries, and retention.
 #[async_trait]
-pub trait Inbox: Send + Sync + 'static {
+pub trait Queue: Send + Sync + 'static {
     /// Record a message (durably, for a durable backend) or report it as a duplicate.
     async fn push(&self, job: NewJob) -> Result<Pushed, InboxError>;
     /// The next job whose user has nothing in progress; waits for one. `None` once closed.
     async fn next(&self) -> Option<Job>;
-    /// Record the reply, already split, before any chunk is sent.
-    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError>;
-    /// Chunk `seq` of the job's reply is about to be handed to WeCom.
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
-    /// WeCom accepted chunk `seq` of the job's reply.
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
     /// The job is over: record it and free its user for their next message. A durable backend
     /// keeps trying to record it while the store refuses writes (until the inbox closes).
     async fn finish(&self, job: &Job, outcome: Outcome);
-    /// The app `user_key` last wrote through.
-    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
-    /// Store pushes for delivery, in order, before they are acknowledged; returns their ids.
-    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError>;
-    /// Deliveries not yet sent or failed (after a restart), in id order.
-    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError>;
-    /// A delivery is about to be handed to WeCom.
-    async fn start_delivery(&self, id: i64) -> Result<(), InboxError>;
-    /// A delivery is over: sent (`error` None) or failed.
-    async fn finish_delivery(
-        &self,
-        id: i64,
-        attempts: u32,
-        error: Option<String>,
-    ) -> Result<(), InboxError>;
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError>;
-    /// The last `max` entries of `user_key`'s conversation, oldest first.
-    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError>;
-    /// Add to `user_key`'s conversation, keeping only the last `keep` entries.
-    async fn append_history(
-        &self,
-        user_key: &str,
-        entries: Vec<HistoryEntry>,
-        keep: usize,
-    ) -> Result<(), InboxError>;
-    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
     /// Delete finished messages (and so their dedup keys) received before `cutoff_ms` (Unix ms).
     async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
         let _ = cutoff_ms;
@@ -237,6 +206,63 @@ pub trait Inbox: Send + Sync + 'static {
         self.len() == 0
     }
 }
+
+/// The outbox: a job's reply items, recorded before any is sent, and how far each got.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Record the reply, already split, before any chunk is sent.
+    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError>;
+    /// Chunk `seq` of the job's reply is about to be handed to WeCom.
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+    /// WeCom accepted chunk `seq` of the job's reply.
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+}
+
+/// Which app each user last wrote through (recorded with each pushed message).
+#[async_trait]
+pub trait Routes: Send + Sync + 'static {
+    /// The app `user_key` last wrote through.
+    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
+}
+
+/// Pushes (robot notifications, API messages) stored until delivered.
+#[async_trait]
+pub trait Deliveries: Send + Sync + 'static {
+    /// Store pushes for delivery, in order, before they are acknowledged; returns their ids.
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError>;
+    /// Deliveries not yet sent or failed (after a restart), in id order.
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError>;
+    /// A delivery is about to be handed to WeCom.
+    async fn start_delivery(&self, id: i64) -> Result<(), InboxError>;
+    /// A delivery is over: sent (`error` None) or failed.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<(), InboxError>;
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError>;
+}
+
+/// Each user's conversation, for agents that send it with every turn.
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// The last `max` entries of `user_key`'s conversation, oldest first.
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError>;
+    /// Add to `user_key`'s conversation, keeping only the last `keep` entries.
+    async fn append_history(
+        &self,
+        user_key: &str,
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    ) -> Result<(), InboxError>;
+    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
+}
+
+/// A whole store: every concern above, from one backend. Handlers and workers hold this; a part
+/// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Inbox>`).
+pub trait Inbox: Queue + Outbox + Routes + Deliveries + History {}
+impl<T: Queue + Outbox + Routes + Deliveries + History> Inbox for T {}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

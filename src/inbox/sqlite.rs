@@ -29,8 +29,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::schedule::{OnClose, Window};
 use super::{
-    now_ms, Chunk, ChunkState, DeliveryState, DeliveryStatus, HistoryEntry, Inbox, InboxError, Job,
-    NewJob, Outcome, Pushed, Role, StoredDelivery,
+    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
+    InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::{Push, Target};
@@ -619,7 +619,7 @@ fn finish_row(c: &Connection, id: i64, state: &str, error: Option<&str>) -> rusq
 }
 
 #[async_trait]
-impl Inbox for SqliteInbox {
+impl Queue for SqliteInbox {
     async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(InboxError::Closed);
@@ -701,6 +701,79 @@ impl Inbox for SqliteInbox {
         }
     }
 
+    async fn finish(&self, job: &Job, outcome: Outcome) {
+        let id = job.id as i64;
+        let (state, error) = match outcome {
+            Outcome::Done => ("done", None),
+            Outcome::Failed(e) => ("failed", Some(e)),
+            // Left 'processing': recovery at the next start queues it again.
+            Outcome::Interrupted => return self.window.release(&job.user_key),
+        };
+        // The user's lane stays busy until the end is recorded, so their next message waits its
+        // turn; once the store takes writes again, this goes through on its own.
+        let error = Arc::new(error);
+        while let Err(e) = {
+            let error = error.clone();
+            self.db
+                .write(move |c| finish_row(c, id, state, error.as_deref()))
+                .await
+        } {
+            if self.closed.load(Ordering::SeqCst) {
+                // It stays 'processing' and is taken up again at the next start.
+                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again at the next start");
+                break;
+            }
+            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
+            tokio::time::sleep(WRITE_RETRY).await;
+        }
+        self.window.release(&job.user_key);
+    }
+
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .db
+                .write(move |c| {
+                    let inbox = c
+                        .prepare_cached(
+                            "DELETE FROM inbox WHERE id IN (
+                                 SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
+                    let deliveries = c
+                        .prepare_cached(
+                            "DELETE FROM deliveries WHERE id IN (
+                                 SELECT id FROM deliveries WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
+                    Ok((inbox, deliveries))
+                })
+                .await?;
+            total += n.0 + n.1;
+            if n.0 < PRUNE_BATCH && n.1 < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn feed(&self) {
+        self.load_loop().await
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.window.close();
+        self.loader.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.window.waiting() + self.window.in_progress()
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteInbox {
     async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError> {
         let id = job.id as i64;
         let chunks: Vec<String> = chunks.iter().map(|c| (*c).to_owned()).collect();
@@ -735,35 +808,10 @@ impl Inbox for SqliteInbox {
         )
         .await
     }
+}
 
-    async fn finish(&self, job: &Job, outcome: Outcome) {
-        let id = job.id as i64;
-        let (state, error) = match outcome {
-            Outcome::Done => ("done", None),
-            Outcome::Failed(e) => ("failed", Some(e)),
-            // Left 'processing': recovery at the next start queues it again.
-            Outcome::Interrupted => return self.window.release(&job.user_key),
-        };
-        // The user's lane stays busy until the end is recorded, so their next message waits its
-        // turn; once the store takes writes again, this goes through on its own.
-        let error = Arc::new(error);
-        while let Err(e) = {
-            let error = error.clone();
-            self.db
-                .write(move |c| finish_row(c, id, state, error.as_deref()))
-                .await
-        } {
-            if self.closed.load(Ordering::SeqCst) {
-                // It stays 'processing' and is taken up again at the next start.
-                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again at the next start");
-                break;
-            }
-            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
-            tokio::time::sleep(WRITE_RETRY).await;
-        }
-        self.window.release(&job.user_key);
-    }
-
+#[async_trait]
+impl Routes for SqliteInbox {
     async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
         let user_key = user_key.to_owned();
         self.db
@@ -777,7 +825,10 @@ impl Inbox for SqliteInbox {
             })
             .await
     }
+}
 
+#[async_trait]
+impl Deliveries for SqliteInbox {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
         let rows = items
             .iter()
@@ -862,6 +913,45 @@ impl Inbox for SqliteInbox {
             .await
     }
 
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+        let row = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, u32>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
+            .await?;
+        let Some((id, target, state, attempts, error)) = row else {
+            return Ok(None);
+        };
+        let target: Target = serde_json::from_str(&target)
+            .map_err(|e| storage(format!("delivery {id} has an unreadable target: {e}")))?;
+        let state = DeliveryState::parse(&state)
+            .ok_or_else(|| storage(format!("delivery {id} has an unknown state {state:?}")))?;
+        Ok(Some(DeliveryStatus {
+            id,
+            target,
+            state,
+            attempts,
+            error,
+        }))
+    }
+}
+
+#[async_trait]
+impl History for SqliteInbox {
     async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
         let user_key = user_key.to_owned();
         self.db
@@ -917,83 +1007,5 @@ impl Inbox for SqliteInbox {
                 Ok(())
             })
             .await
-    }
-
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
-        let row = self
-            .db
-            .read(move |c| {
-                c.query_row(
-                    "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
-                    [id],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, u32>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                        ))
-                    },
-                )
-                .optional()
-            })
-            .await?;
-        let Some((id, target, state, attempts, error)) = row else {
-            return Ok(None);
-        };
-        let target: Target = serde_json::from_str(&target)
-            .map_err(|e| storage(format!("delivery {id} has an unreadable target: {e}")))?;
-        let state = DeliveryState::parse(&state)
-            .ok_or_else(|| storage(format!("delivery {id} has an unknown state {state:?}")))?;
-        Ok(Some(DeliveryStatus {
-            id,
-            target,
-            state,
-            attempts,
-            error,
-        }))
-    }
-
-    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
-        let mut total = 0;
-        loop {
-            let n = self
-                .db
-                .write(move |c| {
-                    let inbox = c
-                        .prepare_cached(
-                            "DELETE FROM inbox WHERE id IN (
-                                 SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
-                        )?
-                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
-                    let deliveries = c
-                        .prepare_cached(
-                            "DELETE FROM deliveries WHERE id IN (
-                                 SELECT id FROM deliveries WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
-                        )?
-                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
-                    Ok((inbox, deliveries))
-                })
-                .await?;
-            total += n.0 + n.1;
-            if n.0 < PRUNE_BATCH && n.1 < PRUNE_BATCH {
-                return Ok(total);
-            }
-        }
-    }
-
-    async fn feed(&self) {
-        self.load_loop().await
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.window.close();
-        self.loader.notify_one();
-    }
-
-    fn len(&self) -> usize {
-        self.window.waiting() + self.window.in_progress()
     }
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::{Outbound, Undelivered};
 use crate::app::Apps;
 use crate::bots::Bot;
-use crate::inbox::{Inbox, InboxError, StoredDelivery};
+use crate::inbox::{Deliveries, InboxError, StoredDelivery};
 use crate::wecom::{AppMessage, BotMessage};
 
 /// Where a delivery goes. Its JSON form is the store's `target` column.
@@ -96,7 +96,7 @@ type Queues = Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<StoredDelivery>>>>
 
 pub struct Dispatcher {
     outbound: Arc<Outbound>,
-    store: Arc<dyn Inbox>,
+    store: Arc<dyn Deliveries>,
     apps: Apps,
     bots: Bots,
     queues: Queues,
@@ -105,7 +105,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(outbound: Arc<Outbound>, store: Arc<dyn Inbox>, apps: Apps, bots: Bots) -> Self {
+    pub fn new(
+        outbound: Arc<Outbound>,
+        store: Arc<dyn Deliveries>,
+        apps: Apps,
+        bots: Bots,
+    ) -> Self {
         Dispatcher {
             outbound,
             store,
@@ -223,7 +228,7 @@ impl Dispatcher {
 struct QueueWorker {
     target: Target,
     outbound: Arc<Outbound>,
-    store: Arc<dyn Inbox>,
+    store: Arc<dyn Deliveries>,
     apps: Apps,
     bots: Bots,
     closed: Arc<AtomicBool>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::AppConfig;
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::shared::SharedTokens;
 use crate::wecom::token::TokenCache;
 
 /// One self-built app, ready to verify callbacks and send messages.
@@ -24,12 +25,19 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl App {
-    pub fn new(config: AppConfig) -> Result<Self, CryptoError> {
+    /// `shared`: where replicas share access tokens, if there are several.
+    pub fn new(
+        config: AppConfig,
+        shared: Option<Arc<dyn SharedTokens>>,
+    ) -> Result<Self, CryptoError> {
         let crypt = MsgCrypt::new(config.token(), config.encoding_aes_key(), &config.corp_id)?;
+        // The corp and AgentId name the app the same way on every replica.
+        let key = format!("{}:{}", config.corp_id, config.agent_id);
+        let tokens = shared.map_or_else(TokenCache::default, |s| TokenCache::shared(s, key));
         Ok(App {
             config,
             crypt,
-            tokens: TokenCache::default(),
+            tokens,
         })
     }
 }
@@ -39,10 +47,13 @@ impl App {
 pub struct Apps(Arc<Vec<Arc<App>>>);
 
 impl Apps {
-    pub fn new(configs: &[AppConfig]) -> Result<Self, CryptoError> {
+    pub fn new(
+        configs: &[AppConfig],
+        shared: Option<Arc<dyn SharedTokens>>,
+    ) -> Result<Self, CryptoError> {
         let apps = configs
             .iter()
-            .map(|c| App::new(c.clone()).map(Arc::new))
+            .map(|c| App::new(c.clone(), shared.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Apps(Arc::new(apps)))
     }

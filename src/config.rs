@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 use crate::agent::config::AgentSettings;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
+pub use crate::inbox::postgres::PostgresUrl;
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
 
@@ -100,12 +101,14 @@ impl Allowlist {
 }
 
 /// Where acknowledged messages are kept until answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StoreKind {
     /// SQLite file under `data_dir`: survives restarts and crashes (the default).
     Sqlite,
     /// In memory only: lost on restart. For tests and throw-away setups.
     Memory,
+    /// A PostgreSQL database shared by several replicas.
+    Postgres(PostgresUrl),
 }
 
 /// The validated configuration the service runs with.
@@ -126,8 +129,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Finished messages and their dedup keys are deleted after this many days.
     pub retention_days: u64,
-    /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 500.
+    /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 503.
     pub max_store_mb: u64,
+    /// PostgreSQL store: a job held by a replica that stopped renewing its lease this long is
+    /// taken over by another.
+    pub lease_secs: u64,
     pub agent: AgentConfig,
     /// Group robots by name.
     pub bots: Vec<Bot>,
@@ -216,9 +222,10 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let store = match c.store {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Memory => "memory",
+        let store = match &c.store {
+            StoreKind::Sqlite => "sqlite".to_owned(),
+            StoreKind::Memory => "memory".to_owned(),
+            StoreKind::Postgres(url) => url.redacted(),
         };
         let api_off = if c.api_tokens.is_empty() {
             " (the /api endpoints are off)"
@@ -237,6 +244,7 @@ impl Config {
         let _ = writeln!(out, "store: {store}\ndata_dir: {}", c.data_dir.display());
         let _ = writeln!(out, "retention_days: {}", c.retention_days);
         let _ = writeln!(out, "max_store_mb: {}", c.max_store_mb);
+        let _ = writeln!(out, "lease_secs: {}", c.lease_secs);
         let _ = write!(out, "agent:\n{}api:\n", c.agent.redacted("  "));
         let _ = writeln!(out, "  tokens: {} configured{api_off}", c.api_tokens.len());
         let _ = writeln!(out, "limits:\n  member: [{}]", limits(&c.member_limits));
@@ -394,6 +402,7 @@ struct Settings {
     data_dir: Option<Text>,
     retention_days: Option<Text>,
     max_store_mb: Option<Text>,
+    lease_secs: Option<Text>,
     agent: Option<Field<AgentSettings>>,
     bots: Option<Field<Vec<Field<BotSettings>>>>,
     api: Option<Field<ApiSettings>>,
@@ -570,7 +579,7 @@ fn store(text: &str) -> Result<StoreKind, String> {
     match text.to_ascii_lowercase().as_str() {
         "sqlite" => Ok(StoreKind::Sqlite),
         "memory" => Ok(StoreKind::Memory),
-        _ => Err(format!("must be sqlite or memory, got {text:?}")),
+        _ => PostgresUrl::parse(text).map(StoreKind::Postgres),
     }
 }
 
@@ -767,6 +776,7 @@ impl Settings {
             }),
             retention_days: c.get("retention_days", s.retention_days, 7, num(1, 3650)),
             max_store_mb: c.get("max_store_mb", s.max_store_mb, 0, num(0, 1 << 30)),
+            lease_secs: c.get("lease_secs", s.lease_secs, 30, num(5, 3600)),
             agent,
             bots,
             api_tokens,

@@ -12,6 +12,7 @@ pub mod http;
 pub mod inbox;
 pub mod message;
 pub mod outbound;
+pub mod shared;
 pub mod wecom;
 pub mod worker;
 mod xml;
@@ -29,8 +30,9 @@ use std::collections::HashMap;
 use crate::agent::Agent;
 use crate::app::Apps;
 use crate::config::{Config, StoreKind};
-use crate::inbox::{Inbox, MemoryInbox, SqliteInbox};
+use crate::inbox::{Inbox, MemoryInbox, PostgresInbox, SqliteInbox};
 use crate::outbound::{Dispatcher, Outbound};
+use crate::shared::SharedTokens;
 use crate::wecom::WecomClient;
 use crate::worker::{AgentHandle, Agents, Worker};
 
@@ -83,14 +85,16 @@ impl Application {
         config: Config,
         given: Option<Arc<dyn Agent>>,
     ) -> Result<Self, StartupError> {
-        let apps = Apps::new(&config.apps).map_err(|e| StartupError::App(e.to_string()))?;
         let client = WecomClient::new(
             &config.api_base_url,
             Duration::from_secs(config.http_timeout_secs),
         )
         .map_err(|e| StartupError::App(e.to_string()))?;
-        let inbox: Arc<dyn Inbox> = match config.store {
-            StoreKind::Memory => Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT)),
+        let (inbox, shared): (Arc<dyn Inbox>, Option<Arc<PostgresInbox>>) = match &config.store {
+            StoreKind::Memory => (
+                Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT)),
+                None,
+            ),
             StoreKind::Sqlite => {
                 let max_bytes =
                     (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
@@ -101,20 +105,35 @@ impl Application {
                 if recovered.given_up > 0 {
                     tracing::warn!(given_up = recovered.given_up, "some messages were given up: the gateway stopped while handling each of them {} times", inbox::sqlite::MAX_ATTEMPTS);
                 }
-                store
+                (store, None)
+            }
+            StoreKind::Postgres(url) => {
+                let lease = Duration::from_secs(config.lease_secs);
+                let store = PostgresInbox::open(url, lease).await.map_err(|e| {
+                    StartupError::Store(format!("cannot open the PostgreSQL store {url}: {e}"))
+                })?;
+                tracing::info!(store = %url, lease_secs = config.lease_secs, "message store open (PostgreSQL, shared by replicas)");
+                (store.clone(), Some(store))
             }
         };
+        let shared_tokens = shared.clone().map(|s| s as Arc<dyn SharedTokens>);
+        let apps =
+            Apps::new(&config.apps, shared_tokens).map_err(|e| StartupError::App(e.to_string()))?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
-        let outbound = Arc::new(Outbound::new(
+        let mut outbound = Outbound::new(
             client,
             config.retry,
             config.member_limits.clone(),
             config.bot_limits.clone(),
-        ));
+        );
+        if let Some(shared) = &shared {
+            outbound = outbound.with_shared_windows(shared.clone());
+        }
+        let outbound = Arc::new(outbound);
         let bots = config
             .bots
             .iter()
@@ -212,6 +231,20 @@ impl Application {
                 tracing::error!(error = %e, "cannot read stored deliveries; they are retried at the next start")
             }
         }
+        if let StoreKind::Postgres(_) = config.store {
+            // Deliveries a replica stored and then died with are taken over once their lease lapses.
+            let (dispatcher, every) = (dispatcher.clone(), Duration::from_secs(config.lease_secs));
+            background.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match dispatcher.resume().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deliveries = n, "taking over deliveries another replica left"),
+                        Err(e) => tracing::warn!(error = %e, "cannot look for deliveries other replicas left"),
+                    }
+                }
+            });
+        }
         let router = http::router(state, &config.path, config.max_body_bytes);
         let names: Vec<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
         tracing::info!(%local_addr, path = %config.path, apps = ?names, workers = config.workers, "wecom-gateway listening on {local_addr}");
@@ -244,6 +277,9 @@ impl Application {
         );
         let kept = match config.store {
             StoreKind::Sqlite => "stay in the store and are taken up at the next start",
+            StoreKind::Postgres(_) => {
+                "stay in the store and are taken up by a replica (or this one's next start)"
+            }
             StoreKind::Memory => "are lost (store: memory)",
         };
         if drained.is_err() {

@@ -241,7 +241,7 @@ fn secrets_never_show_in_debug_or_printed_config() {
         printed.contains("wx5823bf96d3bd56c7"),
         "non-secret fields are shown"
     );
-    let app = wecom_gateway::app::App::new(c.apps[0].clone()).unwrap();
+    let app = wecom_gateway::app::App::new(c.apps[0].clone(), None).unwrap();
     let debug = format!("{app:?}");
     for secret in ["s3cr3t-corp-value", "QDG6eK", KEY_B] {
         assert!(!debug.contains(secret), "App Debug leaks {secret}: {debug}");

@@ -140,7 +140,7 @@ async fn ten_thousand_distinct_members_leave_no_state_behind() {
         vec![Limit { count: 30, window }],
         vec![Limit { count: 20, window }],
     ));
-    let apps = Apps::new(&[APP_A.app_config()]).unwrap();
+    let apps = Apps::new(&[APP_A.app_config()], None).unwrap();
     let store = Arc::new(MemoryInbox::new(16, Duration::from_secs(1)));
     let dispatcher = Dispatcher::new(outbound.clone(), store, apps, Arc::default());
     let pushes: Vec<Push> = (0..10_000)

@@ -78,9 +78,10 @@ impl HttpError {
 impl From<InboxError> for HttpError {
     fn from(e: InboxError) -> Self {
         match e {
-            InboxError::Full { .. } | InboxError::StoreFull(_) | InboxError::Closed => {
-                HttpError::Unavailable(e.to_string())
-            }
+            InboxError::Full { .. }
+            | InboxError::StoreFull(_)
+            | InboxError::Closed
+            | InboxError::Unavailable(_) => HttpError::Unavailable(e.to_string()),
             InboxError::Storage(_) => HttpError::Internal(e.to_string()),
         }
     }

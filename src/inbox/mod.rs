@@ -9,6 +9,7 @@
 //! recognised. Each concern has its own trait; [`Inbox`] is all of them from one backend.
 
 pub mod memory;
+pub mod postgres;
 pub mod schedule;
 pub mod sqlite;
 
@@ -19,6 +20,7 @@ use crate::message::InboundMessage;
 use crate::outbound::dispatch::{Push, Target};
 
 pub use memory::MemoryInbox;
+pub use postgres::PostgresInbox;
 pub use sqlite::SqliteInbox;
 
 /// A message to be queued: which app it came through and whose turn it is.
@@ -176,6 +178,9 @@ pub enum InboxError {
     StoreFull(String),
     #[error("inbox is closed: the gateway is shutting down")]
     Closed,
+    /// The store's server cannot be reached (a PostgreSQL store that is down): try later.
+    #[error("message store is unreachable: {0}")]
+    Unavailable(String),
     #[error("message store failed: {0}")]
     Storage(String),
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::bots::Bot;
+use crate::shared::{Reserved, SharedWindows};
 use crate::wecom::{ApiError, AppMessage, BotMessage, SendReceipt, WecomClient};
 use ratelimit::{Limit, RateLimiter};
 use retry::RetryPolicy;
@@ -87,6 +88,8 @@ pub struct Outbound {
     /// Set when the gateway stops: no send waits past it.
     deadline: Mutex<Option<Instant>>,
     stopping: Notify,
+    /// Windows shared with other replicas, kept besides this process's own.
+    shared: Option<Arc<dyn SharedWindows>>,
 }
 
 type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
@@ -136,7 +139,14 @@ impl Outbound {
             locks: Arc::default(),
             deadline: Mutex::new(None),
             stopping: Notify::new(),
+            shared: None,
         }
+    }
+
+    /// Keep the rate windows together with other replicas through `windows` as well.
+    pub fn with_shared_windows(mut self, windows: Arc<dyn SharedWindows>) -> Self {
+        self.shared = Some(windows);
+        self
     }
 
     /// The gateway is stopping: from now on, a send that would have to wait past `deadline` (for
@@ -160,6 +170,33 @@ impl Outbound {
             let Some(at) = limiter.ready_at(key).filter(|at| *at > Instant::now()) else {
                 return Ok(start.elapsed());
             };
+            if self.deadline().is_some_and(|d| at > d) {
+                return Err(Tried::Stopped);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = stopping => {}
+            }
+        }
+    }
+
+    /// Hold a place in the shared windows (other replicas' sends count too), waiting for one, or
+    /// `Err` once that would be past the stop deadline.
+    async fn reserve_shared(
+        &self,
+        windows: &dyn SharedWindows,
+        limits: &[Limit],
+        key: &str,
+    ) -> Result<i64, Tried> {
+        loop {
+            let stopping = self.stopping.notified();
+            tokio::pin!(stopping);
+            stopping.as_mut().enable();
+            let wait = match windows.reserve(key, limits).await.map_err(Tried::Api)? {
+                Reserved::Now(id) => return Ok(id),
+                Reserved::Wait(wait) => wait,
+            };
+            let at = Instant::now() + wait;
             if self.deadline().is_some_and(|d| at > d) {
                 return Err(Tried::Stopped);
             }
@@ -250,7 +287,13 @@ impl Outbound {
                 |_| {
                     let (send, resend) = (&send, &resend);
                     async move {
-                        let waited = self.until_ready(limiter, key).await?;
+                        let start = Instant::now();
+                        self.until_ready(limiter, key).await?;
+                        let place = match &self.shared {
+                            Some(w) => Some(self.reserve_shared(&**w, limiter.limits(), key).await?),
+                            None => None,
+                        };
+                        let waited = start.elapsed();
                         if waited.as_millis() >= 1000 {
                             tracing::info!(
                                 recipient = key,
@@ -261,8 +304,12 @@ impl Outbound {
                         let result = send(resend.load(Ordering::Relaxed)).await;
                         // Whatever reached WeCom counts toward its limit; a connection that never
                         // opened does not.
-                        if !matches!(&result, Err(ApiError::Connect(_))) {
+                        let counted = !matches!(&result, Err(ApiError::Connect(_)));
+                        if counted {
                             limiter.sent(key);
+                        }
+                        if let (Some(w), Some(id)) = (&self.shared, place) {
+                            w.settle(id, counted).await;
                         }
                         result.map_err(Tried::Api)
                     }

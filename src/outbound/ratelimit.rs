@@ -110,6 +110,10 @@ impl RateLimiter {
         }
     }
 
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.forget_idle(self.longest);

@@ -32,6 +32,9 @@ pub enum ApiError {
     Http { status: u16 },
     #[error("WeCom's answer could not be read: {0}")]
     Decode(String),
+    /// The store shared by replicas (tokens, rate windows) failed; nothing was sent.
+    #[error("shared store failed: {0}")]
+    Shared(String),
     #[error("WeCom errcode {errcode}: {errmsg}{}", hint_suffix(*.call, *.errcode))]
     WeCom {
         call: Call,
@@ -136,7 +139,10 @@ impl ApiError {
     /// survived the client's own refresh-and-retry is retried too. Everything else will not heal.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::Connect(_) | ApiError::Transport(_) | ApiError::Decode(_) => true,
+            ApiError::Connect(_)
+            | ApiError::Transport(_)
+            | ApiError::Decode(_)
+            | ApiError::Shared(_) => true,
             ApiError::Http { status } => *status >= 500 || *status == 429,
             ApiError::WeCom { call, errcode, .. } => {
                 matches!(classify(*call, *errcode), Transient | StaleToken)
@@ -156,7 +162,7 @@ impl ApiError {
         match self {
             ApiError::Transport(_) | ApiError::Decode(_) => true,
             ApiError::Http { status } => *status >= 500,
-            ApiError::Connect(_) | ApiError::WeCom { .. } => false,
+            ApiError::Connect(_) | ApiError::Shared(_) | ApiError::WeCom { .. } => false,
         }
     }
 

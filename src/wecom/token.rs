@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::ApiError;
+use crate::shared::SharedTokens;
 
 /// Refresh this long before WeCom's stated expiry, so a token never dies mid-request.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -45,14 +46,28 @@ struct Cached {
 pub struct TokenCache {
     // Held across the fetch: that is the single-flight guard. Waiters then find the fresh token.
     slot: Mutex<Option<Cached>>,
+    /// Replicas share one token per app through this; `key` names the app there.
+    shared: Option<(Arc<dyn SharedTokens>, String)>,
+    /// The token last rejected, so the shared store replaces it rather than handing it back.
+    stale: std::sync::Mutex<Option<String>>,
+}
+
+impl TokenCache {
+    /// A cache that takes its tokens from `shared` (under `key`) when its own copy runs out.
+    pub fn shared(shared: Arc<dyn SharedTokens>, key: String) -> Self {
+        TokenCache {
+            shared: Some((shared, key)),
+            ..TokenCache::default()
+        }
+    }
 }
 
 impl TokenCache {
     /// The cached token, or a new one from `fetch` (which yields the token and its `expires_in`).
     pub async fn get<F, Fut>(&self, fetch: F) -> Result<AccessToken, ApiError>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(String, u64), ApiError>>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<(String, u64), ApiError>> + Send,
     {
         let mut slot = self.slot.lock().await;
         if let Some(cached) = slot.as_ref() {
@@ -60,10 +75,20 @@ impl TokenCache {
                 return Ok(cached.token.clone());
             }
         }
-        let (value, expires_in) = fetch().await?;
-        let lifetime = Duration::from_secs(expires_in).min(MAX_LIFETIME);
-        // Short-lived tokens (tests, proxies) still get half their life rather than none.
-        let usable = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        let (value, usable) = match &self.shared {
+            Some((shared, key)) => {
+                let stale = self.stale.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let fetch = Box::pin(async move {
+                    let (value, expires_in) = fetch().await?;
+                    Ok((value, usable_for(expires_in).as_secs()))
+                });
+                shared.token(key, stale, fetch).await?
+            }
+            None => {
+                let (value, expires_in) = fetch().await?;
+                (value, usable_for(expires_in))
+            }
+        };
         let token = AccessToken::new(value);
         *slot = Some(Cached {
             token: token.clone(),
@@ -79,8 +104,16 @@ impl TokenCache {
         let mut slot = self.slot.lock().await;
         if slot.as_ref().is_some_and(|c| &c.token == stale) {
             *slot = None;
+            *self.stale.lock().unwrap_or_else(|p| p.into_inner()) = Some(stale.expose().to_owned());
         }
     }
+}
+
+/// How long a token that WeCom gave for `expires_in` seconds may be used before refreshing it.
+pub fn usable_for(expires_in: u64) -> Duration {
+    let lifetime = Duration::from_secs(expires_in).min(MAX_LIFETIME);
+    // Short-lived tokens (tests, proxies) still get half their life rather than none.
+    lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2)
 }
 
 #[cfg(test)]

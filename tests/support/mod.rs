@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, plus builders for encrypted callbacks.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod postgres;
 pub mod process;
 
 use std::collections::{HashSet, VecDeque};
@@ -499,6 +500,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         data_dir: std::path::PathBuf::new(),
         retention_days: 7,
         max_store_mb: 0,
+        lease_secs: 30,
         agent: AgentConfig::default(),
         bots: vec![],
         api_tokens: vec![],
@@ -517,7 +519,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
 
 /// An empty `data_dir` gets a fresh temporary directory, owned by the `TestApp`.
 fn with_data_dir(mut config: Config) -> (Config, Option<tempfile::TempDir>) {
-    if config.store == StoreKind::Sqlite && config.data_dir.as_os_str().is_empty() {
+    if matches!(config.store, StoreKind::Sqlite) && config.data_dir.as_os_str().is_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
         config.data_dir = dir.path().to_path_buf();
         (config, Some(dir))

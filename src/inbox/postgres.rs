@@ -1,0 +1,1055 @@
+//! The store on PostgreSQL, shared by several replicas of the gateway: queue, outbox, routes,
+//! history and deliveries, plus the access tokens and rate windows the replicas share.
+//!
+//! Owns: the PostgreSQL schema and its migrations (run at start, under an advisory lock, so
+//! replicas starting together migrate once), replicas taking jobs with `FOR UPDATE SKIP LOCKED`
+//! while keeping each user's lane (arrival order, one at a time, across all replicas), leases
+//! (a replica renews what it holds; a job or delivery whose lease lapsed is taken over), group
+//! commit of acknowledgements, and what an unreachable server means (503: WeCom retries).
+//!
+//! Must never: answer a push before its commit, show the connection password (see
+//! [`PostgresUrl`]), or let two replicas hold one user's lane at once.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::{
+    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
+    InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
+};
+use crate::message::InboundMessage;
+use crate::outbound::dispatch::{Push, Target};
+use crate::outbound::ratelimit::Limit;
+use crate::shared::{Fetch, Reserved, SharedTokens, SharedWindows};
+use crate::wecom::ApiError;
+
+/// Schema versions, applied in order; `wecom_gateway_schema` records how many ran.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE inbox (
+        id          BIGSERIAL PRIMARY KEY,
+        dedup_key   TEXT   NOT NULL UNIQUE,
+        app         TEXT   NOT NULL,
+        user_key    TEXT   NOT NULL,
+        payload     TEXT   NOT NULL,
+        state       TEXT   NOT NULL CHECK (state IN ('queued', 'processing', 'done', 'failed')),
+        attempts    INT    NOT NULL DEFAULT 0,
+        error       TEXT,
+        lease_owner TEXT,
+        lease_until BIGINT,
+        received_at BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL
+    );
+    CREATE INDEX inbox_open ON inbox (id) WHERE state IN ('queued', 'processing');
+    CREATE INDEX inbox_lane ON inbox (user_key, id) WHERE state IN ('queued', 'processing');
+    CREATE INDEX inbox_finished ON inbox (updated_at) WHERE state IN ('done', 'failed');
+    CREATE TABLE outbox (
+        inbox_id   BIGINT NOT NULL REFERENCES inbox (id) ON DELETE CASCADE,
+        seq        INT    NOT NULL,
+        content    TEXT   NOT NULL,
+        started_at BIGINT,
+        sent_at    BIGINT,
+        PRIMARY KEY (inbox_id, seq)
+    );
+    CREATE TABLE routes (
+        user_key   TEXT PRIMARY KEY,
+        app        TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id          BIGSERIAL PRIMARY KEY,
+        target      TEXT   NOT NULL,
+        payload     TEXT   NOT NULL,
+        state       TEXT   NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+        attempts    INT    NOT NULL DEFAULT 0,
+        error       TEXT,
+        started_at  BIGINT,
+        lease_owner TEXT,
+        lease_until BIGINT,
+        created_at  BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL
+    );
+    CREATE INDEX deliveries_queued ON deliveries (id) WHERE state = 'queued';
+    CREATE INDEX deliveries_finished ON deliveries (updated_at) WHERE state IN ('sent', 'failed');
+    CREATE TABLE history (
+        id         BIGSERIAL PRIMARY KEY,
+        user_key   TEXT   NOT NULL,
+        role       TEXT   NOT NULL,
+        content    TEXT   NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX history_user ON history (user_key, id);
+    CREATE TABLE tokens (
+        app        TEXT   PRIMARY KEY,
+        token      TEXT   NOT NULL,
+        refresh_at BIGINT NOT NULL
+    );
+    CREATE TABLE rate_events (
+        id    BIGSERIAL PRIMARY KEY,
+        key   TEXT   NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX rate_events_key ON rate_events (key, at_ms);
+"];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+/// Advisory-lock key under which migrations run ("wecomgw" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0077_6563_6f6d_6777;
+/// A message whose handling was cut short this many times (its replica died each time) is given up.
+pub const MAX_ATTEMPTS: i32 = 5;
+/// Most acknowledgements committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Connections per replica. Pushes share one writer; workers and the API use the rest.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a connection before the store counts as unreachable. WeCom waits
+/// 5 s for an answer in all, so a callback must hear "try later" well before that.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often an idle worker looks for work that other replicas queued or let go.
+const POLL: Duration = Duration::from_millis(200);
+/// How long to wait before trying again after the server failed.
+const RETRY: Duration = Duration::from_secs(1);
+/// Finished rows deleted per statement while pruning.
+const PRUNE_BATCH: i64 = 1000;
+
+/// A `postgres://` URL. Its password is a secret: `Display` and `Debug` show `****` instead.
+#[derive(Clone)]
+pub struct PostgresUrl(SecretString);
+
+impl PostgresUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            return Err("must be sqlite, memory or a postgres:// URL".into());
+        }
+        match tokio_postgres::Config::from_str(text) {
+            Ok(_) => Ok(PostgresUrl(SecretString::from(text))),
+            // The parser's message may quote the URL, password included: say only where to look.
+            Err(_) => Err(format!(
+                "is not a valid PostgreSQL URL (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), got {}",
+                PostgresUrl(SecretString::from(text))
+            )),
+        }
+    }
+
+    /// The URL with its password replaced by `****`.
+    pub fn redacted(&self) -> String {
+        let text = self.0.expose_secret();
+        match url::Url::parse(text) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("****"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            // Unparseable by `url` (several hosts, say): hide everything after the scheme.
+            Err(_) => "postgres://****".into(),
+        }
+    }
+
+    fn config(&self) -> Result<tokio_postgres::Config, InboxError> {
+        let mut config = tokio_postgres::Config::from_str(self.0.expose_secret())
+            .map_err(|_| InboxError::Storage(format!("invalid store URL {self}")))?;
+        if config.get_password().is_none() {
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                config.password(password);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_WAIT);
+        }
+        config.application_name("wecom-gateway");
+        Ok(config)
+    }
+}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({})", self.redacted())
+    }
+}
+
+/// What a failure of the server means to a caller: unreachable (try later), no room, or a fault.
+fn pg_error(e: &tokio_postgres::Error) -> InboxError {
+    let Some(db) = e.as_db_error() else {
+        return InboxError::Unavailable(e.to_string());
+    };
+    let code = db.code();
+    let text = format!("{}: {}", code.code(), db.message());
+    if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
+        InboxError::StoreFull(text)
+    } else if code.code().starts_with("08")
+        || code.code().starts_with("57P")
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::CANNOT_CONNECT_NOW
+    {
+        InboxError::Unavailable(text)
+    } else {
+        InboxError::Storage(text)
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> InboxError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(&e),
+        other => InboxError::Unavailable(other.to_string()),
+    }
+}
+
+type Client = deadpool_postgres::Object;
+
+/// Check the server and the schema version, for `check-config`: the version found, or why not.
+pub async fn check(url: &PostgresUrl) -> Result<i32, InboxError> {
+    let (client, connection) = url
+        .config()?
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let task = tokio::spawn(connection);
+    let found = client
+        .query_opt(
+            "SELECT version FROM wecom_gateway_schema WHERE to_regclass('wecom_gateway_schema') IS NOT NULL",
+            &[],
+        )
+        .await;
+    task.abort();
+    match found {
+        Ok(row) => Ok(row.map_or(0, |r| r.get(0))),
+        // No schema table yet: a new database, migrated at the first start.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
+        Err(e) => Err(pg_error(&e)),
+    }
+}
+
+// ---------------------------------------------------------------- acknowledgements, grouped
+
+struct PushRequest {
+    job: NewJob,
+    answer: oneshot::Sender<Result<Pushed, InboxError>>,
+}
+
+/// Commit every push waiting at once in one transaction: one round of fsync for the group.
+async fn push_writer(pool: Pool, mut rx: mpsc::Receiver<PushRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs: Vec<&NewJob> = batch.iter().map(|r| &r.job).collect();
+        let mut result = insert_jobs(&pool, &jobs).await;
+        // Two replicas inserting the same retried keys in opposite orders can deadlock; the
+        // server breaks it by failing one, which simply runs again.
+        for _ in 0..3 {
+            match &result {
+                Err(InboxError::Storage(e)) if e.starts_with("40") => {
+                    result = insert_jobs(&pool, &jobs).await
+                }
+                _ => break,
+            }
+        }
+        match result {
+            Ok(mut inserted) => {
+                for request in batch.drain(..) {
+                    // The first of a key's pushes in the batch is the one inserted.
+                    let fresh = inserted.remove(&request.job.dedup_key);
+                    let pushed = if fresh {
+                        Pushed::Queued
+                    } else {
+                        Pushed::Duplicate
+                    };
+                    let _ = request.answer.send(Ok(pushed));
+                }
+            }
+            Err(e) => {
+                for request in batch.drain(..) {
+                    let _ = request.answer.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Insert the jobs (in arrival order, so ids follow it) and their users' routes; the dedup keys
+/// that were new. A key seen twice in one batch is new only once.
+async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, InboxError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+    let column = |f: fn(&NewJob) -> &str| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
+    let (keys, apps) = (column(|j| &j.dedup_key), column(|j| &j.app));
+    let (users, payloads) = (column(|j| &j.user_key), column(|j| &j.payload));
+    let now = now_ms();
+    let rows = tx
+        .query(
+            "INSERT INTO inbox (dedup_key, app, user_key, payload, state, received_at, updated_at)
+             SELECT k, a, u, p, 'queued', $5, $5
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(k, a, u, p, n)
+             ORDER BY n
+             ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, user_key, app",
+            &[&keys, &apps, &users, &payloads, &now],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let inserted: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    // The last app each user wrote through; rows locked in user order, so replicas never
+    // wait on each other in a circle.
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for row in rows.iter().rev() {
+        let user: String = row.get(1);
+        if !routes.iter().any(|(u, _)| *u == user) {
+            routes.push((user, row.get(2)));
+        }
+    }
+    routes.sort();
+    if !routes.is_empty() {
+        let (users, apps): (Vec<String>, Vec<String>) = routes.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO routes (user_key, app, updated_at)
+             SELECT u, a, $3 FROM UNNEST($1::text[], $2::text[]) AS t(u, a)
+             ON CONFLICT (user_key) DO UPDATE SET app = excluded.app, updated_at = excluded.updated_at",
+            &[&users, &apps, &now],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+    }
+    tx.commit().await.map_err(|e| pg_error(&e))?;
+    Ok(inserted)
+}
+
+// ---------------------------------------------------------------- the store
+
+pub struct PostgresInbox {
+    pool: Pool,
+    url: PostgresUrl,
+    /// This replica's name in leases: unique per process start.
+    me: String,
+    lease: Duration,
+    pushes: mpsc::Sender<PushRequest>,
+    /// Jobs this replica holds, whose leases it renews.
+    held: Mutex<HashSet<i64>>,
+    /// Wakes idle workers: something was queued here, or a lane was freed here.
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PostgresInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresInbox")
+            .field("url", &self.url)
+            .field("me", &self.me)
+            .finish()
+    }
+}
+
+impl PostgresInbox {
+    /// Connect, and migrate the schema if this replica is the first of a newer version.
+    /// `lease`: how long a job held by a replica that stopped renewing it waits to be taken over.
+    pub async fn open(url: &PostgresUrl, lease: Duration) -> Result<Arc<Self>, InboxError> {
+        let manager = Manager::from_config(
+            url.config()?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
+            .recycle_timeout(Some(CONNECT_WAIT))
+            .build()
+            .map_err(|e| InboxError::Storage(format!("cannot set up the store: {e}")))?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        migrate(&mut client).await.map_err(|e| pg_error(&e))?;
+        drop(client);
+        let (pushes, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(push_writer(pool.clone(), rx));
+        let me = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Ok(Arc::new(PostgresInbox {
+            pool,
+            url: url.clone(),
+            me,
+            lease,
+            pushes,
+            held: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn url(&self) -> &PostgresUrl {
+        &self.url
+    }
+
+    async fn client(&self) -> Result<Client, InboxError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms() + self.lease.as_millis() as i64
+    }
+
+    /// Take the oldest job whose lane is free across all replicas, if any.
+    async fn take(&self) -> Result<Option<Job>, InboxError> {
+        let client = self.client().await?;
+        let now = now_ms();
+        let row = client
+            .query_opt(
+                "UPDATE inbox SET state = 'processing', attempts = attempts + 1,
+                     lease_owner = $1, lease_until = $2, updated_at = $3
+                 WHERE id = (
+                     SELECT i.id FROM inbox i
+                     WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM inbox p
+                           WHERE p.user_key = i.user_key AND p.id < i.id
+                             AND p.state IN ('queued', 'processing'))
+                     ORDER BY i.id LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id, app, user_key, payload, attempts",
+                &[&self.me, &self.lease_until(), &now],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(0);
+        self.held().insert(id);
+        let attempts: i32 = row.get(4);
+        let mut job = Job {
+            id: id as u64,
+            app: row.get(1),
+            user_key: row.get(2),
+            message: match InboundMessage::parse(row.get::<_, &str>(3)) {
+                Ok(message) => message,
+                Err(e) => {
+                    let error = format!("stored message cannot be parsed: {e}");
+                    tracing::error!(id, "{error}; marked failed");
+                    self.finish_row(id, "failed", Some(&error)).await?;
+                    return Ok(None);
+                }
+            },
+            attempts: attempts.max(1) as u32,
+            reply: None,
+        };
+        if attempts > MAX_ATTEMPTS {
+            let error = format!(
+                "gave up: the gateway stopped {} times while handling this message",
+                attempts - 1
+            );
+            tracing::warn!(id, "{error}");
+            self.finish_row(id, "failed", Some(&error)).await?;
+            return Ok(None);
+        }
+        if attempts > 1 {
+            let chunks = client
+                .query(
+                    "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL
+                     FROM outbox WHERE inbox_id = $1 ORDER BY seq",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let chunks: Vec<Chunk> = chunks
+                .iter()
+                .map(|r| Chunk {
+                    seq: r.get::<_, i32>(0) as usize,
+                    content: r.get(1),
+                    state: match (r.get(2), r.get(3)) {
+                        (true, _) => ChunkState::Sent,
+                        (false, true) => ChunkState::Started,
+                        (false, false) => ChunkState::Unsent,
+                    },
+                })
+                .collect();
+            job.reply = Some(chunks).filter(|c| !c.is_empty());
+        }
+        Ok(Some(job))
+    }
+
+    async fn finish_row(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE inbox SET state = $2, error = $3, updated_at = $4,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1",
+                &[&id, &state, &error, &now_ms()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        self.held().remove(&id);
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Give a job back to the queue at once (the gateway is stopping), keeping its attempts.
+    async fn release_row(&self, id: i64) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE inbox SET state = 'queued', lease_owner = NULL, lease_until = NULL,
+                     updated_at = $2
+                 WHERE id = $1 AND state = 'processing' AND lease_owner = $3",
+                &[&id, &now_ms(), &self.me],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        self.held().remove(&id);
+        Ok(())
+    }
+
+    /// Renew the leases of what this replica holds (jobs in progress, its deliveries).
+    async fn renew(&self) -> Result<(), InboxError> {
+        let held: Vec<i64> = self.held().iter().copied().collect();
+        let client = self.client().await?;
+        let until = self.lease_until();
+        client
+            .execute(
+                "UPDATE inbox SET lease_until = $2
+                 WHERE id = ANY($1) AND state = 'processing' AND lease_owner = $3",
+                &[&held, &until, &self.me],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        client
+            .execute(
+                "UPDATE deliveries SET lease_until = $1 WHERE state = 'queued' AND lease_owner = $2",
+                &[&until, &self.me],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &str) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(sql, &[&(job.id as i64), &(seq as i32), &now_ms()])
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // Replicas starting together: the first migrates, the others wait here and find it done.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS wecom_gateway_schema (version INT NOT NULL)")
+        .await?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM wecom_gateway_schema", &[])
+        .await?
+        .map_or(0, |r| r.get(0));
+    for migration in MIGRATIONS.iter().skip(version.max(0) as usize) {
+        tx.batch_execute(migration).await?;
+    }
+    if version == 0 {
+        tx.execute(
+            "INSERT INTO wecom_gateway_schema (version) VALUES ($1)",
+            &[&SCHEMA_VERSION],
+        )
+        .await?;
+    } else if version < SCHEMA_VERSION {
+        tx.execute(
+            "UPDATE wecom_gateway_schema SET version = $1",
+            &[&SCHEMA_VERSION],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+#[async_trait]
+impl Queue for PostgresInbox {
+    async fn push(&self, job: NewJob) -> Result<Pushed, InboxError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(InboxError::Closed);
+        }
+        let (answer, heard) = oneshot::channel();
+        self.pushes
+            .send(PushRequest { job, answer })
+            .await
+            .map_err(|_| InboxError::Closed)?;
+        let pushed = heard.await.map_err(|_| InboxError::Closed)??;
+        if pushed == Pushed::Queued {
+            self.wake.notify_waiters();
+        }
+        Ok(pushed)
+    }
+
+    async fn next(&self) -> Option<Job> {
+        loop {
+            // Registered before looking, so a push in between is not missed.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let pause = match self.take().await {
+                Ok(Some(job)) => return Some(job),
+                Ok(None) => POLL,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take work from the store; trying again shortly");
+                    RETRY
+                }
+            };
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome) {
+        let id = job.id as i64;
+        let (state, error) = match outcome {
+            Outcome::Done => ("done", None),
+            Outcome::Failed(e) => ("failed", Some(e)),
+            Outcome::Interrupted => {
+                // Handed back now rather than when the lease lapses; if even that fails, the
+                // lease lapses and another replica takes it.
+                if let Err(e) = self.release_row(id).await {
+                    tracing::warn!(id, error = %e, "cannot hand a message back; another replica takes it over once its lease lapses");
+                }
+                return;
+            }
+        };
+        // The lane stays held (the lease is renewed) until the end is recorded.
+        while let Err(e) = self.finish_row(id, state, error.as_deref()).await {
+            if self.closed.load(Ordering::SeqCst) {
+                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again once its lease lapses");
+                self.held().remove(&id);
+                return;
+            }
+            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+        let client = self.client().await?;
+        let mut total = 0;
+        for sql in [
+            "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox
+                 WHERE state IN ('done', 'failed') AND updated_at < $1 LIMIT $2)",
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries
+                 WHERE state IN ('sent', 'failed') AND updated_at < $1 LIMIT $2)",
+            "DELETE FROM rate_events WHERE id IN (SELECT id FROM rate_events
+                 WHERE at_ms < $1 LIMIT $2)",
+        ] {
+            loop {
+                let n = client
+                    .execute(sql, &[&cutoff_ms, &PRUNE_BATCH])
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                total += n as usize;
+                if n < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Renew this replica's leases until the store closes.
+    async fn feed(&self) {
+        let every = self.lease / 3;
+        while !self.closed.load(Ordering::SeqCst) {
+            if let Err(e) = self.renew().await {
+                tracing::error!(error = %e, "cannot renew leases; if this lasts, other replicas take this one's work over");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    fn len(&self) -> usize {
+        self.held().len()
+    }
+}
+
+#[async_trait]
+impl Outbox for PostgresInbox {
+    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        let seqs: Vec<i32> = (0..chunks.len() as i32).collect();
+        client
+            .execute(
+                "INSERT INTO outbox (inbox_id, seq, content)
+                 SELECT $1, s, c FROM UNNEST($2::int[], $3::text[]) AS t(s, c)
+                 ON CONFLICT (inbox_id, seq) DO NOTHING",
+                &[&(job.id as i64), &seqs, &chunks],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+        self.mark_chunk(
+            job,
+            seq,
+            "UPDATE outbox SET started_at = $3 WHERE inbox_id = $1 AND seq = $2",
+        )
+        .await
+    }
+
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+        self.mark_chunk(
+            job,
+            seq,
+            "UPDATE outbox SET sent_at = $3 WHERE inbox_id = $1 AND seq = $2",
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Routes for PostgresInbox {
+    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT app FROM routes WHERE user_key = $1", &[&user_key])
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+#[async_trait]
+impl Deliveries for PostgresInbox {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+        let rows = items
+            .iter()
+            .map(Push::to_columns)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (targets, payloads): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+        let client = self.client().await?;
+        let now = now_ms();
+        let ids = client
+            .query(
+                "INSERT INTO deliveries (target, payload, state, lease_owner, lease_until, created_at, updated_at)
+                 SELECT t, p, 'queued', $3, $4, $5, $5
+                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(t, p, n) ORDER BY n
+                 RETURNING id",
+                &[&targets, &payloads, &self.me, &self.lease_until(), &now],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let mut ids: Vec<i64> = ids.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Deliveries nobody is working on: left by a replica that stopped (its lease lapsed).
+    /// They become this replica's.
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "UPDATE deliveries SET lease_owner = $1, lease_until = $2
+                 WHERE id IN (SELECT id FROM deliveries
+                     WHERE state = 'queued' AND (lease_until IS NULL OR lease_until < $3)
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id, target, payload, started_at IS NOT NULL",
+                &[&self.me, &self.lease_until(), &now_ms()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let mut queued = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.get(0);
+            match Push::from_columns(row.get(1), row.get(2)) {
+                Ok(push) => queued.push(StoredDelivery {
+                    id,
+                    push,
+                    started: row.get(3),
+                }),
+                Err(why) => {
+                    tracing::error!(delivery = id, "{why}; marked failed");
+                    self.finish_delivery(id, 0, Some(why)).await?;
+                }
+            }
+        }
+        queued.sort_by_key(|d| d.id);
+        Ok(queued)
+    }
+
+    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET started_at = $2 WHERE id = $1",
+                &[&id, &now_ms()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<(), InboxError> {
+        let state = DeliveryState::finished(&error).as_str();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET state = $2, attempts = $3, error = $4, updated_at = $5,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1",
+                &[&id, &state, &(attempts as i32), &error, &now_ms()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT target, state, attempts, error FROM deliveries WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?
+        else {
+            return Ok(None);
+        };
+        let target: Target = serde_json::from_str(row.get(0)).map_err(|e| {
+            InboxError::Storage(format!("delivery {id} has an unreadable target: {e}"))
+        })?;
+        let state: &str = row.get(1);
+        let state = DeliveryState::parse(state).ok_or_else(|| {
+            InboxError::Storage(format!("delivery {id} has an unknown state {state:?}"))
+        })?;
+        Ok(Some(DeliveryStatus {
+            id,
+            target,
+            state,
+            attempts: row.get::<_, i32>(2) as u32,
+            error: row.get(3),
+        }))
+    }
+}
+
+#[async_trait]
+impl History for PostgresInbox {
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT role, content FROM (
+                     SELECT id, role, content FROM history WHERE user_key = $1
+                     ORDER BY id DESC LIMIT $2) recent
+                 ORDER BY id",
+                &[&user_key, &(max as i64)],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                // An unknown role can only come from a newer version; read it as the user's.
+                role: Role::parse(r.get(0)).unwrap_or(Role::User),
+                content: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn append_history(
+        &self,
+        user_key: &str,
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    ) -> Result<(), InboxError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+        let roles: Vec<&str> = entries.iter().map(|e| e.role.as_str()).collect();
+        let contents: Vec<&str> = entries.iter().map(|e| e.content.as_str()).collect();
+        tx.execute(
+            "INSERT INTO history (user_key, role, content, created_at)
+             SELECT $1, r, c, $4 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS t(r, c, n)
+             ORDER BY n",
+            &[&user_key, &roles, &contents, &now_ms()],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+        tx.execute(
+            "DELETE FROM history WHERE user_key = $1 AND id NOT IN (
+                 SELECT id FROM history WHERE user_key = $1 ORDER BY id DESC LIMIT $2)",
+            &[&user_key, &(keep as i64)],
+        )
+        .await
+        .map_err(|e| pg_error(&e))?;
+        tx.commit().await.map_err(|e| pg_error(&e))
+    }
+
+    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM history WHERE user_key = $1", &[&user_key])
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- shared tokens and windows
+
+fn shared_error(e: InboxError) -> ApiError {
+    ApiError::Shared(e.to_string())
+}
+
+#[async_trait]
+impl SharedTokens for PostgresInbox {
+    async fn token(
+        &self,
+        app: &str,
+        stale: Option<String>,
+        fetch: Fetch<'_>,
+    ) -> Result<(String, Duration), ApiError> {
+        let pg = |e: tokio_postgres::Error| shared_error(pg_error(&e));
+        let mut client = self.client().await.map_err(shared_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Held until commit: the other replicas wanting this app's token wait, then read it.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('token:' || $1))",
+            &[&app],
+        )
+        .await
+        .map_err(pg)?;
+        let now = now_ms();
+        let row = tx
+            .query_opt(
+                "SELECT token, refresh_at FROM tokens WHERE app = $1",
+                &[&app],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = row {
+            let (token, refresh_at): (String, i64) = (row.get(0), row.get(1));
+            if refresh_at > now && stale.as_deref() != Some(token.as_str()) {
+                tx.commit().await.map_err(pg)?;
+                return Ok((token, Duration::from_millis((refresh_at - now) as u64)));
+            }
+        }
+        let (token, usable_secs) = fetch.await?;
+        let refresh_at = now_ms().saturating_add((usable_secs as i64).saturating_mul(1000));
+        tx.execute(
+            "INSERT INTO tokens (app, token, refresh_at) VALUES ($1, $2, $3)
+             ON CONFLICT (app) DO UPDATE SET token = excluded.token, refresh_at = excluded.refresh_at",
+            &[&app, &token, &refresh_at],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok((token, Duration::from_secs(usable_secs)))
+    }
+}
+
+#[async_trait]
+impl SharedWindows for PostgresInbox {
+    async fn reserve(&self, key: &str, limits: &[Limit]) -> Result<Reserved, ApiError> {
+        let pg = |e: tokio_postgres::Error| shared_error(pg_error(&e));
+        let mut client = self.client().await.map_err(shared_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('rate:' || $1))",
+            &[&key],
+        )
+        .await
+        .map_err(pg)?;
+        let now = now_ms();
+        let mut wait = 0i64;
+        for limit in limits {
+            let window = limit.window.as_millis().min(i64::MAX as u128) as i64;
+            // The count-th most recent send inside the window, if the window is full.
+            let oldest = tx
+                .query_opt(
+                    "SELECT at_ms FROM rate_events WHERE key = $1 AND at_ms > $2
+                     ORDER BY at_ms DESC OFFSET $3 LIMIT 1",
+                    &[&key, &now.saturating_sub(window), &(limit.count as i64 - 1)],
+                )
+                .await
+                .map_err(pg)?;
+            if let Some(row) = oldest {
+                let at: i64 = row.get(0);
+                wait = wait.max(at.saturating_add(window).saturating_sub(now) + 1);
+            }
+        }
+        if wait > 0 {
+            tx.commit().await.map_err(pg)?;
+            return Ok(Reserved::Wait(Duration::from_millis(wait as u64)));
+        }
+        let row = tx
+            .query_one(
+                "INSERT INTO rate_events (key, at_ms) VALUES ($1, $2) RETURNING id",
+                &[&key, &now],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Reserved::Now(row.get(0)))
+    }
+
+    async fn settle(&self, id: i64, counted: bool) {
+        let result = async {
+            let client = self.client().await?;
+            let sql = if counted {
+                "UPDATE rate_events SET at_ms = $2 WHERE id = $1"
+            } else {
+                "DELETE FROM rate_events WHERE id = $1 AND $2 > 0"
+            };
+            client
+                .execute(sql, &[&id, &now_ms()])
+                .await
+                .map_err(|e| pg_error(&e))
+        }
+        .await;
+        if let Err(e) = result {
+            // The reservation stays at its start time: at worst the window looks a little freer.
+            tracing::warn!(error = %e, "cannot record a send in the shared rate window");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! One set of store tests, run once per backend: memory, SQLite and PostgreSQL (a throwaway
+//! server; skipped with a notice when PostgreSQL is not installed, unless
+//! `WECOM_GATEWAY_REQUIRE_POSTGRES=1` makes that a failure, as in CI).
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::postgres::Postgres;
+use wecom_gateway::config::PostgresUrl;
+use wecom_gateway::inbox::{
+    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MemoryInbox, NewJob, Outcome,
+    PostgresInbox, Pushed, Role, SqliteInbox,
+};
+use wecom_gateway::message::InboundMessage;
+use wecom_gateway::outbound::dispatch::{Push, Target};
+use wecom_gateway::wecom::BotMessage;
+
+fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
+    let xml = format!(
+        "<xml><ToUserName>ww1</ToUserName><FromUserName>{user}</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi {msg_id}</Content><MsgId>{msg_id}</MsgId><AgentID>5</AgentID></xml>"
+    );
+    let message = InboundMessage::parse(&xml).unwrap();
+    NewJob {
+        app: app.into(),
+        user_key: format!("ww1:{user}"),
+        dedup_key: message.dedup_key("ww1", 5),
+        payload: xml,
+    }
+}
+
+fn content(job: &wecom_gateway::inbox::Job) -> String {
+    job.message.describe()
+}
+
+/// Where a case's store lives; `open` may be called again to play a new process (or replica)
+/// taking over what the previous one left.
+enum Backend {
+    Memory,
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+/// A store in use, with its background task (window loader or lease renewer).
+struct Open {
+    inbox: Arc<dyn Inbox>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Open {
+    /// Stop it as a dying process would leave it: nothing more is recorded.
+    async fn close(self) {
+        self.inbox.close();
+        self.feeder.await.unwrap();
+    }
+}
+
+/// PostgreSQL leases in these tests: short, so a takeover happens within the test.
+const LEASE: Duration = Duration::from_secs(1);
+
+impl Backend {
+    async fn open(&self) -> Open {
+        let inbox: Arc<dyn Inbox> = match self {
+            Backend::Memory => Arc::new(MemoryInbox::new(64, Duration::from_secs(1))),
+            Backend::Sqlite(dir) => SqliteInbox::open(dir.path(), 16, None).expect("open"),
+            Backend::Postgres(url) => {
+                let url = PostgresUrl::parse(url).expect("url");
+                PostgresInbox::open(&url, LEASE).await.expect("open")
+            }
+        };
+        let feeder = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.feed().await })
+        };
+        Open { inbox, feeder }
+    }
+
+    fn durable(&self) -> bool {
+        !matches!(self, Backend::Memory)
+    }
+}
+
+type Case = fn(&Backend) -> Pin<Box<dyn Future<Output = ()> + '_>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        const CASES: &[(&str, Case)] = &[$((stringify!($name), |b| Box::pin($name(b)))),*];
+    };
+}
+
+cases!(
+    a_retry_is_a_duplicate_and_the_route_follows_the_last_app,
+    one_user_at_a_time_in_arrival_order,
+    a_recorded_reply_is_taken_up_with_its_sent_chunks,
+    deliveries_are_kept_in_order_until_finished,
+    history_keeps_the_last_entries,
+    retention_prunes_finished_messages_only,
+    a_closed_store_refuses_pushes,
+);
+
+async fn a_retry_is_a_duplicate_and_the_route_follows_the_last_app(b: &Backend) {
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    assert_eq!(
+        inbox.push(job("alice", 1, "sales")).await.unwrap(),
+        Pushed::Queued
+    );
+    assert_eq!(
+        inbox.push(job("alice", 1, "sales")).await.unwrap(),
+        Pushed::Duplicate
+    );
+    assert_eq!(
+        inbox.route("ww1:alice").await.unwrap().as_deref(),
+        Some("sales")
+    );
+    assert_eq!(
+        inbox.push(job("alice", 2, "ops")).await.unwrap(),
+        Pushed::Queued
+    );
+    assert_eq!(
+        inbox.route("ww1:alice").await.unwrap().as_deref(),
+        Some("ops")
+    );
+    assert_eq!(inbox.route("ww1:nobody").await.unwrap(), None);
+    // Both pushes at once, as WeCom's retry racing its original: one is queued.
+    let (x, y) = tokio::join!(
+        inbox.push(job("carol", 3, "a")),
+        inbox.push(job("carol", 3, "a"))
+    );
+    let mut got = [x.unwrap(), y.unwrap()];
+    got.sort_by_key(|p| *p == Pushed::Duplicate);
+    assert_eq!(got, [Pushed::Queued, Pushed::Duplicate]);
+    s.close().await;
+}
+
+async fn one_user_at_a_time_in_arrival_order(b: &Backend) {
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    for (user, id) in [("alice", 1), ("alice", 2), ("bob", 3), ("alice", 4)] {
+        inbox.push(job(user, id, "a")).await.unwrap();
+    }
+    let first = inbox.next().await.unwrap();
+    assert_eq!(content(&first), "hi 1");
+    // alice is busy: bob's message comes next, not alice's second.
+    let second = inbox.next().await.unwrap();
+    assert_eq!(content(&second), "hi 3");
+    inbox.finish(&second, Outcome::Done).await;
+    inbox.finish(&first, Outcome::Done).await;
+    let third = inbox.next().await.unwrap();
+    assert_eq!(content(&third), "hi 2");
+    inbox
+        .finish(&third, Outcome::Failed("agent failed".into()))
+        .await;
+    let fourth = inbox.next().await.unwrap();
+    assert_eq!(content(&fourth), "hi 4");
+    assert_eq!(fourth.attempts, 1);
+    inbox.finish(&fourth, Outcome::Done).await;
+    s.close().await;
+}
+
+async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
+    if !b.durable() {
+        return;
+    }
+    let s = b.open().await;
+    s.inbox.push(job("bob", 7, "sales")).await.unwrap();
+    let j = s.inbox.next().await.unwrap();
+    s.inbox
+        .record_reply(&j, &["one", "two", "three"])
+        .await
+        .unwrap();
+    s.inbox.mark_started(&j, 0).await.unwrap();
+    s.inbox.mark_sent(&j, 0).await.unwrap();
+    // The second chunk's send began; its answer never came back. Then the process dies.
+    s.inbox.mark_started(&j, 1).await.unwrap();
+    s.close().await;
+
+    let s = b.open().await;
+    let j = s.inbox.next().await.unwrap();
+    assert_eq!(j.attempts, 2);
+    let reply = j.reply.clone().expect("recorded reply");
+    let state: Vec<(&str, ChunkState)> = reply
+        .iter()
+        .map(|c| (c.content.as_str(), c.state))
+        .collect();
+    assert_eq!(
+        state,
+        vec![
+            ("one", ChunkState::Sent),
+            ("two", ChunkState::Started),
+            ("three", ChunkState::Unsent)
+        ]
+    );
+    s.inbox.finish(&j, Outcome::Done).await;
+    s.close().await;
+}
+
+fn bot_push(n: usize) -> Push {
+    Push::Bot {
+        bot: "ops".into(),
+        message: BotMessage::Text {
+            content: format!("alert {n}"),
+            mentioned_list: vec![],
+            mentioned_mobile_list: vec![],
+        },
+    }
+}
+
+async fn deliveries_are_kept_in_order_until_finished(b: &Backend) {
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    let ids = inbox
+        .add_deliveries((0..3).map(bot_push).collect())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let status = inbox.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(status.state, DeliveryState::Queued);
+    assert_eq!(status.target, Target::Bot { bot: "ops".into() });
+    inbox.start_delivery(ids[0]).await.unwrap();
+    inbox.finish_delivery(ids[0], 1, None).await.unwrap();
+    inbox.start_delivery(ids[1]).await.unwrap();
+    inbox
+        .finish_delivery(ids[1], 3, Some("errcode 93000".into()))
+        .await
+        .unwrap();
+    let sent = inbox.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 1));
+    let failed = inbox.delivery(ids[1]).await.unwrap().unwrap();
+    assert_eq!(failed.state, DeliveryState::Failed);
+    assert_eq!(failed.error.as_deref(), Some("errcode 93000"));
+    assert_eq!(inbox.delivery(ids[2] + 1000).await.unwrap(), None);
+    s.close().await;
+    if b.durable() {
+        // What the previous process left undelivered is handed to the next one.
+        // (On PostgreSQL, once the previous replica's lease has lapsed.)
+        let s = b.open().await;
+        let mut left = s.inbox.queued_deliveries().await.unwrap();
+        let deadline = tokio::time::Instant::now() + LEASE * 10;
+        while left.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(LEASE / 10).await;
+            left = s.inbox.queued_deliveries().await.unwrap();
+        }
+        let left: Vec<(i64, Push)> = left.into_iter().map(|d| (d.id, d.push)).collect();
+        assert_eq!(left, vec![(ids[2], bot_push(2))]);
+        s.close().await;
+    }
+}
+
+async fn history_keeps_the_last_entries(b: &Backend) {
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    let entry = |role, n: usize| HistoryEntry {
+        role,
+        content: format!("line {n}"),
+    };
+    for n in 0..3 {
+        let turn = vec![entry(Role::User, n * 2), entry(Role::Assistant, n * 2 + 1)];
+        inbox.append_history("ww1:alice", turn, 4).await.unwrap();
+    }
+    let kept = inbox.history("ww1:alice", 10).await.unwrap();
+    assert_eq!(
+        kept,
+        (2..6)
+            .map(|n| entry(
+                if n % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                n
+            ))
+            .collect::<Vec<_>>()
+    );
+    let last = inbox.history("ww1:alice", 1).await.unwrap();
+    assert_eq!(last, vec![entry(Role::Assistant, 5)]);
+    assert!(inbox.history("ww1:bob", 10).await.unwrap().is_empty());
+    inbox.clear_history("ww1:alice").await.unwrap();
+    assert!(inbox.history("ww1:alice", 10).await.unwrap().is_empty());
+    s.close().await;
+}
+
+async fn retention_prunes_finished_messages_only(b: &Backend) {
+    if !b.durable() {
+        return;
+    }
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    inbox.push(job("alice", 1, "a")).await.unwrap();
+    inbox.push(job("bob", 2, "a")).await.unwrap();
+    let done = inbox.next().await.unwrap();
+    inbox.finish(&done, Outcome::Done).await;
+    let pruned = inbox
+        .prune(wecom_gateway::inbox::now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    // The finished message's key is forgotten; the queued one is still known.
+    assert_eq!(
+        inbox.push(job("alice", 1, "a")).await.unwrap(),
+        Pushed::Queued
+    );
+    assert_eq!(
+        inbox.push(job("bob", 2, "a")).await.unwrap(),
+        Pushed::Duplicate
+    );
+    s.close().await;
+}
+
+async fn a_closed_store_refuses_pushes(b: &Backend) {
+    let s = b.open().await;
+    s.inbox.close();
+    assert_eq!(
+        s.inbox.push(job("alice", 1, "a")).await,
+        Err(InboxError::Closed)
+    );
+    assert!(s.inbox.next().await.is_none());
+    s.feeder.await.unwrap();
+}
+
+async fn run_all(make: impl AsyncFn(usize) -> Backend) {
+    for (i, (name, case)) in CASES.iter().enumerate() {
+        eprintln!("case {name}");
+        let backend = make(i).await;
+        case(&backend).await;
+    }
+}
+
+#[tokio::test]
+async fn suite_on_memory() {
+    run_all(async |_| Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn suite_on_sqlite() {
+    run_all(async |_| Backend::Sqlite(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test]
+async fn suite_on_postgres() {
+    let Some(pg) = Postgres::start().await else {
+        return;
+    };
+    // A schema per case: each starts from an empty store on the one server.
+    run_all(async |i| Backend::Postgres(fresh_schema(&pg, &format!("case{i}")).await)).await;
+}
+
+/// A new empty schema on `pg`, and a URL whose connections use it.
+pub async fn fresh_schema(pg: &Postgres, name: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .expect("create schema");
+    task.abort();
+    format!("{}?options=-c%20search_path%3D{name}", pg.url())
+}

@@ -498,7 +498,13 @@ fn make_template(tools: &Tools) -> Result<PathBuf, String> {
         )
     };
     // C.UTF-8 where the system has it (classification of non-ASCII text), else plain C.
-    if let Err(e) = initdb("C.UTF-8").or_else(|_| initdb("C")) {
+    if let Err(e) = initdb("C.UTF-8").or_else(|e| {
+        if e.contains("invalid locale") {
+            initdb("C")
+        } else {
+            Err(e)
+        }
+    }) {
         let hint = if tools.as_postgres {
             "\n(as root, initdb runs as the postgres user through runuser: that user must exist and be able to enter the temporary directory, see TMPDIR)"
         } else {
@@ -545,7 +551,10 @@ fn make_template(tools: &Tools) -> Result<PathBuf, String> {
         server.kill();
         return Err(e);
     }
-    server.stop("fast")?;
+    if let Err(e) = server.stop("fast") {
+        server.kill();
+        return Err(e);
+    }
     let _ = std::fs::remove_file(data.join("instance.conf"));
 
     let path = dir.keep();

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
-use wecom_gateway::config::{Config, Loaded};
+use wecom_gateway::config::{Config, Loaded, StoreKind};
+use wecom_gateway::inbox::postgres;
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
@@ -118,6 +119,22 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     print!("{}", config.redacted());
     println!("# configuration is valid");
+    if let StoreKind::Postgres(url) = &config.store {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let found = runtime
+            .block_on(postgres::check(url))
+            .with_context(|| format!("cannot reach the PostgreSQL store {url}"))?;
+        let want = postgres::SCHEMA_VERSION;
+        match found {
+            0 => println!("# PostgreSQL store reachable; empty: the schema (version {want}) is created at the first start"),
+            v if v == want => println!("# PostgreSQL store reachable; schema version {v}"),
+            v if v < want => println!("# PostgreSQL store reachable; schema version {v}, migrated to {want} at the next start"),
+            v => println!("# warning: the PostgreSQL store has schema version {v}, newer than this build's {want}: a newer wecom-gateway has run on it; upgrade this one"),
+        }
+    }
     Ok(())
 }
 

@@ -218,3 +218,73 @@ async fn while_the_database_is_away_callbacks_get_503_and_it_recovers_by_itself(
         "the database password is never logged"
     );
 }
+
+#[tokio::test]
+async fn check_config_reaches_the_database_and_never_shows_its_password() {
+    let Some(pg) = Postgres::start().await else {
+        return;
+    };
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |store: String| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check-config");
+        gateway_env(&mut cmd, &fake.base_url(), dir.path());
+        cmd.env("WECOM_CALLBACK_STORE", store);
+        cmd
+    };
+    let out = check(pg.url()).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "store: postgres://gateway:****@127.0.0.1:{}/gateway",
+            pg.port()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("empty: the schema (version 1) is created at the first start"),
+        "{stdout}"
+    );
+
+    // After a replica has run, the schema is there.
+    let gw = Gateway::start(&mut replica(&fake, &pg, dir.path(), &[])).await;
+    assert!(!gw.log().contains("secret-pw"));
+    gw.terminate().await;
+    let out = check(pg.url()).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains("PostgreSQL store reachable; schema version 1"),
+        "{stdout}"
+    );
+
+    // A database that is not there: a clear error, the password still hidden.
+    let wrong = pg.url().replace(&format!(":{}/", pg.port()), ":1/");
+    let out = check(wrong).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "cannot reach the PostgreSQL store postgres://gateway:****@127.0.0.1:1/gateway"
+        ),
+        "{stderr}"
+    );
+    // A malformed URL is a config error naming the field, not the password.
+    let out = check("postgres://gateway:secret-pw@127.0.0.1:notaport/gateway".into())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains("store: is not a valid PostgreSQL URL"),
+        "{stderr}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("secret-pw"), "{text}");
+    }
+}

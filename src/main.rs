@@ -106,8 +106,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let stop = shutdown_signal();
         let app = Application::build(config).await?;
-        app.run_until(shutdown_signal()).await?;
+        app.run_until(stop).await?;
         Ok(())
     })
 }

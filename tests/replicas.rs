@@ -122,6 +122,17 @@ async fn three_replicas_one_killed_every_message_answered_once_in_order() {
         1,
         "one access token for all replicas"
     );
+
+    // WeCom revokes the token: the first replica to hear it fetches a new one for everyone.
+    fake.revoke_tokens();
+    for (r, n) in [(0usize, 241u64), (2, 242)] {
+        let user = &users[n as usize % users.len()];
+        let (q, body) = APP_A.callback(&APP_A.text_xml(user, &format!("[{n}] late"), n));
+        let gw = replicas[r].as_ref().unwrap();
+        assert_eq!(post(&http, gw, &q, &body).await, Some(200));
+        fake.wait_for_sends(accepted.len() + r / 2 + 1).await;
+    }
+    assert_eq!(fake.gettoken_calls(), 2, "one refresh for all replicas");
     for gw in replicas.into_iter().flatten() {
         gw.terminate().await;
     }
@@ -261,6 +272,15 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
     assert!(
         stdout.contains("PostgreSQL store reachable; schema version 1"),
         "{stdout}"
+    );
+
+    // No password in the URL: PGPASSWORD supplies it, as for libpq's tools.
+    let mut cmd = check(pg.url().replace(":secret-pw@", "@"));
+    let out = cmd.env("PGPASSWORD", "secret-pw").output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A database that is not there: a clear error, the password still hidden.

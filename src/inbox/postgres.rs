@@ -409,7 +409,9 @@ impl PostgresInbox {
         now_ms() + self.lease.as_millis() as i64
     }
 
-    /// Take the oldest job whose lane is free across all replicas, if any.
+    /// Take the oldest job whose lane is free across all replicas, if any. A lapsed lease of this
+    /// replica's own means only that its renewals failed while its worker still has the job: it
+    /// is never taken from itself.
     async fn take(&self) -> Result<Option<Job>, InboxError> {
         let client = self.client().await?;
         let now = now_ms();
@@ -419,7 +421,8 @@ impl PostgresInbox {
                      lease_owner = $1, lease_until = $2, updated_at = $3
                  WHERE id = (
                      SELECT i.id FROM inbox i
-                     WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3))
+                     WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3
+                                                   AND i.lease_owner <> $1))
                        AND NOT EXISTS (
                            SELECT 1 FROM inbox p
                            WHERE p.user_key = i.user_key AND p.id < i.id
@@ -664,8 +667,6 @@ impl Queue for PostgresInbox {
                  WHERE state IN ('done', 'failed') AND updated_at < $1 LIMIT $2)",
             "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries
                  WHERE state IN ('sent', 'failed') AND updated_at < $1 LIMIT $2)",
-            "DELETE FROM rate_events WHERE id IN (SELECT id FROM rate_events
-                 WHERE at_ms < $1 LIMIT $2)",
         ] {
             loop {
                 let n = client
@@ -779,7 +780,7 @@ impl Deliveries for PostgresInbox {
     }
 
     /// Deliveries nobody is working on: left by a replica that stopped (its lease lapsed).
-    /// They become this replica's.
+    /// They become this replica's. Its own are already in its queues, whatever their lease says.
     async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
         let client = self.client().await?;
         let rows = client
@@ -787,6 +788,7 @@ impl Deliveries for PostgresInbox {
                 "UPDATE deliveries SET lease_owner = $1, lease_until = $2
                  WHERE id IN (SELECT id FROM deliveries
                      WHERE state = 'queued' AND (lease_until IS NULL OR lease_until < $3)
+                       AND lease_owner IS DISTINCT FROM $1
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, target, payload, started_at IS NOT NULL",
                 &[&self.me, &self.lease_until(), &now_ms()],
@@ -1018,6 +1020,15 @@ impl SharedWindows for PostgresInbox {
                 wait = wait.max(at.saturating_add(window).saturating_sub(now) + 1);
             }
         }
+        // Sends older than the longest window no longer count for anything.
+        let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+        let expired = now.saturating_sub(longest.as_millis().min(i64::MAX as u128) as i64);
+        tx.execute(
+            "DELETE FROM rate_events WHERE key = $1 AND at_ms < $2",
+            &[&key, &expired],
+        )
+        .await
+        .map_err(pg)?;
         if wait > 0 {
             tx.commit().await.map_err(pg)?;
             return Ok(Reserved::Wait(Duration::from_millis(wait as u64)));

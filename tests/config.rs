@@ -241,6 +241,20 @@ fn secrets_never_show_in_debug_or_printed_config() {
         printed.contains("wx5823bf96d3bd56c7"),
         "non-secret fields are shown"
     );
+    // A command agent's environment values (an API key for the script) stay hidden too.
+    let mut env = single_app_env();
+    env.push(("WECOM_CALLBACK_AGENT__KIND".into(), "command".into()));
+    env.push(("WECOM_CALLBACK_AGENT__PROGRAM".into(), "/bin/cat".into()));
+    env.push((
+        "WECOM_CALLBACK_AGENT__ENV__SCRIPT_KEY".into(),
+        "sk-script-secret".into(),
+    ));
+    let (with_agent, _) = Config::load(None, env).unwrap();
+    let debug = format!("{with_agent:?}");
+    assert!(
+        debug.contains("script_key") && !debug.contains("sk-script-secret"),
+        "{debug}"
+    );
     let app = wecom_gateway::app::App::new(c.apps[0].clone(), None).unwrap();
     let debug = format!("{app:?}");
     for secret in ["s3cr3t-corp-value", "QDG6eK", KEY_B] {

@@ -63,8 +63,9 @@ pub struct HttpAgentConfig {
     pub headers: Vec<(String, SecretString)>,
 }
 
-/// Run `program` per message with the turn as JSON on stdin; stdout is the reply.
-#[derive(Debug, Clone)]
+/// Run `program` per message with the turn as JSON on stdin; stdout is the reply. `Debug` shows
+/// the names of `env`, not its values (an API key for the script, say).
+#[derive(Clone)]
 pub struct CommandAgentConfig {
     pub program: String,
     pub args: Vec<String>,
@@ -73,6 +74,19 @@ pub struct CommandAgentConfig {
     /// included, are not passed on.
     pub env: Vec<(String, String)>,
     pub working_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for CommandAgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("CommandAgentConfig")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("timeout", &self.timeout)
+            .field("env", &env)
+            .field("working_dir", &self.working_dir)
+            .finish()
+    }
 }
 
 /// An OpenAI-compatible `/chat/completions` endpoint.

@@ -1,8 +1,9 @@
 //! Configuration: built-in defaults < config.yaml < `WECOM_CALLBACK_*` environment, then validation.
 //!
-//! figment layers the sources into one tree of values; [`Check`] reads each key from it as text,
-//! applies the key's rule and default, and collects every problem at once, each naming its field
-//! and, for an environment value, its variable.
+//! Owns: every configuration key, its default, where it may come from, and what makes it valid.
+//! figment layers the sources into serde-derived settings whose fields keep what was given; the
+//! parsing newtypes below (one per rule) turn them into [`Config`]. Every problem is reported at
+//! once, each naming its field and, for an environment value, its variable.
 //!
 //! Must never: print or `Debug` a secret (corp_secret, token, encoding_aes_key, robot keys, API
 //! tokens), or invent rules WeCom does not have (legacy `wx` corp ids and short tokens are valid).
@@ -14,11 +15,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Yaml};
-use figment::value::{Dict, Value};
-use figment::Figment;
+use figment::providers::{Format, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
 
+use crate::agent::config::AgentSettings;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
 pub use crate::inbox::postgres::PostgresUrl;
@@ -33,17 +37,11 @@ pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 /// Existing deployments keep the keys under this nesting; it is read as if it were the top level.
 const NESTED_PATH: &str = "platforms.wecom_callback.extra";
-/// Lists in the environment are comma-separated (`WECOM_CALLBACK_ALLOWED_USERS=alice,bob`).
-const COMMA: fn(char) -> bool = |c| c == ',';
-/// An app's WeCom keys: the top level's single app, or an `apps:` entry's.
-const APP_KEYS: &str = "corp_id corp_secret agent_id token encoding_aes_key";
-/// The other top-level keys (`platforms` is the nested layout's root).
-const TOP_KEYS: &str = "host port path allowed_users allow_all_users api_base_url apps workers \
-    queue_capacity max_body_bytes shutdown_grace_secs http_timeout_secs store data_dir \
-    retention_days max_store_mb lease_secs agent bots api api_tokens limits retry platforms";
+/// The figment metadata name of [`EnvVars`], by which errors find values that came from there.
+const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
 
-/// One WeCom self-built application (自建应用). `Debug` hides the secrets.
-#[derive(Debug, Clone)]
+/// One WeCom self-built application (自建应用).
+#[derive(Clone)]
 pub struct AppConfig {
     pub name: String,
     pub corp_id: String,
@@ -53,6 +51,20 @@ pub struct AppConfig {
     pub encoding_aes_key: SecretString,
     /// This app's own agent, overriding the `agent:` section.
     pub agent: Option<AgentConfig>,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("corp_id", &self.corp_id)
+            .field("corp_secret", &"[redacted]")
+            .field("agent_id", &self.agent_id)
+            .field("token", &"[redacted]")
+            .field("encoding_aes_key", &"[redacted]")
+            .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
+            .finish()
+    }
 }
 
 impl AppConfig {
@@ -117,7 +129,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Finished messages and their dedup keys are deleted after this many days.
     pub retention_days: u64,
-    /// Largest size of the SQLite store in MiB; 0 = no limit. When full, callbacks get 503.
+    /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 503.
     pub max_store_mb: u64,
     /// PostgreSQL store: a job held by a replica that stopped renewing its lease this long is
     /// taken over by another.
@@ -167,8 +179,9 @@ impl Config {
         let mut figment = Figment::new();
         if let Some(path) = file.as_deref() {
             if !path.is_file() {
-                let error = in_file(&"not found or not a regular file");
-                return Err(ConfigErrors(vec![error]));
+                return Err(ConfigErrors(vec![in_file(
+                    &"not found or not a regular file",
+                )]));
             }
             let yaml = Figment::from(Yaml::file_exact(path));
             figment = figment.merge(yaml.clone());
@@ -176,31 +189,28 @@ impl Config {
                 figment = figment.merge(yaml.focus(NESTED_PATH));
             }
         }
-        // Not figment's own `Env`: it reads the process environment and parses values (the token
-        // "0123" would become 123). Here `__` nests (`AGENT__KIND` is `agent.kind`), values stay text.
-        let vars = env.iter().filter_map(|(name, value)| {
-            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-            let var = figment::util::nest(&key.replace("__", "."), Value::from(value.clone()));
-            var.into_dict().filter(|_| key != "config")
-        });
-        let figment = vars.fold(figment, |all, var| all.merge(Serialized::globals(var)));
-        let root: Dict = (figment.extract())
+        let figment = figment.merge(EnvVars::new(&env));
+        let settings: Settings = (figment.extract())
             .map_err(|e| ConfigErrors(e.into_iter().map(|e| in_file(&e)).collect()))?;
         let mut check = Check {
-            env,
-            ..Check::default()
+            figment: &figment,
+            env: &env,
+            errors: vec![],
+            warnings: vec![],
         };
-        let config = validate(&mut check, root);
-        let (errors, warnings) = (check.errors, check.warnings);
+        let config = settings.validate(&mut check);
+        let (mut errors, warnings) = (check.errors, check.warnings);
         if !errors.is_empty() {
-            let warnings = warnings.iter().map(|w| format!("warning: {w}"));
-            return Err(ConfigErrors(errors.into_iter().chain(warnings).collect()));
+            errors.extend(warnings.iter().map(|w| format!("warning: {w}")));
+            return Err(ConfigErrors(errors));
         }
-        let loaded = Loaded {
-            config_file: file,
-            warnings,
-        };
-        Ok((config, loaded))
+        Ok((
+            config,
+            Loaded {
+                config_file: file,
+                warnings,
+            },
+        ))
     }
 
     /// The configuration as YAML with every secret replaced, for `check-config` and logs.
@@ -208,7 +218,7 @@ impl Config {
         let (c, mut out) = (self, String::new());
         let limits = |l: &[Limit]| {
             l.iter()
-                .map(Limit::to_string)
+                .map(|l| l.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -217,9 +227,10 @@ impl Config {
             StoreKind::Memory => "memory".to_owned(),
             StoreKind::Postgres(url) => url.redacted(),
         };
-        let api_off = match c.api_tokens.is_empty() {
-            true => " (the /api endpoints are off)",
-            false => "",
+        let api_off = if c.api_tokens.is_empty() {
+            " (the /api endpoints are off)"
+        } else {
+            ""
         };
         let _ = writeln!(out, "host: {}\nport: {}\npath: {}", c.host, c.port, c.path);
         let _ = writeln!(out, "api_base_url: {}", c.api_base_url);
@@ -260,180 +271,107 @@ impl Config {
     }
 }
 
-// ---------------------------------------------------------------- reading values
+/// The `WECOM_CALLBACK_*` variables given to `load` as a figment provider: `__` nests
+/// (`AGENT__KIND` is `agent.kind`) and values stay text. figment's own `Env` cannot do this: it
+/// reads the process environment itself and parses values (the token "0123" would become 123).
+struct EnvVars(Dict);
 
-/// One mapping of the configuration, and the name its keys carry in errors (`apps[1]`).
-#[derive(Default)]
-pub(crate) struct Section {
-    name: String,
-    dict: Dict,
+impl EnvVars {
+    fn new(env: &BTreeMap<String, String>) -> Self {
+        let vars = env.iter().filter_map(|(name, value)| {
+            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            let var = figment::util::nest(&key.replace("__", "."), Value::from(value.clone()));
+            var.into_dict().filter(|_| key != "config")
+        });
+        EnvVars(vars.fold(Dict::new(), |mut all, var| {
+            merge(&mut all, var);
+            all
+        }))
+    }
 }
 
-impl Section {
-    /// `key`'s name in errors (`apps[1].token`).
-    pub(crate) fn field(&self, key: &str) -> String {
-        match self.name.as_str() {
-            "" => key.to_owned(),
-            name => format!("{name}.{key}"),
+/// `WECOM_CALLBACK_AGENT__KIND` and `..._AGENT__URL` both land in the one `agent` section.
+fn merge(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, section)), Value::Dict(_, more)) => merge(section, more),
+            (_, value) => drop(into.insert(key, value)),
         }
     }
-    /// The value at `key`; a YAML null counts as absent.
-    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        self.dict
-            .get(key)
-            .filter(|v| !matches!(v, Value::Empty(..)))
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        // Names a value's variable in errors: keys `agent`, `kind` are WECOM_CALLBACK_AGENT__KIND.
+        Metadata::named(ENV_SOURCE).interpolater(|_, keys: &[&str]| {
+            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+        })
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Map::from([(Profile::Global, self.0.clone())]))
     }
 }
 
-/// How a setting's text (trimmed, not empty) becomes a value, or the reason it cannot.
-pub(crate) trait Rule<T>: FnOnce(&str) -> Result<T, String> {}
-impl<T, F: FnOnce(&str) -> Result<T, String>> Rule<T> for F {}
+// ---------------------------------------------------------------- settings, as given
 
-/// Reads settings and collects every problem; one bad value never hides the others.
-#[derive(Default)]
-pub(crate) struct Check {
-    /// The environment given to `load`: for `api_key_env`, and to name variables in errors.
-    pub(crate) env: BTreeMap<String, String>,
-    errors: Vec<String>,
-    warnings: Vec<String>,
-}
+/// Keys nobody reads, kept to warn about them.
+pub(crate) type Unknown = BTreeMap<String, IgnoredAny>;
 
-impl Check {
-    /// `field: reason`, plus the variable when the value came from the environment (which beats
-    /// the file, so its variable being set is enough): that is where the user has to look.
-    fn line(&self, field: &str, reason: impl Display) -> String {
-        let path = field.strip_suffix(']').and_then(|f| f.rsplit_once('['));
-        let path = path.map_or(field, |(path, _)| path).replace('.', "__");
-        let var = format!("{ENV_PREFIX}{path}").to_ascii_uppercase();
-        // Variables below it (`..._APPS__X`) make a mapping that came from the environment too.
-        let given = |name: &String| {
-            let below = |rest: &str| rest.is_empty() || rest.starts_with("__");
-            let upper = name.to_ascii_uppercase();
-            name.starts_with(ENV_PREFIX) && upper.strip_prefix(&var).is_some_and(below)
-        };
-        match self.env.keys().any(given) {
-            true => format!("{field}: {reason} (from {var})"),
-            false => format!("{field}: {reason}"),
-        }
-    }
-    pub(crate) fn err(&mut self, field: &str, reason: impl Display) {
-        let line = self.line(field, reason);
-        self.errors.push(line);
-    }
-    fn warn(&mut self, field: &str, reason: impl Display) {
-        let line = self.line(field, reason);
-        self.warnings.push(line);
-    }
-    /// The value as trimmed text (YAML may give a token or an agent id as a number); None when
-    /// absent, or a list or mapping (error recorded).
-    pub(crate) fn text(&mut self, field: &str, value: Option<&Value>) -> Option<String> {
-        let text = match value? {
-            Value::String(_, s) => s.clone(),
-            Value::Char(_, c) => c.to_string(),
-            Value::Bool(_, b) => b.to_string(),
-            Value::Num(_, n) => (n.to_u128().map(|v| v.to_string()))
-                .or_else(|| n.to_i128().map(|v| v.to_string()))
+/// A scalar as text (YAML may give a token or an agent id as a number), or the kind of value found
+/// instead. Never fails to deserialize, so one bad value cannot hide the others.
+pub(crate) struct Text(Result<String, &'static str>);
+
+impl From<&Value> for Text {
+    fn from(value: &Value) -> Self {
+        let number = |n: &figment::value::Num| {
+            let int = n.to_u128().map(|v| v.to_string());
+            int.or_else(|| n.to_i128().map(|v| v.to_string()))
                 .or_else(|| n.to_f64().map(|v| v.to_string()))
-                .unwrap_or_default(),
-            Value::Empty(..) => String::new(),
-            other => {
-                self.err(field, format!("expected a text value, got {}", kind(other)));
-                return None;
-            }
         };
-        Some(text.trim().to_owned())
+        Text(match value {
+            Value::String(_, s) => Ok(s.clone()),
+            Value::Char(_, c) => Ok(c.to_string()),
+            Value::Bool(_, b) => Ok(b.to_string()),
+            Value::Num(_, n) => number(n).ok_or("a number"),
+            Value::Empty(..) => Ok(String::new()),
+            other => Err(kind(other)),
+        })
     }
-    /// A value that may be left out: None when absent or empty, or invalid (error recorded).
-    pub(crate) fn opt<T>(&mut self, s: &Section, key: &str, rule: impl Rule<T>) -> Option<T> {
-        let field = s.field(key);
-        let text = self.text(&field, s.get(key)).filter(|t| !t.is_empty())?;
-        self.apply(&field, &text, rule)
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Text::from(&<Value as Deserialize>::deserialize(d)?))
     }
-    /// The rule's value, or None with its error recorded.
-    fn apply<T>(&mut self, field: &str, text: &str, rule: impl Rule<T>) -> Option<T> {
-        rule(text).map_err(|e| self.err(field, e)).ok()
+}
+
+/// A list, or one text value to be split (the environment's form).
+pub(crate) enum List {
+    One(Text),
+    Many(Vec<Text>),
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match <Value as Deserialize>::deserialize(d)? {
+            Value::Array(_, items) => List::Many(items.iter().map(Text::from).collect()),
+            other => List::One(Text::from(&other)),
+        })
     }
-    /// As [`Check::opt`], with `default` when absent (or invalid: the error is recorded).
-    pub(crate) fn get<T>(&mut self, s: &Section, key: &str, default: T, rule: impl Rule<T>) -> T {
-        self.opt(s, key, rule).unwrap_or(default)
-    }
-    /// A value that must be given: as [`Check::opt`], and an error when absent or empty.
-    pub(crate) fn req<T>(&mut self, s: &Section, key: &str, rule: impl Rule<T>) -> Option<T> {
-        let field = s.field(key);
-        match s.get(key).map(|v| self.text(&field, Some(v))) {
-            None => self.err(&field, "is required"),
-            Some(Some(t)) if t.is_empty() => self.err(&field, "must not be empty"),
-            Some(t) => return self.apply(&field, &t?, rule),
-        }
-        None
-    }
-    /// A list's items, or one text value cut at `sep` (the environment's form) with empty items
-    /// dropped; each item checked and named (`allowed_users[1]`).
-    pub(crate) fn list<T>(
-        &mut self,
-        s: &Section,
-        key: &str,
-        sep: fn(char) -> bool,
-        rule: impl Rule<T> + Copy,
-    ) -> Vec<T> {
-        let field = s.field(key);
-        let items: Vec<String> = match s.get(key) {
-            Some(Value::Array(_, items)) => (items.iter().enumerate())
-                .filter_map(|(i, v)| self.text(&format!("{field}[{i}]"), Some(v)))
-                .collect(),
-            v => (self.text(&field, v).unwrap_or_default().split(sep))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(Into::into)
-                .collect(),
-        };
-        (items.iter().enumerate())
-            .filter_map(|(i, t)| self.apply(&format!("{field}[{i}]"), t, rule))
-            .collect()
-    }
-    /// A mapping; None when absent or something else (error recorded).
-    pub(crate) fn mapping(&mut self, field: &str, value: Option<&Value>) -> Option<Dict> {
-        match value? {
-            Value::Dict(_, dict) => Some(dict.clone()),
-            other => {
-                self.err(field, format!("must be a mapping, got {}", kind(other)));
-                None
-            }
-        }
-    }
-    /// The section at `key`, warning about keys not in `known` (space-separated).
-    pub(crate) fn section(&mut self, s: &Section, key: &str, known: &str) -> Option<Section> {
-        self.section_at(s.field(key), s.get(key), known)
-    }
-    fn section_at(&mut self, name: String, value: Option<&Value>, known: &str) -> Option<Section> {
-        let section = Section {
-            dict: self.mapping(&name, value)?,
-            name,
-        };
-        let known = |key: &&String| known.split_whitespace().any(|k| k == *key);
-        for key in section.dict.keys().filter(|k| !known(k)) {
-            self.warn(&section.field(key), "unknown key, ignored");
-        }
-        Some(section)
-    }
-    /// A list of sections, each named by its place (`bots[1]`).
-    fn entries(&mut self, s: &Section, key: &str, known: &str) -> Vec<Section> {
-        let field = s.field(key);
-        match s.get(key) {
-            None => vec![],
-            Some(Value::Array(_, items)) => (items.iter().enumerate())
-                .filter_map(|(i, v)| self.section_at(format!("{field}[{i}]"), Some(v), known))
-                .collect(),
-            Some(other) => {
-                self.err(&field, format!("must be a list, got {}", kind(other)));
-                vec![]
-            }
-        }
+}
+
+/// A section (or a list of them) shaped like `T`, or the kind of value found instead.
+pub(crate) struct Field<T>(pub(crate) Result<T, &'static str>);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = <Value as Deserialize>::deserialize(d)?;
+        Ok(Field(T::deserialize(&value).map_err(|_| kind(&value))))
     }
 }
 
 /// What a value is, for errors: never the value itself, which may be a secret.
-pub(crate) fn kind(value: &Value) -> &'static str {
+fn kind(value: &Value) -> &'static str {
     match value {
         Value::String(..) | Value::Char(..) => "a text value",
         Value::Bool(..) => "true or false",
@@ -444,14 +382,148 @@ pub(crate) fn kind(value: &Value) -> &'static str {
     }
 }
 
+#[derive(Deserialize)]
+struct Settings {
+    host: Option<Text>,
+    port: Option<Text>,
+    path: Option<Text>,
+    #[serde(flatten)]
+    single_app: AppKeys,
+    allowed_users: Option<List>,
+    allow_all_users: Option<Text>,
+    api_base_url: Option<Text>,
+    apps: Option<Field<Vec<Field<AppSettings>>>>,
+    workers: Option<Text>,
+    queue_capacity: Option<Text>,
+    max_body_bytes: Option<Text>,
+    shutdown_grace_secs: Option<Text>,
+    http_timeout_secs: Option<Text>,
+    store: Option<Text>,
+    data_dir: Option<Text>,
+    retention_days: Option<Text>,
+    max_store_mb: Option<Text>,
+    lease_secs: Option<Text>,
+    agent: Option<Field<AgentSettings>>,
+    bots: Option<Field<Vec<Field<BotSettings>>>>,
+    api: Option<Field<ApiSettings>>,
+    api_tokens: Option<List>,
+    limits: Option<Field<LimitSettings>>,
+    retry: Option<Field<RetrySettings>>,
+    /// The nested layout's root, read through [`NESTED_PATH`] instead.
+    #[serde(rename = "platforms")]
+    _platforms: Option<IgnoredAny>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// An app's WeCom keys: the top level's single app, or an `apps:` entry's.
+#[derive(Deserialize)]
+struct AppKeys {
+    corp_id: Option<Text>,
+    corp_secret: Option<Text>,
+    agent_id: Option<Text>,
+    token: Option<Text>,
+    encoding_aes_key: Option<Text>,
+}
+
+#[derive(Deserialize)]
+struct AppSettings {
+    name: Option<Text>,
+    agent: Option<Field<AgentSettings>>,
+    #[serde(flatten)]
+    keys: AppKeys,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct BotSettings {
+    name: Option<Text>,
+    webhook_url: Option<Text>,
+    secret: Option<IgnoredAny>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct ApiSettings {
+    tokens: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct LimitSettings {
+    member: Option<List>,
+    bot: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct RetrySettings {
+    max_attempts: Option<Text>,
+    base_ms: Option<Text>,
+    max_ms: Option<Text>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
 // ---------------------------------------------------------------- rules: text to value, each once
 
-/// A rule from a reading of the text: `must be {what}, got "text"` when there is none.
-pub(crate) fn must_be<T>(
-    what: &'static str,
-    read: impl Fn(&str) -> Option<T> + Copy,
-) -> impl Fn(&str) -> Result<T, String> + Copy {
-    move |text| read(text).ok_or_else(|| format!("must be {what}, got {text:?}"))
+/// How a setting's text (trimmed, not empty) becomes a value, or the reason it cannot.
+pub(crate) trait Rule<T>: FnOnce(&str) -> Result<T, String> {}
+impl<T, F: FnOnce(&str) -> Result<T, String>> Rule<T> for F {}
+
+/// An absolute http:// or https:// URL, as given.
+pub(crate) struct HttpUrl(pub(crate) String);
+
+impl HttpUrl {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(HttpUrl(text.to_owned())),
+            _ => Err(format!("must be an http:// or https:// URL, got {text:?}")),
+        }
+    }
+    /// Without a trailing `/`: paths are appended to a base.
+    pub(crate) fn base(self) -> String {
+        self.0.trim_end_matches('/').to_owned()
+    }
+}
+
+/// A corp id (`ww…`, or a legacy `wx…`): any text without spaces.
+struct CorpId(String);
+
+impl CorpId {
+    fn parse(text: &str) -> Result<Self, String> {
+        let spaced = text.contains(char::is_whitespace);
+        (!spaced)
+            .then(|| CorpId(text.to_owned()))
+            .ok_or_else(|| "must not contain spaces".into())
+    }
+}
+
+/// A callback EncodingAESKey, decoded once here to check it (the crypto module owns the rule).
+struct EncodingAesKey(SecretString);
+
+impl EncodingAesKey {
+    fn parse(text: &str) -> Result<Self, String> {
+        match AesKey::from_encoding_aes_key(text) {
+            Ok(_) => Ok(EncodingAesKey(SecretString::from(text))),
+            // The reason without the WXBizMsgCrypt code, which means nothing in a config file.
+            Err(CryptoError::IllegalAesKey(reason)) => Err(reason),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+}
+
+/// A group robot's webhook URL, kept as its key: the robot's only credential, never echoed.
+struct WebhookUrl(SecretString);
+
+impl WebhookUrl {
+    fn parse(text: &str) -> Result<Self, String> {
+        webhook_key(text).map(|key| WebhookUrl(SecretString::from(key)))
+    }
 }
 
 /// A whole number from `min` to `max`.
@@ -480,133 +552,289 @@ fn secret(text: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(text))
 }
 
-/// An absolute http:// or https:// URL, as given.
-pub(crate) fn http_url(text: &str) -> Result<String, String> {
-    let web = |url: &url::Url| matches!(url.scheme(), "http" | "https");
-    let read = |t: &str| url::Url::parse(t).ok().filter(web).map(|_| t.to_owned());
-    must_be("an http:// or https:// URL", read)(text)
+fn ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("must be an IP address such as 0.0.0.0 or ::, got {text:?}"))
 }
 
-/// As [`http_url`], without a trailing `/`: paths are appended to a base.
-pub(crate) fn base_url(text: &str) -> Result<String, String> {
-    http_url(text).map(|url| url.trim_end_matches('/').to_owned())
-}
-
-/// A callback EncodingAESKey, decoded once here to check it (the crypto module owns the rule).
-fn aes_key(text: &str) -> Result<SecretString, String> {
-    match AesKey::from_encoding_aes_key(text) {
-        Ok(_) => Ok(SecretString::from(text)),
-        // The reason without the WXBizMsgCrypt code, which means nothing in a config file.
-        Err(CryptoError::IllegalAesKey(reason)) => Err(reason),
-        Err(other) => Err(other.to_string()),
-    }
-}
-
-// ---------------------------------------------------------------- validation
-
-fn validate(c: &mut Check, root: Dict) -> Config {
-    let known = format!("{TOP_KEYS} {APP_KEYS}");
-    let s = c.section_at(String::new(), Some(&Value::from(root)), &known);
-    let s = s.unwrap_or_default();
-    let ip = must_be("an IP address such as 0.0.0.0 or ::", |t| t.parse().ok());
-    let path = |t: &str| match t {
+fn callback_path(text: &str) -> Result<String, String> {
+    match text {
         "/health" => Err("must not be /health, which the gateway serves itself".into()),
         p if p.starts_with('/') && !p.contains(['?', '#', ' ']) => Ok(p.to_owned()),
         p => Err(format!(
             "must start with / and contain no ?, # or spaces, got {p:?}"
         )),
-    };
-    let boolean = must_be("true or false", |t| match t.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    });
-    let store = |t: &str| match t.to_ascii_lowercase().as_str() {
+    }
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("must be true or false, got {text:?}")),
+    }
+}
+
+fn store(text: &str) -> Result<StoreKind, String> {
+    match text.to_ascii_lowercase().as_str() {
         "sqlite" => Ok(StoreKind::Sqlite),
         "memory" => Ok(StoreKind::Memory),
-        _ => PostgresUrl::parse(t).map(StoreKind::Postgres),
-    };
-    let user = must_be("user or corp_id:user", |t| {
-        let parts: Vec<&str> = t.split(':').collect();
-        (parts.len() <= 2 && !parts.contains(&"")).then(|| t.to_owned())
-    });
-    let agent = crate::agent::config::validate(c, &s, "agent", None);
-    let apps = validate_apps(c, &s, &agent);
-    let bots = validate_bots(c, &s);
-    let api = c.section(&s, "api", "tokens").unwrap_or_default();
-    let mut api_tokens = c.list(&api, "tokens", COMMA, secret);
-    api_tokens.extend(c.list(&s, "api_tokens", COMMA, secret));
-    // Defaults are WeCom's own limits, kept when none is given.
-    let limits = c.section(&s, "limits", "member bot").unwrap_or_default();
-    let member_limits =
-        Some(c.list(&limits, "member", COMMA, Limit::parse)).filter(|l| !l.is_empty());
-    let bot_limits = Some(c.list(&limits, "bot", COMMA, Limit::parse)).filter(|l| !l.is_empty());
-    let retry = c.section(&s, "retry", "max_attempts base_ms max_ms");
-    let retry = retry.unwrap_or_default();
-    let ms = |max| move |t: &str| num(1, max)(t).map(Duration::from_millis);
-    let default = RetryPolicy::default();
-    let base = c.get(&retry, "base_ms", default.base, ms(3_600_000));
-    let max = c.get(&retry, "max_ms", default.max, ms(86_400_000));
-    let max_attempts = c.get(&retry, "max_attempts", default.max_attempts, num(1, 100));
-    Config {
-        host: c.get(&s, "host", IpAddr::from([0, 0, 0, 0]), ip),
-        port: c.get(&s, "port", 8645, num(0, u16::MAX)),
-        path: c.get(&s, "path", "/wecom/callback".into(), path),
-        apps,
-        allowlist: Allowlist {
-            allow_all: c.get(&s, "allow_all_users", false, boolean),
-            users: c.list(&s, "allowed_users", COMMA, user),
-        },
-        api_base_url: c.get(&s, "api_base_url", DEFAULT_API_BASE_URL.into(), base_url),
-        workers: c.get(&s, "workers", 4, num(1, 1024)),
-        queue_capacity: c.get(&s, "queue_capacity", 1024, num(1, 1_000_000)),
-        max_body_bytes: c.get(&s, "max_body_bytes", 65536, num(1024, 16 << 20)),
-        shutdown_grace_secs: c.get(&s, "shutdown_grace_secs", 30, num(0, 86_400)),
-        http_timeout_secs: c.get(&s, "http_timeout_secs", 10, num(1, 600)),
-        store: c.get(&s, "store", StoreKind::Sqlite, store),
-        data_dir: c.get(&s, "data_dir", "./data".into(), |d| Ok(PathBuf::from(d))),
-        retention_days: c.get(&s, "retention_days", 7, num(1, 3650)),
-        max_store_mb: c.get(&s, "max_store_mb", 0, num(0, 1 << 30)),
-        lease_secs: c.get(&s, "lease_secs", 30, num(5, 3600)),
-        agent,
-        bots,
-        api_tokens,
-        member_limits: member_limits.unwrap_or_else(crate::outbound::default_member_limits),
-        bot_limits: bot_limits.unwrap_or_else(crate::outbound::default_bot_limits),
-        retry: RetryPolicy {
-            max_attempts,
-            base,
-            max: max.max(base),
-        },
+        _ => PostgresUrl::parse(text).map(StoreKind::Postgres),
+    }
+}
+
+fn allowed_user(text: &str) -> Result<String, String> {
+    match text.split(':').count() > 2 || text.starts_with(':') || text.ends_with(':') {
+        true => Err(format!("must be user or corp_id:user, got {text:?}")),
+        false => Ok(text.to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Collects every problem while the settings are validated.
+pub(crate) struct Check<'a> {
+    figment: &'a Figment,
+    /// The process environment given to `load`, for `api_key_env`.
+    pub(crate) env: &'a BTreeMap<String, String>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Check<'_> {
+    /// `field: reason`, plus the variable when the value came from the environment: that is
+    /// where the user has to look.
+    fn line(&self, field: &str, reason: impl Display) -> String {
+        let path = field.strip_suffix(']').and_then(|f| f.rsplit_once('['));
+        let path = path.map_or(field, |(path, _)| path);
+        match self.figment.find_metadata(path) {
+            Some(md) if md.name == ENV_SOURCE => {
+                let var = md.interpolate(&Profile::Global, &path.split('.').collect::<Vec<_>>());
+                format!("{field}: {reason} (from {var})")
+            }
+            _ => format!("{field}: {reason}"),
+        }
+    }
+    pub(crate) fn err(&mut self, field: &str, reason: impl Display) {
+        let line = self.line(field, reason);
+        self.errors.push(line);
+    }
+    fn warn(&mut self, field: &str, reason: impl Display) {
+        let line = self.line(field, reason);
+        self.warnings.push(line);
+    }
+    pub(crate) fn unknown(&mut self, prefix: &str, keys: &Unknown) {
+        for key in keys.keys() {
+            self.warn(&format!("{prefix}{key}"), "unknown key, ignored");
+        }
+    }
+    /// The text, trimmed; an error for a list or a mapping.
+    pub(crate) fn text(&mut self, field: &str, value: Text) -> Option<String> {
+        let error = |kind| format!("expected a text value, got {kind}");
+        value
+            .0
+            .map(|t| t.trim().to_owned())
+            .map_err(|kind| self.err(field, error(kind)))
+            .ok()
+    }
+    /// A value that may be left out: None when absent or empty, or invalid (error recorded).
+    pub(crate) fn opt<T>(&mut self, field: &str, v: Option<Text>, rule: impl Rule<T>) -> Option<T> {
+        let text = self.text(field, v?).filter(|t| !t.is_empty())?;
+        rule(&text).map_err(|e| self.err(field, e)).ok()
+    }
+    /// As [`Check::opt`], with `default` when absent (or invalid: the error is recorded).
+    pub(crate) fn get<T>(
+        &mut self,
+        field: &str,
+        v: Option<Text>,
+        default: T,
+        rule: impl Rule<T>,
+    ) -> T {
+        self.opt(field, v, rule).unwrap_or(default)
+    }
+    /// A value that must be given: as [`Check::opt`], and an error when absent or empty.
+    pub(crate) fn req<T>(&mut self, field: &str, v: Option<Text>, rule: impl Rule<T>) -> Option<T> {
+        match v.map(|v| self.text(field, v)) {
+            None => self.err(field, "is required"),
+            Some(Some(t)) if t.is_empty() => self.err(field, "must not be empty"),
+            Some(t) => return rule(&t?).map_err(|e| self.err(field, e)).ok(),
+        }
+        None
+    }
+    /// A list's items (trimmed), or one text value cut into items by `split`; each item checked.
+    pub(crate) fn list<T>(
+        &mut self,
+        field: &str,
+        v: Option<List>,
+        split: fn(&str) -> Vec<String>,
+        rule: impl Rule<T> + Copy,
+    ) -> Vec<T> {
+        let items = match v {
+            None => Vec::new(),
+            Some(List::One(t)) => self.text(field, t).map(|t| split(&t)).unwrap_or_default(),
+            Some(List::Many(items)) => (items.into_iter().enumerate())
+                .filter_map(|(i, t)| self.text(&format!("{field}[{i}]"), t))
+                .collect(),
+        };
+        (items.iter().enumerate())
+            .filter_map(|(i, t)| {
+                rule(t)
+                    .map_err(|e| self.err(&format!("{field}[{i}]"), e))
+                    .ok()
+            })
+            .collect()
+    }
+    /// A list, or comma-separated text (the environment's form); empty items dropped.
+    fn names<T>(&mut self, field: &str, v: Option<List>, rule: impl Rule<T> + Copy) -> Vec<T> {
+        let split = |t: &str| {
+            t.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        self.list(field, v, split, rule)
+    }
+    /// A section's settings; None when absent or not a mapping (error recorded).
+    pub(crate) fn mapping<T>(&mut self, field: &str, v: Option<Field<T>>) -> Option<T> {
+        let error = |kind| format!("must be a mapping, got {kind}");
+        v?.0.map_err(|kind| self.err(field, error(kind))).ok()
+    }
+    /// A list of mappings, each with its field name (`bots[1]`).
+    fn entries<T>(&mut self, field: &str, v: Option<Field<Vec<Field<T>>>>) -> Vec<(String, T)> {
+        let list = v.map_or(Ok(Vec::new()), |v| v.0);
+        let list = list.map_err(|kind| self.err(field, format!("must be a list, got {kind}")));
+        (list.unwrap_or_default().into_iter().enumerate())
+            .filter_map(|(i, entry)| {
+                let field = format!("{field}[{i}]");
+                self.mapping(&field, Some(entry)).map(|t| (field, t))
+            })
+            .collect()
+    }
+}
+
+impl Settings {
+    fn validate(self, c: &mut Check<'_>) -> Config {
+        let s = self;
+        c.unknown("", &s.unknown);
+        let agent = crate::agent::config::validate(c, "agent", s.agent, None);
+        let apps = validate_apps(c, s.single_app, s.apps, &agent);
+        let bots = validate_bots(c, s.bots);
+        let api = c.mapping("api", s.api).unwrap_or_default();
+        c.unknown("api.", &api.unknown);
+        let mut api_tokens = c.names("api.tokens", api.tokens, secret);
+        api_tokens.extend(c.names("api_tokens", s.api_tokens, secret));
+        let limits = c.mapping("limits", s.limits).unwrap_or_default();
+        c.unknown("limits.", &limits.unknown);
+        // Defaults are WeCom's own limits, kept when none is given.
+        let member_limits = Some(c.names("limits.member", limits.member, Limit::parse))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(crate::outbound::default_member_limits);
+        let bot_limits = Some(c.names("limits.bot", limits.bot, Limit::parse))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(crate::outbound::default_bot_limits);
+        let retry = c.mapping("retry", s.retry).unwrap_or_default();
+        c.unknown("retry.", &retry.unknown);
+        let ms = |max| move |t: &str| num(1, max)(t).map(Duration::from_millis);
+        let default = RetryPolicy::default();
+        let base = c.get("retry.base_ms", retry.base_ms, default.base, ms(3_600_000));
+        let max = c.get("retry.max_ms", retry.max_ms, default.max, ms(86_400_000));
+        let max_attempts = c.get(
+            "retry.max_attempts",
+            retry.max_attempts,
+            default.max_attempts,
+            num(1, 100),
+        );
+        Config {
+            host: c.get("host", s.host, IpAddr::from([0, 0, 0, 0]), ip),
+            port: c.get("port", s.port, 8645, num(0, u16::MAX)),
+            path: c.get("path", s.path, "/wecom/callback".into(), callback_path),
+            apps,
+            allowlist: Allowlist {
+                allow_all: c.get("allow_all_users", s.allow_all_users, false, boolean),
+                users: c.names("allowed_users", s.allowed_users, allowed_user),
+            },
+            api_base_url: (c.opt("api_base_url", s.api_base_url, HttpUrl::parse))
+                .map_or_else(|| DEFAULT_API_BASE_URL.into(), HttpUrl::base),
+            workers: c.get("workers", s.workers, 4, num(1, 1024)),
+            queue_capacity: c.get("queue_capacity", s.queue_capacity, 1024, num(1, 1_000_000)),
+            max_body_bytes: c.get(
+                "max_body_bytes",
+                s.max_body_bytes,
+                65536,
+                num(1024, 16 << 20),
+            ),
+            shutdown_grace_secs: c.get(
+                "shutdown_grace_secs",
+                s.shutdown_grace_secs,
+                30,
+                num(0, 86_400),
+            ),
+            http_timeout_secs: c.get("http_timeout_secs", s.http_timeout_secs, 10, num(1, 600)),
+            store: c.get("store", s.store, StoreKind::Sqlite, store),
+            data_dir: c.get("data_dir", s.data_dir, "./data".into(), |d| {
+                Ok(PathBuf::from(d))
+            }),
+            retention_days: c.get("retention_days", s.retention_days, 7, num(1, 3650)),
+            max_store_mb: c.get("max_store_mb", s.max_store_mb, 0, num(0, 1 << 30)),
+            lease_secs: c.get("lease_secs", s.lease_secs, 30, num(5, 3600)),
+            agent,
+            bots,
+            api_tokens,
+            member_limits,
+            bot_limits,
+            retry: RetryPolicy {
+                max_attempts,
+                base,
+                max: max.max(base),
+            },
+        }
     }
 }
 
 /// The `apps:` list, or else the single app of the top-level keys; no app at all is an error.
-fn validate_apps(c: &mut Check, s: &Section, global: &AgentConfig) -> Vec<AppConfig> {
-    let has_single = APP_KEYS.split(' ').any(|key| s.get(key).is_some());
+fn validate_apps(
+    c: &mut Check<'_>,
+    single: AppKeys,
+    listed: Option<Field<Vec<Field<AppSettings>>>>,
+    global: &AgentConfig,
+) -> Vec<AppConfig> {
+    let single_keys = [
+        &single.corp_id,
+        &single.corp_secret,
+        &single.agent_id,
+        &single.token,
+    ];
+    let has_single = single_keys.iter().any(|k| k.is_some()) || single.encoding_aes_key.is_some();
     let mut apps = Vec::new();
-    match s.get("apps") {
-        None if has_single => apps.extend(app(c, s, Some("default".into()), None)),
-        None => c.err(
-            "apps",
-            "no WeCom app configured: set WECOM_CALLBACK_CORP_ID, WECOM_CALLBACK_CORP_SECRET, \
-            WECOM_CALLBACK_AGENT_ID, WECOM_CALLBACK_TOKEN and WECOM_CALLBACK_ENCODING_AES_KEY, \
-            or an apps: list in config.yaml",
-        ),
-        Some(Value::Array(_, list)) if list.is_empty() => {
+    match listed {
+        None if has_single => apps.extend(app(c, "", Some("default".into()), single, None)),
+        None => {
+            let vars =
+                ["CORP_ID", "CORP_SECRET", "AGENT_ID", "TOKEN"].map(|v| ENV_PREFIX.to_owned() + v);
+            let reason = format!(
+                "no WeCom app configured: set {} and {ENV_PREFIX}ENCODING_AES_KEY, or an apps: list in config.yaml",
+                vars.join(", ")
+            );
+            c.err("apps", reason)
+        }
+        Some(Field(Ok(list))) if list.is_empty() => {
             c.err("apps", "is empty: list at least one app or remove the key")
         }
-        Some(_) => {
+        listed => {
             if has_single {
-                let keys = APP_KEYS.replace(' ', ", ");
-                let reason = format!("is set, so the single-app keys ({keys}) are ignored");
-                c.warn("apps", reason);
+                let keys = "corp_id, corp_secret, agent_id, token, encoding_aes_key";
+                c.warn(
+                    "apps",
+                    format!("is set, so the single-app keys ({keys}) are ignored"),
+                );
             }
-            for entry in c.entries(s, "apps", &format!("name agent {APP_KEYS}")) {
-                let name = c.req(&entry, "name", text);
-                let agent = (entry.get("agent").is_some())
-                    .then(|| crate::agent::config::validate(c, &entry, "agent", Some(global)));
-                apps.extend(app(c, &entry, name, agent));
+            for (f, entry) in c.entries("apps", listed) {
+                c.unknown(&format!("{f}."), &entry.unknown);
+                let name = c.req(&format!("{f}.name"), entry.name, text);
+                let agent = (entry.agent).map(|a| {
+                    crate::agent::config::validate(c, &format!("{f}.agent"), Some(a), Some(global))
+                });
+                apps.extend(app(c, &format!("{f}."), name, entry.keys, agent));
             }
         }
     }
@@ -627,52 +855,60 @@ fn validate_apps(c: &mut Check, s: &Section, global: &AgentConfig) -> Vec<AppCon
     apps
 }
 
-/// One app from the WeCom keys of `s` (an `apps:` entry, or the top level).
+/// One app from its keys; `prefix` names them in errors (`apps[1].`, or nothing at the top level).
 fn app(
-    c: &mut Check,
-    s: &Section,
+    c: &mut Check<'_>,
+    prefix: &str,
     name: Option<String>,
+    keys: AppKeys,
     agent: Option<AgentConfig>,
 ) -> Option<AppConfig> {
-    // `ww…`, or a legacy `wx…`: any text without spaces.
-    let corp_id = c.req(s, "corp_id", |t| match t.contains(char::is_whitespace) {
-        true => Err("must not contain spaces".to_owned()),
-        false => Ok(t.to_owned()),
+    let f = |key: &str| format!("{prefix}{key}");
+    let corp_id = c.req(&f("corp_id"), keys.corp_id, CorpId::parse);
+    let corp_secret = c.req(&f("corp_secret"), keys.corp_secret, secret);
+    let agent_id = c.req(&f("agent_id"), keys.agent_id, |t| {
+        t.parse()
+            .map_err(|_| format!("must be the numeric AgentId, got {t:?}"))
     });
-    let corp_secret = c.req(s, "corp_secret", secret);
-    let agent_id = must_be("the numeric AgentId", |t| t.parse().ok());
-    let agent_id = c.req(s, "agent_id", agent_id);
-    let token = c.req(s, "token", secret);
-    let encoding_aes_key = c.req(s, "encoding_aes_key", aes_key);
+    let token = c.req(&f("token"), keys.token, secret);
+    let key = c.req(
+        &f("encoding_aes_key"),
+        keys.encoding_aes_key,
+        EncodingAesKey::parse,
+    );
     Some(AppConfig {
         name: name?,
-        corp_id: corp_id?,
+        corp_id: corp_id?.0,
         corp_secret: corp_secret?,
         agent_id: agent_id?,
         token: token?,
-        encoding_aes_key: encoding_aes_key?,
+        encoding_aes_key: key?.0,
         agent,
     })
 }
 
-fn validate_bots(c: &mut Check, s: &Section) -> Vec<Bot> {
+fn validate_bots(c: &mut Check<'_>, listed: Option<Field<Vec<Field<BotSettings>>>>) -> Vec<Bot> {
     let mut bots: Vec<Bot> = Vec::new();
-    for entry in c.entries(s, "bots", "name webhook_url secret") {
-        if entry.get("secret").is_some() {
+    for (f, entry) in c.entries("bots", listed) {
+        c.unknown(&format!("{f}."), &entry.unknown);
+        if entry.secret.is_some() {
             let reason = "WeCom group robots have no signing secret; the field is ignored";
-            c.warn(&entry.field("secret"), reason);
+            c.warn(&format!("{f}.secret"), reason);
         }
-        let name = c.req(&entry, "name", text);
-        // The key is the robot's only credential: kept secret, and never echoed in errors.
-        let key = c.req(&entry, "webhook_url", |t| {
-            webhook_key(t).map(SecretString::from)
-        });
+        let name = c.req(&format!("{f}.name"), entry.name, text);
+        let key = c.req(
+            &format!("{f}.webhook_url"),
+            entry.webhook_url,
+            WebhookUrl::parse,
+        );
         if let (Some(name), Some(key)) = (name, key) {
             if let Some(j) = bots.iter().position(|b| b.name == name) {
-                let reason = format!("{name:?} is already used by bots[{j}]");
-                c.err(&entry.field("name"), reason);
+                c.err(
+                    &format!("{f}.name"),
+                    format!("{name:?} is already used by bots[{j}]"),
+                );
             }
-            bots.push(Bot::new(name, key));
+            bots.push(Bot::new(name, key.0));
         }
     }
     bots

@@ -1,16 +1,16 @@
-//! Agent configuration: the `agent:` section (and `apps[i].agent:` overrides), and what makes it
-//! valid.
+//! Agent configuration: the `agent:` section (and `apps[i].agent:` overrides) as given, and what
+//! makes it valid.
 //!
 //! Must never: print a header value or API key (they are secrets).
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::value::Value;
 use secrecy::SecretString;
+use serde::Deserialize;
 
-use crate::config::{base_url, http_url, kind, num, secs, text, Check, Section};
+use crate::config::{num, secs, text, Check, Field, HttpUrl, List, Text, Unknown};
 
 pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
 pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
@@ -118,105 +118,178 @@ impl AgentConfig {
 
     /// YAML lines (indented by `indent`) with secrets hidden.
     pub fn redacted(&self, indent: &str) -> String {
-        let mut out = format!("kind: {}\n", self.kind_name());
-        let _ = match &self.kind {
-            AgentKind::Echo => writeln!(out, "delay_ms: {}", self.delay_ms),
+        let mut lines = vec![format!("kind: {}", self.kind_name())];
+        match &self.kind {
+            AgentKind::Echo => lines.push(format!("delay_ms: {}", self.delay_ms)),
             AgentKind::Http(c) => {
-                let _ = writeln!(out, "url: {}\ntimeout_secs: {}", c.url, c.timeout.as_secs());
-                let _ = writeln!(out, "retries: {}", c.retries);
-                (c.headers.iter()).try_for_each(|(name, _)| writeln!(out, "headers.{name}: '****'"))
+                lines.push(format!(
+                    "url: {}\ntimeout_secs: {}",
+                    c.url,
+                    c.timeout.as_secs()
+                ));
+                lines.push(format!("retries: {}", c.retries));
+                lines.extend(
+                    c.headers
+                        .iter()
+                        .map(|(name, _)| format!("headers.{name}: '****'")),
+                );
             }
             AgentKind::Command(c) => {
-                let _ = writeln!(out, "program: {}\nargs: {:?}", c.program, c.args);
-                let _ = writeln!(out, "timeout_secs: {}", c.timeout.as_secs());
+                lines.push(format!("program: {}\nargs: {:?}", c.program, c.args));
+                lines.push(format!("timeout_secs: {}", c.timeout.as_secs()));
                 let names: Vec<&str> = c.env.iter().map(|(k, _)| k.as_str()).collect();
-                let _ = writeln!(out, "env: {names:?} (values hidden)");
-                (c.working_dir.iter())
-                    .try_for_each(|d| writeln!(out, "working_dir: {}", d.display()))
+                lines.push(format!("env: {names:?} (values hidden)"));
+                lines.extend(
+                    c.working_dir
+                        .as_ref()
+                        .map(|d| format!("working_dir: {}", d.display())),
+                );
             }
             AgentKind::Openai(c) => {
-                let _ = writeln!(out, "base_url: {}\nmodel: {}", c.base_url, c.model);
-                let key = c.api_key.as_ref().map_or("none", |_| "'****'");
-                let _ = writeln!(out, "api_key: {key}\ntimeout_secs: {}", c.timeout.as_secs());
-                let _ = writeln!(out, "history_turns: {}", c.history_turns);
-                writeln!(out, "history_chars: {}", c.history_chars)
+                lines.push(format!("base_url: {}\nmodel: {}", c.base_url, c.model));
+                let key = if c.api_key.is_some() {
+                    "'****'"
+                } else {
+                    "none"
+                };
+                lines.push(format!(
+                    "api_key: {key}\ntimeout_secs: {}",
+                    c.timeout.as_secs()
+                ));
+                lines.push(format!("history_turns: {}", c.history_turns));
+                lines.push(format!("history_chars: {}", c.history_chars));
             }
-        };
+        }
         let ack_after = self.ack_after.map(|d| d.as_secs_f64().to_string());
-        let _ = writeln!(out, "ack_after: {}", ack_after.as_deref().unwrap_or("off"));
-        out.lines()
+        lines.push(format!(
+            "ack_after: {}",
+            ack_after.as_deref().unwrap_or("off")
+        ));
+        lines
+            .join("\n")
+            .lines()
             .map(|line| format!("{indent}{line}\n"))
             .collect()
     }
 }
+/// An agent section as given; [`validate`] reads the keys its kind uses.
+#[derive(Deserialize)]
+pub(crate) struct AgentSettings {
+    kind: Option<Text>,
+    delay_ms: Option<Text>,
+    url: Option<Text>,
+    timeout_secs: Option<Text>,
+    retries: Option<Text>,
+    headers: Option<Field<BTreeMap<String, Text>>>,
+    program: Option<Text>,
+    args: Option<List>,
+    env: Option<Field<BTreeMap<String, Text>>>,
+    working_dir: Option<Text>,
+    base_url: Option<Text>,
+    model: Option<Text>,
+    api_key: Option<Text>,
+    api_key_env: Option<Text>,
+    system_prompt: Option<Text>,
+    temperature: Option<Text>,
+    max_tokens: Option<Text>,
+    history_turns: Option<Text>,
+    history_chars: Option<Text>,
+    ack_after: Option<Text>,
+    ack_message: Option<Text>,
+    failure_message: Option<Text>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
 
-/// Every key of an agent section; each kind reads the ones it uses, so an echo agent's stray
-/// timeout_secs stays harmless.
-const KEYS: &str = "kind delay_ms url timeout_secs retries headers program args env working_dir \
-    base_url model api_key api_key_env system_prompt temperature max_tokens history_turns \
-    history_chars ack_after ack_message failure_message";
-
-/// Validate the agent section at `key` of `parent` (`agent`, `apps[1].agent`); `base` is the global
-/// agent an app's override inherits its chat settings from.
+/// Validate an agent section. `prefix` names it in errors (`agent`, `apps[1].agent`); `base` is the
+/// global agent an app's override inherits its chat settings from.
 pub(crate) fn validate(
-    c: &mut Check,
-    parent: &Section,
-    key: &str,
+    c: &mut Check<'_>,
+    prefix: &str,
+    section: Option<Field<AgentSettings>>,
     base: Option<&AgentConfig>,
 ) -> AgentConfig {
     let inherited = base.cloned().unwrap_or_default();
-    if let Some(v) = parent.get(key).filter(|v| !matches!(v, Value::Dict(..))) {
-        let reason = format!("must be a mapping such as {{kind: echo}}, got {}", kind(v));
-        c.err(&parent.field(key), reason);
-        return inherited;
-    }
-    let Some(s) = c.section(parent, key, KEYS) else {
-        return inherited;
+    let s = match section.map(|s| s.0) {
+        None => return inherited,
+        Some(Ok(s)) => s,
+        Some(Err(kind)) => {
+            c.err(
+                prefix,
+                format!("must be a mapping such as {{kind: echo}}, got {kind}"),
+            );
+            return inherited;
+        }
     };
-    let timeout = |c: &mut Check| c.get(&s, "timeout_secs", DEFAULT_TIMEOUT, secs(1, 86_400));
-    let kind = c.opt(&s, "kind", |k| Ok(k.to_ascii_lowercase()));
+    c.unknown(&format!("{prefix}."), &s.unknown);
+    let f = |key: &str| format!("{prefix}.{key}");
+    // Read by the kinds that use it, so an echo agent's stray timeout_secs stays harmless.
+    let timeout =
+        |c: &mut Check<'_>, v| c.get(&f("timeout_secs"), v, DEFAULT_TIMEOUT, secs(1, 86_400));
+    let kind = c.opt(&f("kind"), s.kind, |k| Ok(k.to_ascii_lowercase()));
     let kind = match kind.as_deref().unwrap_or("echo") {
         "echo" => AgentKind::Echo,
         "http" => AgentKind::Http(HttpAgentConfig {
-            url: c.req(&s, "url", http_url).unwrap_or_default(),
-            timeout: timeout(c),
-            retries: c.get(&s, "retries", 2, num(0, 10)),
-            headers: pairs(c, &s, "headers", SecretString::from),
+            url: c
+                .req(&f("url"), s.url, HttpUrl::parse)
+                .map(|u| u.0)
+                .unwrap_or_default(),
+            timeout: timeout(c, s.timeout_secs),
+            retries: c.get(&f("retries"), s.retries, 2, num(0, 10)),
+            headers: (pairs(c, &f("headers"), s.headers).into_iter())
+                .map(|(name, value)| (name, SecretString::from(value)))
+                .collect(),
         }),
         "command" => AgentKind::Command(CommandAgentConfig {
-            program: c.req(&s, "program", text).unwrap_or_default(),
+            program: c.req(&f("program"), s.program, text).unwrap_or_default(),
             // A list is kept as given (arguments may hold commas); text is split at whitespace.
-            args: c.list(&s, "args", char::is_whitespace, text),
-            timeout: timeout(c),
-            env: pairs(c, &s, "env", String::from),
-            working_dir: c.opt(&s, "working_dir", |d| Ok(PathBuf::from(d))),
+            args: c.list(
+                &f("args"),
+                s.args,
+                |t| t.split_whitespace().map(Into::into).collect(),
+                text,
+            ),
+            timeout: timeout(c, s.timeout_secs),
+            env: pairs(c, &f("env"), s.env),
+            working_dir: c.opt(&f("working_dir"), s.working_dir, |d| Ok(PathBuf::from(d))),
         }),
         "openai" => {
-            let env = c.env.clone();
+            let env = c.env;
             let from_env = |var: &str| env.get(var).filter(|v| !v.is_empty()).cloned();
             let unset = |var: &str| format!("the environment variable {var} is not set");
-            let api_key = (c.opt(&s, "api_key", text))
-                .or_else(|| c.opt(&s, "api_key_env", |v| from_env(v).ok_or_else(|| unset(v))))
+            let api_key = (c.opt(&f("api_key"), s.api_key, text))
+                .or_else(|| {
+                    c.opt(&f("api_key_env"), s.api_key_env, |v| {
+                        from_env(v).ok_or_else(|| unset(v))
+                    })
+                })
                 .or_else(|| from_env(DEFAULT_API_KEY_ENV));
             let temperature = |t: &str| match t.parse() {
                 Ok(v) if (0.0..=2.0).contains(&v) => Ok(v),
                 _ => Err(format!("must be a number from 0 to 2, got {t:?}")),
             };
             AgentKind::Openai(OpenAiConfig {
-                base_url: c.req(&s, "base_url", base_url).unwrap_or_default(),
-                model: c.req(&s, "model", text).unwrap_or_default(),
+                base_url: (c.req(&f("base_url"), s.base_url, HttpUrl::parse))
+                    .map(HttpUrl::base)
+                    .unwrap_or_default(),
+                model: c.req(&f("model"), s.model, text).unwrap_or_default(),
                 api_key: api_key.map(SecretString::from),
-                system_prompt: c.opt(&s, "system_prompt", text),
-                temperature: c.opt(&s, "temperature", temperature),
-                max_tokens: c.opt(&s, "max_tokens", num(1, 1_000_000)),
-                timeout: timeout(c),
-                history_turns: c.get(&s, "history_turns", 10, num(0, 1000)),
-                history_chars: c.get(&s, "history_chars", 16_000, num(0, 10_000_000)),
+                system_prompt: c.opt(&f("system_prompt"), s.system_prompt, text),
+                temperature: c.opt(&f("temperature"), s.temperature, temperature),
+                max_tokens: c.opt(&f("max_tokens"), s.max_tokens, num(1, 1_000_000)),
+                timeout: timeout(c, s.timeout_secs),
+                history_turns: c.get(&f("history_turns"), s.history_turns, 10, num(0, 1000)),
+                history_chars: c.get(
+                    &f("history_chars"),
+                    s.history_chars,
+                    16_000,
+                    num(0, 10_000_000),
+                ),
             })
         }
         other => {
             let reason = format!("must be echo, http, command or openai, got {other:?}");
-            c.err(&s.field("kind"), reason);
+            c.err(&f("kind"), reason);
             AgentKind::Echo
         }
     };
@@ -228,20 +301,33 @@ pub(crate) fn validate(
     };
     AgentConfig {
         kind,
-        delay_ms: c.get(&s, "delay_ms", 0, num(0, 86_400_000)),
-        ack_after: c.get(&s, "ack_after", inherited.ack_after, ack_after),
-        ack_message: c.get(&s, "ack_message", inherited.ack_message, text),
-        failure_message: c.get(&s, "failure_message", inherited.failure_message, text),
+        delay_ms: c.get(&f("delay_ms"), s.delay_ms, 0, num(0, 86_400_000)),
+        ack_after: c.get(&f("ack_after"), s.ack_after, inherited.ack_after, ack_after),
+        ack_message: c.get(
+            &f("ack_message"),
+            s.ack_message,
+            inherited.ack_message,
+            text,
+        ),
+        failure_message: c.get(
+            &f("failure_message"),
+            s.failure_message,
+            inherited.failure_message,
+            text,
+        ),
     }
 }
 
-/// A mapping of names to text values (headers, environment variables); empty values are kept,
-/// since an empty variable or header may be meant.
-fn pairs<T>(c: &mut Check, s: &Section, key: &str, into: fn(String) -> T) -> Vec<(String, T)> {
-    let field = s.field(key);
-    let map = c.mapping(&field, s.get(key)).unwrap_or_default();
-    let mut value = |name: &String, v| c.text(&format!("{field}.{name}"), Some(v)).map(into);
-    (map.iter())
-        .filter_map(|(name, v)| Some((name.clone(), value(name, v)?)))
+/// A mapping of names to text values (headers, environment variables).
+fn pairs(
+    c: &mut Check<'_>,
+    field: &str,
+    v: Option<Field<BTreeMap<String, Text>>>,
+) -> Vec<(String, String)> {
+    let map = c.mapping(field, v).unwrap_or_default();
+    // Empty values are kept: an empty variable or header may be meant.
+    (map.into_iter())
+        .filter_map(|(name, v)| Some((c.text(&format!("{field}.{name}"), v)?, name)))
+        .map(|(value, name)| (name, value))
         .collect()
 }

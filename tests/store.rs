@@ -1,13 +1,12 @@
-//! The SQLite inbox through its library API: durability across reopen, routes, retention, and
-//! giving up on a message that kills the process every time.
+//! What only the SQLite inbox does, through its library API (tests/store_suite.rs covers what
+//! every backend does): durability across reopen, one gateway per data_dir, a bounded window of
+//! the backlog, and giving up on a message that kills the process every time.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::inbox::{
-    ChunkState, NewJob, Outbox, Outcome, Pushed, Queue, Routes, SqliteInbox,
-};
+use wecom_gateway::inbox::{NewJob, Outcome, Pushed, Queue, Routes, SqliteInbox};
 use wecom_gateway::message::InboundMessage;
 
 fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
@@ -85,46 +84,6 @@ async fn messages_routes_and_dedup_keys_survive_a_reopen() {
 }
 
 #[tokio::test]
-async fn a_recorded_reply_comes_back_with_its_sent_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    with_inbox(dir.path(), async |inbox| {
-        inbox.push(job("bob", 7, "sales")).await.unwrap();
-        let j = inbox.next().await.unwrap();
-        inbox
-            .record_reply(&j, &["one", "two", "three"])
-            .await
-            .unwrap();
-        inbox.mark_started(&j, 0).await.unwrap();
-        inbox.mark_sent(&j, 0).await.unwrap();
-        // The second chunk's send began; its answer never came back.
-        inbox.mark_started(&j, 1).await.unwrap();
-        // No finish: the process "dies" here.
-    })
-    .await;
-    let recovered = SqliteInbox::open(dir.path(), 16, None).unwrap().recovered();
-    assert_eq!(recovered.resumed, 1);
-    with_inbox(dir.path(), async |inbox| {
-        let j = inbox.next().await.unwrap();
-        assert_eq!(j.attempts, 2);
-        let reply = j.reply.clone().expect("recorded reply");
-        let state: Vec<(&str, ChunkState)> = reply
-            .iter()
-            .map(|c| (c.content.as_str(), c.state))
-            .collect();
-        assert_eq!(
-            state,
-            vec![
-                ("one", ChunkState::Sent),
-                ("two", ChunkState::Started),
-                ("three", ChunkState::Unsent)
-            ]
-        );
-        inbox.finish(&j, Outcome::Done).await;
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn a_message_that_kills_the_process_every_time_is_given_up() {
     let dir = tempfile::tempdir().unwrap();
     with_inbox(dir.path(), async |inbox| {
@@ -140,30 +99,6 @@ async fn a_message_that_kills_the_process_every_time_is_given_up() {
     let inbox = SqliteInbox::open(dir.path(), 16, None).unwrap();
     assert_eq!(inbox.recovered().given_up, 1);
     assert_eq!(inbox.counts().await.unwrap().failed, 1);
-}
-
-#[tokio::test]
-async fn retention_prunes_finished_messages_and_their_dedup_keys_only() {
-    let dir = tempfile::tempdir().unwrap();
-    with_inbox(dir.path(), async |inbox| {
-        inbox.push(job("dave", 1, "sales")).await.unwrap();
-        inbox.push(job("erin", 2, "sales")).await.unwrap();
-        let j = inbox.next().await.unwrap();
-        inbox.finish(&j, Outcome::Done).await;
-        // Nothing is old enough yet.
-        assert_eq!(inbox.prune(0).await.unwrap(), 0);
-        // Everything finished before "a minute from now" goes; the unfinished message stays.
-        let later = wecom_gateway::inbox::now_ms() + 60_000;
-        assert_eq!(inbox.prune(later).await.unwrap(), 1);
-        let counts = inbox.counts().await.unwrap();
-        assert_eq!((counts.done, counts.queued + counts.processing), (0, 1));
-        // Its dedup key went with it.
-        assert_eq!(
-            inbox.push(job("dave", 1, "sales")).await.unwrap(),
-            Pushed::Queued
-        );
-    })
-    .await;
 }
 
 #[tokio::test]

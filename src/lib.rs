@@ -64,6 +64,9 @@ pub struct Application {
     worker: Worker,
     outbound: Arc<Outbound>,
     dispatcher: Arc<Dispatcher>,
+    /// With a PostgreSQL store, the lock on this replica's own data_dir (SQLite's store holds
+    /// its own): one process per directory, whichever store.
+    data_dir_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -90,6 +93,7 @@ impl Application {
             Duration::from_secs(config.http_timeout_secs),
         )
         .map_err(|e| StartupError::App(e.to_string()))?;
+        let mut data_dir_lock = None;
         let (inbox, shared): (Arc<dyn Inbox>, Option<Arc<PostgresInbox>>) = match &config.store {
             StoreKind::Memory => (
                 Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT)),
@@ -108,6 +112,10 @@ impl Application {
                 (store, None)
             }
             StoreKind::Postgres(url) => {
+                data_dir_lock = Some(
+                    inbox::sqlite::lock_data_dir(&config.data_dir)
+                        .map_err(|e| StartupError::Store(e.to_string()))?,
+                );
                 let lease = Duration::from_secs(config.lease_secs);
                 let store = PostgresInbox::open(url, lease).await.map_err(|e| {
                     StartupError::Store(format!("cannot open the PostgreSQL store {url}: {e}"))
@@ -183,6 +191,7 @@ impl Application {
             worker,
             outbound,
             dispatcher,
+            data_dir_lock,
         })
     }
 
@@ -206,6 +215,8 @@ impl Application {
             worker,
             outbound,
             dispatcher,
+            // Held until the gateway has stopped.
+            data_dir_lock: _data_dir_lock,
         } = self;
         let mut workers = JoinSet::new();
         for _ in 0..config.workers {

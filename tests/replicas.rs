@@ -266,6 +266,14 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
     // After a replica has run, the schema is there.
     let gw = Gateway::start(&mut replica(&fake, &pg, dir.path(), &[])).await;
     assert!(!gw.log().contains("secret-pw"));
+    // Each replica keeps its own data_dir: a second process on this one is refused.
+    let second = replica(&fake, &pg, dir.path(), &[]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("is in use by another wecom-gateway process"),
+        "{stderr}"
+    );
     gw.terminate().await;
     let out = check(pg.url()).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

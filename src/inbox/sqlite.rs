@@ -420,6 +420,22 @@ struct Row {
     reply: Option<Vec<Chunk>>,
 }
 
+/// Create `data_dir` if needed and lock it for this process, for as long as the returned file is
+/// held (the OS releases it even on kill -9): two gateways on one directory would answer twice.
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, InboxError> {
+    let shown = data_dir.display();
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| storage(format!("cannot create data_dir {shown}: {e}")))?;
+    let lock = File::create(data_dir.join(LOCK_FILE))
+        .map_err(|e| storage(format!("cannot write in data_dir {shown}: {e}")))?;
+    lock.try_lock().map_err(|_| {
+        storage(format!(
+            "data_dir {shown} is in use by another wecom-gateway process; give each instance its own data_dir"
+        ))
+    })?;
+    Ok(lock)
+}
+
 impl SqliteInbox {
     /// Open (creating if needed) the store in `data_dir`, migrate it, and take over what a previous
     /// process left unfinished. Queued messages reach workers once [`Inbox::feed`] runs.
@@ -428,16 +444,7 @@ impl SqliteInbox {
         capacity: usize,
         max_store_bytes: Option<u64>,
     ) -> Result<Arc<Self>, InboxError> {
-        let shown = data_dir.display();
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| storage(format!("cannot create data_dir {shown}: {e}")))?;
-        let lock = File::create(data_dir.join(LOCK_FILE))
-            .map_err(|e| storage(format!("cannot write in data_dir {shown}: {e}")))?;
-        lock.try_lock().map_err(|_| {
-            storage(format!(
-                "data_dir {shown} is in use by another wecom-gateway process; give each instance its own data_dir"
-            ))
-        })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;

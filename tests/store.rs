@@ -2,25 +2,14 @@
 //! every backend does): durability across reopen, one gateway per data_dir, a bounded window of
 //! the backlog, and giving up on a message that kills the process every time.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use support::job;
 use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::inbox::{NewJob, Outcome, Pushed, Queue, Routes, SqliteInbox};
-use wecom_gateway::message::InboundMessage;
-
-fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
-    let xml = format!(
-        "<xml><ToUserName>ww1</ToUserName><FromUserName>{user}</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi {msg_id}</Content><MsgId>{msg_id}</MsgId><AgentID>5</AgentID></xml>"
-    );
-    let message = InboundMessage::parse(&xml).unwrap();
-    NewJob {
-        app: app.into(),
-        user_key: format!("ww1:{user}"),
-        dedup_key: message.dedup_key("ww1", 5),
-        payload: xml,
-    }
-}
+use wecom_gateway::inbox::{Outcome, Pushed, Queue, Routes, SqliteInbox};
 
 /// Open, run the feeder while `f` uses the inbox, then close and release everything.
 async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteInbox>) -> T) -> T {

@@ -9,28 +9,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::job;
 use support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
 use wecom_gateway::inbox::{
-    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MemoryInbox, NewJob, Outcome,
+    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MemoryInbox, Outcome,
     PostgresInbox, Pushed, Role, SqliteInbox,
 };
-use wecom_gateway::message::InboundMessage;
 use wecom_gateway::outbound::dispatch::{Push, Target};
 use wecom_gateway::wecom::BotMessage;
-
-fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
-    let xml = format!(
-        "<xml><ToUserName>ww1</ToUserName><FromUserName>{user}</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi {msg_id}</Content><MsgId>{msg_id}</MsgId><AgentID>5</AgentID></xml>"
-    );
-    let message = InboundMessage::parse(&xml).unwrap();
-    NewJob {
-        app: app.into(),
-        user_key: format!("ww1:{user}"),
-        dedup_key: message.dedup_key("ww1", 5),
-        payload: xml,
-    }
-}
 
 fn content(job: &wecom_gateway::inbox::Job) -> String {
     job.message.describe()

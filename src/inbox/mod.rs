@@ -128,6 +128,50 @@ pub struct DeliveryStatus {
     pub error: Option<String>,
 }
 
+impl DeliveryStatus {
+    /// A stored row as the durable backends keep it: the target as JSON, the state as text.
+    pub fn from_columns(
+        id: i64,
+        target: &str,
+        state: &str,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<Self, InboxError> {
+        let target: Target = serde_json::from_str(target).map_err(|e| {
+            InboxError::Storage(format!("delivery {id} has an unreadable target: {e}"))
+        })?;
+        let state = DeliveryState::parse(state).ok_or_else(|| {
+            InboxError::Storage(format!("delivery {id} has an unknown state {state:?}"))
+        })?;
+        Ok(DeliveryStatus {
+            id,
+            target,
+            state,
+            attempts,
+            error,
+        })
+    }
+}
+
+/// Stored rows `(id, target, payload, started)` as deliveries to resume. A row that cannot be
+/// read would fail at every start: it is marked failed, with the reason, and left out.
+async fn readable_deliveries(
+    store: &dyn Deliveries,
+    rows: Vec<(i64, String, String, bool)>,
+) -> Result<Vec<StoredDelivery>, InboxError> {
+    let mut queued = Vec::with_capacity(rows.len());
+    for (id, target, payload, started) in rows {
+        match Push::from_columns(&target, &payload) {
+            Ok(push) => queued.push(StoredDelivery { id, push, started }),
+            Err(why) => {
+                tracing::error!(delivery = id, "{why}; marked failed");
+                store.finish_delivery(id, 0, Some(why)).await?;
+            }
+        }
+    }
+    Ok(queued)
+}
+
 /// Who said a line of a conversation, as chat-completion APIs name the roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

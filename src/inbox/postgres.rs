@@ -28,7 +28,7 @@ use super::{
     InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
 };
 use crate::message::InboundMessage;
-use crate::outbound::dispatch::{Push, Target};
+use crate::outbound::dispatch::Push;
 use crate::outbound::ratelimit::Limit;
 use crate::shared::{Fetch, Reserved, SharedTokens, SharedWindows};
 use crate::wecom::ApiError;
@@ -184,7 +184,7 @@ impl std::fmt::Debug for PostgresUrl {
 }
 
 /// What a failure of the server means to a caller: unreachable (try later), no room, or a fault.
-fn pg_error(e: &tokio_postgres::Error) -> InboxError {
+fn pg_error(e: tokio_postgres::Error) -> InboxError {
     let Some(db) = e.as_db_error() else {
         return InboxError::Unavailable(e.to_string());
     };
@@ -205,7 +205,7 @@ fn pg_error(e: &tokio_postgres::Error) -> InboxError {
 
 fn pool_error(e: deadpool_postgres::PoolError) -> InboxError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => pg_error(&e),
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
         other => InboxError::Unavailable(other.to_string()),
     }
 }
@@ -214,11 +214,7 @@ type Client = deadpool_postgres::Object;
 
 /// Check the server and the schema version, for `check-config`: the version found, or why not.
 pub async fn check(url: &PostgresUrl) -> Result<i32, InboxError> {
-    let (client, connection) = url
-        .config()?
-        .connect(NoTls)
-        .await
-        .map_err(|e| pg_error(&e))?;
+    let (client, connection) = url.config()?.connect(NoTls).await.map_err(pg_error)?;
     let task = tokio::spawn(connection);
     let found = client
         .query_opt(
@@ -231,7 +227,7 @@ pub async fn check(url: &PostgresUrl) -> Result<i32, InboxError> {
         Ok(row) => Ok(row.map_or(0, |r| r.get(0))),
         // No schema table yet: a new database, migrated at the first start.
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
-        Err(e) => Err(pg_error(&e)),
+        Err(e) => Err(pg_error(e)),
     }
 }
 
@@ -284,7 +280,7 @@ async fn push_writer(pool: Pool, mut rx: mpsc::Receiver<PushRequest>) {
 /// that were new. A key seen twice in one batch is new only once.
 async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, InboxError> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+    let tx = client.transaction().await.map_err(pg_error)?;
     let column = |f: fn(&NewJob) -> &str| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
     let (keys, apps) = (column(|j| &j.dedup_key), column(|j| &j.app));
     let (users, payloads) = (column(|j| &j.user_key), column(|j| &j.payload));
@@ -300,11 +296,11 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, I
              ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, user_key, app",
         )
         .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(pg_error)?;
     let rows = tx
         .query(&insert, &[&keys, &apps, &users, &payloads, &now])
         .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(pg_error)?;
     let inserted: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
     // The last app each user wrote through; rows locked in user order, so replicas never
     // wait on each other in a circle.
@@ -325,12 +321,12 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, I
                  ON CONFLICT (user_key) DO UPDATE SET app = excluded.app, updated_at = excluded.updated_at",
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         tx.execute(&upsert, &[&users, &apps, &now])
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
     }
-    tx.commit().await.map_err(|e| pg_error(&e))?;
+    tx.commit().await.map_err(pg_error)?;
     Ok(inserted)
 }
 
@@ -379,7 +375,7 @@ impl PostgresInbox {
             .build()
             .map_err(|e| InboxError::Storage(format!("cannot set up the store: {e}")))?;
         let mut client = pool.get().await.map_err(pool_error)?;
-        migrate(&mut client).await.map_err(|e| pg_error(&e))?;
+        migrate(&mut client).await.map_err(pg_error)?;
         drop(client);
         let (pushes, rx) = mpsc::channel(MAX_BATCH * 4);
         tokio::spawn(push_writer(pool.clone(), rx));
@@ -441,7 +437,7 @@ impl PostgresInbox {
                 &[&self.me, &self.lease_until(), &now],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -481,7 +477,7 @@ impl PostgresInbox {
                     &[&id],
                 )
                 .await
-                .map_err(|e| pg_error(&e))?;
+                .map_err(pg_error)?;
             let chunks: Vec<Chunk> = chunks
                 .iter()
                 .map(|r| Chunk {
@@ -514,7 +510,7 @@ impl PostgresInbox {
                 &[&id, &state, &error, &now_ms()],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         self.held().remove(&id);
         self.wake.notify_waiters();
         Ok(())
@@ -531,7 +527,7 @@ impl PostgresInbox {
                 &[&id, &now_ms(), &self.me],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         self.held().remove(&id);
         Ok(())
     }
@@ -548,14 +544,14 @@ impl PostgresInbox {
                 &[&held, &until, &self.me],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         client
             .execute(
                 "UPDATE deliveries SET lease_until = $1 WHERE state = 'queued' AND lease_owner = $2",
                 &[&until, &self.me],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 
@@ -564,7 +560,7 @@ impl PostgresInbox {
         client
             .execute(sql, &[&(job.id as i64), &(seq as i32), &now_ms()])
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 }
@@ -680,7 +676,7 @@ impl Queue for PostgresInbox {
                 let n = client
                     .execute(sql, &[&cutoff_ms, &PRUNE_BATCH])
                     .await
-                    .map_err(|e| pg_error(&e))?;
+                    .map_err(pg_error)?;
                 total += n as usize;
                 if n < PRUNE_BATCH as u64 {
                     break;
@@ -732,7 +728,7 @@ impl Outbox for PostgresInbox {
                 &[&(job.id as i64), &seqs, &chunks],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 
@@ -762,7 +758,7 @@ impl Routes for PostgresInbox {
         let row = client
             .query_opt("SELECT app FROM routes WHERE user_key = $1", &[&user_key])
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(row.map(|r| r.get(0)))
     }
 }
@@ -786,7 +782,7 @@ impl Deliveries for PostgresInbox {
                 &[&targets, &payloads, &self.me, &self.lease_until(), &now],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         let mut ids: Vec<i64> = ids.iter().map(|r| r.get(0)).collect();
         ids.sort_unstable();
         Ok(ids)
@@ -807,24 +803,14 @@ impl Deliveries for PostgresInbox {
                 &[&self.me, &self.lease_until(), &now_ms()],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
-        let mut queued = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.get(0);
-            match Push::from_columns(row.get(1), row.get(2)) {
-                Ok(push) => queued.push(StoredDelivery {
-                    id,
-                    push,
-                    started: row.get(3),
-                }),
-                Err(why) => {
-                    tracing::error!(delivery = id, "{why}; marked failed");
-                    self.finish_delivery(id, 0, Some(why)).await?;
-                }
-            }
-        }
-        queued.sort_by_key(|d| d.id);
-        Ok(queued)
+            .map_err(pg_error)?;
+        let mut rows: Vec<(i64, String, String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        // RETURNING follows no order: deliveries go out in id order.
+        rows.sort_by_key(|r| r.0);
+        super::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
@@ -835,7 +821,7 @@ impl Deliveries for PostgresInbox {
                 &[&id, &now_ms()],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 
@@ -855,7 +841,7 @@ impl Deliveries for PostgresInbox {
                 &[&id, &state, &(attempts as i32), &error, &now_ms()],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 
@@ -867,24 +853,12 @@ impl Deliveries for PostgresInbox {
                 &[&id],
             )
             .await
-            .map_err(|e| pg_error(&e))?
+            .map_err(pg_error)?
         else {
             return Ok(None);
         };
-        let target: Target = serde_json::from_str(row.get(0)).map_err(|e| {
-            InboxError::Storage(format!("delivery {id} has an unreadable target: {e}"))
-        })?;
-        let state: &str = row.get(1);
-        let state = DeliveryState::parse(state).ok_or_else(|| {
-            InboxError::Storage(format!("delivery {id} has an unknown state {state:?}"))
-        })?;
-        Ok(Some(DeliveryStatus {
-            id,
-            target,
-            state,
-            attempts: row.get::<_, i32>(2) as u32,
-            error: row.get(3),
-        }))
+        let attempts = row.get::<_, i32>(2) as u32;
+        DeliveryStatus::from_columns(id, row.get(0), row.get(1), attempts, row.get(3)).map(Some)
     }
 }
 
@@ -901,7 +875,7 @@ impl History for PostgresInbox {
                 &[&user_key, &(max as i64)],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(rows
             .iter()
             .map(|r| HistoryEntry {
@@ -919,7 +893,7 @@ impl History for PostgresInbox {
         keep: usize,
     ) -> Result<(), InboxError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let roles: Vec<&str> = entries.iter().map(|e| e.role.as_str()).collect();
         let contents: Vec<&str> = entries.iter().map(|e| e.content.as_str()).collect();
         tx.execute(
@@ -929,15 +903,15 @@ impl History for PostgresInbox {
             &[&user_key, &roles, &contents, &now_ms()],
         )
         .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(pg_error)?;
         tx.execute(
             "DELETE FROM history WHERE user_key = $1 AND id NOT IN (
                  SELECT id FROM history WHERE user_key = $1 ORDER BY id DESC LIMIT $2)",
             &[&user_key, &(keep as i64)],
         )
         .await
-        .map_err(|e| pg_error(&e))?;
-        tx.commit().await.map_err(|e| pg_error(&e))
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)
     }
 
     async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
@@ -945,7 +919,7 @@ impl History for PostgresInbox {
         client
             .execute("DELETE FROM history WHERE user_key = $1", &[&user_key])
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(pg_error)?;
         Ok(())
     }
 }
@@ -964,7 +938,7 @@ impl SharedTokens for PostgresInbox {
         stale: Option<String>,
         fetch: Fetch<'_>,
     ) -> Result<(String, Duration), ApiError> {
-        let pg = |e: tokio_postgres::Error| shared_error(pg_error(&e));
+        let pg = |e| shared_error(pg_error(e));
         let mut client = self.client().await.map_err(shared_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         // Held until commit: the other replicas wanting this app's token wait, then read it.
@@ -1006,7 +980,7 @@ impl SharedTokens for PostgresInbox {
 #[async_trait]
 impl SharedWindows for PostgresInbox {
     async fn reserve(&self, key: &str, limits: &[Limit]) -> Result<Reserved, ApiError> {
-        let pg = |e: tokio_postgres::Error| shared_error(pg_error(&e));
+        let pg = |e| shared_error(pg_error(e));
         let mut client = self.client().await.map_err(shared_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute(
@@ -1068,7 +1042,7 @@ impl SharedWindows for PostgresInbox {
             client
                 .execute(sql, &[&id, &now_ms()])
                 .await
-                .map_err(|e| pg_error(&e))
+                .map_err(pg_error)
         }
         .await;
         if let Err(e) = result {

@@ -33,7 +33,7 @@ use super::{
     InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
 };
 use crate::message::InboundMessage;
-use crate::outbound::dispatch::{Push, Target};
+use crate::outbound::dispatch::Push;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
 const LOCK_FILE: &str = "wecom-gateway.lock";
@@ -879,17 +879,7 @@ impl Deliveries for SqliteInbox {
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        let mut queued = Vec::with_capacity(rows.len());
-        for (id, target, payload, started) in rows {
-            match Push::from_columns(&target, &payload) {
-                Ok(push) => queued.push(StoredDelivery { id, push, started }),
-                Err(why) => {
-                    tracing::error!(delivery = id, "{why}; marked failed");
-                    self.finish_delivery(id, 0, Some(why)).await?;
-                }
-            }
-        }
-        Ok(queued)
+        super::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
@@ -943,17 +933,7 @@ impl Deliveries for SqliteInbox {
         let Some((id, target, state, attempts, error)) = row else {
             return Ok(None);
         };
-        let target: Target = serde_json::from_str(&target)
-            .map_err(|e| storage(format!("delivery {id} has an unreadable target: {e}")))?;
-        let state = DeliveryState::parse(&state)
-            .ok_or_else(|| storage(format!("delivery {id} has an unknown state {state:?}")))?;
-        Ok(Some(DeliveryStatus {
-            id,
-            target,
-            state,
-            attempts,
-            error,
-        }))
+        DeliveryStatus::from_columns(id, &target, &state, attempts, error).map(Some)
     }
 }
 

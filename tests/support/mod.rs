@@ -20,6 +20,8 @@ use tokio::sync::{oneshot, Notify};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::{AgentConfig, Allowlist, AppConfig, Config, StoreKind};
 use wecom_gateway::crypto::MsgCrypt;
+use wecom_gateway::inbox::NewJob;
+use wecom_gateway::message::InboundMessage;
 use wecom_gateway::Application;
 
 /// How long a test waits for something that should happen promptly before it fails.
@@ -639,5 +641,19 @@ impl Agent for Recording {
             wecom_gateway::message::MessageKind::Text { content } => content.clone(),
             _ => turn.message.describe(),
         }])
+    }
+}
+
+/// A text message from `user` (corp ww1, agent 5) as the store receives it, for store tests.
+pub fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
+    let xml = format!(
+        "<xml><ToUserName>ww1</ToUserName><FromUserName>{user}</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi {msg_id}</Content><MsgId>{msg_id}</MsgId><AgentID>5</AgentID></xml>"
+    );
+    let message = InboundMessage::parse(&xml).unwrap();
+    NewJob {
+        app: app.into(),
+        user_key: format!("ww1:{user}"),
+        dedup_key: message.dedup_key("ww1", 5),
+        payload: xml,
     }
 }

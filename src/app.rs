@@ -5,10 +5,52 @@
 
 use std::sync::Arc;
 
-use crate::config::AppConfig;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::agent::AgentConfig;
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::shared::SharedTokens;
 use crate::wecom::token::TokenCache;
+
+/// One WeCom self-built application (自建应用).
+#[derive(Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub corp_id: String,
+    pub corp_secret: SecretString,
+    pub agent_id: u64,
+    pub token: SecretString,
+    pub encoding_aes_key: SecretString,
+    /// This app's own agent, overriding the `agent:` section.
+    pub agent: Option<AgentConfig>,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("corp_id", &self.corp_id)
+            .field("corp_secret", &"[redacted]")
+            .field("agent_id", &self.agent_id)
+            .field("token", &"[redacted]")
+            .field("encoding_aes_key", &"[redacted]")
+            .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
+            .finish()
+    }
+}
+
+impl AppConfig {
+    /// The secret values, for the few places that must send them (gettoken) or key crypto with them.
+    pub fn corp_secret(&self) -> &str {
+        self.corp_secret.expose_secret()
+    }
+    pub fn token(&self) -> &str {
+        self.token.expose_secret()
+    }
+    pub fn encoding_aes_key(&self) -> &str {
+        self.encoding_aes_key.expose_secret()
+    }
+}
 
 /// One self-built app, ready to verify callbacks and send messages.
 #[derive(Debug)]

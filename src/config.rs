@@ -18,20 +18,20 @@ use std::time::Duration;
 use figment::providers::{Format, Yaml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 
 use crate::agent::config::AgentSettings;
+pub use crate::allowlist::Allowlist;
+pub use crate::app::AppConfig;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
-pub use crate::inbox::postgres::PostgresUrl;
+pub use crate::inbox::{PostgresUrl, StoreKind};
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
 
-pub use crate::agent::config::{
-    AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig,
-};
+pub use crate::agent::{AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig};
 
 pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
@@ -39,77 +39,6 @@ pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 const NESTED_PATH: &str = "platforms.wecom_callback.extra";
 /// The figment metadata name of [`EnvVars`], by which errors find values that came from there.
 const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
-
-/// One WeCom self-built application (自建应用).
-#[derive(Clone)]
-pub struct AppConfig {
-    pub name: String,
-    pub corp_id: String,
-    pub corp_secret: SecretString,
-    pub agent_id: u64,
-    pub token: SecretString,
-    pub encoding_aes_key: SecretString,
-    /// This app's own agent, overriding the `agent:` section.
-    pub agent: Option<AgentConfig>,
-}
-
-impl std::fmt::Debug for AppConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppConfig")
-            .field("name", &self.name)
-            .field("corp_id", &self.corp_id)
-            .field("corp_secret", &"[redacted]")
-            .field("agent_id", &self.agent_id)
-            .field("token", &"[redacted]")
-            .field("encoding_aes_key", &"[redacted]")
-            .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
-            .finish()
-    }
-}
-
-impl AppConfig {
-    /// The secret values, for the few places that must send them (gettoken) or key crypto with them.
-    pub fn corp_secret(&self) -> &str {
-        self.corp_secret.expose_secret()
-    }
-    pub fn token(&self) -> &str {
-        self.token.expose_secret()
-    }
-    pub fn encoding_aes_key(&self) -> &str {
-        self.encoding_aes_key.expose_secret()
-    }
-}
-
-/// Who may talk to the agent. Entries are `user` (any corp) or `corp_id:user`, compared
-/// case-insensitively because WeCom UserIDs are.
-#[derive(Debug, Clone, Default)]
-pub struct Allowlist {
-    pub allow_all: bool,
-    pub users: Vec<String>,
-}
-
-impl Allowlist {
-    pub fn allows(&self, corp_id: &str, user_id: &str) -> bool {
-        self.allow_all
-            || self.users.iter().any(|entry| match entry.split_once(':') {
-                Some((corp, user)) => {
-                    corp.eq_ignore_ascii_case(corp_id) && user.eq_ignore_ascii_case(user_id)
-                }
-                None => entry.eq_ignore_ascii_case(user_id),
-            })
-    }
-}
-
-/// Where acknowledged messages are kept until answered.
-#[derive(Debug, Clone)]
-pub enum StoreKind {
-    /// SQLite file under `data_dir`: survives restarts and crashes (the default).
-    Sqlite,
-    /// In memory only: lost on restart. For tests and throw-away setups.
-    Memory,
-    /// A PostgreSQL database shared by several replicas.
-    Postgres(PostgresUrl),
-}
 
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
@@ -575,21 +504,6 @@ fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
-fn store(text: &str) -> Result<StoreKind, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "sqlite" => Ok(StoreKind::Sqlite),
-        "memory" => Ok(StoreKind::Memory),
-        _ => PostgresUrl::parse(text).map(StoreKind::Postgres),
-    }
-}
-
-fn allowed_user(text: &str) -> Result<String, String> {
-    match text.split(':').count() > 2 || text.starts_with(':') || text.ends_with(':') {
-        true => Err(format!("must be user or corp_id:user, got {text:?}")),
-        false => Ok(text.to_owned()),
-    }
-}
-
 // ---------------------------------------------------------------- validation
 
 /// Collects every problem while the settings are validated.
@@ -751,7 +665,7 @@ impl Settings {
             apps,
             allowlist: Allowlist {
                 allow_all: c.get("allow_all_users", s.allow_all_users, false, boolean),
-                users: c.names("allowed_users", s.allowed_users, allowed_user),
+                users: c.names("allowed_users", s.allowed_users, Allowlist::entry),
             },
             api_base_url: (c.opt("api_base_url", s.api_base_url, HttpUrl::parse))
                 .map_or_else(|| DEFAULT_API_BASE_URL.into(), HttpUrl::base),
@@ -770,7 +684,7 @@ impl Settings {
                 num(0, 86_400),
             ),
             http_timeout_secs: c.get("http_timeout_secs", s.http_timeout_secs, 10, num(1, 600)),
-            store: c.get("store", s.store, StoreKind::Sqlite, store),
+            store: c.get("store", s.store, StoreKind::Sqlite, StoreKind::parse),
             data_dir: c.get("data_dir", s.data_dir, "./data".into(), |d| {
                 Ok(PathBuf::from(d))
             }),

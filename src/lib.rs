@@ -4,6 +4,7 @@
 //! the binary and the tests run exactly the same thing.
 
 pub mod agent;
+pub mod allowlist;
 pub mod app;
 pub mod bots;
 pub mod config;

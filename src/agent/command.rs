@@ -5,14 +5,15 @@
 //! its timeout, or let it fill memory (what is kept of stdout and stderr is capped; the rest is
 //! read and thrown away, so a chatty program never blocks on a full pipe).
 
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::{Agent, AgentError, Turn};
-use crate::config::CommandAgentConfig;
 
 /// Most reply bytes read from the program; more is an error rather than a memory problem.
 const MAX_STDOUT: u64 = 1024 * 1024;
@@ -20,6 +21,46 @@ const MAX_STDOUT: u64 = 1024 * 1024;
 const MAX_STDERR: u64 = 64 * 1024;
 /// Variables passed through from the gateway's environment so ordinary programs work.
 const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Run `program` per message with the turn as JSON on stdin; stdout is the reply. `Debug` shows
+/// the names of `env`, not its values (an API key for the script, say).
+#[derive(Clone)]
+pub struct CommandAgentConfig {
+    pub program: String,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    /// Added to a minimal environment (PATH, HOME, LANG): the gateway's own variables, secrets
+    /// included, are not passed on.
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for CommandAgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("CommandAgentConfig")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("timeout", &self.timeout)
+            .field("env", &env)
+            .field("working_dir", &self.working_dir)
+            .finish()
+    }
+}
+
+impl CommandAgentConfig {
+    /// check-config's lines: the names of `env`, never its values.
+    pub(crate) fn shown(&self) -> Vec<String> {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        let mut lines = vec![format!("program: {}", self.program)];
+        lines.push(format!("args: {:?}", self.args));
+        lines.push(format!("timeout_secs: {}", self.timeout.as_secs()));
+        lines.push(format!("env: {names:?} (values hidden)"));
+        let dir = self.working_dir.as_ref();
+        lines.extend(dir.map(|d| format!("working_dir: {}", d.display())));
+        lines
+    }
+}
 
 pub struct CommandAgent {
     config: CommandAgentConfig,

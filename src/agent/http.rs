@@ -8,12 +8,37 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::{Agent, AgentError, Turn};
-use crate::config::HttpAgentConfig;
 use crate::outbound::retry::RetryPolicy;
+
+/// POST the turn as JSON to `url`.
+#[derive(Debug, Clone)]
+pub struct HttpAgentConfig {
+    pub url: String,
+    pub timeout: Duration,
+    /// Extra tries on transport errors and HTTP 5xx.
+    pub retries: u32,
+    /// Sent with every request (e.g. an Authorization header); values are secrets.
+    pub headers: Vec<(String, SecretString)>,
+}
+
+impl HttpAgentConfig {
+    /// check-config's lines: header names, never their values.
+    pub(crate) fn shown(&self) -> Vec<String> {
+        let (url, timeout) = (&self.url, self.timeout.as_secs());
+        let mut lines = vec![format!("url: {url}"), format!("timeout_secs: {timeout}")];
+        lines.push(format!("retries: {}", self.retries));
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, _)| format!("headers.{name}: '****'"));
+        lines.extend(headers);
+        lines
+    }
+}
 
 pub struct HttpAgent {
     http: reqwest::Client,

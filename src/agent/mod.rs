@@ -16,11 +16,79 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::config::{AgentConfig, AgentKind};
 use crate::inbox::History;
 use crate::message::{Event, InboundMessage, MessageKind};
 
+pub use command::CommandAgentConfig;
 pub use echo::EchoAgent;
+pub use http::HttpAgentConfig;
+pub use openai::OpenAiConfig;
+
+pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
+pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
+/// Which agent answers, and how the chat feels around it.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub kind: AgentKind,
+    /// echo only: wait this long before answering (simulates a slow agent).
+    pub delay_ms: u64,
+    /// Send `ack_message` once if the agent has not answered after this long.
+    pub ack_after: Option<Duration>,
+    pub ack_message: String,
+    /// Sent instead of silence when the agent fails or times out.
+    pub failure_message: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            kind: AgentKind::Echo,
+            delay_ms: 0,
+            ack_after: None,
+            ack_message: DEFAULT_ACK_MESSAGE.into(),
+            failure_message: DEFAULT_FAILURE_MESSAGE.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AgentKind {
+    Echo,
+    Http(HttpAgentConfig),
+    Command(CommandAgentConfig),
+    Openai(OpenAiConfig),
+}
+
+impl AgentConfig {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            AgentKind::Echo => "echo",
+            AgentKind::Http(_) => "http",
+            AgentKind::Command(_) => "command",
+            AgentKind::Openai(_) => "openai",
+        }
+    }
+
+    /// check-config's YAML lines for this agent (indented by `indent`), secrets hidden.
+    pub fn redacted(&self, indent: &str) -> String {
+        let mut lines = vec![format!("kind: {}", self.kind_name())];
+        match &self.kind {
+            AgentKind::Echo => lines.push(format!("delay_ms: {}", self.delay_ms)),
+            AgentKind::Http(c) => lines.extend(c.shown()),
+            AgentKind::Command(c) => lines.extend(c.shown()),
+            AgentKind::Openai(c) => lines.extend(c.shown()),
+        }
+        let ack_after = self.ack_after.map(|d| d.as_secs_f64().to_string());
+        lines.push(format!(
+            "ack_after: {}",
+            ack_after.as_deref().unwrap_or("off")
+        ));
+        lines
+            .iter()
+            .map(|line| format!("{indent}{line}\n"))
+            .collect()
+    }
+}
 
 /// One member's message, as an agent sees it.
 #[derive(Debug, Clone, Copy)]

@@ -7,18 +7,54 @@
 //! Must never: log or echo the API key, or mix one user's history into another's.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::{Agent, AgentError, Turn};
-use crate::config::OpenAiConfig;
 use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
 pub const RESET_DONE: &str = "已清空对话历史，我们重新开始吧。(Conversation cleared.)";
+
+/// An OpenAI-compatible `/chat/completions` endpoint.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// Up to and including `/v1`, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<SecretString>,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub timeout: Duration,
+    /// Past exchanges (a question and its answer) sent with each request.
+    pub history_turns: usize,
+    /// And at most this many characters of them.
+    pub history_chars: usize,
+}
+
+impl OpenAiConfig {
+    /// check-config's lines: whether there is an API key, never the key.
+    pub(crate) fn shown(&self) -> Vec<String> {
+        let key = if self.api_key.is_some() {
+            "'****'"
+        } else {
+            "none"
+        };
+        vec![
+            format!("base_url: {}", self.base_url),
+            format!("model: {}", self.model),
+            format!("api_key: {key}"),
+            format!("timeout_secs: {}", self.timeout.as_secs()),
+            format!("history_turns: {}", self.history_turns),
+            format!("history_chars: {}", self.history_chars),
+        ]
+    }
+}
 
 pub struct OpenAiAgent {
     http: reqwest::Client,

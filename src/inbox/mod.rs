@@ -20,8 +20,30 @@ use crate::message::InboundMessage;
 use crate::outbound::dispatch::{Push, Target};
 
 pub use memory::MemoryInbox;
-pub use postgres::PostgresInbox;
+pub use postgres::{PostgresInbox, PostgresUrl};
 pub use sqlite::SqliteInbox;
+
+/// Where acknowledged messages are kept until answered.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// SQLite file under `data_dir`: survives restarts and crashes (the default).
+    Sqlite,
+    /// In memory only: lost on restart. For tests and throw-away setups.
+    Memory,
+    /// A PostgreSQL database shared by several replicas.
+    Postgres(PostgresUrl),
+}
+
+impl StoreKind {
+    /// `sqlite`, `memory` or a `postgres://` URL.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(StoreKind::Sqlite),
+            "memory" => Ok(StoreKind::Memory),
+            _ => PostgresUrl::parse(text).map(StoreKind::Postgres),
+        }
+    }
+}
 
 /// A message to be queued: which app it came through and whose turn it is.
 #[derive(Debug, Clone)]

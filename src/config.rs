@@ -40,6 +40,13 @@ const NESTED_PATH: &str = "platforms.wecom_callback.extra";
 /// The figment metadata name of [`EnvVars`], by which errors find values that came from there.
 const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
 
+/// `media:`: files agents send and receive.
+#[derive(Debug, Clone, Default)]
+pub struct MediaConfig {
+    /// Directories an agent's `path` may name; none by default, so only `base64` works.
+    pub agent_dirs: Vec<PathBuf>,
+}
+
 /// The validated configuration the service runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -73,6 +80,7 @@ pub struct Config {
     /// Per group robot (WeCom: 20 a minute).
     pub bot_limits: Vec<Limit>,
     pub retry: RetryPolicy,
+    pub media: MediaConfig,
 }
 
 /// Where the configuration came from, for the start-up log.
@@ -180,7 +188,8 @@ impl Config {
         let _ = writeln!(out, "  bot: [{}]\nretry:", limits(&c.bot_limits));
         let _ = writeln!(out, "  max_attempts: {}", c.retry.max_attempts);
         let _ = writeln!(out, "  base_ms: {}", c.retry.base.as_millis());
-        let _ = writeln!(out, "  max_ms: {}\nbots:", c.retry.max.as_millis());
+        let _ = writeln!(out, "  max_ms: {}", c.retry.max.as_millis());
+        let _ = writeln!(out, "media:\n  agent_dirs: {:?}\nbots:", c.media.agent_dirs);
         for bot in &c.bots {
             let _ = writeln!(out, "  - name: {}", bot.name);
             let _ = writeln!(out, "    webhook_url: {REDACTED_WEBHOOK}");
@@ -338,6 +347,7 @@ struct Settings {
     api_tokens: Option<List>,
     limits: Option<Field<LimitSettings>>,
     retry: Option<Field<RetrySettings>>,
+    media: Option<Field<MediaSettings>>,
     /// The nested layout's root, read through [`NESTED_PATH`] instead.
     #[serde(rename = "platforms")]
     _platforms: Option<IgnoredAny>,
@@ -385,6 +395,13 @@ struct ApiSettings {
 struct LimitSettings {
     member: Option<List>,
     bot: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct MediaSettings {
+    agent_dirs: Option<List>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -646,6 +663,11 @@ impl Settings {
         let bot_limits = Some(c.names("limits.bot", limits.bot, Limit::parse))
             .filter(|l| !l.is_empty())
             .unwrap_or_else(crate::outbound::default_bot_limits);
+        let media = c.mapping("media", s.media).unwrap_or_default();
+        c.unknown("media.", &media.unknown);
+        let agent_dirs = c.names("media.agent_dirs", media.agent_dirs, |d| {
+            Ok(PathBuf::from(d))
+        });
         let retry = c.mapping("retry", s.retry).unwrap_or_default();
         c.unknown("retry.", &retry.unknown);
         let ms = |max| move |t: &str| num(1, max)(t).map(Duration::from_millis);
@@ -701,6 +723,7 @@ impl Settings {
                 base,
                 max: max.max(base),
             },
+            media: MediaConfig { agent_dirs },
         }
     }
 }

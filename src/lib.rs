@@ -138,7 +138,8 @@ impl Application {
             config.retry,
             config.member_limits.clone(),
             config.bot_limits.clone(),
-        );
+        )
+        .with_agent_dirs(config.media.agent_dirs.clone());
         if let Some(shared) = &shared {
             outbound = outbound.with_shared_windows(shared.clone());
         }

@@ -115,6 +115,14 @@ pub enum Event {
     View {
         url: String,
     },
+    /// A click on a template card this app sent (`template_card_event`): answer it with
+    /// update_template_card and `response_code` to change the card.
+    TemplateCard {
+        event_key: String,
+        task_id: String,
+        card_type: String,
+        response_code: String,
+    },
     /// Periodic location report.
     Location {
         latitude: f64,
@@ -237,14 +245,19 @@ impl InboundMessage {
             Some(id) => format!("{corp_id}:{agent_id}:msg:{id}"),
             None => {
                 let get = |k: &str| self.raw.get(k).map(String::as_str).unwrap_or("");
-                format!(
+                let key = format!(
                     "{corp_id}:{agent_id}:event:{}:{}:{}:{}:{}",
                     self.from_user_name,
                     self.create_time,
                     get("Event"),
                     get("EventKey"),
                     get("ChangeType"),
-                )
+                );
+                // Card clicks: the same button on two cards in one second are two clicks.
+                match self.raw.get("TaskId") {
+                    Some(task) => format!("{key}:{task}"),
+                    None => key,
+                }
             }
         }
     }
@@ -265,6 +278,9 @@ impl InboundMessage {
             MessageKind::Link { title, url, .. } => format!("[link] {title} {url}"),
             MessageKind::File { file_name, .. } => format!("[file] {file_name}"),
             MessageKind::Event(Event::Click { key }) => format!("[menu click] {key}"),
+            MessageKind::Event(Event::TemplateCard { event_key, .. }) => {
+                format!("[card click] {event_key}")
+            }
             MessageKind::Event(e) => format!("[event] {}", e.name()),
             MessageKind::Other => format!("[{} message]", self.msg_type),
         }
@@ -279,6 +295,7 @@ impl Event {
             Event::Unsubscribe => "unsubscribe",
             Event::EnterAgent => "enter_agent",
             Event::Click { .. } => "click",
+            Event::TemplateCard { .. } => "template_card_event",
             Event::View { .. } => "view",
             Event::Location { .. } => "LOCATION",
             Event::Other { event, .. } => event,
@@ -305,6 +322,12 @@ fn parse_event(raw: &BTreeMap<String, String>) -> Result<Event, MessageError> {
         "enter_agent" => Event::EnterAgent,
         "click" => Event::Click {
             key: key.unwrap_or_default(),
+        },
+        "template_card_event" => Event::TemplateCard {
+            event_key: key.unwrap_or_default(),
+            task_id: text("TaskId"),
+            card_type: text("CardType"),
+            response_code: text("ResponseCode"),
         },
         "view" => Event::View {
             url: key.unwrap_or_default(),

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, Turn};
-use crate::app::Apps;
+use crate::agent::{Agent, Events, Turn};
+use crate::app::{App, Apps};
 use crate::config::AgentConfig;
 use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
+use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::wecom::AppMessage;
 
@@ -23,6 +24,8 @@ pub struct AgentHandle {
     pub ack_message: String,
     /// Sent instead of silence when the agent fails or times out.
     pub failure_message: String,
+    /// Which events reach the agent.
+    pub events: Events,
 }
 
 impl AgentHandle {
@@ -32,6 +35,7 @@ impl AgentHandle {
             ack_after: settings.ack_after,
             ack_message: settings.ack_message.clone(),
             failure_message: settings.failure_message.clone(),
+            events: settings.events.clone(),
         }
     }
 }
@@ -80,16 +84,21 @@ impl Worker {
 
     async fn handle(&self, job: &Job) -> Outcome {
         let msg = &job.message;
-        if !msg.is_chat_turn() {
-            tracing::debug!(job = job.id, user = ?job.user_key, msg_type = ?msg.msg_type, "not a chat turn; no reply");
-            return Outcome::Done;
+        let handle = self.agents.for_app(&job.app);
+        if let (false, MessageKind::Event(event)) = (msg.is_chat_turn(), &msg.kind) {
+            let name = event.name();
+            if !handle.events.allows(name) || !handle.agent.takes_event(name) {
+                tracing::debug!(job = job.id, user = ?job.user_key, event = name, "an event the agent does not take (agent.events); no reply");
+                return Outcome::Done;
+            }
         }
         let Some(app) = self.apps.by_name(&job.app) else {
             let error = format!("app {:?} is no longer configured", job.app);
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
             return Outcome::Failed(error);
         };
-        // Set when the agent failed: the user gets the failure message, the job is marked failed.
+        // Set when the agent or one of its messages failed: the member gets the failure message,
+        // the job is marked failed.
         let mut failure: Option<String> = None;
         let chunks = match &job.reply {
             Some(recorded) => {
@@ -101,7 +110,6 @@ impl Worker {
                 recorded.clone()
             }
             None => {
-                let handle = self.agents.for_app(&app.config.name);
                 tracing::debug!(job = job.id, user = ?job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
                 let turn = Turn {
                     app: &app.config.name,
@@ -114,36 +122,35 @@ impl Worker {
                     Ok(replies) => replies,
                     Err(cause) => {
                         failure = Some(cause);
-                        vec![handle.failure_message.clone()]
+                        vec![AppMessage::text(&handle.failure_message)]
                     }
                 };
-                let pieces: Vec<String> = replies
-                    .into_iter()
-                    .flat_map(|content| {
-                        AppMessage::Text { content }
-                            .into_pieces()
-                            .unwrap_or_default()
-                    })
-                    .filter_map(|piece| match piece {
-                        AppMessage::Text { content } => Some(content),
-                        _ => None,
-                    })
-                    .collect();
+                let mut pieces = Vec::new();
+                for reply in replies {
+                    let msgtype = reply.msgtype();
+                    match reply.into_pieces() {
+                        Ok(more) => pieces.extend(more),
+                        // An empty text is no message; anything else the member is told about.
+                        Err(_) if msgtype == "text" => {}
+                        Err(e) => {
+                            tracing::error!(job = job.id, user = ?job.user_key, error = %e, "the agent's {msgtype} message is not within WeCom's limits; the member gets the failure message in its place");
+                            failure.get_or_insert_with(|| e.to_string());
+                            pieces.push(AppMessage::text(&handle.failure_message));
+                        }
+                    }
+                }
                 if pieces.is_empty() {
                     tracing::debug!(job = job.id, user = ?job.user_key, "agent gave no reply");
                     return Outcome::Done;
                 }
-                let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
                 if let Err(e) = self.inbox.record_reply(job, &pieces).await {
                     // Deliver anyway: a lost answer is worse than a rare double after a crash.
                     tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
                 }
-                pieces
-                    .into_iter()
-                    .enumerate()
-                    .map(|(seq, content)| Chunk {
+                (pieces.into_iter().enumerate())
+                    .map(|(seq, message)| Chunk {
                         seq,
-                        content: content.to_owned(),
+                        message,
                         state: ChunkState::Unsent,
                     })
                     .collect::<Vec<_>>()
@@ -156,9 +163,43 @@ impl Worker {
             .lock(&Outbound::member_key(app, &msg.from_user_name))
             .await;
         for chunk in chunks.iter().filter(|c| c.state != ChunkState::Sent) {
-            let message = AppMessage::Text {
-                content: chunk.content.clone(),
-            };
+            let mut message = chunk.message.clone();
+            if let AppMessage::UpdateCard { update_card } = &message {
+                let why = match &msg.kind {
+                    MessageKind::Event(Event::TemplateCard { response_code, .. }) => self
+                        .outbound
+                        .update_card(app, &msg.from_user_name, response_code, update_card)
+                        .await
+                        .err(),
+                    _ => {
+                        tracing::warn!(job = job.id, user = ?job.user_key, "update_card answers a click on a card (template_card_event) only; ignored");
+                        None
+                    }
+                };
+                match why {
+                    None => {}
+                    Some(Undelivered::Stopped) => return Outcome::Interrupted,
+                    Some(Undelivered::Failed(f)) => {
+                        tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, errcode = f.error.errcode(), error = %f, "update_template_card failed");
+                        failure.get_or_insert_with(|| format!("update_template_card: {f}"));
+                    }
+                }
+                if let Err(e) = self.inbox.mark_sent(job, chunk.seq).await {
+                    tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
+                }
+                continue;
+            }
+            if message.media_type().is_some() {
+                match self.upload(app, job, chunk.seq, &mut message).await {
+                    Ok(()) => {}
+                    Err(None) => return Outcome::Interrupted,
+                    Err(Some(why)) => {
+                        tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, error = %why, "cannot send the agent's {} message; the member gets the failure message in its place", message.msgtype());
+                        failure.get_or_insert(why);
+                        message = AppMessage::text(&handle.failure_message);
+                    }
+                }
+            }
             // Recorded before WeCom is called: if the process dies before the answer is recorded,
             // the next try knows this chunk may have arrived and asks WeCom to drop a duplicate.
             if let Err(e) = self.inbox.mark_started(job, chunk.seq).await {
@@ -205,6 +246,23 @@ impl Worker {
         }
     }
 
+    /// Give a media message its media_id, recording a new upload so that a send after a crash
+    /// does not upload again. Fails with why the file cannot be sent, or None when stopping.
+    async fn upload(
+        &self,
+        app: &App,
+        job: &Job,
+        seq: usize,
+        message: &mut AppMessage,
+    ) -> Result<(), Option<String>> {
+        if self.outbound.attach_media(app, message).await? {
+            if let Err(e) = self.inbox.record_upload(job, seq, message).await {
+                tracing::warn!(job = job.id, seq, error = %e, "cannot record an upload's media_id; a resend would upload again");
+            }
+        }
+        Ok(())
+    }
+
     /// Ask the agent; if it is still working after `ack_after`, tell the member once that the
     /// message arrived. Errors come back as the cause, already logged.
     async fn ask(
@@ -212,7 +270,7 @@ impl Worker {
         handle: &AgentHandle,
         turn: Turn<'_>,
         job: &Job,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<AppMessage>, String> {
         let answer = handle.agent.reply(turn);
         tokio::pin!(answer);
         let result = match handle.ack_after {
@@ -239,9 +297,7 @@ impl Worker {
             .outbound
             .lock(&Outbound::member_key(app, turn.user_id))
             .await;
-        let receipt = AppMessage::Text {
-            content: handle.ack_message.clone(),
-        };
+        let receipt = AppMessage::text(&handle.ack_message);
         match self
             .outbound
             .send_app(app, turn.user_id, &receipt, false)

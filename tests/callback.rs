@@ -10,6 +10,7 @@ use support::*;
 use tokio::sync::Semaphore;
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::Allowlist;
+use wecom_gateway::wecom::AppMessage;
 
 #[tokio::test]
 async fn text_message_gets_a_reply_through_message_send() {
@@ -383,12 +384,12 @@ impl Agent for Gated {
     fn name(&self) -> &str {
         "gated"
     }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         self.gate
             .acquire()
             .await
             .map_err(|e| AgentError::Failed(e.to_string()))?
             .forget();
-        Ok(vec![turn.message.describe()])
+        Ok(vec![AppMessage::text(turn.message.describe())])
     }
 }

@@ -437,6 +437,7 @@ fn printed_config_format_is_stable() {
             "  env: [\"A\"] (values hidden)\n",
             "  working_dir: /tmp\n",
             "  ack_after: 1.5\n",
+            "  events: [\"template_card_event\"]\n",
             "api:\n",
             "  tokens: 1 configured\n",
             "limits:\n",
@@ -446,6 +447,8 @@ fn printed_config_format_is_stable() {
             "  max_attempts: 8\n",
             "  base_ms: 1000\n",
             "  max_ms: 60000\n",
+            "media:\n",
+            "  agent_dirs: []\n",
             "bots:\n",
             "  - name: ops\n",
             "    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=****\n",
@@ -463,6 +466,7 @@ fn printed_config_format_is_stable() {
             "      retries: 2\n",
             "      headers.X-Key: '****'\n",
             "      ack_after: 1.5\n",
+            "      events: [\"template_card_event\"]\n",
             "  - name: b\n",
             "    corp_id: ww1\n",
             "    agent_id: 2\n",
@@ -478,6 +482,7 @@ fn printed_config_format_is_stable() {
             "      history_turns: 10\n",
             "      history_chars: 16000\n",
             "      ack_after: 1.5\n",
+            "      events: [\"template_card_event\"]\n",
             "  - name: c\n",
             "    corp_id: ww1\n",
             "    agent_id: 3\n",
@@ -488,6 +493,7 @@ fn printed_config_format_is_stable() {
             "      kind: echo\n",
             "      delay_ms: 5\n",
             "      ack_after: 1.5\n",
+            "      events: [\"template_card_event\"]\n",
         )
     );
     let (d, _) = Config::load(None, single_app_env()).unwrap();
@@ -514,6 +520,7 @@ fn printed_config_format_is_stable() {
             "  kind: echo\n",
             "  delay_ms: 0\n",
             "  ack_after: off\n",
+            "  events: [\"template_card_event\"]\n",
             "api:\n",
             "  tokens: 0 configured (the /api endpoints are off)\n",
             "limits:\n",
@@ -523,6 +530,8 @@ fn printed_config_format_is_stable() {
             "  max_attempts: 8\n",
             "  base_ms: 1000\n",
             "  max_ms: 60000\n",
+            "media:\n",
+            "  agent_dirs: []\n",
             "bots:\n",
             "apps:\n",
             "  - name: default\n",
@@ -614,4 +623,52 @@ fn wrong_shapes_are_named_without_echoing_values() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     assert!(!text.contains("SECRETZ"), "{text}");
+}
+
+#[test]
+fn media_agent_dirs_from_the_file_or_the_environment() {
+    let f = yaml("media:\n  agent_dirs: [/srv/agent/out, /tmp/x]\n  agentdirs: 1\n");
+    let (c, loaded) = Config::load(Some(f.path()), single_app_env()).unwrap();
+    let dirs = |c: &Config| c.media.agent_dirs.clone();
+    assert_eq!(
+        dirs(&c),
+        vec![
+            std::path::PathBuf::from("/srv/agent/out"),
+            std::path::PathBuf::from("/tmp/x")
+        ]
+    );
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("media.agentdirs: unknown key")),
+        "{:?}",
+        loaded.warnings
+    );
+    let mut e = single_app_env();
+    e.push(("WECOM_CALLBACK_MEDIA__AGENT_DIRS".into(), "/a, /b".into()));
+    let (c, _) = Config::load(None, e).unwrap();
+    assert_eq!(dirs(&c), vec![std::path::PathBuf::from("/a"), "/b".into()]);
+    let (c, _) = Config::load(None, single_app_env()).unwrap();
+    assert!(dirs(&c).is_empty(), "no directory by default");
+}
+
+#[test]
+fn agent_events_all_none_or_a_list() {
+    use wecom_gateway::agent::Events;
+    let load = |value: &str| {
+        let mut e = single_app_env();
+        e.push(("WECOM_CALLBACK_AGENT__EVENTS".into(), value.into()));
+        Config::load(None, e).unwrap().0.agent.events
+    };
+    assert_eq!(load("all"), Events::All);
+    assert_eq!(load("none"), Events::Only(vec![]));
+    let list = load("template_card_event, enter_agent");
+    assert!(list.allows("enter_agent") && !list.allows("change_contact"));
+    let (c, _) = Config::load(None, single_app_env()).unwrap();
+    assert!(c.agent.events.allows("template_card_event"));
+    assert!(
+        !c.agent.events.allows("enter_agent"),
+        "card clicks only, by default"
+    );
 }

@@ -96,10 +96,10 @@ impl Agent for Panicky {
     fn name(&self) -> &str {
         "panicky"
     }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         match &turn.message.kind {
             MessageKind::Text { content } if content == "panic" => panic!("agent exploded"),
-            MessageKind::Text { content } => Ok(vec![content.clone()]),
+            MessageKind::Text { content } => Ok(vec![AppMessage::text(content)]),
             _ => Ok(vec![]),
         }
     }

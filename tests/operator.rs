@@ -114,6 +114,7 @@ async fn a_stop_with_robot_messages_held_by_the_rate_limit_says_so_and_does_not_
         assert_eq!(resp.status(), 202);
     }
     fake.wait_for_robot(1).await;
+    gw.wait_for_log(&["waiting for the rate window"]).await;
     // The other two wait an hour for the robot's window: the stop must not wait for them
     // (`terminate` fails if the process is not gone well within the 600 s grace period).
     let log = gw.terminate().await;

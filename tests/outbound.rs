@@ -229,7 +229,7 @@ async fn the_api_checks_tokens_and_bodies() {
             "/send",
             json!({"touser": "u", "text": "a", "markdown": "b"}),
             400,
-            "exactly one of text, markdown or textcard",
+            "exactly one of text, markdown, textcard or messages",
         ),
         (
             "/send",

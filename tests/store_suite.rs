@@ -17,7 +17,8 @@ use wecom_gateway::inbox::{
     PostgresInbox, Pushed, Role, SqliteInbox,
 };
 use wecom_gateway::outbound::dispatch::{Push, Target};
-use wecom_gateway::wecom::BotMessage;
+use wecom_gateway::wecom::payload::Media;
+use wecom_gateway::wecom::{AppMessage, BotMessage};
 
 fn content(job: &wecom_gateway::inbox::Job) -> String {
     job.message.describe()
@@ -155,10 +156,22 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
     let s = b.open().await;
     s.inbox.push(job("bob", 7, "sales")).await.unwrap();
     let j = s.inbox.next().await.unwrap();
-    s.inbox
-        .record_reply(&j, &["one", "two", "three"])
-        .await
-        .unwrap();
+    let image = AppMessage::Image(Media {
+        base64: Some("iVBORw0KGgo=".into()),
+        ..Media::default()
+    });
+    let reply = [
+        AppMessage::text("one"),
+        image.clone(),
+        AppMessage::text("three"),
+    ];
+    s.inbox.record_reply(&j, &reply).await.unwrap();
+    // The image was uploaded before its send began: its media_id is kept for the resend.
+    let mut uploaded = image.clone();
+    if let Some(m) = uploaded.media_mut() {
+        (m.media_id, m.uploaded_at) = (Some("MEDIA-1".into()), Some(1_700_000_000));
+    }
+    s.inbox.record_upload(&j, 1, &uploaded).await.unwrap();
     s.inbox.mark_started(&j, 0).await.unwrap();
     s.inbox.mark_sent(&j, 0).await.unwrap();
     // The second chunk's send began; its answer never came back. Then the process dies.
@@ -169,16 +182,14 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
     let j = s.inbox.next().await.unwrap();
     assert_eq!(j.attempts, 2);
     let reply = j.reply.clone().expect("recorded reply");
-    let state: Vec<(&str, ChunkState)> = reply
-        .iter()
-        .map(|c| (c.content.as_str(), c.state))
-        .collect();
+    let state: Vec<(AppMessage, ChunkState)> =
+        reply.iter().map(|c| (c.message.clone(), c.state)).collect();
     assert_eq!(
         state,
         vec![
-            ("one", ChunkState::Sent),
-            ("two", ChunkState::Started),
-            ("three", ChunkState::Unsent)
+            (AppMessage::text("one"), ChunkState::Sent),
+            (uploaded, ChunkState::Started),
+            (AppMessage::text("three"), ChunkState::Unsent)
         ]
     );
     s.inbox.finish(&j, Outcome::Done).await;

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{Agent, AgentError, Turn};
+use super::{answer_from, is_answer, Agent, AgentError, Turn};
+use crate::wecom::AppMessage;
 
 /// Most reply bytes read from the program; more is an error rather than a memory problem.
 const MAX_STDOUT: u64 = 1024 * 1024;
@@ -78,7 +79,7 @@ impl Agent for CommandAgent {
         "command"
     }
 
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         let c = &self.config;
         let mut cmd = Command::new(&c.program);
         cmd.args(&c.args)
@@ -161,11 +162,12 @@ impl Agent for CommandAgent {
             AgentError::Failed(format!("{} wrote output that is not UTF-8", c.program))
         })?;
         let text = text.trim();
-        Ok(if text.is_empty() {
-            Vec::new()
-        } else {
-            vec![text.to_owned()]
-        })
+        // A JSON answer document (as the http agent's) when stdout is one; plain text otherwise.
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(doc) if is_answer(&doc) => answer_from(&doc),
+            _ if text.is_empty() => Ok(Vec::new()),
+            _ => Ok(vec![AppMessage::text(text)]),
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::agent::{AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig};
+use crate::agent::{
+    AgentConfig, AgentKind, CommandAgentConfig, Events, HttpAgentConfig, OpenAiConfig,
+};
 use crate::config::{num, secs, text, Check, Field, HttpUrl, List, Text, Unknown};
 
 /// The environment variable the openai agent reads its key from when `api_key_env` is not set.
@@ -43,6 +45,7 @@ pub(crate) struct AgentSettings {
     ack_after: Option<Text>,
     ack_message: Option<Text>,
     failure_message: Option<Text>,
+    events: Option<List>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -161,7 +164,24 @@ pub(crate) fn validate(
             inherited.failure_message,
             text,
         ),
+        events: events(c, &f("events"), s.events).unwrap_or(inherited.events),
     }
+}
+
+/// `all`, `none`, or event names (a list, or comma-separated text).
+fn events(c: &mut Check<'_>, field: &str, v: Option<List>) -> Option<Events> {
+    let split = |t: &str| {
+        t.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let names = c.list(field, Some(v?), split, text);
+    Some(match names.as_slice() {
+        [one] if one.eq_ignore_ascii_case("all") => Events::All,
+        [one] if one.eq_ignore_ascii_case("none") => Events::Only(Vec::new()),
+        _ => Events::Only(names),
+    })
 }
 
 /// A mapping of names to text values (headers, environment variables).

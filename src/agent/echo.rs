@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use super::{Agent, AgentError, Turn};
 use crate::message::MessageKind;
+use crate::wecom::AppMessage;
 
 /// Replies to text with exactly the same text, and to anything else with a description of it.
 /// An optional delay makes it a stand-in for a slow agent.
@@ -20,13 +21,13 @@ impl Agent for EchoAgent {
         "echo"
     }
 
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(vec![match &turn.message.kind {
+        Ok(vec![AppMessage::text(match &turn.message.kind {
             MessageKind::Text { content } => content.clone(),
             _ => format!("Received: {}", turn.message.describe()),
-        }])
+        })])
     }
 }

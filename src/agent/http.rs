@@ -1,5 +1,5 @@
-//! The http agent: POST the turn as JSON to a URL. A 200 with `{"reply": "..."}` or
-//! `{"replies": [...]}` is the answer; a 202 or 204 means the agent will answer later through
+//! The http agent: POST the turn as JSON to a URL. A 200 with `{"reply": "..."}`,
+//! `{"replies": [...]}` or `{"messages": [...]}` is the answer; a 202 or 204 means the agent will answer later through
 //! `POST /api/v1/send`.
 //!
 //! Must never: retry a 4xx (the agent refused the request), or log the configured header values.
@@ -11,8 +11,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::{Agent, AgentError, Turn};
+use super::{answer_from, Agent, AgentError, Turn};
 use crate::outbound::retry::RetryPolicy;
+use crate::wecom::AppMessage;
 
 /// POST the turn as JSON to `url`.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ impl HttpAgent {
         })
     }
 
-    async fn once(&self, body: &Value) -> Result<Vec<String>, (bool, AgentError)> {
+    async fn once(&self, body: &Value) -> Result<Vec<AppMessage>, (bool, AgentError)> {
         let response = match self.http.post(&self.config.url).json(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
@@ -117,26 +118,7 @@ impl HttpAgent {
                 )),
             )
         })?;
-        replies_from(&doc).map_err(|e| (false, e))
-    }
-}
-
-/// `{"reply": "..."}` or `{"replies": ["...", ...]}`; null or empty means no reply.
-fn replies_from(doc: &Value) -> Result<Vec<String>, AgentError> {
-    if let Some(list) = doc.get("replies").and_then(Value::as_array) {
-        return Ok(list
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_owned)
-            .collect());
-    }
-    match doc.get("reply") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(vec![s.clone()]),
-        Some(Value::String(_)) | Some(Value::Null) => Ok(Vec::new()),
-        _ => Err(AgentError::Failed(
-            "agent's 200 answer has neither \"reply\" (a string) nor \"replies\" (a list of strings)".into(),
-        )),
+        answer_from(&doc).map_err(|e| (false, e))
     }
 }
 
@@ -146,7 +128,7 @@ impl Agent for HttpAgent {
         "http"
     }
 
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         let body = turn.to_json();
         let (result, _) = self
             .retry

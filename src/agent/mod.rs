@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::inbox::History;
 use crate::message::{Event, InboundMessage, MessageKind};
+use crate::wecom::AppMessage;
 
 pub use command::CommandAgentConfig;
 pub use echo::EchoAgent;
@@ -37,6 +38,41 @@ pub struct AgentConfig {
     pub ack_message: String,
     /// Sent instead of silence when the agent fails or times out.
     pub failure_message: String,
+    /// Which events (besides menu clicks, always) reach the agent.
+    pub events: Events,
+}
+
+/// `agent.events`: `all`, `none`, or a list of event names as WeCom spells them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Events {
+    All,
+    Only(Vec<String>),
+}
+
+impl Default for Events {
+    /// Clicks on the cards the agent sent: the answer to a card it asked.
+    fn default() -> Self {
+        Events::Only(vec!["template_card_event".into()])
+    }
+}
+
+impl Events {
+    pub fn allows(&self, event: &str) -> bool {
+        match self {
+            Events::All => true,
+            Events::Only(names) => names.iter().any(|n| n.eq_ignore_ascii_case(event)),
+        }
+    }
+}
+
+impl std::fmt::Display for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Events::All => f.write_str("all"),
+            Events::Only(names) if names.is_empty() => f.write_str("none"),
+            Events::Only(names) => write!(f, "{names:?}"),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -47,6 +83,7 @@ impl Default for AgentConfig {
             ack_after: None,
             ack_message: DEFAULT_ACK_MESSAGE.into(),
             failure_message: DEFAULT_FAILURE_MESSAGE.into(),
+            events: Events::default(),
         }
     }
 }
@@ -83,6 +120,7 @@ impl AgentConfig {
             "ack_after: {}",
             ack_after.as_deref().unwrap_or("off")
         ));
+        lines.push(format!("events: {}", self.events));
         lines
             .iter()
             .map(|line| format!("{indent}{line}\n"))
@@ -157,6 +195,18 @@ impl Turn<'_> {
             MessageKind::Event(Event::Click { key }) => {
                 json!({ "event": "click", "event_key": key })
             }
+            MessageKind::Event(Event::TemplateCard {
+                event_key,
+                task_id,
+                card_type,
+                response_code,
+            }) => json!({
+                "event": "template_card_event", "event_key": event_key, "task_id": task_id,
+                "card_type": card_type, "response_code": response_code,
+            }),
+            MessageKind::Event(other) => {
+                json!({ "event": other.name(), "event_key": m.raw.get("EventKey") })
+            }
             _ => json!({}),
         };
         if let (Some(doc), Value::Object(extra)) = (doc.as_object_mut(), extra) {
@@ -178,9 +228,58 @@ pub enum AgentError {
 pub trait Agent: Send + Sync + 'static {
     /// A short name for logs.
     fn name(&self) -> &str;
-    /// The replies to this turn, each sent as its own message, in order; empty for no reply.
-    /// May take minutes.
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError>;
+    /// Whether this kind of agent can answer the event (`agent.events` chooses among these).
+    fn takes_event(&self, _event: &str) -> bool {
+        true
+    }
+    /// The replies to this turn, each sent as its own message (text split at WeCom's limit), in
+    /// order; empty for no reply. May take minutes.
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError>;
+}
+
+/// Whether `doc` is an answer document: an object with `messages`, `replies`, `reply` or
+/// `update_card`.
+pub(crate) fn is_answer(doc: &Value) -> bool {
+    let keys = ["messages", "replies", "reply", "update_card"];
+    keys.iter().any(|k| doc.get(k).is_some())
+}
+
+/// An answer document: `{"messages": [items]}` (see `AppMessage::from_item`),
+/// `{"replies": ["...", ...]}` or `{"reply": "..."}`; null or empty means no reply. A card click's
+/// answer may add `{"update_card": {...}}`, sent first. An item the agent got wrong fails the
+/// whole answer, naming it: the member gets the failure message.
+pub(crate) fn answer_from(doc: &Value) -> Result<Vec<AppMessage>, AgentError> {
+    let failed = |why: String| AgentError::Failed(format!("agent's answer: {why}"));
+    let update = doc.get("update_card").filter(|v| !v.is_null()).cloned();
+    let mut answer: Vec<AppMessage> = (update.into_iter())
+        .map(|update_card| AppMessage::UpdateCard { update_card })
+        .collect();
+    if let Some(items) = doc.get("messages").filter(|v| !v.is_null()) {
+        let items = items
+            .as_array()
+            .ok_or_else(|| failed("\"messages\" must be a list".into()))?;
+        for (i, item) in items.iter().enumerate() {
+            answer.push(
+                AppMessage::from_item(item).map_err(|e| failed(format!("messages[{i}].{e}")))?,
+            );
+        }
+    } else if let Some(list) = doc.get("replies").and_then(Value::as_array) {
+        let texts = list
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.trim().is_empty());
+        answer.extend(texts.map(AppMessage::text));
+    } else {
+        match doc.get("reply") {
+            Some(Value::String(s)) if !s.trim().is_empty() => answer.push(AppMessage::text(s)),
+            Some(Value::String(_)) | Some(Value::Null) => {}
+            None if !answer.is_empty() => {}
+            _ => return Err(failed(
+                "has none of \"messages\" (a list), \"reply\" (a string), \"replies\" (a list of strings) or \"update_card\"".into(),
+            )),
+        }
+    }
+    Ok(answer)
 }
 
 /// The agent a configuration describes. `store` keeps per-user state (conversation history).

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::{Agent, AgentError, Turn};
 use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
+use crate::wecom::AppMessage;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
 pub const RESET_DONE: &str = "已清空对话历史，我们重新开始吧。(Conversation cleared.)";
@@ -105,7 +106,12 @@ impl Agent for OpenAiAgent {
         "openai"
     }
 
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    /// A model sees a card click as `[card click] KEY`; other events mean nothing to it.
+    fn takes_event(&self, event: &str) -> bool {
+        event == "template_card_event"
+    }
+
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         let text = match &turn.message.kind {
             MessageKind::Text { content } => content.clone(),
             // The model sees a short description of what arrived (e.g. "[image] https://...").
@@ -117,9 +123,9 @@ impl Agent for OpenAiAgent {
                     .clear_history(turn.user_key)
                     .await
                     .map_err(Self::storage)?;
-                return Ok(vec![RESET_DONE.to_owned()]);
+                return Ok(vec![AppMessage::text(RESET_DONE)]);
             }
-            "/help" => return Ok(vec![HELP.to_owned()]),
+            "/help" => return Ok(vec![AppMessage::text(HELP)]),
             _ => {}
         }
         let mut messages = Vec::new();
@@ -192,6 +198,6 @@ impl Agent for OpenAiAgent {
             )
             .await
             .map_err(Self::storage)?;
-        Ok(vec![answer])
+        Ok(vec![AppMessage::text(answer)])
     }
 }

@@ -212,6 +212,9 @@ struct SendBody {
     markdown: Option<String>,
     #[serde(default)]
     textcard: Option<TextCard>,
+    /// Items as agents answer them (`AppMessage::from_item`), sent in order.
+    #[serde(default)]
+    messages: Option<Vec<serde_json::Value>>,
 }
 
 /// `POST /api/v1/send`: an app message to members, each delivered within their own rate limit.
@@ -238,19 +241,33 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
             "touser: @all is not supported; list the UserIDs (each is rate-limited on its own)",
         ));
     }
-    let message = match (req.text, req.markdown, req.textcard) {
-        (Some(content), None, None) => AppMessage::Text { content },
-        (None, Some(content), None) => AppMessage::Markdown { content },
-        (None, None, Some(card)) => AppMessage::Textcard(card),
-        _ => {
-            return Err(bad_request(
-                "exactly one of text, markdown or textcard is required",
-            ))
-        }
+    // Problems are named by item when a list was given (`messages[2].image: ...`).
+    let at = |i: usize| match req.messages.is_some() {
+        true => format!("messages[{i}]."),
+        false => String::new(),
     };
-    let pieces = message
-        .into_pieces()
-        .map_err(|e| bad_request(e.to_string()))?;
+    let messages = match (req.text, req.markdown, req.textcard, req.messages.clone()) {
+        (Some(content), None, None, None) => vec![AppMessage::Text { content }],
+        (None, Some(content), None, None) => vec![AppMessage::Markdown { content }],
+        (None, None, Some(card), None) => vec![AppMessage::Textcard(card)],
+        (None, None, None, Some(items)) if !items.is_empty() => (items.iter().enumerate())
+            .map(|(i, item)| {
+                AppMessage::from_item(item).map_err(|e| bad_request(format!("messages[{i}].{e}")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad_request(
+            "exactly one of text, markdown, textcard or messages (a non-empty list) is required",
+        )),
+    };
+    let mut pieces = Vec::new();
+    for (i, message) in messages.into_iter().enumerate() {
+        let more = (message.into_pieces()).map_err(|e| bad_request(format!("{}{e}", at(i))))?;
+        for piece in &more {
+            let checked = state.dispatcher.outbound().check_media(piece).await;
+            checked.map_err(|why| bad_request(format!("{}{}: {why}", at(i), piece.msgtype())))?;
+        }
+        pieces.extend(more);
+    }
     let apps = state.dispatcher.apps();
     // The app named in the request, else the only app; with several and none named, each user's
     // stored route decides.

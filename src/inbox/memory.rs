@@ -15,6 +15,7 @@ use super::{
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
+use crate::wecom::AppMessage;
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
 const DEDUP_MEMORY: usize = 100_000;
@@ -128,7 +129,11 @@ impl Queue for MemoryInbox {
 
 #[async_trait]
 impl Outbox for MemoryInbox {
-    async fn record_reply(&self, _job: &Job, _chunks: &[&str]) -> Result<(), InboxError> {
+    async fn record_reply(&self, _job: &Job, _chunks: &[AppMessage]) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    async fn record_upload(&self, _: &Job, _: usize, _: &AppMessage) -> Result<(), InboxError> {
         Ok(())
     }
 

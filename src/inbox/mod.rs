@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::{Push, Target};
+use crate::wecom::AppMessage;
 
 pub use memory::MemoryInbox;
 pub use postgres::{PostgresInbox, PostgresUrl};
@@ -69,12 +70,32 @@ pub enum ChunkState {
     Sent,
 }
 
-/// One piece of a recorded reply.
+/// One message of a recorded reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub seq: usize,
-    pub content: String,
+    pub message: AppMessage,
     pub state: ChunkState,
+}
+
+impl Chunk {
+    /// How a durable store keeps a chunk's message: text as its content alone (as before other
+    /// kinds existed), any other kind as JSON beside a short description.
+    pub(crate) fn to_columns(message: &AppMessage) -> (String, Option<String>) {
+        match message {
+            AppMessage::Text { content } => (content.clone(), None),
+            other => (
+                format!("[{}]", other.msgtype()),
+                serde_json::to_string(other).ok(),
+            ),
+        }
+    }
+
+    /// The message back from its stored columns.
+    pub(crate) fn from_columns(content: String, message: Option<String>) -> AppMessage {
+        let parsed = message.and_then(|json| serde_json::from_str(&json).ok());
+        parsed.unwrap_or(AppMessage::Text { content })
+    }
 }
 
 /// A queued message handed to a worker.
@@ -282,7 +303,14 @@ pub trait Queue: Send + Sync + 'static {
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Record the reply, already split, before any chunk is sent.
-    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError>;
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError>;
+    /// Chunk `seq` was uploaded: `message` now carries its media_id, reused if it is sent again.
+    async fn record_upload(
+        &self,
+        job: &Job,
+        seq: usize,
+        message: &AppMessage,
+    ) -> Result<(), InboxError>;
     /// Chunk `seq` of the job's reply is about to be handed to WeCom.
     async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
     /// WeCom accepted chunk `seq` of the job's reply.

@@ -31,10 +31,11 @@ use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
 use crate::outbound::ratelimit::Limit;
 use crate::shared::{Fetch, Reserved, SharedTokens, SharedWindows};
-use crate::wecom::ApiError;
+use crate::wecom::{ApiError, AppMessage};
 
 /// Schema versions, applied in order; `wecom_gateway_schema` records how many ran.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE inbox (
         id          BIGSERIAL PRIMARY KEY,
         dedup_key   TEXT   NOT NULL UNIQUE,
@@ -99,7 +100,12 @@ const MIGRATIONS: &[&str] = &["
         at_ms BIGINT NOT NULL
     );
     CREATE INDEX rate_events_key ON rate_events (key, at_ms);
-"];
+",
+    "
+    -- 2: a reply chunk other than text (image, card...) as JSON, with its media_id once uploaded.
+    ALTER TABLE outbox ADD COLUMN message TEXT;
+",
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -472,7 +478,7 @@ impl PostgresInbox {
         if attempts > 1 {
             let chunks = client
                 .query(
-                    "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL
+                    "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL, message
                      FROM outbox WHERE inbox_id = $1 ORDER BY seq",
                     &[&id],
                 )
@@ -482,7 +488,7 @@ impl PostgresInbox {
                 .iter()
                 .map(|r| Chunk {
                     seq: r.get::<_, i32>(0) as usize,
-                    content: r.get(1),
+                    message: Chunk::from_columns(r.get(1), r.get(4)),
                     state: match (r.get(2), r.get(3)) {
                         (true, _) => ChunkState::Sent,
                         (false, true) => ChunkState::Started,
@@ -717,15 +723,35 @@ impl Queue for PostgresInbox {
 
 #[async_trait]
 impl Outbox for PostgresInbox {
-    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError> {
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError> {
         let client = self.client().await?;
         let seqs: Vec<i32> = (0..chunks.len() as i32).collect();
+        let (contents, messages): (Vec<String>, Vec<Option<String>>) =
+            chunks.iter().map(Chunk::to_columns).unzip();
         client
             .execute(
-                "INSERT INTO outbox (inbox_id, seq, content)
-                 SELECT $1, s, c FROM UNNEST($2::int[], $3::text[]) AS t(s, c)
+                "INSERT INTO outbox (inbox_id, seq, content, message)
+                 SELECT $1, s, c, m FROM UNNEST($2::int[], $3::text[], $4::text[]) AS t(s, c, m)
                  ON CONFLICT (inbox_id, seq) DO NOTHING",
-                &[&(job.id as i64), &seqs, &chunks],
+                &[&(job.id as i64), &seqs, &contents, &messages],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn record_upload(
+        &self,
+        job: &Job,
+        seq: usize,
+        message: &AppMessage,
+    ) -> Result<(), InboxError> {
+        let (_, message) = Chunk::to_columns(message);
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE outbox SET message = $3 WHERE inbox_id = $1 AND seq = $2",
+                &[&(job.id as i64), &(seq as i32), &message],
             )
             .await
             .map_err(pg_error)?;

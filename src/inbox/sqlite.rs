@@ -34,6 +34,7 @@ use super::{
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
+use crate::wecom::AppMessage;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
 const LOCK_FILE: &str = "wecom-gateway.lock";
@@ -100,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
     // 4: when a reply chunk's or a push's send began, so a restart knows it may have arrived.
     "ALTER TABLE outbox ADD COLUMN started_at INTEGER;
     ALTER TABLE deliveries ADD COLUMN started_at INTEGER;",
+    // 5: a reply chunk other than text (image, card...) as JSON, with its media_id once uploaded.
+    "ALTER TABLE outbox ADD COLUMN message TEXT;",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
@@ -595,7 +598,7 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
     // Only a message handled before (by a process that died) can have a recorded reply.
     for row in rows.iter_mut().filter(|r| r.attempts > 0) {
         let mut stmt = c.prepare_cached(
-            "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL
+            "SELECT seq, content, sent_at IS NOT NULL, started_at IS NOT NULL, message
              FROM outbox WHERE inbox_id = ?1 ORDER BY seq",
         )?;
         let chunks = stmt
@@ -607,7 +610,7 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
                 };
                 Ok(Chunk {
                     seq: r.get::<_, i64>(0)? as usize,
-                    content: r.get(1)?,
+                    message: Chunk::from_columns(r.get(1)?, r.get(4)?),
                     state,
                 })
             })?
@@ -781,18 +784,36 @@ impl Queue for SqliteInbox {
 
 #[async_trait]
 impl Outbox for SqliteInbox {
-    async fn record_reply(&self, job: &Job, chunks: &[&str]) -> Result<(), InboxError> {
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError> {
         let id = job.id as i64;
-        let chunks: Vec<String> = chunks.iter().map(|c| (*c).to_owned()).collect();
+        let chunks: Vec<_> = chunks.iter().map(Chunk::to_columns).collect();
         self.db
             .write(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO outbox (inbox_id, seq, content) VALUES (?1, ?2, ?3)
+                    "INSERT INTO outbox (inbox_id, seq, content, message) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (inbox_id, seq) DO NOTHING",
                 )?;
-                for (seq, content) in chunks.iter().enumerate() {
-                    stmt.execute(params![id, seq as i64, content])?;
+                for (seq, (content, message)) in chunks.iter().enumerate() {
+                    stmt.execute(params![id, seq as i64, content, message])?;
                 }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn record_upload(
+        &self,
+        job: &Job,
+        seq: usize,
+        message: &AppMessage,
+    ) -> Result<(), InboxError> {
+        let (id, (_, message)) = (job.id as i64, Chunk::to_columns(message));
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE outbox SET message = ?3 WHERE inbox_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![id, seq as i64, message])?;
                 Ok(())
             })
             .await

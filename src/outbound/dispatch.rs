@@ -285,7 +285,15 @@ impl QueueWorker {
                     return fail(format!("app {app:?} is not configured"));
                 };
                 let _turn = self.outbound.lock(&Outbound::member_key(app, user)).await;
-                self.outbound.send_app(app, user, message, d.started).await.map(|(receipt, attempts)| {
+                // A file is uploaded first. A push keeps no media_id: after a crash between the
+                // upload and the send, it is uploaded again (the send itself stays at most once).
+                let mut message = message.clone();
+                match self.outbound.attach_media(app, &mut message).await {
+                    Ok(_) => {}
+                    Err(Some(why)) => return fail(why),
+                    Err(None) => return None,
+                }
+                self.outbound.send_app(app, user, &message, d.started).await.map(|(receipt, attempts)| {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(delivery = d.id, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }

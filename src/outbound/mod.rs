@@ -10,8 +10,10 @@
 pub mod dispatch;
 pub mod ratelimit;
 pub mod retry;
+pub mod upload;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +25,8 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::bots::Bot;
 use crate::shared::{Reserved, SharedWindows};
+use crate::wecom::client::Upload;
+use crate::wecom::media::MediaType;
 use crate::wecom::{ApiError, AppMessage, BotMessage, SendReceipt, WecomClient};
 use ratelimit::{Limit, RateLimiter};
 use retry::RetryPolicy;
@@ -90,6 +94,8 @@ pub struct Outbound {
     stopping: Notify,
     /// Windows shared with other replicas, kept besides this process's own.
     shared: Option<Arc<dyn SharedWindows>>,
+    /// Where a media message's `path` may point (`media.agent_dirs`).
+    agent_dirs: Vec<PathBuf>,
 }
 
 type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
@@ -140,10 +146,17 @@ impl Outbound {
             deadline: Mutex::new(None),
             stopping: Notify::new(),
             shared: None,
+            agent_dirs: Vec::new(),
         }
     }
 
     /// Keep the rate windows together with other replicas through `windows` as well.
+    /// Let media messages name files under these directories (none by default).
+    pub fn with_agent_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.agent_dirs = dirs;
+        self
+    }
+
     pub fn with_shared_windows(mut self, windows: Arc<dyn SharedWindows>) -> Self {
         self.shared = Some(windows);
         self
@@ -173,6 +186,8 @@ impl Outbound {
             if self.deadline().is_some_and(|d| at > d) {
                 return Err(Tried::Stopped);
             }
+            let wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+            tracing::debug!(recipient = key, wait_ms, "waiting for the rate window");
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
                 () = stopping => {}
@@ -254,6 +269,115 @@ impl Outbound {
             self.client.send_app(app, user, message, resend)
         })
         .await
+    }
+
+    /// Give a media message its media_id: the one it carries while fresh, else its file is read
+    /// (see [`upload::load`]) and uploaded. `Ok(true)`: uploaded now, for the caller to record.
+    /// Fails with why the file cannot be sent, or with None when the gateway is stopping.
+    pub async fn attach_media(
+        &self,
+        app: &App,
+        message: &mut AppMessage,
+    ) -> Result<bool, Option<String>> {
+        let now = upload::unix_now();
+        let (Some(kind), Some(media)) = (message.media_type(), message.media()) else {
+            return Ok(false);
+        };
+        if upload::reusable(media, now) {
+            return Ok(false);
+        }
+        let file = upload::load(media, kind, &self.agent_dirs)
+            .await
+            .map_err(Some)?;
+        let media_id = match self.upload_app(app, kind, &file).await {
+            Ok(id) => id,
+            Err(Undelivered::Stopped) => return Err(None),
+            Err(Undelivered::Failed(f)) => return Err(Some(format!("media/upload: {f}"))),
+        };
+        tracing::debug!(app = %app.config.name, kind = kind.as_str(), bytes = file.bytes.len(), "uploaded");
+        if let Some(media) = message.media_mut() {
+            (media.media_id, media.uploaded_at) = (Some(media_id), Some(now));
+        }
+        Ok(true)
+    }
+
+    /// Whether a media message's file can be sent (readable, allowed, within WeCom's limits),
+    /// without uploading it: for the push API, which answers 400 before storing a bad request.
+    pub async fn check_media(&self, message: &AppMessage) -> Result<(), String> {
+        match (message.media_type(), message.media()) {
+            (Some(kind), Some(media)) => {
+                upload::load(media, kind, &self.agent_dirs).await.map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Upload a file for an app message, retrying what heals. WeCom's media_id for it.
+    pub async fn upload_app(
+        &self,
+        app: &App,
+        kind: MediaType,
+        file: &Upload,
+    ) -> Result<String, Undelivered> {
+        self.call_with_retry(app, "media/upload", || {
+            self.client.upload_media(app, kind, file)
+        })
+        .await
+    }
+
+    /// Change a card the member clicked (update_template_card with the click's response code):
+    /// `card` is the agent's `update_card` object, e.g. `{"button": {"replace_name": "已处理"}}`.
+    pub async fn update_card(
+        &self,
+        app: &App,
+        user: &str,
+        response_code: &str,
+        card: &serde_json::Value,
+    ) -> Result<(), Undelivered> {
+        let mut body = card.clone();
+        body["userids"] = serde_json::json!([user]);
+        body["agentid"] = serde_json::json!(app.config.agent_id);
+        body["response_code"] = serde_json::json!(response_code);
+        let path = "/cgi-bin/message/update_template_card";
+        self.call_with_retry(app, "update_template_card", || {
+            self.client.post_json(app, path, &body)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// A call outside the members' rate windows (uploads, card updates), retried as sends are.
+    async fn call_with_retry<T, F, Fut>(
+        &self,
+        app: &App,
+        what: &str,
+        call: F,
+    ) -> Result<T, Undelivered>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let stopped = AtomicBool::new(false);
+        let (result, attempts) = self
+            .retry
+            .run(
+                |_| call(),
+                ApiError::is_retryable,
+                |error, attempt, delay| {
+                    if self.deadline().is_some_and(|d| Instant::now() + delay > d) {
+                        stopped.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                    tracing::warn!(app = %app.config.name, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "{what} failed; retrying");
+                    true
+                },
+            )
+            .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(_) if stopped.load(Ordering::Relaxed) => Err(Undelivered::Stopped),
+            Err(error) => Err(Undelivered::Failed(Failure { attempts, error })),
+        }
     }
 
     /// Send one message to a group robot within its limit, retrying what heals. Returns the

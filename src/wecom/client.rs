@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, Call};
+use super::media::MediaType;
 use super::payload::{AppMessage, BotMessage};
 use super::token::AccessToken;
 use crate::app::App;
@@ -26,6 +27,14 @@ struct Envelope {
     errmsg: String,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
+}
+
+/// A file ready to upload: its bytes, the name WeCom shows, and its content type.
+#[derive(Clone)]
+pub struct Upload {
+    pub bytes: Vec<u8>,
+    pub file_name: String,
+    pub content_type: &'static str,
 }
 
 /// A client for one WeCom API base URL (the real one, a proxy, or a test fake).
@@ -84,7 +93,7 @@ impl WecomClient {
         Ok((token.to_owned(), expires_in))
     }
 
-    /// POST `body` to `path?access_token=...`. A stale-token errcode drops the token and retries once.
+    /// POST `body` to `path?access_token=...`.
     pub async fn post_json(
         &self,
         app: &App,
@@ -92,16 +101,49 @@ impl WecomClient {
         body: &Value,
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
         let url = format!("{}{}", self.base_url, path);
+        self.with_token(app, || self.http.post(&url).json(body))
+            .await
+    }
+
+    /// Upload a file with media/upload; WeCom's `media_id` for it (valid for 3 days).
+    pub async fn upload_media(
+        &self,
+        app: &App,
+        kind: MediaType,
+        file: &Upload,
+    ) -> Result<String, ApiError> {
+        let url = format!("{}/cgi-bin/media/upload", self.base_url);
+        let request = || {
+            let part = reqwest::multipart::Part::bytes(file.bytes.clone())
+                .file_name(file.file_name.clone())
+                .mime_str(file.content_type)
+                .unwrap_or_else(|_| reqwest::multipart::Part::bytes(file.bytes.clone()));
+            let form = reqwest::multipart::Form::new().part("media", part);
+            self.http
+                .post(&url)
+                .query(&[("type", kind.as_str())])
+                .multipart(form)
+        };
+        let rest = self.with_token(app, request).await?;
+        let media_id = rest.get("media_id").and_then(Value::as_str);
+        media_id
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Decode("media/upload answer has no media_id".into()))
+    }
+
+    /// Make the request built by `request` with the app's access token. A stale-token errcode
+    /// drops the token and retries once.
+    async fn with_token(
+        &self,
+        app: &App,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<serde_json::Map<String, Value>, ApiError> {
         let mut retried = false;
         loop {
             let token = self.access_token(app).await?;
-            let request = self
-                .http
-                .post(&url)
-                .query(&[("access_token", token.expose())])
-                .json(body);
-            let result = read(Call::WithToken, request.send().await).await;
-            match result {
+            let sent = request().query(&[("access_token", token.expose())]).send();
+            match read(Call::WithToken, sent.await).await {
                 Err(e) if !retried && e.is_stale_token() => {
                     tracing::warn!(app = %app.config.name, errcode = e.errcode(), "access token rejected; fetching a new one and retrying once");
                     app.tokens.invalidate(&token).await;

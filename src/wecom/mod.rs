@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod error;
+pub mod media;
 pub mod payload;
 pub mod split;
 pub mod token;

@@ -1,12 +1,13 @@
 //! Outbound message bodies and WeCom's limits on them, enforced before anything is sent.
 //!
-//! Owns: the app-message types (text, markdown, textcard) and the group-robot types (text with
-//! mentions, markdown), their JSON, and how an oversize message is split (text, markdown) or refused
-//! (textcard, which cannot be split).
+//! Owns: the app-message types (text, markdown, textcard, news, template card, image, voice, video,
+//! file) and the group-robot types (text with mentions, markdown), their JSON, and how an oversize
+//! message is split (text, markdown) or refused (the rest, which cannot be split).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::media::MediaType;
 use super::split::{split_utf8, TEXT_MAX_BYTES};
 
 /// App markdown (message/send) is at most 2048 bytes.
@@ -24,13 +25,69 @@ pub const TEXTCARD_BTNTXT_MAX_CHARS: usize = 4;
 /// maximum, 4 hours (docs/wecom-protocol.md §4.2).
 pub const DUPLICATE_CHECK_INTERVAL_SECS: u64 = 14_400;
 
-/// A message an app sends to members (message/send).
+/// At most this many articles in one `news` message.
+pub const NEWS_MAX_ARTICLES: usize = 8;
+
+/// A message an app sends to members (message/send), in this project's flat form: what agents
+/// answer with, what the push API takes and what the outbox records. Only a template card keeps
+/// WeCom's own nested shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "msgtype", rename_all = "lowercase")]
+#[serde(tag = "msgtype", rename_all = "snake_case")]
 pub enum AppMessage {
-    Text { content: String },
-    Markdown { content: String },
+    Text {
+        content: String,
+    },
+    Markdown {
+        content: String,
+    },
     Textcard(TextCard),
+    News {
+        articles: Vec<Article>,
+    },
+    TemplateCard {
+        template_card: Value,
+    },
+    Image(Media),
+    Voice(Media),
+    Video(Media),
+    File(Media),
+    /// Not a message/send message: an agent's answer to a click on a card
+    /// (`template_card_event`), sent with update_template_card and the click's response code.
+    UpdateCard {
+        update_card: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Article {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picurl: Option<String>,
+}
+
+/// A file to send: where its bytes come from (`path` or `base64`), and, once uploaded, WeCom's
+/// `media_id` for it and when it was uploaded (a media_id is valid for 3 days).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    /// Video only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Video only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +161,120 @@ impl AppMessage {
                 card.check()?;
                 Ok(vec![AppMessage::Textcard(card)])
             }
+            AppMessage::News { articles } => {
+                check_news(&articles)?;
+                Ok(vec![AppMessage::News { articles }])
+            }
+            AppMessage::TemplateCard { template_card } => {
+                if template_card
+                    .get("card_type")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    let reason = "must be WeCom's template card object, with its card_type".into();
+                    return Err(PayloadError {
+                        field: "template_card",
+                        reason,
+                    });
+                }
+                Ok(vec![AppMessage::TemplateCard { template_card }])
+            }
+            AppMessage::UpdateCard { update_card } if update_card.is_object() => {
+                Ok(vec![AppMessage::UpdateCard { update_card }])
+            }
+            AppMessage::UpdateCard { .. } => Err(PayloadError {
+                field: "update_card",
+                reason: "must be an object, e.g. {\"button\": {\"replace_name\": \"已处理\"}}"
+                    .into(),
+            }),
+            media => match media.media() {
+                Some(m) if m.path.is_some() != m.base64.is_some() => Ok(vec![media]),
+                _ => Err(PayloadError {
+                    field: media.msgtype(),
+                    reason: "needs either path or base64 (one of them)".into(),
+                }),
+            },
+        }
+    }
+
+    pub fn text(content: impl Into<String>) -> Self {
+        AppMessage::Text {
+            content: content.into(),
+        }
+    }
+
+    /// One item of an agent's `messages` list (or the push API's). WeCom's own nested shape
+    /// (`{"msgtype": "text", "text": {...}}`) is refused with the flat form to use instead; an
+    /// agent cannot set the upload record (`media_id`, `uploaded_at`).
+    pub fn from_item(item: &Value) -> Result<AppMessage, PayloadError> {
+        let err = |reason: String| PayloadError {
+            field: "msgtype",
+            reason,
+        };
+        let Some(msgtype) = item.get("msgtype").and_then(Value::as_str) else {
+            return Err(err("is required: text, markdown, image, voice, video, file, textcard, news or template_card".into()));
+        };
+        if msgtype == "update_card" {
+            return Err(err("update_card is not a message: give it beside \"messages\", as {\"update_card\": {...}}".into()));
+        }
+        if msgtype != "template_card" && item.get(msgtype).is_some_and(Value::is_object) {
+            return Err(err(format!(
+                "{msgtype:?} is given in WeCom's nested shape; this gateway takes the flat form, e.g. {{\"msgtype\": \"text\", \"content\": \"...\"}} or {{\"msgtype\": \"image\", \"base64\": \"...\"}}"
+            )));
+        }
+        let mut message: AppMessage = serde_json::from_value(item.clone())
+            .map_err(|e| err(format!("{msgtype:?} item is not valid: {e}")))?;
+        if let Some(m) = message.media_mut() {
+            (m.media_id, m.uploaded_at) = (None, None);
+        }
+        Ok(message)
+    }
+
+    /// WeCom's name for this message type.
+    pub fn msgtype(&self) -> &'static str {
+        match self {
+            AppMessage::Text { .. } => "text",
+            AppMessage::Markdown { .. } => "markdown",
+            AppMessage::Textcard(_) => "textcard",
+            AppMessage::News { .. } => "news",
+            AppMessage::TemplateCard { .. } => "template_card",
+            AppMessage::Image(_) => "image",
+            AppMessage::Voice(_) => "voice",
+            AppMessage::Video(_) => "video",
+            AppMessage::File(_) => "file",
+            AppMessage::UpdateCard { .. } => "update_card",
+        }
+    }
+
+    /// The media/upload type of an image, voice, video or file message.
+    pub fn media_type(&self) -> Option<MediaType> {
+        match self {
+            AppMessage::Image(_) => Some(MediaType::Image),
+            AppMessage::Voice(_) => Some(MediaType::Voice),
+            AppMessage::Video(_) => Some(MediaType::Video),
+            AppMessage::File(_) => Some(MediaType::File),
+            _ => None,
+        }
+    }
+
+    /// The file of an image, voice, video or file message.
+    pub fn media(&self) -> Option<&Media> {
+        match self {
+            AppMessage::Image(m)
+            | AppMessage::Voice(m)
+            | AppMessage::Video(m)
+            | AppMessage::File(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn media_mut(&mut self) -> Option<&mut Media> {
+        match self {
+            AppMessage::Image(m)
+            | AppMessage::Voice(m)
+            | AppMessage::Video(m)
+            | AppMessage::File(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -112,11 +283,29 @@ impl AppMessage {
     /// [`DUPLICATE_CHECK_INTERVAL_SECS`]. First attempts never ask: the same answer twice a minute
     /// apart is legitimate.
     pub fn body(&self, touser: &str, agent_id: u64, resend: bool) -> Value {
-        let (kind, inner) = match self {
-            AppMessage::Text { content } => ("text", json!({ "content": content })),
-            AppMessage::Markdown { content } => ("markdown", json!({ "content": content })),
-            AppMessage::Textcard(card) => ("textcard", json!(card)),
+        let inner = match self {
+            AppMessage::Text { content } | AppMessage::Markdown { content } => {
+                json!({ "content": content })
+            }
+            AppMessage::Textcard(card) => json!(card),
+            AppMessage::News { articles } => json!({ "articles": articles }),
+            AppMessage::TemplateCard { template_card } => template_card.clone(),
+            AppMessage::Video(m) => {
+                let mut video = json!({ "media_id": m.media_id });
+                if let Some(title) = &m.title {
+                    video["title"] = json!(title);
+                }
+                if let Some(description) = &m.description {
+                    video["description"] = json!(description);
+                }
+                video
+            }
+            AppMessage::Image(m) | AppMessage::Voice(m) | AppMessage::File(m) => {
+                json!({ "media_id": m.media_id })
+            }
+            AppMessage::UpdateCard { update_card } => update_card.clone(),
         };
+        let kind = self.msgtype();
         let mut body = json!({ "touser": touser, "msgtype": kind, "agentid": agent_id });
         body[kind] = inner;
         if resend {
@@ -125,6 +314,25 @@ impl AppMessage {
         }
         body
     }
+}
+
+fn check_news(articles: &[Article]) -> Result<(), PayloadError> {
+    let field = "news.articles";
+    if articles.is_empty() || articles.len() > NEWS_MAX_ARTICLES {
+        let reason = format!(
+            "must hold 1 to {NEWS_MAX_ARTICLES} articles, got {}",
+            articles.len()
+        );
+        return Err(PayloadError { field, reason });
+    }
+    if articles
+        .iter()
+        .any(|a| a.title.trim().is_empty() || a.url.trim().is_empty())
+    {
+        let reason = "each article needs a title and a url".into();
+        return Err(PayloadError { field, reason });
+    }
+    Ok(())
 }
 
 impl TextCard {
@@ -320,6 +528,38 @@ mod tests {
         .into_pieces()
         .unwrap();
         assert_eq!(bot.len(), 2);
+    }
+
+    #[test]
+    fn agent_items_are_read_in_the_flat_form_only() {
+        let item = |v: Value| AppMessage::from_item(&v);
+        assert_eq!(
+            item(json!({"msgtype": "markdown", "content": "**x**"})),
+            Ok(AppMessage::Markdown {
+                content: "**x**".into()
+            })
+        );
+        let nested = item(json!({"msgtype": "text", "text": {"content": "x"}})).unwrap_err();
+        assert!(nested.reason.contains("nested shape"), "{nested}");
+        assert!(item(json!({"msgtype": "update_card", "update_card": {}})).is_err());
+        assert!(item(json!({"content": "no msgtype"})).is_err());
+        // An agent cannot claim an upload: the gateway uploads, and records the media_id itself.
+        let image = item(json!({"msgtype": "image", "base64": "AAAA", "media_id": "forged"}));
+        assert_eq!(
+            image.unwrap().media().and_then(|m| m.media_id.clone()),
+            None
+        );
+        let both = item(json!({"msgtype": "file", "base64": "AAAA", "path": "/x"})).unwrap();
+        assert_eq!(both.into_pieces().unwrap_err().field, "file");
+        let card = item(json!({"msgtype": "template_card", "template_card": {"x": 1}})).unwrap();
+        assert_eq!(card.into_pieces().unwrap_err().field, "template_card");
+        let article = json!({"title": "t", "url": "https://x"});
+        let news = |n: usize| AppMessage::News {
+            articles: vec![serde_json::from_value(article.clone()).unwrap(); n],
+        };
+        assert!(news(8).into_pieces().is_ok());
+        assert_eq!(news(9).into_pieces().unwrap_err().field, "news.articles");
+        assert_eq!(news(0).into_pieces().unwrap_err().field, "news.articles");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use wecom_gateway::config::{AgentConfig, Allowlist, AppConfig, Config, StoreKind
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::inbox::NewJob;
 use wecom_gateway::message::InboundMessage;
+use wecom_gateway::wecom::AppMessage;
 use wecom_gateway::Application;
 
 /// How long a test waits for something that should happen promptly before it fails.
@@ -50,8 +51,23 @@ impl Sent {
     }
 }
 
+/// One media/upload call as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The `type` query parameter.
+    pub kind: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    /// The media_id the fake answered with.
+    pub media_id: String,
+}
+
 struct FakeState {
     gettoken_calls: AtomicUsize,
+    uploads: Mutex<Vec<Uploaded>>,
+    /// update_template_card bodies.
+    card_updates: Mutex<Vec<Value>>,
     issued: Mutex<HashSet<String>>,
     sends: Mutex<Vec<Sent>>,
     robot: Mutex<Vec<Sent>>,
@@ -75,6 +91,8 @@ impl Default for FakeState {
     fn default() -> Self {
         FakeState {
             gettoken_calls: AtomicUsize::new(0),
+            uploads: Mutex::default(),
+            card_updates: Mutex::default(),
             issued: Mutex::default(),
             sends: Mutex::default(),
             robot: Mutex::default(),
@@ -229,6 +247,78 @@ async fn message_send(
     Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"})).into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    access_token: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+impl FakeState {
+    /// WeCom's answer to a call without a token it issued.
+    fn check_token(&self, token: Option<String>) -> Result<(), Json<Value>> {
+        match self
+            .issued
+            .lock()
+            .unwrap()
+            .contains(&token.unwrap_or_default())
+        {
+            true => Ok(()),
+            false => Err(Json(
+                json!({"errcode": 40014, "errmsg": "invalid access_token"}),
+            )),
+        }
+    }
+}
+
+async fn media_upload(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<UploadQuery>,
+    mut form: axum::extract::Multipart,
+) -> Json<Value> {
+    if let Err(refused) = s.check_token(q.access_token) {
+        return refused;
+    }
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() != Some("media") {
+            continue;
+        }
+        let file_name = field.file_name().unwrap_or("").to_owned();
+        let content_type = field.content_type().unwrap_or("").to_owned();
+        let Ok(bytes) = field.bytes().await else {
+            break;
+        };
+        let kind = q.kind.clone().unwrap_or_default();
+        let mut uploads = s.uploads.lock().unwrap();
+        let media_id = format!("MEDIA-{}", uploads.len() + 1);
+        uploads.push(Uploaded {
+            kind: kind.clone(),
+            file_name,
+            content_type,
+            bytes: bytes.to_vec(),
+            media_id: media_id.clone(),
+        });
+        s.changed.notify_waiters();
+        return Json(
+            json!({"errcode": 0, "errmsg": "ok", "type": kind, "media_id": media_id, "created_at": "1380000000"}),
+        );
+    }
+    Json(json!({"errcode": 41001, "errmsg": "media field missing"}))
+}
+
+async fn update_template_card(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<SendQuery>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    if let Err(refused) = s.check_token(q.access_token) {
+        return refused;
+    }
+    s.card_updates.lock().unwrap().push(body);
+    s.changed.notify_waiters();
+    Json(json!({"errcode": 0, "errmsg": "ok", "invaliduser": []}))
+}
+
 /// What makes two message/send requests "the same message" for the duplicate check.
 fn message_identity(body: &Value) -> Value {
     let mut body = body.clone();
@@ -246,6 +336,11 @@ impl FakeWecom {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
             .route("/cgi-bin/webhook/send", post(webhook_send))
+            .route("/cgi-bin/media/upload", post(media_upload))
+            .route(
+                "/cgi-bin/message/update_template_card",
+                post(update_template_card),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -267,6 +362,17 @@ impl FakeWecom {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub async fn wait_for_card_updates(&self, n: usize) -> Vec<Value> {
+        let state = self.state.clone();
+        let done = move || state.card_updates.lock().unwrap().len() >= n;
+        self.wait_until(done, "card updates").await;
+        self.state.card_updates.lock().unwrap().clone()
+    }
+
+    pub fn uploads(&self) -> Vec<Uploaded> {
+        self.state.uploads.lock().unwrap().clone()
     }
 
     pub fn gettoken_calls(&self) -> usize {
@@ -514,6 +620,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
         },
+        media: Default::default(),
     }
 }
 
@@ -635,12 +742,12 @@ impl Agent for Recording {
     fn name(&self) -> &str {
         "recording"
     }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<String>, AgentError> {
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         self.0.lock().unwrap().push(turn.user_id.to_owned());
-        Ok(vec![match &turn.message.kind {
+        Ok(vec![AppMessage::text(match &turn.message.kind {
             wecom_gateway::message::MessageKind::Text { content } => content.clone(),
             _ => turn.message.describe(),
-        }])
+        })])
     }
 }
 

@@ -1,0 +1,105 @@
+//! The bytes of a file an app message carries: read from `path` (only inside `media.agent_dirs`)
+//! or decoded from `base64`, and held to WeCom's upload rules before anything is uploaded.
+//!
+//! Must never: read a file outside the allowed directories (the path is canonicalised first, so
+//! `..` and symlinks cannot leave them), or read more than WeCom's limit for the type.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+
+use crate::wecom::client::Upload;
+use crate::wecom::media::MediaType;
+use crate::wecom::payload::Media;
+
+/// A media_id is reused for a resend while younger than this: WeCom keeps uploads for 3 days,
+/// and an hour's margin keeps a slow resend from using one that just expired.
+const MEDIA_ID_REUSE_SECS: i64 = 3 * 86_400 - 3600;
+
+/// Whether `media` carries a media_id that is still good at `now` (unix seconds).
+pub fn reusable(media: &Media, now: i64) -> bool {
+    let fresh = |at: i64| now.saturating_sub(at) < MEDIA_ID_REUSE_SECS;
+    media.media_id.is_some() && media.uploaded_at.is_some_and(fresh)
+}
+
+pub fn unix_now() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The file to upload for `media`, or why it cannot be sent (for the log; the member gets the
+/// failure message).
+pub async fn load(
+    media: &Media,
+    kind: MediaType,
+    agent_dirs: &[PathBuf],
+) -> Result<Upload, String> {
+    let (bytes, name) = match (&media.path, &media.base64) {
+        (Some(path), _) => (
+            read_allowed(Path::new(path), kind, agent_dirs).await?,
+            file_name(path),
+        ),
+        (None, Some(text)) => (decode(text, kind)?, None),
+        (None, None) => return Err("the item has neither path nor base64".into()),
+    };
+    let content_type = kind.check(&bytes)?;
+    let file_name = (media.file_name.clone().filter(|n| !n.trim().is_empty()))
+        .or(name)
+        .unwrap_or_else(|| kind.default_file_name().to_owned());
+    Ok(Upload {
+        bytes,
+        file_name,
+        content_type,
+    })
+}
+
+async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<Vec<u8>, String> {
+    let real = tokio::fs::canonicalize(path)
+        .await
+        .map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let mut allowed = false;
+    for dir in dirs {
+        if let Ok(dir) = tokio::fs::canonicalize(dir).await {
+            allowed |= real.starts_with(&dir);
+        }
+    }
+    if !allowed {
+        return Err(match dirs.is_empty() {
+            true => format!("{path:?} is refused: no directory is allowed (set media.agent_dirs to let agents send files by path; base64 always works)"),
+            false => format!("{path:?} is outside media.agent_dirs {dirs:?}"),
+        });
+    }
+    let meta = tokio::fs::metadata(&real)
+        .await
+        .map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{path:?} is not a regular file"));
+    }
+    kind.check_size(meta.len())?;
+    tokio::fs::read(&real)
+        .await
+        .map_err(|e| format!("cannot read {path:?}: {e}"))
+}
+
+/// Standard base64, optionally as a data URL (`data:image/png;base64,...`).
+fn decode(text: &str, kind: MediaType) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    let text = match text.strip_prefix("data:") {
+        Some(url) => url.split_once(',').map_or(url, |(_, data)| data),
+        None => text,
+    };
+    // Refused before decoding: a base64 text this long cannot be within the limit.
+    let decoded_at_least = (text.len() as u64 / 4 * 3).saturating_sub(2);
+    if decoded_at_least > kind.max_bytes() as u64 {
+        kind.check_size(decoded_at_least)?;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("base64 is not valid: {e}"))
+}
+
+fn file_name(path: &str) -> Option<String> {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}

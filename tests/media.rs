@@ -1,0 +1,402 @@
+//! Rich replies end to end: an agent answers with images, files, markdown and cards; the gateway
+//! uploads the files to the fake WeCom (media/upload), sends each message in order, refuses what
+//! WeCom would refuse (or what the agent may not read) with the failure message in its place, and
+//! after a kill -9 between upload and send sends the message exactly once without re-asking.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::process::*;
+use support::*;
+use wecom_gateway::config::{AgentConfig, AgentKind, Config, HttpAgentConfig};
+
+const FAILURE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
+
+fn png(tag: u8) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend(std::iter::repeat_n(tag, 64));
+    bytes
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A local http agent answering the n-th turn (from 0) with `answers[n]`.
+async fn agent(answers: Vec<Value>) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (turns, answers) = (seen.clone(), Arc::new(answers));
+    let router = Router::new().route(
+        "/turn",
+        post(move |Json(turn): Json<Value>| async move {
+            let n = {
+                let mut turns = turns.lock().unwrap();
+                turns.push(turn);
+                turns.len() - 1
+            };
+            Json(answers.get(n).cloned().unwrap_or(json!({"reply": null})))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}/turn"), seen)
+}
+
+fn with_http_agent(fake: &FakeWecom, url: String) -> Config {
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.agent = AgentConfig {
+        kind: AgentKind::Http(HttpAgentConfig {
+            url,
+            timeout: Duration::from_secs(10),
+            retries: 0,
+            headers: vec![],
+        }),
+        ..AgentConfig::default()
+    };
+    cfg
+}
+
+#[tokio::test]
+async fn an_agent_answers_with_an_image_a_file_and_markdown() {
+    let fake = FakeWecom::start().await;
+    let report = "季度报告\n".repeat(20).into_bytes();
+    let (url, turns) = agent(vec![json!({"messages": [
+        {"msgtype": "image", "base64": b64(&png(7))},
+        {"msgtype": "file", "base64": b64(&report), "file_name": "报告.txt"},
+        {"msgtype": "markdown", "content": "**done**"},
+    ]})])
+    .await;
+    let gw = TestApp::spawn(with_http_agent(&fake, url)).await;
+    gw.send_text(&APP_A, "zhangsan", "send me the report", 1)
+        .await;
+    let sends = fake.wait_for_sends(3).await;
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 2, "one upload per file");
+    assert_eq!(
+        (uploads[0].kind.as_str(), uploads[0].content_type.as_str()),
+        ("image", "image/png")
+    );
+    assert_eq!(uploads[0].bytes, png(7), "the exact image bytes");
+    assert_eq!(uploads[0].file_name, "image.png", "a default name");
+    assert_eq!(uploads[1].kind, "file");
+    assert_eq!(uploads[1].bytes, report, "the exact file bytes");
+    assert_eq!(uploads[1].file_name, "报告.txt");
+    let kinds: Vec<(&str, Value)> = sends
+        .iter()
+        .map(|s| {
+            let t = s.body["msgtype"].as_str().unwrap_or("");
+            (t, s.body[t].clone())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("image", json!({"media_id": uploads[0].media_id})),
+            ("file", json!({"media_id": uploads[1].media_id})),
+            ("markdown", json!({"content": "**done**"})),
+        ],
+        "three message/send calls, in order, with the returned media_ids"
+    );
+    assert_eq!(turns.lock().unwrap().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cards_and_news_go_out_as_wecom_defines_them() {
+    let fake = FakeWecom::start().await;
+    let card =
+        json!({"card_type": "text_notice", "main_title": {"title": "审批"}, "task_id": "t-1"});
+    let (url, _) = agent(vec![json!({"messages": [
+        {"msgtype": "textcard", "title": "Build", "description": "green", "url": "https://ci.example/1", "btntxt": "详情"},
+        {"msgtype": "news", "articles": [{"title": "Release", "url": "https://example.com/r", "picurl": "https://example.com/p.png"}]},
+        {"msgtype": "template_card", "template_card": card},
+    ]})])
+    .await;
+    let gw = TestApp::spawn(with_http_agent(&fake, url)).await;
+    gw.send_text(&APP_A, "zhangsan", "status?", 1).await;
+    let sends = fake.wait_for_sends(3).await;
+    assert_eq!(sends[0].body["textcard"]["btntxt"], "详情");
+    assert_eq!(
+        sends[1].body["news"]["articles"][0]["picurl"],
+        "https://example.com/p.png"
+    );
+    assert_eq!(sends[2].body["msgtype"], "template_card");
+    assert_eq!(sends[2].body["template_card"], card, "passed through");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_wecom_or_the_operator_would_refuse_gives_the_failure_message_and_the_rest_goes_out()
+{
+    let fake = FakeWecom::start().await;
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(allowed.path().join("chart.png"), png(1)).unwrap();
+    std::fs::write(outside.path().join("secret.png"), png(2)).unwrap();
+    // A link inside the allowed directory to a file outside it: refused like the file itself.
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.png"),
+        allowed.path().join("link.png"),
+    )
+    .unwrap();
+    let inside = |name: &str| allowed.path().join(name).display().to_string();
+    let dotdot = format!(
+        "{}/../{}/secret.png",
+        allowed.path().display(),
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    let big_voice = [b"#!AMR\n".as_slice(), &vec![0u8; 2 * 1024 * 1024]].concat();
+    let (url, _) = agent(vec![
+        json!({"messages": [
+            {"msgtype": "text", "content": "before"},
+            {"msgtype": "image", "path": outside.path().join("secret.png")},
+            {"msgtype": "image", "path": inside("link.png")},
+            {"msgtype": "image", "path": dotdot},
+            {"msgtype": "voice", "base64": b64(&big_voice)},
+            {"msgtype": "image", "base64": b64(b"GIF89a not a png")},
+            {"msgtype": "image", "path": inside("chart.png")},
+            {"msgtype": "text", "content": "after"},
+        ]}),
+        // WeCom's own nested shape is refused as a whole: the agent has a bug to fix.
+        json!({"messages": [{"msgtype": "text", "text": {"content": "nested"}}]}),
+    ])
+    .await;
+    let mut cfg = with_http_agent(&fake, url);
+    cfg.media.agent_dirs = vec![allowed.path().to_path_buf()];
+    let gw = TestApp::spawn(cfg).await;
+    gw.send_text(&APP_A, "zhangsan", "go", 1).await;
+    let sends = fake.wait_for_sends(8).await;
+    let shown: Vec<String> = sends
+        .iter()
+        .map(|s| match s.body["msgtype"].as_str() {
+            Some("text") => s.content().to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let expected = [
+        "before",
+        FAILURE,
+        FAILURE,
+        FAILURE,
+        FAILURE,
+        FAILURE,
+        "Some(\"image\")",
+        "after",
+    ];
+    assert_eq!(shown, expected);
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1, "only the allowed, valid file is uploaded");
+    assert_eq!(uploads[0].bytes, png(1));
+    assert_eq!(uploads[0].file_name, "chart.png");
+
+    gw.send_text(&APP_A, "zhangsan", "again", 2).await;
+    let sends = fake.wait_for_sends(9).await;
+    assert_eq!(sends[8].content(), FAILURE);
+    gw.stop().await;
+}
+
+/// kill -9 after the upload and before the send: after the restart the image goes out exactly once,
+/// with the recorded media_id (no second upload), and the agent is not asked again.
+#[tokio::test]
+async fn kill_9_between_upload_and_send_sends_the_image_once() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let asked = dir.path().join("asked");
+    let script = dir.path().join("agent.sh");
+    let answer = json!({"messages": [{"msgtype": "image", "base64": b64(&png(9))}]});
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho turn >> '{}'\nprintf '%s' '{answer}'\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let serve = || {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("serve");
+        gateway_env(&mut cmd, &fake.base_url(), &data);
+        cmd.env("WECOM_CALLBACK_AGENT__KIND", "command")
+            .env("WECOM_CALLBACK_AGENT__PROGRAM", &script);
+        cmd
+    };
+    // Every message/send hangs unanswered and undelivered: the process dies waiting.
+    fake.hang_from(0);
+    let gw = Gateway::start(&mut serve()).await;
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "a picture please", 1));
+    let http = reqwest::Client::new();
+    let status = http.post(gw.callback_url(&q)).body(body).send().await;
+    assert_eq!(status.unwrap().status(), 200);
+    fake.wait_for_hung(1).await;
+    assert_eq!(fake.uploads().len(), 1);
+    gw.kill9().await;
+
+    fake.release();
+    let gw = Gateway::start(&mut serve()).await;
+    let sends = fake.wait_for_sends(1).await;
+    let log = gw.terminate().await;
+    assert_eq!(sends.len(), 1, "exactly one image message");
+    assert_eq!(
+        sends[0].body["image"]["media_id"],
+        fake.uploads()[0].media_id
+    );
+    assert_eq!(
+        fake.uploads().len(),
+        1,
+        "the recorded media_id was reused:\n{log}"
+    );
+    let turns = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(turns.lines().count(), 1, "the agent was asked once");
+    assert!(log.contains("resuming a recorded reply"), "{log}");
+}
+
+/// The push API takes the same items: files are checked before anything is stored (400 naming
+/// the item), then uploaded and sent in order.
+#[tokio::test]
+async fn the_push_api_sends_the_same_items() {
+    let fake = FakeWecom::start().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token")];
+    let gw = TestApp::spawn(cfg).await;
+    let send = |body: Value| {
+        gw.http
+            .post(gw.url("/api/v1/send"))
+            .bearer_auth("api-token")
+            .json(&body)
+            .send()
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = answer(
+        send(json!({"touser": "zhangsan", "messages": [
+            {"msgtype": "image", "base64": b64(&png(3))},
+            {"msgtype": "markdown", "content": "**chart above**"},
+        ]}))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(fake.uploads()[0].bytes, png(3));
+    assert_eq!(
+        sends[0].body["image"]["media_id"],
+        fake.uploads()[0].media_id
+    );
+    assert_eq!(sends[1].body["markdown"]["content"], "**chart above**");
+
+    for (item, named) in [
+        (
+            json!({"msgtype": "text", "text": {"content": "x"}}),
+            "messages[0].msgtype: \"text\" is given in WeCom's nested shape",
+        ),
+        (
+            json!({"msgtype": "image", "path": "/etc/passwd"}),
+            "messages[0].image: \"/etc/passwd\" is refused",
+        ),
+        (
+            json!({"msgtype": "image", "base64": b64(b"GIF89a not a png")}),
+            "messages[0].image: WeCom takes image only as JPG or PNG",
+        ),
+    ] {
+        let (status, body) = answer(
+            send(json!({"touser": "zhangsan", "messages": [item]}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with(named), "{error}");
+    }
+    assert_eq!(fake.sends().len(), 2, "nothing stored for the bad requests");
+    gw.stop().await;
+}
+
+fn card_click_xml(user: &str, key: &str, task: &str, code: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{corp}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>1700000100</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[template_card_event]]></Event><EventKey><![CDATA[{key}]]></EventKey><TaskId><![CDATA[{task}]]></TaskId><CardType><![CDATA[button_interaction]]></CardType><ResponseCode><![CDATA[{code}]]></ResponseCode><AgentID>{agent}</AgentID></xml>",
+        corp = APP_A.corp_id,
+        agent = APP_A.agent_id,
+    )
+}
+
+fn enter_agent_xml(user: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{corp}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>1700000200</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[enter_agent]]></Event><EventKey><![CDATA[]]></EventKey><AgentID>{agent}</AgentID></xml>",
+        corp = APP_A.corp_id,
+        agent = APP_A.agent_id,
+    )
+}
+
+async fn post_event(gw: &TestApp, xml: &str) {
+    let (q, body) = APP_A.callback(xml);
+    assert_eq!(gw.post_callback(&q, body).await.status(), 200);
+}
+
+/// A click on a card reaches the http agent with its fields; the answer's `update_card` goes to
+/// update_template_card with the click's ResponseCode, then its messages to the member. Events
+/// the agent did not ask for (`agent.events`, default: card clicks) never reach it.
+#[tokio::test]
+async fn a_card_click_reaches_the_agent_and_its_update_changes_the_card() {
+    let fake = FakeWecom::start().await;
+    let (url, turns) = agent(vec![
+        json!({"update_card": {"button": {"replace_name": "已批准"}},
+               "messages": [{"msgtype": "text", "content": "approved"}]}),
+        json!({"reply": "welcome"}),
+    ])
+    .await;
+    let gw = TestApp::spawn(with_http_agent(&fake, url.clone())).await;
+    post_event(&gw, &enter_agent_xml("zhangsan")).await;
+    post_event(
+        &gw,
+        &card_click_xml("zhangsan", "approve", "task-7", "RC-123"),
+    )
+    .await;
+    let updates = fake.wait_for_card_updates(1).await;
+    assert_eq!(
+        updates[0],
+        json!({"userids": ["zhangsan"], "agentid": APP_A.agent_id, "response_code": "RC-123",
+               "button": {"replace_name": "已批准"}})
+    );
+    let sends = fake.wait_for_sends(1).await;
+    assert_eq!(sends[0].content(), "approved");
+    {
+        let turns = turns.lock().unwrap();
+        assert_eq!(turns.len(), 1, "enter_agent is not sent by default");
+        let t = &turns[0];
+        assert_eq!(
+            (t["event"].as_str(), t["event_key"].as_str()),
+            (Some("template_card_event"), Some("approve"))
+        );
+        assert_eq!(
+            (t["task_id"].as_str(), t["card_type"].as_str()),
+            (Some("task-7"), Some("button_interaction"))
+        );
+        assert_eq!(t["response_code"], "RC-123");
+        assert_eq!(t["raw"]["TaskId"], "task-7");
+    }
+    gw.stop().await;
+
+    // With `events: all`, entering the app reaches the agent too.
+    let mut cfg = with_http_agent(&fake, url);
+    cfg.agent.events = wecom_gateway::agent::Events::All;
+    let gw = TestApp::spawn(cfg).await;
+    post_event(&gw, &enter_agent_xml("lisi")).await;
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(sends[1].content(), "welcome");
+    assert_eq!(turns.lock().unwrap()[1]["event"], "enter_agent");
+    gw.stop().await;
+}

@@ -437,3 +437,45 @@ async fn accepted_pushes_still_waiting_at_a_stop_are_delivered_after_the_restart
     assert_eq!(status_of(&app, 2).await["state"], "sent");
     app.stop().await;
 }
+
+/// A UserID is only unique within a corp: `corp_id:user_id` picks one, and a bare UserID that has
+/// written in two corps is refused with 409 naming both, never guessed.
+#[tokio::test]
+async fn a_user_in_two_corps_is_addressed_by_corp_or_refused_with_409() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(with_api(config(&[APP_A, APP_B], &fake.base_url()))).await;
+    app.send_text(&APP_A, "zhangsan", "to alpha", 1).await;
+    app.send_text(&APP_B, "zhangsan", "to beta", 1).await;
+    fake.wait_for_sends(2).await;
+
+    let (status, answer) = api(&app, "/send", json!({"touser": "zhangsan", "text": "x"})).await;
+    assert_eq!(status, 409, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    for named in [
+        "ww1436e0e65a779aee:zhangsan through app alpha",
+        "wx5823bf96d3bd56c7:zhangsan through app beta",
+    ] {
+        assert!(error.contains(named), "{error}");
+    }
+
+    let to_beta = json!({"touser": "wx5823bf96d3bd56c7:zhangsan", "text": "only beta"});
+    let (status, answer) = api(&app, "/send", to_beta).await;
+    assert_eq!(status, 202, "{answer}");
+    let sends = fake.wait_for_sends(3).await;
+    assert_eq!(
+        (sends[2].touser(), sends[2].agentid(), sends[2].content()),
+        ("zhangsan", 218, "only beta")
+    );
+
+    // A corp that does not match the named app, or that is not configured: 400.
+    let wrong = json!({"app": "alpha", "touser": "wx5823bf96d3bd56c7:zhangsan", "text": "x"});
+    assert_eq!(api(&app, "/send", wrong).await.0, 400);
+    let unknown = json!({"touser": "wwnope:zhangsan", "text": "x"});
+    let (status, answer) = api(&app, "/send", unknown).await;
+    assert_eq!(status, 400);
+    assert!(answer["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no app of corp wwnope"));
+    app.stop().await;
+}

@@ -286,16 +286,8 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
     };
     // Resolve every user's app first, so a bad request stores nothing.
     let mut plan = Vec::new();
-    for user in &users {
-        let app = match &fixed {
-            Some(app) => app.clone(),
-            None => route_for_user(&state, apps, user).await?.ok_or_else(|| {
-                bad_request(format!(
-                    "app: required, several apps are configured and {user:?} has not written to any"
-                ))
-            })?,
-        };
-        plan.push((app, user.clone()));
+    for entry in &users {
+        plan.push(resolve(&state, apps, fixed.as_deref(), entry).await?);
     }
     // One submission: all members' pushes are stored together, or none is.
     let pushes = plan
@@ -311,21 +303,67 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
     Ok(accepted(state.dispatcher.submit(pushes).await?))
 }
 
-/// The app `user` last wrote through, looked up in each corp the configured apps belong to.
-async fn route_for_user(
+/// The app and UserID one `touser` entry is sent to. `corp_id:user_id` names the corp; a bare
+/// UserID is looked up in every corp, and one known in two corps is refused (409) rather than
+/// guessed. `fixed` is the app the request named, or the only one configured.
+async fn resolve(
     state: &AppState,
     apps: &crate::app::Apps,
-    user: &str,
-) -> Result<Option<String>, ApiFailure> {
-    let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();
-    corps.sort_unstable();
-    corps.dedup();
-    for corp in corps {
-        if let Some(app) = state.inbox.route(&format!("{corp}:{user}")).await? {
-            return Ok(Some(app));
+    fixed: Option<&str>,
+    entry: &str,
+) -> Result<(String, String), ApiFailure> {
+    let fixed = fixed.and_then(|name| apps.by_name(name));
+    let Some((corp, user)) = entry.split_once(':') else {
+        if let Some(app) = fixed {
+            return Ok((app.config.name.clone(), entry.to_owned()));
         }
+        let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();
+        corps.sort_unstable();
+        corps.dedup();
+        let mut found: Vec<(&str, String)> = Vec::new();
+        for corp in corps {
+            if let Some(app) = state.inbox.route(&format!("{corp}:{entry}")).await? {
+                found.push((corp, app));
+            }
+        }
+        return match found.as_slice() {
+            [] => Err(bad_request(format!(
+                "app: required, several apps are configured and {entry:?} has not written to any"
+            ))),
+            [(_, app)] => Ok((app.clone(), entry.to_owned())),
+            _ => {
+                let known: Vec<String> = (found.iter())
+                    .map(|(corp, app)| format!("{corp}:{entry} through app {app}"))
+                    .collect();
+                Err(ApiFailure(HttpError::Conflict(format!(
+                    "touser: {entry:?} has written in more than one corp ({}); address one as corp_id:user_id",
+                    known.join(", ")
+                ))))
+            }
+        };
+    };
+    if let Some(app) = fixed {
+        if app.config.corp_id != corp {
+            return Err(bad_request(format!(
+                "touser: {entry:?} is in corp {corp}, but app {:?} belongs to {}",
+                app.config.name, app.config.corp_id
+            )));
+        }
+        return Ok((app.config.name.clone(), user.to_owned()));
     }
-    Ok(None)
+    if let Some(app) = state.inbox.route(entry).await? {
+        return Ok((app, user.to_owned()));
+    }
+    let mut of_corp = apps.iter().filter(|a| a.config.corp_id == corp);
+    match (of_corp.next(), of_corp.next()) {
+        (Some(only), None) => Ok((only.config.name.clone(), user.to_owned())),
+        (None, _) => Err(bad_request(format!(
+            "touser: no app of corp {corp} is configured ({entry:?})"
+        ))),
+        _ => Err(bad_request(format!(
+            "app: required, corp {corp} has several apps and {entry:?} has not written to any"
+        ))),
+    }
 }
 
 /// `GET /api/v1/deliveries/{id}`: what became of a push.

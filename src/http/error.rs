@@ -28,6 +28,9 @@ pub enum HttpError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is ambiguous as given (a bare UserID known in two corps).
+    #[error("{0}")]
+    Conflict(String),
     #[error("this endpoint does not take that method")]
     MethodNotAllowed,
     #[error("the request body is larger than max_body_bytes")]
@@ -45,6 +48,7 @@ impl HttpError {
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -400,3 +400,65 @@ async fn a_card_click_reaches_the_agent_and_its_update_changes_the_card() {
     assert_eq!(turns.lock().unwrap()[1]["event"], "enter_agent");
     gw.stop().await;
 }
+
+/// A group robot takes an image (inline: base64 and its md5), a file (uploaded with the robot's
+/// upload_media), news and a template card; what a robot cannot send is a 400 naming the item.
+#[tokio::test]
+async fn a_robot_sends_an_image_a_file_news_and_a_card() {
+    use md5::Digest as _;
+    let fake = FakeWecom::start().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token")];
+    cfg.bots = vec![wecom_gateway::bots::Bot::new(
+        "ops",
+        secrecy::SecretString::from("robot-key-ops"),
+    )];
+    let gw = TestApp::spawn(cfg).await;
+    let (http, url) = (gw.http.clone(), gw.url("/api/v1/notify/ops"));
+    let notify = |body: Value| {
+        let request = http.post(&url).bearer_auth("api-token").json(&body).send();
+        async move {
+            let r = request.await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let log = b"2026-11-23 disk full on node-01\n".repeat(10);
+    let card = json!({"card_type": "text_notice", "main_title": {"title": "磁盘告警"}});
+    let (status, body) = notify(json!({"messages": [
+        {"msgtype": "image", "base64": b64(&png(5))},
+        {"msgtype": "file", "base64": b64(&log), "file_name": "node-01.log"},
+        {"msgtype": "news", "articles": [{"title": "Runbook", "url": "https://wiki.example/disk"}]},
+        {"msgtype": "template_card", "template_card": card},
+    ]}))
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let sent = fake.wait_for_robot(4).await;
+    let md5 = format!("{:x}", md5::Md5::digest(png(5)));
+    assert_eq!(
+        sent[0].body,
+        json!({"msgtype": "image", "image": {"base64": b64(&png(5)), "md5": md5}})
+    );
+    let uploads = fake.uploads();
+    assert_eq!(
+        (uploads[0].kind.as_str(), uploads[0].file_name.as_str()),
+        ("robot-file", "node-01.log")
+    );
+    assert_eq!(uploads[0].bytes, log);
+    assert_eq!(
+        sent[1].body,
+        json!({"msgtype": "file", "file": {"media_id": uploads[0].media_id}})
+    );
+    assert_eq!(sent[2].body["news"]["articles"][0]["title"], "Runbook");
+    assert_eq!(sent[3].body["template_card"], card);
+
+    let (status, body) =
+        notify(json!({"messages": [{"msgtype": "voice", "base64": b64(b"#!AMR\n12345")}]})).await;
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("messages[0].voice: a group robot cannot send voice"),
+        "{error}"
+    );
+    gw.stop().await;
+}

@@ -118,26 +118,30 @@ struct NotifyBody {
     /// `text` (default) or `markdown`.
     #[serde(default)]
     format: Option<String>,
+    /// Instead of an alert: items of the flat schema a robot can send (text, markdown, image,
+    /// file, news, template_card).
+    #[serde(default)]
+    messages: Option<Vec<serde_json::Value>>,
 }
 
 async fn submit_to_bot(
     state: &AppState,
     bot: &str,
-    message: BotMessage,
+    messages: Vec<BotMessage>,
 ) -> Result<Response, ApiFailure> {
     if !state.dispatcher.bots().contains_key(bot) {
         return Err(not_found(format!("no robot named {bot:?} is configured")));
     }
-    let pieces = message
-        .into_pieces()
-        .map_err(|e| bad_request(e.to_string()))?;
-    let pushes = pieces
-        .into_iter()
-        .map(|message| Push::Bot {
+    let mut pushes = Vec::new();
+    for message in messages {
+        let pieces = message
+            .into_pieces()
+            .map_err(|e| bad_request(e.to_string()))?;
+        pushes.extend(pieces.into_iter().map(|message| Push::Bot {
             bot: bot.to_owned(),
             message,
-        })
-        .collect();
+        }));
+    }
     Ok(accepted(state.dispatcher.submit(pushes).await?))
 }
 
@@ -148,6 +152,27 @@ async fn notify(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let req: NotifyBody = parse(&body)?;
+    if let Some(items) = req.messages {
+        if !req.subject.is_empty() || !req.body.is_empty() || items.is_empty() {
+            return Err(bad_request(
+                "give either subject/body (an alert) or messages (a non-empty list), not both",
+            ));
+        }
+        let mut messages = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = |e: &dyn std::fmt::Display| bad_request(format!("messages[{i}].{e}"));
+            let message = AppMessage::from_item(item).map_err(|e| at(&e))?;
+            let message = state.dispatcher.outbound().bot_message(message).await;
+            let message = message.map_err(|why| {
+                at(&format!(
+                    "{}: {why}",
+                    item["msgtype"].as_str().unwrap_or("")
+                ))
+            })?;
+            messages.push(message);
+        }
+        return submit_to_bot(&state, &bot, messages).await;
+    }
     if req.subject.trim().is_empty() && req.body.trim().is_empty() {
         return Err(bad_request("subject or body is required"));
     }
@@ -172,7 +197,7 @@ async fn notify(
             )))
         }
     };
-    submit_to_bot(&state, &bot, message).await
+    submit_to_bot(&state, &bot, vec![message]).await
 }
 
 /// `POST /api/v1/alertmanager/{bot}`: an Alertmanager webhook; one robot message per alert group.
@@ -190,7 +215,7 @@ async fn alertmanager(
         mentioned_list: Vec::new(),
         mentioned_mobile_list: Vec::new(),
     };
-    submit_to_bot(&state, &bot, message).await
+    submit_to_bot(&state, &bot, vec![message]).await
 }
 
 #[derive(Deserialize)]

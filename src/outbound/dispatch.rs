@@ -304,7 +304,13 @@ impl QueueWorker {
                 let Some(bot) = self.bots.get(bot) else {
                     return fail(format!("robot {bot:?} is not configured"));
                 };
-                self.outbound.send_bot(bot, message).await
+                let mut message = message.clone();
+                match self.outbound.attach_bot_media(bot, &mut message).await {
+                    Ok(()) => {}
+                    Err(Some(why)) => return fail(why),
+                    Err(None) => return None,
+                }
+                self.outbound.send_bot(bot, &message).await
             }
         };
         match result {

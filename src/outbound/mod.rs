@@ -27,7 +27,10 @@ use crate::bots::Bot;
 use crate::shared::{Reserved, SharedWindows};
 use crate::wecom::client::Upload;
 use crate::wecom::media::MediaType;
+use crate::wecom::payload::BOT_IMAGE_MAX_BYTES;
 use crate::wecom::{ApiError, AppMessage, BotMessage, SendReceipt, WecomClient};
+use base64::Engine as _;
+use md5::Digest as _;
 use ratelimit::{Limit, RateLimiter};
 use retry::RetryPolicy;
 
@@ -301,6 +304,69 @@ impl Outbound {
         Ok(true)
     }
 
+    /// A robot message from an item of the flat schema (`AppMessage::from_item`): an image is
+    /// read now and carried inline (base64 and md5, at most 2 MB); a file is checked now and
+    /// uploaded with the robot's upload_media when delivered.
+    pub async fn bot_message(&self, item: AppMessage) -> Result<BotMessage, String> {
+        Ok(match item {
+            AppMessage::Text { content } => BotMessage::Text {
+                content,
+                mentioned_list: Vec::new(),
+                mentioned_mobile_list: Vec::new(),
+            },
+            AppMessage::Markdown { content } => BotMessage::Markdown { content },
+            AppMessage::News { articles } => BotMessage::News { articles },
+            AppMessage::TemplateCard { template_card } => {
+                BotMessage::TemplateCard { template_card }
+            }
+            AppMessage::Image(media) => {
+                let file = upload::load(&media, MediaType::Image, &self.agent_dirs).await?;
+                if file.bytes.len() > BOT_IMAGE_MAX_BYTES {
+                    let got = file.bytes.len();
+                    return Err(format!(
+                        "a robot's image is at most {BOT_IMAGE_MAX_BYTES} bytes, got {got}"
+                    ));
+                }
+                BotMessage::Image {
+                    base64: base64::engine::general_purpose::STANDARD.encode(&file.bytes),
+                    md5: format!("{:x}", md5::Md5::digest(&file.bytes)),
+                }
+            }
+            AppMessage::File(media) => {
+                upload::load(&media, MediaType::File, &self.agent_dirs).await?;
+                BotMessage::File(media)
+            }
+            other => return Err(format!("a group robot cannot send {}", other.msgtype())),
+        })
+    }
+
+    /// Give a robot's file message its media_id (uploaded with the robot's key) unless it carries
+    /// a fresh one. Fails with why, or with None when the gateway is stopping.
+    pub async fn attach_bot_media(
+        &self,
+        bot: &Bot,
+        message: &mut BotMessage,
+    ) -> Result<(), Option<String>> {
+        let BotMessage::File(media) = message else {
+            return Ok(());
+        };
+        let now = upload::unix_now();
+        if upload::reusable(media, now) {
+            return Ok(());
+        }
+        let file = (upload::load(media, MediaType::File, &self.agent_dirs).await).map_err(Some)?;
+        let who = format!("robot {}", bot.name);
+        let uploaded = self.call_with_retry(&who, "webhook/upload_media", || {
+            self.client.upload_bot_media(bot.key(), &file)
+        });
+        match uploaded.await {
+            Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),
+            Err(Undelivered::Stopped) => return Err(None),
+            Err(Undelivered::Failed(f)) => return Err(Some(format!("webhook/upload_media: {f}"))),
+        }
+        Ok(())
+    }
+
     /// Whether a media message's file can be sent (readable, allowed, within WeCom's limits),
     /// without uploading it: for the push API, which answers 400 before storing a bad request.
     pub async fn check_media(&self, message: &AppMessage) -> Result<(), String> {
@@ -319,7 +385,7 @@ impl Outbound {
         kind: MediaType,
         file: &Upload,
     ) -> Result<String, Undelivered> {
-        self.call_with_retry(app, "media/upload", || {
+        self.call_with_retry(&app.config.name, "media/upload", || {
             self.client.upload_media(app, kind, file)
         })
         .await
@@ -339,7 +405,7 @@ impl Outbound {
         body["agentid"] = serde_json::json!(app.config.agent_id);
         body["response_code"] = serde_json::json!(response_code);
         let path = "/cgi-bin/message/update_template_card";
-        self.call_with_retry(app, "update_template_card", || {
+        self.call_with_retry(&app.config.name, "update_template_card", || {
             self.client.post_json(app, path, &body)
         })
         .await
@@ -349,7 +415,7 @@ impl Outbound {
     /// A call outside the members' rate windows (uploads, card updates), retried as sends are.
     async fn call_with_retry<T, F, Fut>(
         &self,
-        app: &App,
+        who: &str,
         what: &str,
         call: F,
     ) -> Result<T, Undelivered>
@@ -368,7 +434,7 @@ impl Outbound {
                         stopped.store(true, Ordering::Relaxed);
                         return false;
                     }
-                    tracing::warn!(app = %app.config.name, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "{what} failed; retrying");
+                    tracing::warn!(sender = who, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "{what} failed; retrying");
                     true
                 },
             )

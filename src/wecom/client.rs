@@ -37,6 +37,26 @@ pub struct Upload {
     pub content_type: &'static str,
 }
 
+impl Upload {
+    /// The multipart body WeCom's upload calls take: the file in the field `media`.
+    fn form(&self) -> reqwest::multipart::Form {
+        let part = || {
+            reqwest::multipart::Part::bytes(self.bytes.clone()).file_name(self.file_name.clone())
+        };
+        let typed = part()
+            .mime_str(self.content_type)
+            .unwrap_or_else(|_| part());
+        reqwest::multipart::Form::new().part("media", typed)
+    }
+}
+
+fn media_id(answer: &serde_json::Map<String, Value>, call: &str) -> Result<String, ApiError> {
+    let id = answer.get("media_id").and_then(Value::as_str);
+    id.filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::Decode(format!("{call} answer has no media_id")))
+}
+
 /// A client for one WeCom API base URL (the real one, a proxy, or a test fake).
 #[derive(Clone)]
 pub struct WecomClient {
@@ -114,22 +134,22 @@ impl WecomClient {
     ) -> Result<String, ApiError> {
         let url = format!("{}/cgi-bin/media/upload", self.base_url);
         let request = || {
-            let part = reqwest::multipart::Part::bytes(file.bytes.clone())
-                .file_name(file.file_name.clone())
-                .mime_str(file.content_type)
-                .unwrap_or_else(|_| reqwest::multipart::Part::bytes(file.bytes.clone()));
-            let form = reqwest::multipart::Form::new().part("media", part);
+            let form = file.form();
             self.http
                 .post(&url)
                 .query(&[("type", kind.as_str())])
                 .multipart(form)
         };
-        let rest = self.with_token(app, request).await?;
-        let media_id = rest.get("media_id").and_then(Value::as_str);
-        media_id
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::Decode("media/upload answer has no media_id".into()))
+        media_id(&self.with_token(app, request).await?, "media/upload")
+    }
+
+    /// Upload a file for a group robot (webhook/upload_media, authenticated by the robot's key);
+    /// the robot's media_id for it (valid for 3 days).
+    pub async fn upload_bot_media(&self, key: &str, file: &Upload) -> Result<String, ApiError> {
+        let url = format!("{}/cgi-bin/webhook/upload_media", self.base_url);
+        let request = self.http.post(url).query(&[("key", key), ("type", "file")]);
+        let body = read(Call::Webhook, request.multipart(file.form()).send().await).await?;
+        media_id(&body.rest, "webhook/upload_media")
     }
 
     /// Make the request built by `request` with the app's access token. A stale-token errcode

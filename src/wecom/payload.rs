@@ -101,7 +101,7 @@ pub struct TextCard {
 
 /// A message to a group robot (webhook/send).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "msgtype", rename_all = "lowercase")]
+#[serde(tag = "msgtype", rename_all = "snake_case")]
 pub enum BotMessage {
     Text {
         content: String,
@@ -113,7 +113,23 @@ pub enum BotMessage {
     Markdown {
         content: String,
     },
+    /// A JPG or PNG of at most 2 MB, carried in the message itself.
+    Image {
+        base64: String,
+        md5: String,
+    },
+    /// Uploaded with the robot's upload_media when it is delivered.
+    File(Media),
+    News {
+        articles: Vec<Article>,
+    },
+    TemplateCard {
+        template_card: Value,
+    },
 }
+
+/// A robot's image is sent inline, at most 2 MB.
+pub const BOT_IMAGE_MAX_BYTES: usize = 2 * 1024 * 1024;
 
 /// Why a message cannot be sent as given; names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -426,6 +442,11 @@ impl BotMessage {
                     .map(|content| BotMessage::Markdown { content })
                     .collect())
             }
+            BotMessage::News { articles } => {
+                check_news(&articles)?;
+                Ok(vec![BotMessage::News { articles }])
+            }
+            other => Ok(vec![other]),
         }
     }
 
@@ -448,6 +469,18 @@ impl BotMessage {
             }
             BotMessage::Markdown { content } => {
                 json!({ "msgtype": "markdown", "markdown": { "content": content } })
+            }
+            BotMessage::Image { base64, md5 } => {
+                json!({ "msgtype": "image", "image": { "base64": base64, "md5": md5 } })
+            }
+            BotMessage::File(m) => {
+                json!({ "msgtype": "file", "file": { "media_id": m.media_id } })
+            }
+            BotMessage::News { articles } => {
+                json!({ "msgtype": "news", "news": { "articles": articles } })
+            }
+            BotMessage::TemplateCard { template_card } => {
+                json!({ "msgtype": "template_card", "template_card": template_card })
             }
         }
     }

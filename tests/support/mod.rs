@@ -274,11 +274,39 @@ impl FakeState {
 async fn media_upload(
     State(s): State<Arc<FakeState>>,
     Query(q): Query<UploadQuery>,
-    mut form: axum::extract::Multipart,
+    form: axum::extract::Multipart,
 ) -> Json<Value> {
     if let Err(refused) = s.check_token(q.access_token) {
         return refused;
     }
+    record_upload(&s, q.kind.unwrap_or_default(), form).await
+}
+
+#[derive(serde::Deserialize)]
+struct WebhookUploadQuery {
+    key: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// A robot's upload_media: authenticated by its key, like webhook/send.
+async fn webhook_upload(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<WebhookUploadQuery>,
+    form: axum::extract::Multipart,
+) -> Json<Value> {
+    if !q.key.unwrap_or_default().starts_with("robot-key-") {
+        return Json(json!({"errcode": 93000, "errmsg": "invalid webhook url"}));
+    }
+    record_upload(&s, format!("robot-{}", q.kind.unwrap_or_default()), form).await
+}
+
+/// Keep the file of the multipart field `media` and answer with a new media_id.
+async fn record_upload(
+    s: &FakeState,
+    kind: String,
+    mut form: axum::extract::Multipart,
+) -> Json<Value> {
     while let Ok(Some(field)) = form.next_field().await {
         if field.name() != Some("media") {
             continue;
@@ -288,7 +316,6 @@ async fn media_upload(
         let Ok(bytes) = field.bytes().await else {
             break;
         };
-        let kind = q.kind.clone().unwrap_or_default();
         let mut uploads = s.uploads.lock().unwrap();
         let media_id = format!("MEDIA-{}", uploads.len() + 1);
         uploads.push(Uploaded {
@@ -337,6 +364,7 @@ impl FakeWecom {
             .route("/cgi-bin/message/send", post(message_send))
             .route("/cgi-bin/webhook/send", post(webhook_send))
             .route("/cgi-bin/media/upload", post(media_upload))
+            .route("/cgi-bin/webhook/upload_media", post(webhook_upload))
             .route(
                 "/cgi-bin/message/update_template_card",
                 post(update_template_card),

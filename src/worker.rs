@@ -97,6 +97,7 @@ impl Worker {
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
             return Outcome::Failed(error);
         };
+        let sorry = AppMessage::text(&handle.failure_message);
         // Set when the agent or one of its messages failed: the member gets the failure message,
         // the job is marked failed.
         let mut failure: Option<String> = None;
@@ -122,7 +123,7 @@ impl Worker {
                     Ok(replies) => replies,
                     Err(cause) => {
                         failure = Some(cause);
-                        vec![AppMessage::text(&handle.failure_message)]
+                        vec![sorry.clone()]
                     }
                 };
                 let mut pieces = Vec::new();
@@ -135,7 +136,9 @@ impl Worker {
                         Err(e) => {
                             tracing::error!(job = job.id, user = ?job.user_key, error = %e, "the agent's {msgtype} message is not within WeCom's limits; the member gets the failure message in its place");
                             failure.get_or_insert_with(|| e.to_string());
-                            pieces.push(AppMessage::text(&handle.failure_message));
+                            if !pieces.contains(&sorry) {
+                                pieces.push(sorry.clone());
+                            }
                         }
                     }
                 }
@@ -157,6 +160,10 @@ impl Worker {
             }
         };
         let total = chunks.len();
+        // The member is told once per reply that something could not be sent, however many items.
+        let mut told = chunks
+            .iter()
+            .any(|c| c.message == sorry && c.state == ChunkState::Sent);
         // One reply at a time per member: pushes to the same member wait until this one is out.
         let _turn = self
             .outbound
@@ -164,6 +171,8 @@ impl Worker {
             .await;
         for chunk in chunks.iter().filter(|c| c.state != ChunkState::Sent) {
             let mut message = chunk.message.clone();
+            // Why this item cannot be sent; the failure message goes in its place.
+            let mut failed: Option<String> = None;
             if let AppMessage::UpdateCard { update_card } = &message {
                 let why = match &msg.kind {
                     MessageKind::Event(Event::TemplateCard { response_code, .. }) => self
@@ -176,30 +185,33 @@ impl Worker {
                         None
                     }
                 };
-                match why {
-                    None => {}
+                let why = match why {
+                    None => None,
                     Some(Undelivered::Stopped) => return Outcome::Interrupted,
-                    Some(Undelivered::Failed(f)) => {
-                        tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, errcode = f.error.errcode(), error = %f, "update_template_card failed");
-                        failure.get_or_insert_with(|| format!("update_template_card: {f}"));
-                    }
+                    Some(Undelivered::Failed(f)) => Some(format!("update_template_card: {f}")),
+                };
+                failed = why;
+            } else if message.media_type().is_some() {
+                match self.upload(app, job, chunk.seq, &mut message).await {
+                    Ok(()) => {}
+                    Err(None) => return Outcome::Interrupted,
+                    Err(Some(why)) => failed = Some(why),
                 }
+            }
+            if let Some(why) = failed {
+                tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, error = %why, "cannot send the agent's {} message; the member gets the failure message in its place", message.msgtype());
+                failure.get_or_insert(why);
+                message = sorry.clone();
+            }
+            let done =
+                matches!(message, AppMessage::UpdateCard { .. }) || (message == sorry && told);
+            if done {
                 if let Err(e) = self.inbox.mark_sent(job, chunk.seq).await {
                     tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                 }
                 continue;
             }
-            if message.media_type().is_some() {
-                match self.upload(app, job, chunk.seq, &mut message).await {
-                    Ok(()) => {}
-                    Err(None) => return Outcome::Interrupted,
-                    Err(Some(why)) => {
-                        tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, error = %why, "cannot send the agent's {} message; the member gets the failure message in its place", message.msgtype());
-                        failure.get_or_insert(why);
-                        message = AppMessage::text(&handle.failure_message);
-                    }
-                }
-            }
+            told |= message == sorry;
             // Recorded before WeCom is called: if the process dies before the answer is recorded,
             // the next try knows this chunk may have arrived and asks WeCom to drop a duplicate.
             if let Err(e) = self.inbox.mark_started(job, chunk.seq).await {

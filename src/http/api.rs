@@ -338,6 +338,11 @@ async fn resolve(
     entry: &str,
 ) -> Result<(String, String), ApiFailure> {
     let fixed = fixed.and_then(|name| apps.by_name(name));
+    if entry.ends_with(':') || entry.starts_with(':') {
+        return Err(bad_request(format!(
+            "touser: {entry:?} must be a UserID or corp_id:user_id"
+        )));
+    }
     let Some((corp, user)) = entry.split_once(':') else {
         if let Some(app) = fixed {
             return Ok((app.config.name.clone(), entry.to_owned()));

@@ -285,8 +285,9 @@ impl QueueWorker {
                     return fail(format!("app {app:?} is not configured"));
                 };
                 let _turn = self.outbound.lock(&Outbound::member_key(app, user)).await;
-                // A file is uploaded first. A push keeps no media_id: after a crash between the
-                // upload and the send, it is uploaded again (the send itself stays at most once).
+                // A file is uploaded first. A push keeps no media_id: after a crash it is
+                // uploaded again, and a resend under a new media_id escapes WeCom's duplicate
+                // check (the README says so).
                 let mut message = message.clone();
                 match self.outbound.attach_media(app, &mut message).await {
                     Ok(_) => {}

@@ -400,10 +400,26 @@ impl Outbound {
         response_code: &str,
         card: &serde_json::Value,
     ) -> Result<(), Undelivered> {
-        let mut body = card.clone();
-        body["userids"] = serde_json::json!([user]);
-        body["agentid"] = serde_json::json!(app.config.agent_id);
-        body["response_code"] = serde_json::json!(response_code);
+        // The card's own fields (`button`, `template_card`...); who sees the change is the
+        // gateway's to say: the member who clicked, never a party, tag or everyone.
+        let mut body = match card {
+            serde_json::Value::Object(fields) => fields.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for addressing in [
+            "userids",
+            "partyids",
+            "tagids",
+            "atall",
+            "agentid",
+            "response_code",
+        ] {
+            body.remove(addressing);
+        }
+        body.insert("userids".into(), serde_json::json!([user]));
+        body.insert("agentid".into(), serde_json::json!(app.config.agent_id));
+        body.insert("response_code".into(), serde_json::json!(response_code));
+        let body = serde_json::Value::Object(body);
         let path = "/cgi-bin/message/update_template_card";
         self.call_with_retry(&app.config.name, "update_template_card", || {
             self.client.post_json(app, path, &body)

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use tokio::io::AsyncReadExt;
 
 use crate::wecom::client::Upload;
 use crate::wecom::media::MediaType;
@@ -54,39 +55,72 @@ pub async fn load(
 }
 
 async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<Vec<u8>, String> {
-    let real = tokio::fs::canonicalize(path)
-        .await
-        .map_err(|e| format!("cannot read {path:?}: {e}"))?;
-    let mut allowed = false;
-    for dir in dirs {
-        if let Ok(dir) = tokio::fs::canonicalize(dir).await {
-            allowed |= real.starts_with(&dir);
-        }
+    let outside = || {
+        match dirs.is_empty() {
+        true => format!("{path:?} is refused: no directory is allowed (set media.agent_dirs to let agents send files by path; base64 always works)"),
+        false => format!("{path:?} is outside media.agent_dirs"),
     }
-    if !allowed {
-        return Err(match dirs.is_empty() {
-            true => format!("{path:?} is refused: no directory is allowed (set media.agent_dirs to let agents send files by path; base64 always works)"),
-            false => format!("{path:?} is outside media.agent_dirs {dirs:?}"),
-        });
+    };
+    // Judged by its name first, so that nothing about files elsewhere (whether they exist) is
+    // told; then by where it really is, with symlinks followed.
+    if !path.is_absolute() || !within(&lexical(path), dirs).await {
+        return Err(outside());
     }
-    let meta = tokio::fs::metadata(&real)
-        .await
-        .map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let cannot = |e: std::io::Error| format!("cannot read {path:?}: {e}");
+    let real = tokio::fs::canonicalize(path).await.map_err(cannot)?;
+    if !within(&real, dirs).await {
+        return Err(outside());
+    }
+    // Opened once: the size is the opened file's, and no more than the limit is read.
+    let file = tokio::fs::File::open(&real).await.map_err(cannot)?;
+    let meta = file.metadata().await.map_err(cannot)?;
     if !meta.is_file() {
         return Err(format!("{path:?} is not a regular file"));
     }
     kind.check_size(meta.len())?;
-    tokio::fs::read(&real)
+    let mut bytes = Vec::new();
+    let limit = kind.max_bytes() as u64 + 1;
+    file.take(limit)
+        .read_to_end(&mut bytes)
         .await
-        .map_err(|e| format!("cannot read {path:?}: {e}"))
+        .map_err(cannot)?;
+    kind.check_size(bytes.len() as u64)?;
+    Ok(bytes)
+}
+
+/// Whether `path` is inside one of `dirs` (each taken as given and as it really is).
+async fn within(path: &Path, dirs: &[PathBuf]) -> bool {
+    for dir in dirs {
+        let real = tokio::fs::canonicalize(dir).await.ok();
+        if path.starts_with(dir) || real.is_some_and(|d| path.starts_with(d)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `..` and `.` resolved by name alone, without touching the filesystem.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Standard base64, optionally as a data URL (`data:image/png;base64,...`).
 fn decode(text: &str, kind: MediaType) -> Result<Vec<u8>, String> {
-    let text = text.trim();
+    // Wrapped base64 (as `base64` and most libraries write it by default) is fine too.
+    let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let text = match text.strip_prefix("data:") {
         Some(url) => url.split_once(',').map_or(url, |(_, data)| data),
-        None => text,
+        None => &text,
     };
     // Refused before decoding: a base64 text this long cannot be within the limit.
     let decoded_at_least = (text.len() as u64 / 4 * 3).saturating_sub(2);

@@ -152,6 +152,9 @@ async fn notify(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let req: NotifyBody = parse(&body)?;
+    if !state.dispatcher.bots().contains_key(&bot) {
+        return Err(not_found(format!("no robot named {bot:?} is configured")));
+    }
     if let Some(items) = req.messages {
         if !req.subject.is_empty() || !req.body.is_empty() || items.is_empty() {
             return Err(bad_request(

@@ -27,7 +27,7 @@ use crate::bots::Bot;
 use crate::shared::{Reserved, SharedWindows};
 use crate::wecom::client::Upload;
 use crate::wecom::media::MediaType;
-use crate::wecom::payload::BOT_IMAGE_MAX_BYTES;
+use crate::wecom::payload::{Media, BOT_IMAGE_MAX_BYTES};
 use crate::wecom::{ApiError, AppMessage, BotMessage, SendReceipt, WecomClient};
 use base64::Engine as _;
 use md5::Digest as _;
@@ -282,25 +282,39 @@ impl Outbound {
         app: &App,
         message: &mut AppMessage,
     ) -> Result<bool, Option<String>> {
-        let now = upload::unix_now();
-        let (Some(kind), Some(media)) = (message.media_type(), message.media()) else {
+        let (Some(kind), Some(media)) = (message.media_type(), message.media_mut()) else {
             return Ok(false);
         };
+        let upload = |file: Upload| async move { self.upload_app(app, kind, &file).await };
+        self.ensure_uploaded(media, kind, "media/upload", upload)
+            .await
+    }
+
+    /// The one way a file gets its media_id: kept while fresh, else the file is loaded and given
+    /// to `upload`. `Ok(true)` when it was uploaded now.
+    async fn ensure_uploaded<F, Fut>(
+        &self,
+        media: &mut Media,
+        kind: MediaType,
+        call: &str,
+        upload: F,
+    ) -> Result<bool, Option<String>>
+    where
+        F: FnOnce(Upload) -> Fut,
+        Fut: std::future::Future<Output = Result<String, Undelivered>>,
+    {
+        let now = upload::unix_now();
         if upload::reusable(media, now) {
             return Ok(false);
         }
-        let file = upload::load(media, kind, &self.agent_dirs)
-            .await
-            .map_err(Some)?;
-        let media_id = match self.upload_app(app, kind, &file).await {
-            Ok(id) => id,
+        let file = (upload::load(media, kind, &self.agent_dirs).await).map_err(Some)?;
+        let bytes = file.bytes.len();
+        match upload(file).await {
+            Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),
             Err(Undelivered::Stopped) => return Err(None),
-            Err(Undelivered::Failed(f)) => return Err(Some(format!("media/upload: {f}"))),
-        };
-        tracing::debug!(app = %app.config.name, kind = kind.as_str(), bytes = file.bytes.len(), "uploaded");
-        if let Some(media) = message.media_mut() {
-            (media.media_id, media.uploaded_at) = (Some(media_id), Some(now));
+            Err(Undelivered::Failed(f)) => return Err(Some(format!("{call}: {f}"))),
         }
+        tracing::debug!(call, kind = kind.as_str(), bytes, "uploaded");
         Ok(true)
     }
 
@@ -350,21 +364,16 @@ impl Outbound {
         let BotMessage::File(media) = message else {
             return Ok(());
         };
-        let now = upload::unix_now();
-        if upload::reusable(media, now) {
-            return Ok(());
-        }
-        let file = (upload::load(media, MediaType::File, &self.agent_dirs).await).map_err(Some)?;
         let who = format!("robot {}", bot.name);
-        let uploaded = self.call_with_retry(&who, "webhook/upload_media", || {
-            self.client.upload_bot_media(bot.key(), &file)
-        });
-        match uploaded.await {
-            Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),
-            Err(Undelivered::Stopped) => return Err(None),
-            Err(Undelivered::Failed(f)) => return Err(Some(format!("webhook/upload_media: {f}"))),
-        }
-        Ok(())
+        let upload = |file: Upload| async move {
+            let call = || self.client.upload_bot_media(bot.key(), &file);
+            self.call_with_retry(&who, "webhook/upload_media", call)
+                .await
+        };
+        let kind = MediaType::File;
+        self.ensure_uploaded(media, kind, "webhook/upload_media", upload)
+            .await
+            .map(drop)
     }
 
     /// Whether a media message's file can be sent (readable, allowed, within WeCom's limits),

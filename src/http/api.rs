@@ -270,11 +270,12 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
         ));
     }
     // Problems are named by item when a list was given (`messages[2].image: ...`).
-    let at = |i: usize| match req.messages.is_some() {
+    let listed = req.messages.is_some();
+    let at = |i: usize| match listed {
         true => format!("messages[{i}]."),
         false => String::new(),
     };
-    let messages = match (req.text, req.markdown, req.textcard, req.messages.clone()) {
+    let messages = match (req.text, req.markdown, req.textcard, req.messages) {
         (Some(content), None, None, None) => vec![AppMessage::Text { content }],
         (None, Some(content), None, None) => vec![AppMessage::Markdown { content }],
         (None, None, Some(card), None) => vec![AppMessage::Textcard(card)],

@@ -616,7 +616,12 @@ impl Check<'_> {
             .collect()
     }
     /// A list, or comma-separated text (the environment's form); empty items dropped.
-    fn names<T>(&mut self, field: &str, v: Option<List>, rule: impl Rule<T> + Copy) -> Vec<T> {
+    pub(crate) fn names<T>(
+        &mut self,
+        field: &str,
+        v: Option<List>,
+        rule: impl Rule<T> + Copy,
+    ) -> Vec<T> {
         let split = |t: &str| {
             t.split(',')
                 .map(|s| s.trim().to_owned())

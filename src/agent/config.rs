@@ -170,13 +170,7 @@ pub(crate) fn validate(
 
 /// `all`, `none`, or event names (a list, or comma-separated text).
 fn events(c: &mut Check<'_>, field: &str, v: Option<List>) -> Option<Events> {
-    let split = |t: &str| {
-        t.split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    let names = c.list(field, Some(v?), split, text);
+    let names = c.names(field, Some(v?), text);
     Some(match names.as_slice() {
         [one] if one.eq_ignore_ascii_case("all") => Events::All,
         [one] if one.eq_ignore_ascii_case("none") => Events::Only(Vec::new()),

@@ -1,8 +1,9 @@
 //! The bytes of a file an app message carries: read from `path` (only inside `media.agent_dirs`)
 //! or decoded from `base64`, and held to WeCom's upload rules before anything is uploaded.
 //!
-//! Must never: read a file outside the allowed directories (the path is canonicalised first, so
-//! `..` and symlinks cannot leave them), or read more than WeCom's limit for the type.
+//! Must never: read a file outside the allowed directories (the path is judged by name, then
+//! canonicalised and judged again, so `..` and symlinks cannot leave them), tell anything about
+//! files outside them, or read more than WeCom's limit for the type.
 
 use std::path::{Path, PathBuf};
 
@@ -63,12 +64,13 @@ async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<
     };
     // Judged by its name first, so that nothing about files elsewhere (whether they exist) is
     // told; then by where it really is, with symlinks followed.
-    if !path.is_absolute() || !within(&lexical(path), dirs).await {
+    let roots = roots(dirs).await;
+    if !path.is_absolute() || !within(&lexical(path), &roots) {
         return Err(outside());
     }
     let cannot = |e: std::io::Error| format!("cannot read {path:?}: {e}");
     let real = tokio::fs::canonicalize(path).await.map_err(cannot)?;
-    if !within(&real, dirs).await {
+    if !within(&real, &roots) {
         return Err(outside());
     }
     // Opened once: the size is the opened file's, and no more than the limit is read.
@@ -88,15 +90,18 @@ async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<
     Ok(bytes)
 }
 
-/// Whether `path` is inside one of `dirs` (each taken as given and as it really is).
-async fn within(path: &Path, dirs: &[PathBuf]) -> bool {
+/// The allowed directories, each as given and as it really is (symlinks resolved), looked up
+/// once per file.
+async fn roots(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut roots = dirs.to_vec();
     for dir in dirs {
-        let real = tokio::fs::canonicalize(dir).await.ok();
-        if path.starts_with(dir) || real.is_some_and(|d| path.starts_with(d)) {
-            return true;
-        }
+        roots.extend(tokio::fs::canonicalize(dir).await.ok());
     }
-    false
+    roots
+}
+
+fn within(path: &Path, roots: &[PathBuf]) -> bool {
+    roots.iter().any(|root| path.starts_with(root))
 }
 
 /// `..` and `.` resolved by name alone, without touching the filesystem.

@@ -41,10 +41,30 @@ const NESTED_PATH: &str = "platforms.wecom_callback.extra";
 const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
 
 /// `media:`: files agents send and receive.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MediaConfig {
     /// Directories an agent's `path` may name; none by default, so only `base64` works.
     pub agent_dirs: Vec<PathBuf>,
+    /// Largest file a member may send that is downloaded (WeCom's own file limit: 20 MiB).
+    pub max_bytes: u64,
+    /// Where agents reach the gateway, for media links; by default the listener's address.
+    pub public_url: Option<String>,
+    /// Text-like files up to this size are given to the openai agent inline.
+    pub inline_text_bytes: u64,
+    /// How long a media link works.
+    pub url_expires: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            agent_dirs: Vec::new(),
+            max_bytes: 20 << 20,
+            public_url: None,
+            inline_text_bytes: 64 << 10,
+            url_expires: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The validated configuration the service runs with.
@@ -189,7 +209,21 @@ impl Config {
         let _ = writeln!(out, "  max_attempts: {}", c.retry.max_attempts);
         let _ = writeln!(out, "  base_ms: {}", c.retry.base.as_millis());
         let _ = writeln!(out, "  max_ms: {}", c.retry.max.as_millis());
-        let _ = writeln!(out, "media:\n  agent_dirs: {:?}\nbots:", c.media.agent_dirs);
+        let m = &c.media;
+        let _ = writeln!(out, "media:\n  agent_dirs: {:?}", m.agent_dirs);
+        let _ = writeln!(out, "  max_bytes: {}", m.max_bytes);
+        let public_url = m.public_url.as_deref();
+        let _ = writeln!(
+            out,
+            "  public_url: {}",
+            public_url.unwrap_or("(the listener)")
+        );
+        let _ = writeln!(out, "  inline_text_bytes: {}", m.inline_text_bytes);
+        let _ = writeln!(
+            out,
+            "  url_expires_secs: {}\nbots:",
+            m.url_expires.as_secs()
+        );
         for bot in &c.bots {
             let _ = writeln!(out, "  - name: {}", bot.name);
             let _ = writeln!(out, "    webhook_url: {REDACTED_WEBHOOK}");
@@ -402,6 +436,10 @@ struct LimitSettings {
 #[derive(Deserialize, Default)]
 struct MediaSettings {
     agent_dirs: Option<List>,
+    max_bytes: Option<Text>,
+    public_url: Option<Text>,
+    inline_text_bytes: Option<Text>,
+    url_expires_secs: Option<Text>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -513,7 +551,7 @@ fn callback_path(text: &str) -> Result<String, String> {
     }
 }
 
-fn boolean(text: &str) -> Result<bool, String> {
+pub(crate) fn boolean(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -670,9 +708,33 @@ impl Settings {
             .unwrap_or_else(crate::outbound::default_bot_limits);
         let media = c.mapping("media", s.media).unwrap_or_default();
         c.unknown("media.", &media.unknown);
-        let agent_dirs = c.names("media.agent_dirs", media.agent_dirs, |d| {
-            Ok(PathBuf::from(d))
-        });
+        let d = MediaConfig::default();
+        let media = MediaConfig {
+            agent_dirs: c.names("media.agent_dirs", media.agent_dirs, |d| {
+                Ok(PathBuf::from(d))
+            }),
+            max_bytes: c.get(
+                "media.max_bytes",
+                media.max_bytes,
+                d.max_bytes,
+                num(1, 1 << 30),
+            ),
+            public_url: c
+                .opt("media.public_url", media.public_url, HttpUrl::parse)
+                .map(HttpUrl::base),
+            inline_text_bytes: c.get(
+                "media.inline_text_bytes",
+                media.inline_text_bytes,
+                d.inline_text_bytes,
+                num(0, 16 << 20),
+            ),
+            url_expires: c.get(
+                "media.url_expires_secs",
+                media.url_expires_secs,
+                d.url_expires,
+                secs(60, 7 * 86_400),
+            ),
+        };
         let retry = c.mapping("retry", s.retry).unwrap_or_default();
         c.unknown("retry.", &retry.unknown);
         let ms = |max| move |t: &str| num(1, max)(t).map(Duration::from_millis);
@@ -728,7 +790,7 @@ impl Settings {
                 base,
                 max: max.max(base),
             },
-            media: MediaConfig { agent_dirs },
+            media,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod inbox;
 pub mod message;
 pub mod outbound;
+pub mod received;
 pub mod shared;
 pub mod wecom;
 pub mod worker;
@@ -33,6 +34,7 @@ use crate::app::Apps;
 use crate::config::{Config, StoreKind};
 use crate::inbox::{Inbox, MemoryInbox, PostgresInbox, SqliteInbox};
 use crate::outbound::{Dispatcher, Outbound};
+use crate::received::Received;
 use crate::shared::SharedTokens;
 use crate::wecom::WecomClient;
 use crate::worker::{AgentHandle, Agents, Worker};
@@ -162,7 +164,7 @@ impl Application {
             },
             None => {
                 let build = |settings: &config::AgentConfig| {
-                    agent::build(settings, inbox.clone())
+                    agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
                         .map(|a| Arc::new(AgentHandle::new(a, settings)))
                         .map_err(StartupError::App)
                 };
@@ -178,11 +180,21 @@ impl Application {
                 }
             }
         };
+        let public_url =
+            (config.media.public_url.clone()).unwrap_or_else(|| default_public_url(local_addr));
+        let received = Arc::new(Received::new(
+            &config.data_dir,
+            inbox.clone(),
+            config.media.max_bytes,
+            public_url,
+            config.media.url_expires,
+        ));
         let worker = Worker {
             inbox: inbox.clone(),
             agents: Arc::new(agents),
             outbound: outbound.clone(),
             apps: apps.clone(),
+            received,
         };
         Ok(Application {
             listener,
@@ -228,7 +240,11 @@ impl Application {
         workers.spawn(async move { feeder.feed().await });
         // Background chores end with the application, however it ends (dropping a JoinSet aborts it).
         let mut background = JoinSet::new();
-        background.spawn(prune_loop(inbox.clone(), config.retention_days));
+        background.spawn(prune_loop(
+            inbox.clone(),
+            worker.received.clone(),
+            config.retention_days,
+        ));
         let state = http::AppState {
             apps: apps.clone(),
             inbox: inbox.clone(),
@@ -236,6 +252,7 @@ impl Application {
             dispatcher: dispatcher.clone(),
             api_tokens: Arc::new(config.api_tokens.clone()),
             agent_ids: Arc::default(),
+            received: worker.received.clone(),
         };
         match dispatcher.resume().await {
             Ok(0) => {}
@@ -313,17 +330,35 @@ impl Application {
 
 /// Delete finished messages older than the retention period: at start and then hourly. Runs off the
 /// request path; each batch is a short transaction of its own.
-async fn prune_loop(inbox: Arc<dyn Inbox>, retention_days: u64) {
-    let retention_ms = (retention_days * 86_400_000) as i64;
+async fn prune_loop(inbox: Arc<dyn Inbox>, received: Arc<Received>, retention_days: u64) {
+    let retention = Duration::from_secs(retention_days * 86_400);
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        match inbox.prune(inbox::now_ms() - retention_ms).await {
+        match inbox
+            .prune(inbox::now_ms() - retention.as_millis() as i64)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, retention_days, "pruned finished messages"),
             Err(e) => tracing::error!(error = %e, "pruning finished messages failed"),
         }
+        match received.prune(retention).await {
+            0 => {}
+            n => tracing::info!(deleted = n, retention_days, "pruned received media files"),
+        }
     }
+}
+
+/// Where agents reach the gateway when `media.public_url` is not set: the listener, with the
+/// loopback address in place of "every address".
+fn default_public_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop).

@@ -14,6 +14,7 @@ use crate::config::AgentConfig;
 use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
 use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
+use crate::received::Received;
 use crate::wecom::AppMessage;
 
 /// An agent with the chat settings around it.
@@ -58,6 +59,8 @@ pub struct Worker {
     pub agents: Arc<Agents>,
     pub outbound: Arc<Outbound>,
     pub apps: Apps,
+    /// Fetches the files members send, before the agent is asked.
+    pub received: Arc<Received>,
 }
 
 impl Worker {
@@ -112,12 +115,16 @@ impl Worker {
             }
             None => {
                 tracing::debug!(job = job.id, user = ?job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
+                let Some(media) = self.received.fetch(&self.outbound, app, msg).await else {
+                    return Outcome::Interrupted;
+                };
                 let turn = Turn {
                     app: &app.config.name,
                     corp_id: &app.config.corp_id,
                     user_id: &msg.from_user_name,
                     user_key: &job.user_key,
                     message: msg,
+                    media: media.as_ref(),
                 };
                 let replies = match self.ask(handle, turn, job).await {
                     Ok(replies) => replies,

@@ -269,6 +269,7 @@ fn openai(url: String) -> AgentKind {
         timeout: Duration::from_secs(10),
         history_turns: 10,
         history_chars: 16_000,
+        vision: false,
     })
 }
 

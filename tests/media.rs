@@ -463,3 +463,177 @@ async fn a_robot_sends_an_image_a_file_news_and_a_card() {
     );
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------- media members send
+
+fn jpeg(len: usize) -> Vec<u8> {
+    let mut bytes = b"\xff\xd8\xff\xe0".to_vec();
+    bytes.extend((0..len).map(|i| (i % 251) as u8));
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Post a member's media message and wait until the agent has answered it.
+async fn send_media(gw: &TestApp, fake: &FakeWecom, kind: &str, media_id: &str, msg_id: u64) {
+    let (q, body) = APP_A.callback(&APP_A.media_xml("zhangsan", kind, media_id, msg_id));
+    assert_eq!(gw.post_callback(&q, body).await.status(), 200);
+    fake.wait_for_sends(1).await;
+}
+
+#[tokio::test]
+async fn an_image_reaches_the_agent_as_a_path_and_a_signed_link_to_the_same_bytes() {
+    let fake = FakeWecom::start().await;
+    let photo = jpeg(300_000);
+    fake.add_media("img-1", "image/jpeg", None, &photo);
+    let (url, turns) = agent(vec![json!({"reply": "nice photo"})]).await;
+    let cfg = with_http_agent(&fake, url);
+    assert!(cfg.api_tokens.is_empty(), "links work without API tokens");
+    let gw = TestApp::spawn(cfg).await;
+    send_media(&gw, &fake, "image", "img-1", 1).await;
+    let turn = turns.lock().unwrap()[0].clone();
+    let media = &turn["media"];
+    let hash = sha256_hex(&photo);
+    assert_eq!(media["kind"], "image");
+    assert_eq!(media["content_type"], "image/jpeg");
+    assert_eq!(media["size"], photo.len());
+    assert_eq!(media["sha256"], hash.as_str());
+    assert_eq!(turn["media_error"], Value::Null);
+    assert_eq!(turn["media_id"], "img-1", "today's fields stay");
+    let path = media["path"].as_str().unwrap();
+    assert!(std::path::Path::new(path).is_absolute(), "{path}");
+    let on_disk = std::fs::read(path).unwrap();
+    assert_eq!(
+        sha256_hex(&on_disk),
+        hash,
+        "the file at path is what WeCom served"
+    );
+
+    let link = media["url"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!(
+            "http://127.0.0.1:{}/api/v1/media/{hash}?expires=",
+            gw.addr.port()
+        )),
+        "{link}"
+    );
+    let got = reqwest::get(&link).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(
+        sha256_hex(&got.bytes().await.unwrap()),
+        hash,
+        "the link serves the same bytes"
+    );
+
+    // A link is only as good as its signature and its expiry.
+    let (base, _) = link.split_once("&sig=").unwrap();
+    for (bad, why) in [
+        (format!("{base}&sig=00"), "signature is wrong"),
+        (
+            link.replacen("expires=", "expires=9", 1),
+            "signature is wrong",
+        ),
+        (base.to_owned(), "needs its expires and sig"),
+    ] {
+        let answer = reqwest::get(&bad).await.unwrap();
+        assert_eq!(answer.status(), 403, "{bad}");
+        let body: Value = answer.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+    }
+    assert_eq!(fake.media_gets(), vec!["img-1"]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_keeps_its_name_and_a_refused_media_id_still_reaches_the_agent() {
+    let fake = FakeWecom::start().await;
+    let report = "列1,列2\n1,2\n".as_bytes().to_vec();
+    fake.add_media(
+        "file-1",
+        "application/octet-stream",
+        Some("报告.csv"),
+        &report,
+    );
+    let (url, turns) = agent(vec![
+        json!({"reply": "read it"}),
+        json!({"reply": "lost it"}),
+    ])
+    .await;
+    let gw = TestApp::spawn(with_http_agent(&fake, url)).await;
+    send_media(&gw, &fake, "file", "file-1", 1).await;
+    // WeCom keeps media 3 days: an unknown media_id is errcode 40007, which no retry heals.
+    let (q, body) = APP_A.callback(&APP_A.media_xml("zhangsan", "file", "expired-1", 2));
+    assert_eq!(gw.post_callback(&q, body).await.status(), 200);
+    fake.wait_for_sends(2).await;
+    let turns = turns.lock().unwrap().clone();
+
+    let file = &turns[0]["media"];
+    assert_eq!(
+        file["file_name"], "报告.csv",
+        "the name from Content-Disposition"
+    );
+    assert!(file["path"].as_str().unwrap().ends_with(".csv"), "{file}");
+    assert_eq!(
+        std::fs::read(file["path"].as_str().unwrap()).unwrap(),
+        report
+    );
+
+    let lost = &turns[1];
+    assert_eq!(lost["media"]["kind"], "file");
+    assert_eq!(
+        lost["media"]["file_name"], "callback-name.bin",
+        "the callback's name"
+    );
+    assert_eq!(lost["media"]["path"], Value::Null);
+    assert_eq!(lost["media"]["url"], Value::Null);
+    let error = lost["media_error"].as_str().unwrap();
+    assert!(
+        error.contains("40007") && error.contains("invalid media_id"),
+        "{error}"
+    );
+    assert_eq!(
+        fake.media_gets(),
+        vec!["file-1", "expired-1"],
+        "40007 is not retried"
+    );
+    assert_eq!(
+        fake.sends()[1].content(),
+        "lost it",
+        "the message was not dropped"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_over_media_max_bytes_is_not_kept_and_the_agent_is_told() {
+    let fake = FakeWecom::start().await;
+    fake.add_media("big-1", "video/mp4", None, &vec![7u8; 5000]);
+    let (url, turns) = agent(vec![json!({"reply": "too big"})]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = with_http_agent(&fake, url);
+    cfg.media.max_bytes = 4096;
+    cfg.data_dir = dir.path().to_path_buf();
+    let gw = TestApp::spawn(cfg).await;
+    send_media(&gw, &fake, "video", "big-1", 1).await;
+    let turn = turns.lock().unwrap()[0].clone();
+    let error = turn["media_error"].as_str().unwrap();
+    assert!(
+        error.contains("larger than media.max_bytes (4096 bytes)"),
+        "{error}"
+    );
+    assert_eq!(
+        fake.media_gets().len(),
+        1,
+        "a file too large is not fetched again"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("media"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing of it is kept: {left:?}");
+    gw.stop().await;
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::agent::{
     AgentConfig, AgentKind, CommandAgentConfig, Events, HttpAgentConfig, OpenAiConfig,
 };
-use crate::config::{num, secs, text, Check, Field, HttpUrl, List, Text, Unknown};
+use crate::config::{boolean, num, secs, text, Check, Field, HttpUrl, List, Text, Unknown};
 
 /// The environment variable the openai agent reads its key from when `api_key_env` is not set.
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -42,6 +42,7 @@ pub(crate) struct AgentSettings {
     max_tokens: Option<Text>,
     history_turns: Option<Text>,
     history_chars: Option<Text>,
+    vision: Option<Text>,
     ack_after: Option<Text>,
     ack_message: Option<Text>,
     failure_message: Option<Text>,
@@ -134,6 +135,7 @@ pub(crate) fn validate(
                     16_000,
                     num(0, 10_000_000),
                 ),
+                vision: c.get(&f("vision"), s.vision, false, boolean),
             })
         }
         other => {

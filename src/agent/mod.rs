@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::inbox::History;
 use crate::message::{Event, InboundMessage, MessageKind};
+use crate::received::Fetched;
 use crate::wecom::AppMessage;
 
 pub use command::CommandAgentConfig;
@@ -138,6 +139,8 @@ pub struct Turn<'a> {
     /// `corp_id:user_id`: the key for per-user state such as conversation history.
     pub user_key: &'a str,
     pub message: &'a InboundMessage,
+    /// The file an image, voice, video or file message carried, as fetched from WeCom.
+    pub media: Option<&'a Fetched>,
 }
 
 impl Turn<'_> {
@@ -212,6 +215,10 @@ impl Turn<'_> {
         if let (Some(doc), Value::Object(extra)) = (doc.as_object_mut(), extra) {
             doc.extend(extra);
         }
+        if let Some(fetched) = self.media {
+            doc["media"] = json!(fetched.info);
+            doc["media_error"] = json!(fetched.error);
+        }
         doc
     }
 }
@@ -283,13 +290,22 @@ pub(crate) fn answer_from(doc: &Value) -> Result<Vec<AppMessage>, AgentError> {
 }
 
 /// The agent a configuration describes. `store` keeps per-user state (conversation history).
-pub fn build(config: &AgentConfig, store: Arc<dyn History>) -> Result<Arc<dyn Agent>, String> {
+/// `inline_text_bytes` is `media.inline_text_bytes`, for agents that read received text files.
+pub fn build(
+    config: &AgentConfig,
+    store: Arc<dyn History>,
+    inline_text_bytes: u64,
+) -> Result<Arc<dyn Agent>, String> {
     Ok(match &config.kind {
         AgentKind::Echo => Arc::new(EchoAgent {
             delay: Duration::from_millis(config.delay_ms),
         }),
         AgentKind::Http(c) => Arc::new(http::HttpAgent::new(c.clone())?),
         AgentKind::Command(c) => Arc::new(command::CommandAgent::new(c.clone())),
-        AgentKind::Openai(c) => Arc::new(openai::OpenAiAgent::new(c.clone(), store)?),
+        AgentKind::Openai(c) => Arc::new(openai::OpenAiAgent::new(
+            c.clone(),
+            store,
+            inline_text_bytes,
+        )?),
     })
 }

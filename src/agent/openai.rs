@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::{Agent, AgentError, Turn};
 use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
+use crate::received::{Fetched, MediaInfo};
 use crate::wecom::AppMessage;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";
@@ -36,6 +38,8 @@ pub struct OpenAiConfig {
     pub history_turns: usize,
     /// And at most this many characters of them.
     pub history_chars: usize,
+    /// Send images to the model as image parts (many models refuse them, so off by default).
+    pub vision: bool,
 }
 
 impl OpenAiConfig {
@@ -53,6 +57,7 @@ impl OpenAiConfig {
             format!("timeout_secs: {}", self.timeout.as_secs()),
             format!("history_turns: {}", self.history_turns),
             format!("history_chars: {}", self.history_chars),
+            format!("vision: {}", self.vision),
         ]
     }
 }
@@ -61,10 +66,29 @@ pub struct OpenAiAgent {
     http: reqwest::Client,
     config: OpenAiConfig,
     store: Arc<dyn History>,
+    /// Text-like files up to this size go to the model inline (`media.inline_text_bytes`).
+    inline_text_bytes: u64,
+}
+
+/// Whether a received file is text the model can read inline.
+fn is_text(media: &MediaInfo) -> bool {
+    let content_type = media.content_type.as_deref().unwrap_or("");
+    let ext = (media.file_name.as_deref())
+        .and_then(|n| n.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase());
+    content_type.starts_with("text/")
+        || ["application/json", "application/csv", "application/x-yaml"].contains(&content_type)
+        || ext.is_some_and(|e| {
+            ["txt", "md", "csv", "json", "log", "yaml", "yml", "tsv"].contains(&e.as_str())
+        })
 }
 
 impl OpenAiAgent {
-    pub fn new(config: OpenAiConfig, store: Arc<dyn History>) -> Result<Self, String> {
+    pub fn new(
+        config: OpenAiConfig,
+        store: Arc<dyn History>,
+        inline_text_bytes: u64,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
@@ -74,7 +98,36 @@ impl OpenAiAgent {
             http,
             config,
             store,
+            inline_text_bytes,
         })
+    }
+
+    /// The user's message for the model: the text, plus the received file when the model can take
+    /// it (an image with `vision`, a text file within `media.inline_text_bytes`).
+    async fn content(&self, text: &str, media: Option<&Fetched>) -> Value {
+        let Some(info) = media.filter(|m| m.error.is_none()).map(|m| &m.info) else {
+            return json!(text);
+        };
+        let (Some(path), Some(size)) = (&info.path, info.size) else {
+            return json!(text);
+        };
+        if info.kind == "image" && self.config.vision {
+            if let Ok(bytes) = tokio::fs::read(path).await {
+                let content_type = info.content_type.as_deref().unwrap_or("image/jpeg");
+                let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+                let url = format!("data:{content_type};base64,{data}");
+                return json!([
+                    { "type": "text", "text": text },
+                    { "type": "image_url", "image_url": { "url": url } },
+                ]);
+            }
+        } else if is_text(info) && size <= self.inline_text_bytes {
+            if let Ok(Ok(contents)) = tokio::fs::read(path).await.map(String::from_utf8) {
+                let name = info.file_name.as_deref().unwrap_or("file");
+                return json!(format!("{text}\n\n--- {name} ---\n{contents}"));
+            }
+        }
+        json!(text)
     }
 
     fn storage(e: impl std::fmt::Display) -> AgentError {
@@ -135,7 +188,8 @@ impl Agent for OpenAiAgent {
         for e in self.bounded_history(turn.user_key).await? {
             messages.push(json!({ "role": e.role.as_str(), "content": e.content }));
         }
-        messages.push(json!({ "role": "user", "content": text }));
+        let content = self.content(&text, turn.media).await;
+        messages.push(json!({ "role": "user", "content": content }));
         let mut body = json!({ "model": self.config.model, "messages": messages });
         if let Some(t) = self.config.temperature {
             body["temperature"] = json!(t);

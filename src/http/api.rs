@@ -37,7 +37,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 }
 
 /// An error answer of the API: logged, then sent as JSON.
-struct ApiFailure(HttpError);
+pub(super) struct ApiFailure(pub(super) HttpError);
 
 impl From<HttpError> for ApiFailure {
     fn from(e: HttpError) -> Self {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod callback;
 pub mod error;
 pub mod health;
+pub mod media;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::app::Apps;
 use crate::config::Allowlist;
 use crate::inbox::Inbox;
 use crate::outbound::Dispatcher;
+use crate::received::Received;
 
 /// What every handler can see.
 #[derive(Clone)]
@@ -35,6 +37,8 @@ pub struct AppState {
     pub api_tokens: Arc<Vec<SecretString>>,
     /// Envelope AgentIDs already warned about.
     pub agent_ids: Arc<callback::AgentIds>,
+    /// The files members sent, served by signed links.
+    pub received: Arc<Received>,
 }
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {
@@ -51,7 +55,11 @@ pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Ro
         )
         .layer(limit())
         .layer(middleware::map_response(error::empty_errors))
-        .route("/health", get(health::health));
+        .route("/health", get(health::health))
+        .route(
+            "/api/v1/media/{sha256}",
+            get(media::serve).layer(middleware::map_response(error::json_errors)),
+        );
     if !state.api_tokens.is_empty() {
         let api = api::routes(state.clone())
             .layer(limit())

@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
 use super::{
-    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, InboxError, Job, NewJob,
-    Outbox, Outcome, Pushed, Queue, Routes, StoredDelivery,
+    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, InboxError, Job, Media,
+    MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoredDelivery,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -29,6 +29,9 @@ struct Seen {
     deliveries: std::collections::BTreeMap<i64, (StoredDelivery, DeliveryStatus)>,
     next_id: u64,
     closed: bool,
+    /// Received media records, the oldest forgotten beyond DEDUP_MEMORY.
+    media: HashMap<String, MediaRecord>,
+    media_order: VecDeque<String>,
 }
 
 pub struct MemoryInbox {
@@ -39,6 +42,8 @@ pub struct MemoryInbox {
     room: Arc<Semaphore>,
     /// How long a push waits for room before giving up (WeCom waits 5 s in all).
     push_wait: Duration,
+    /// Signs media links for as long as the process lives.
+    media_key: Vec<u8>,
 }
 
 impl MemoryInbox {
@@ -49,6 +54,7 @@ impl MemoryInbox {
             capacity,
             room: Arc::new(Semaphore::new(capacity)),
             push_wait,
+            media_key: super::new_media_key(),
         }
     }
 
@@ -248,5 +254,37 @@ impl History for MemoryInbox {
     async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
         self.lock().history.remove(user_key);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Media for MemoryInbox {
+    async fn put_media(
+        &self,
+        record: &MediaRecord,
+        _bytes: Option<Vec<u8>>,
+    ) -> Result<(), InboxError> {
+        let mut seen = self.lock();
+        let new = seen
+            .media
+            .insert(record.sha256.clone(), record.clone())
+            .is_none();
+        if new {
+            seen.media_order.push_back(record.sha256.clone());
+            if seen.media_order.len() > DEDUP_MEMORY {
+                if let Some(old) = seen.media_order.pop_front() {
+                    seen.media.remove(&old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+        Ok(self.lock().media.get(sha256).cloned())
+    }
+
+    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+        Ok(self.media_key.clone())
     }
 }

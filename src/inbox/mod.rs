@@ -358,10 +358,57 @@ pub trait History: Send + Sync + 'static {
     async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
 }
 
+/// A file a member sent (image, voice, video, file), downloaded from WeCom and kept under
+/// `data_dir/media/` by its content hash. The record is what the store keeps about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    /// The SHA-256 of the bytes, in hex: the file's identity and its name on disk.
+    pub sha256: String,
+    /// `image`, `voice`, `video` or `file`: the message type it came in.
+    pub kind: String,
+    pub content_type: String,
+    pub size: u64,
+    /// The name WeCom gave it (`Content-Disposition`), if any.
+    pub file_name: Option<String>,
+}
+
+/// Received media: what is known of each file, and the key that signs the links to them.
+#[async_trait]
+pub trait Media: Send + Sync + 'static {
+    /// Record (or refresh, for the retention clock) a received file. `bytes` is given to a backend
+    /// that [`Media::keeps_media_bytes`], so every replica can serve the file.
+    async fn put_media(
+        &self,
+        record: &MediaRecord,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<(), InboxError>;
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError>;
+    /// Whether the store keeps the bytes themselves (a store shared by replicas does).
+    fn keeps_media_bytes(&self) -> bool {
+        false
+    }
+    /// The bytes, from a backend that keeps them.
+    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, InboxError> {
+        let _ = sha256;
+        Ok(None)
+    }
+    /// The key that signs media links: made once, then kept by the store, so links stay valid
+    /// across restarts and between replicas.
+    async fn media_key(&self) -> Result<Vec<u8>, InboxError>;
+}
+
+/// A fresh random key for signing media links.
+pub(crate) fn new_media_key() -> Vec<u8> {
+    use rand::RngCore;
+    let mut key = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    key
+}
+
 /// A whole store: every concern above, from one backend. Handlers and workers hold this; a part
 /// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Inbox>`).
-pub trait Inbox: Queue + Outbox + Routes + Deliveries + History {}
-impl<T: Queue + Outbox + Routes + Deliveries + History> Inbox for T {}
+pub trait Inbox: Queue + Outbox + Routes + Deliveries + History + Media {}
+impl<T: Queue + Outbox + Routes + Deliveries + History + Media> Inbox for T {}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

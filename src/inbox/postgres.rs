@@ -25,7 +25,8 @@ use tokio_postgres::NoTls;
 
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
-    InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
+    InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes,
+    StoredDelivery,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -104,6 +105,24 @@ const MIGRATIONS: &[&str] = &[
     "
     -- 2: a reply chunk other than text (image, card...) as JSON, with its media_id once uploaded.
     ALTER TABLE outbox ADD COLUMN message TEXT;
+",
+    "
+    -- 3: media members sent, bytes included so any replica can serve and send them (each also
+    -- keeps a copy under its data_dir/media/), and the key that signs the links to them.
+    CREATE TABLE media (
+        sha256       TEXT   PRIMARY KEY,
+        kind         TEXT   NOT NULL,
+        content_type TEXT   NOT NULL,
+        size         BIGINT NOT NULL,
+        file_name    TEXT,
+        bytes        BYTEA,
+        updated_at   BIGINT NOT NULL
+    );
+    CREATE INDEX media_updated ON media (updated_at);
+    CREATE TABLE keys (
+        name  TEXT  PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
 ",
 ];
 
@@ -677,6 +696,8 @@ impl Queue for PostgresInbox {
                  WHERE state IN ('done', 'failed') AND updated_at < $1 LIMIT $2)",
             "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries
                  WHERE state IN ('sent', 'failed') AND updated_at < $1 LIMIT $2)",
+            "DELETE FROM media WHERE sha256 IN (SELECT sha256 FROM media
+                 WHERE updated_at < $1 LIMIT $2)",
         ] {
             loop {
                 let n = client
@@ -954,6 +975,86 @@ impl History for PostgresInbox {
 
 fn shared_error(e: InboxError) -> ApiError {
     ApiError::Shared(e.to_string())
+}
+
+#[async_trait]
+impl Media for PostgresInbox {
+    async fn put_media(
+        &self,
+        record: &MediaRecord,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        let r = record;
+        client
+            .execute(
+                "INSERT INTO media (sha256, kind, content_type, size, file_name, bytes, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (sha256) DO UPDATE SET kind = $2, content_type = $3,
+                     file_name = COALESCE($5, media.file_name),
+                     bytes = COALESCE(media.bytes, $6), updated_at = $7",
+                &[
+                    &r.sha256,
+                    &r.kind,
+                    &r.content_type,
+                    &(r.size as i64),
+                    &r.file_name,
+                    &bytes,
+                    &now_ms(),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT kind, content_type, size, file_name FROM media WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| MediaRecord {
+            sha256: sha256.to_owned(),
+            kind: r.get(0),
+            content_type: r.get(1),
+            size: r.get::<_, i64>(2).max(0) as u64,
+            file_name: r.get(3),
+        }))
+    }
+
+    fn keeps_media_bytes(&self) -> bool {
+        true
+    }
+
+    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, InboxError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT bytes FROM media WHERE sha256 = $1", &[&sha256])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+        let client = self.client().await?;
+        // Replicas starting together: one insert wins, all read the same key.
+        client
+            .execute(
+                "INSERT INTO keys (name, value) VALUES ('media', $1) ON CONFLICT (name) DO NOTHING",
+                &[&super::new_media_key()],
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_one("SELECT value FROM keys WHERE name = 'media'", &[])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get(0))
+    }
 }
 
 #[async_trait]

@@ -30,7 +30,8 @@ use tokio::sync::{oneshot, Notify};
 use super::schedule::{OnClose, Window};
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
-    InboxError, Job, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes, StoredDelivery,
+    InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes,
+    StoredDelivery,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -103,6 +104,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN started_at INTEGER;",
     // 5: a reply chunk other than text (image, card...) as JSON, with its media_id once uploaded.
     "ALTER TABLE outbox ADD COLUMN message TEXT;",
+    // 6: media members sent (the bytes are files under data_dir/media/), and the key that signs
+    // the links agents fetch them by.
+    "CREATE TABLE media (
+        sha256       TEXT    PRIMARY KEY,
+        kind         TEXT    NOT NULL,
+        content_type TEXT    NOT NULL,
+        size         INTEGER NOT NULL,
+        file_name    TEXT,
+        updated_at   INTEGER NOT NULL
+    );
+    CREATE INDEX media_updated ON media (updated_at);
+    CREATE TABLE keys (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
@@ -757,11 +773,17 @@ impl Queue for SqliteInbox {
                                  SELECT id FROM deliveries WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
                         )?
                         .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
-                    Ok((inbox, deliveries))
+                    let media = c
+                        .prepare_cached(
+                            "DELETE FROM media WHERE sha256 IN (
+                                 SELECT sha256 FROM media WHERE updated_at < ?1 LIMIT ?2)",
+                        )?
+                        .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
+                    Ok((inbox, deliveries, media))
                 })
                 .await?;
-            total += n.0 + n.1;
-            if n.0 < PRUNE_BATCH && n.1 < PRUNE_BATCH {
+            total += n.0 + n.1 + n.2;
+            if n.0 < PRUNE_BATCH && n.1 < PRUNE_BATCH && n.2 < PRUNE_BATCH {
                 return Ok(total);
             }
         }
@@ -1013,6 +1035,69 @@ impl History for SqliteInbox {
                 c.prepare_cached("DELETE FROM history WHERE user_key = ?1")?
                     .execute([&user_key])?;
                 Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Media for SqliteInbox {
+    async fn put_media(
+        &self,
+        record: &MediaRecord,
+        _bytes: Option<Vec<u8>>,
+    ) -> Result<(), InboxError> {
+        let r = record.clone();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO media (sha256, kind, content_type, size, file_name, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (sha256) DO UPDATE SET kind = ?2, content_type = ?3,
+                         file_name = COALESCE(?5, file_name), updated_at = ?6",
+                )?
+                .execute(params![
+                    r.sha256,
+                    r.kind,
+                    r.content_type,
+                    r.size as i64,
+                    r.file_name,
+                    now_ms()
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+        let sha256 = sha256.to_owned();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT kind, content_type, size, file_name FROM media WHERE sha256 = ?1",
+                )?
+                .query_row([&sha256], |r| {
+                    Ok(MediaRecord {
+                        sha256: sha256.clone(),
+                        kind: r.get(0)?,
+                        content_type: r.get(1)?,
+                        size: r.get::<_, i64>(2)?.max(0) as u64,
+                        file_name: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
+            .await
+    }
+
+    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+        let fresh = super::new_media_key();
+        self.db
+            .write(move |c| {
+                c.prepare_cached("INSERT OR IGNORE INTO keys (name, value) VALUES ('media', ?1)")?
+                    .execute([&fresh])?;
+                c.prepare_cached("SELECT value FROM keys WHERE name = 'media'")?
+                    .query_row([], |r| r.get(0))
             })
             .await
     }

@@ -437,8 +437,14 @@ impl Outbound {
         .map(drop)
     }
 
-    /// A call outside the members' rate windows (uploads, card updates), retried as sends are.
-    async fn call_with_retry<T, F, Fut>(
+    /// The WeCom API client, for calls that are not sends (media/get).
+    pub(crate) fn client(&self) -> &WecomClient {
+        &self.client
+    }
+
+    /// A call outside the members' rate windows (uploads, downloads, card updates), retried as
+    /// sends are.
+    pub(crate) async fn call_with_retry<T, F, Fut>(
         &self,
         who: &str,
         what: &str,

@@ -159,17 +159,64 @@ impl WecomClient {
         app: &App,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let answer = |sent| async move { read(Call::WithToken, sent).await.map(|e| e.rest) };
+        self.token_loop(app, request, answer).await
+    }
+
+    /// Fetch a file a member sent (media/get, valid for 3 days): the response, its body not yet
+    /// read, so the caller can stream it. WeCom answers errors as JSON instead of the file.
+    pub async fn get_media(
+        &self,
+        app: &App,
+        media_id: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = format!("{}/cgi-bin/media/get", self.base_url);
+        let request = || {
+            let query = [("media_id", media_id)];
+            self.http.get(&url).query(&query).timeout(timeout)
+        };
+        let answer = |sent: Result<reqwest::Response, reqwest::Error>| async move {
+            let response = sent.map_err(ApiError::from_reqwest)?;
+            let content_type = response.headers().get(reqwest::header::CONTENT_TYPE);
+            let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
+            let error_body = ["application/json", "text/plain"]
+                .iter()
+                .any(|t| content_type.starts_with(t));
+            if response.status().is_success() && !error_body {
+                return Ok(response);
+            }
+            read(Call::WithToken, Ok(response)).await?;
+            Err(ApiError::Decode(
+                "media/get answered JSON instead of the file".into(),
+            ))
+        };
+        self.token_loop(app, request, answer).await
+    }
+
+    /// Send the request built by `request` with the app's access token, and `answer` the
+    /// response. A stale-token errcode drops the token and retries once.
+    async fn token_loop<T, F, Fut>(
+        &self,
+        app: &App,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        answer: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Result<reqwest::Response, reqwest::Error>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
         let mut retried = false;
         loop {
             let token = self.access_token(app).await?;
             let sent = request().query(&[("access_token", token.expose())]).send();
-            match read(Call::WithToken, sent.await).await {
+            match answer(sent.await).await {
                 Err(e) if !retried && e.is_stale_token() => {
                     tracing::warn!(app = %app.config.name, errcode = e.errcode(), "access token rejected; fetching a new one and retrying once");
                     app.tokens.invalidate(&token).await;
                     retried = true;
                 }
-                other => return other.map(|e| e.rest),
+                other => return other,
             }
         }
     }

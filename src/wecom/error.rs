@@ -35,6 +35,10 @@ pub enum ApiError {
     /// The store shared by replicas (tokens, rate windows) failed; nothing was sent.
     #[error("shared store failed: {0}")]
     Shared(String),
+    /// The answer is one the gateway will not take (a file over `media.max_bytes`, or one it
+    /// cannot write to disk); asking again would not change it.
+    #[error("{0}")]
+    Refused(String),
     #[error("WeCom errcode {errcode}: {errmsg}{}", hint_suffix(*.call, *.errcode))]
     WeCom {
         call: Call,
@@ -96,6 +100,7 @@ const ERRCODES: &[Errcode] = &[
     row(60020, Permanent, Permanent, "this server's public IP is not in the app's trusted IPs: add it under 企业可信IP on the app's page"),
     row(81013, Permanent, Permanent, "no valid recipient: the UserID does not exist or is outside the app's visible range"),
     row(93000, Permanent, Permanent, "the robot's webhook URL is invalid or the robot was removed from the group: copy the webhook URL again from the group's robot settings"),
+    row(40007, Permanent, Permanent, "invalid media_id: WeCom keeps a member's media for 3 days, and only the app it was sent to can fetch it"),
     row(40058, Permanent, Permanent, "a field is too long or invalid (markdown at most 4096 bytes, text 2048)"),
     row(44004, Permanent, Permanent, "the message content is empty"),
 ];
@@ -144,6 +149,7 @@ impl ApiError {
             | ApiError::Decode(_)
             | ApiError::Shared(_) => true,
             ApiError::Http { status } => *status >= 500 || *status == 429,
+            ApiError::Refused(_) => false,
             ApiError::WeCom { call, errcode, .. } => {
                 matches!(classify(*call, *errcode), Transient | StaleToken)
             }
@@ -162,7 +168,10 @@ impl ApiError {
         match self {
             ApiError::Transport(_) | ApiError::Decode(_) => true,
             ApiError::Http { status } => *status >= 500,
-            ApiError::Connect(_) | ApiError::Shared(_) | ApiError::WeCom { .. } => false,
+            ApiError::Connect(_)
+            | ApiError::Shared(_)
+            | ApiError::Refused(_)
+            | ApiError::WeCom { .. } => false,
         }
     }
 
@@ -221,6 +230,7 @@ mod tests {
             (60020, Permanent, Permanent, Permanent),
             (81013, Permanent, Permanent, Permanent),
             (93000, Permanent, Permanent, Permanent),
+            (40007, Permanent, Permanent, Permanent),
             (40058, Permanent, Permanent, Permanent),
             (44004, Permanent, Permanent, Permanent),
             (12345, Permanent, Permanent, Permanent),

@@ -5,7 +5,7 @@
 pub mod postgres;
 pub mod process;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,9 @@ pub struct Uploaded {
     pub media_id: String,
 }
 
+/// A file a member sent: content type, file name, bytes.
+type MemberFile = (String, Option<String>, Vec<u8>);
+
 struct FakeState {
     gettoken_calls: AtomicUsize,
     uploads: Mutex<Vec<Uploaded>>,
@@ -84,6 +87,10 @@ struct FakeState {
     hung: AtomicUsize,
     /// Flagged resends that WeCom's duplicate check dropped.
     duplicates_dropped: AtomicUsize,
+    /// Files members "sent", by media_id: (content type, file name, bytes), for media/get.
+    media: Mutex<HashMap<String, MemberFile>>,
+    /// media/get requests received, by media_id.
+    media_gets: Mutex<Vec<String>>,
     changed: Notify,
 }
 
@@ -103,6 +110,8 @@ impl Default for FakeState {
             lose_answers: AtomicUsize::new(0),
             hung: AtomicUsize::new(0),
             duplicates_dropped: AtomicUsize::new(0),
+            media: Mutex::default(),
+            media_gets: Mutex::default(),
             changed: Notify::new(),
         }
     }
@@ -271,6 +280,39 @@ impl FakeState {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct MediaGetQuery {
+    access_token: Option<String>,
+    media_id: Option<String>,
+}
+
+/// media/get: the file with its type and name, or WeCom's JSON error (40007 for an unknown id).
+async fn media_get(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<MediaGetQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(refused) = s.check_token(q.access_token) {
+        return refused.into_response();
+    }
+    let id = q.media_id.unwrap_or_default();
+    s.media_gets.lock().unwrap().push(id.clone());
+    let Some((content_type, name, bytes)) = s.media.lock().unwrap().get(&id).cloned() else {
+        return Json(json!({"errcode": 40007, "errmsg": "invalid media_id"})).into_response();
+    };
+    let name = name.unwrap_or_else(|| format!("{id}.bin"));
+    let name = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+    let disposition = format!("attachment; filename=\"{name}\"");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
 async fn media_upload(
     State(s): State<Arc<FakeState>>,
     Query(q): Query<UploadQuery>,
@@ -364,6 +406,7 @@ impl FakeWecom {
             .route("/cgi-bin/message/send", post(message_send))
             .route("/cgi-bin/webhook/send", post(webhook_send))
             .route("/cgi-bin/media/upload", post(media_upload))
+            .route("/cgi-bin/media/get", get(media_get))
             .route("/cgi-bin/webhook/upload_media", post(webhook_upload))
             .route(
                 "/cgi-bin/message/update_template_card",
@@ -397,6 +440,25 @@ impl FakeWecom {
         let done = move || state.card_updates.lock().unwrap().len() >= n;
         self.wait_until(done, "card updates").await;
         self.state.card_updates.lock().unwrap().clone()
+    }
+
+    /// A file a member sent, for media/get to serve under `media_id`.
+    pub fn add_media(&self, media_id: &str, content_type: &str, name: Option<&str>, bytes: &[u8]) {
+        let file = (
+            content_type.to_owned(),
+            name.map(str::to_owned),
+            bytes.to_vec(),
+        );
+        self.state
+            .media
+            .lock()
+            .unwrap()
+            .insert(media_id.to_owned(), file);
+    }
+
+    /// The media_ids media/get was asked for, in order.
+    pub fn media_gets(&self) -> Vec<String> {
+        self.state.media_gets.lock().unwrap().clone()
     }
 
     pub fn uploads(&self) -> Vec<Uploaded> {
@@ -607,6 +669,22 @@ impl AppSpec {
     }
 }
 
+impl AppSpec {
+    /// A member's image, voice, video or file message (`kind`), carrying `media_id`.
+    pub fn media_xml(&self, user: &str, kind: &str, media_id: &str, msg_id: u64) -> String {
+        let extra = match kind {
+            "image" => "<PicUrl><![CDATA[https://wework.qpic.cn/x]]></PicUrl>".to_owned(),
+            "voice" => "<Format><![CDATA[amr]]></Format>".to_owned(),
+            "video" => "<ThumbMediaId><![CDATA[thumb]]></ThumbMediaId>".to_owned(),
+            _ => "<FileName><![CDATA[callback-name.bin]]></FileName>".to_owned(),
+        };
+        format!(
+            "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[{kind}]]></MsgType><MediaId><![CDATA[{media_id}]]></MediaId>{extra}<MsgId>{msg_id}</MsgId><AgentID>{}</AgentID></xml>",
+            self.corp_id, self.agent_id
+        )
+    }
+}
+
 fn rand_u32() -> u32 {
     rand::random()
 }
@@ -654,9 +732,10 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
 
 // ---------------------------------------------------------------- the gateway under test
 
-/// An empty `data_dir` gets a fresh temporary directory, owned by the `TestApp`.
+/// An empty `data_dir` gets a fresh temporary directory, owned by the `TestApp` (every store
+/// keeps received media there).
 fn with_data_dir(mut config: Config) -> (Config, Option<tempfile::TempDir>) {
-    if matches!(config.store, StoreKind::Sqlite) && config.data_dir.as_os_str().is_empty() {
+    if config.data_dir.as_os_str().is_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
         config.data_dir = dir.path().to_path_buf();
         (config, Some(dir))

@@ -1,0 +1,61 @@
+//! `GET /api/v1/media/{sha256}?expires=…&sig=…`: the files members sent, for agents that run on
+//! another host than the gateway. The link's signature is the whole authorisation, so it works
+//! whether or not API tokens are configured.
+//!
+//! Must never: serve a file without a valid, unexpired signature, or let a browser treat a
+//! member's file as a page of this origin (it is sent as an attachment, never sniffed).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::api::ApiFailure;
+use super::error::HttpError;
+use super::AppState;
+
+pub(super) async fn serve(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiFailure> {
+    let forbidden = |why: &str| ApiFailure(HttpError::Forbidden(why.to_owned()));
+    let (Some(expires), Some(sig)) = (query.get("expires"), query.get("sig")) else {
+        return Err(forbidden(
+            "a media link needs its expires and sig parameters",
+        ));
+    };
+    let expires: u64 = expires
+        .parse()
+        .map_err(|_| forbidden("the link's expires is not a time"))?;
+    let left = state.received.verify(&sha256, expires, sig).await?;
+    let left = left.map_err(|e| forbidden(&e.to_string()))?;
+    let Some((record, file)) = state.received.open(&sha256).await? else {
+        let why = "no such file: it was never received here, or the retention period deleted it";
+        return Err(ApiFailure(HttpError::NotFound(why.into())));
+    };
+    let name = record.file_name.as_deref().unwrap_or(&record.sha256);
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    let headers = [
+        (header::CONTENT_TYPE, record.content_type.clone()),
+        (header::CONTENT_LENGTH, record.size.to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename*=UTF-8''{encoded}"),
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (header::CACHE_CONTROL, format!("private, max-age={left}")),
+    ];
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = (headers, body).into_response();
+    // A content type WeCom gave that is not a valid header value is served as bytes.
+    if HeaderValue::from_str(&record.content_type).is_err() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok(response)
+}

@@ -27,6 +27,7 @@ pub use crate::allowlist::Allowlist;
 pub use crate::app::AppConfig;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
+pub use crate::http::api::ApiToken;
 pub use crate::inbox::{PostgresUrl, StoreKind};
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
@@ -94,7 +95,7 @@ pub struct Config {
     /// Group robots by name.
     pub bots: Vec<Bot>,
     /// Bearer tokens for /api; the API is off when there are none.
-    pub api_tokens: Vec<SecretString>,
+    pub api_tokens: Vec<ApiToken>,
     /// Per app member (WeCom: 30 a minute, 1000 an hour).
     pub member_limits: Vec<Limit>,
     /// Per group robot (WeCom: 20 a minute).
@@ -203,7 +204,13 @@ impl Config {
         let _ = writeln!(out, "max_store_mb: {}", c.max_store_mb);
         let _ = writeln!(out, "lease_secs: {}", c.lease_secs);
         let _ = write!(out, "agent:\n{}api:\n", c.agent.redacted("  "));
-        let _ = writeln!(out, "  tokens: {} configured{api_off}", c.api_tokens.len());
+        let broadcast = c.api_tokens.iter().filter(|t| t.broadcast).count();
+        let broadcast = match broadcast {
+            0 => String::new(),
+            n => format!(", {n} with scope broadcast"),
+        };
+        let tokens = c.api_tokens.len();
+        let _ = writeln!(out, "  tokens: {tokens} configured{broadcast}{api_off}");
         let _ = writeln!(out, "limits:\n  member: [{}]", limits(&c.member_limits));
         let _ = writeln!(out, "  bot: [{}]\nretry:", limits(&c.bot_limits));
         let _ = writeln!(out, "  max_attempts: {}", c.retry.max_attempts);
@@ -420,7 +427,8 @@ struct BotSettings {
 
 #[derive(Deserialize, Default)]
 struct ApiSettings {
-    tokens: Option<List>,
+    /// Text (comma-separated), or a list of tokens and `{token, scopes}` entries.
+    tokens: Option<Value>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -695,8 +703,9 @@ impl Settings {
         let bots = validate_bots(c, s.bots);
         let api = c.mapping("api", s.api).unwrap_or_default();
         c.unknown("api.", &api.unknown);
-        let mut api_tokens = c.names("api.tokens", api.tokens, secret);
-        api_tokens.extend(c.names("api_tokens", s.api_tokens, secret));
+        let mut api_tokens = api_tokens(c, api.tokens);
+        let plain = c.names("api_tokens", s.api_tokens, secret);
+        api_tokens.extend(plain.into_iter().map(ApiToken::from));
         let limits = c.mapping("limits", s.limits).unwrap_or_default();
         c.unknown("limits.", &limits.unknown);
         // Defaults are WeCom's own limits, kept when none is given.
@@ -889,6 +898,56 @@ fn app(
         encoding_aes_key: key?.0,
         agent,
     })
+}
+
+/// An `api.tokens` entry with scopes.
+#[derive(Deserialize)]
+struct ScopedToken {
+    token: Option<Text>,
+    scopes: Option<List>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// `api.tokens`: comma-separated text (the environment's form), or a list whose items are
+/// tokens or `{token, scopes: [broadcast]}`.
+fn api_tokens(c: &mut Check<'_>, v: Option<Value>) -> Vec<ApiToken> {
+    let field = "api.tokens";
+    let items = match v {
+        None => return Vec::new(),
+        Some(Value::Array(_, items)) => items,
+        Some(text) => {
+            let tokens = c.names(field, Some(List::One(Text::from(&text))), secret);
+            return tokens.into_iter().map(ApiToken::from).collect();
+        }
+    };
+    let scope = |s: &str| match s.to_ascii_lowercase().as_str() {
+        "broadcast" => Ok(()),
+        _ => Err(format!("must be broadcast, the only scope, got {s:?}")),
+    };
+    let mut tokens = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Value::Dict(..) = item else {
+            tokens.extend(
+                c.req(&f, Some(Text::from(item)), secret)
+                    .map(ApiToken::from),
+            );
+            continue;
+        };
+        let Ok(entry) = ScopedToken::deserialize(item) else {
+            c.err(&f, "must be a token, or a mapping {token, scopes}");
+            continue;
+        };
+        c.unknown(&format!("{f}."), &entry.unknown);
+        let token = c.req(&format!("{f}.token"), entry.token, secret);
+        let scopes = c.names(&format!("{f}.scopes"), entry.scopes, scope);
+        tokens.extend(token.map(|token| ApiToken {
+            token,
+            broadcast: !scopes.is_empty(),
+        }));
+    }
+    tokens
 }
 
 fn validate_bots(c: &mut Check<'_>, listed: Option<Field<Vec<Field<BotSettings>>>>) -> Vec<Bot> {

@@ -15,7 +15,7 @@ use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
 use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::received::Received;
-use crate::wecom::AppMessage;
+use crate::wecom::{AppMessage, Recipients};
 
 /// An agent with the chat settings around it.
 pub struct AgentHandle {
@@ -23,6 +23,8 @@ pub struct AgentHandle {
     /// Send `ack_message` once if the agent is still working after this long.
     pub ack_after: Option<Duration>,
     pub ack_message: String,
+    /// Withdraw the receipt once the reply is out.
+    pub ack_recall: bool,
     /// Sent instead of silence when the agent fails or times out.
     pub failure_message: String,
     /// Which events reach the agent.
@@ -35,6 +37,7 @@ impl AgentHandle {
             agent,
             ack_after: settings.ack_after,
             ack_message: settings.ack_message.clone(),
+            ack_recall: settings.ack_recall,
             failure_message: settings.failure_message.clone(),
             events: settings.events.clone(),
         }
@@ -101,6 +104,9 @@ impl Worker {
             return Outcome::Failed(error);
         };
         let sorry = AppMessage::text(&handle.failure_message);
+        // The receipt sent while the agent worked (by this try or an earlier one), if it is to
+        // be withdrawn once the reply is out.
+        let mut receipt = job.receipt.clone().filter(|_| handle.ack_recall);
         // Set when the agent or one of its messages failed: the member gets the failure message,
         // the job is marked failed.
         let mut failure: Option<String> = None;
@@ -126,7 +132,7 @@ impl Worker {
                     message: msg,
                     media: media.as_ref(),
                 };
-                let replies = match self.ask(handle, turn, job).await {
+                let replies = match self.ask(handle, turn, job, &mut receipt).await {
                     Ok(replies) => replies,
                     Err(cause) => {
                         failure = Some(cause);
@@ -172,9 +178,10 @@ impl Worker {
             .iter()
             .any(|c| c.message == sorry && c.state == ChunkState::Sent);
         // One reply at a time per member: pushes to the same member wait until this one is out.
+        let member = Recipients::Member(msg.from_user_name.clone());
         let _turn = self
             .outbound
-            .lock(&Outbound::member_key(app, &msg.from_user_name))
+            .lock(&Outbound::recipients_key(app, &member))
             .await;
         for chunk in chunks.iter().filter(|c| c.state != ChunkState::Sent) {
             let mut message = chunk.message.clone();
@@ -225,11 +232,7 @@ impl Worker {
                 tracing::warn!(job = job.id, seq = chunk.seq, error = %e, "cannot record that a chunk is being sent");
             }
             let resend = chunk.state == ChunkState::Started;
-            match self
-                .outbound
-                .send_app(app, &msg.from_user_name, &message, resend)
-                .await
-            {
+            match self.outbound.send_app(app, &member, &message, resend).await {
                 Ok((receipt, _attempts)) => {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(job = job.id, app = %app.config.name, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
@@ -251,6 +254,15 @@ impl Worker {
                         chunk.seq + 1
                     ));
                 }
+            }
+        }
+        if let Some(msgid) = receipt {
+            match self.outbound.recall(app, &msgid).await {
+                Ok(()) => tracing::debug!(job = job.id, user = ?job.user_key, "receipt withdrawn"),
+                Err(Undelivered::Failed(e)) => {
+                    tracing::warn!(job = job.id, user = ?job.user_key, error = %e, "cannot withdraw the receipt (message/recall works within 24 hours)")
+                }
+                Err(Undelivered::Stopped) => {}
             }
         }
         match failure {
@@ -289,6 +301,7 @@ impl Worker {
         handle: &AgentHandle,
         turn: Turn<'_>,
         job: &Job,
+        receipt: &mut Option<String>,
     ) -> Result<Vec<AppMessage>, String> {
         let answer = handle.agent.reply(turn);
         tokio::pin!(answer);
@@ -297,7 +310,7 @@ impl Worker {
             Some(after) => tokio::select! {
                 result = &mut answer => result,
                 () = tokio::time::sleep(after) => {
-                    self.send_receipt(handle, turn, job).await;
+                    *receipt = self.send_receipt(handle, turn, job).await;
                     answer.await
                 }
             },
@@ -308,25 +321,33 @@ impl Worker {
         })
     }
 
-    async fn send_receipt(&self, handle: &AgentHandle, turn: Turn<'_>, job: &Job) {
-        let Some(app) = self.apps.by_name(turn.app) else {
-            return;
-        };
+    /// Tell the member the agent is working on it. With `ack_recall`, the receipt's msgid, kept in
+    /// the store so that it is withdrawn even if the gateway restarts before the reply is out.
+    async fn send_receipt(
+        &self,
+        handle: &AgentHandle,
+        turn: Turn<'_>,
+        job: &Job,
+    ) -> Option<String> {
+        let app = self.apps.by_name(turn.app)?;
+        let member = Recipients::Member(turn.user_id.to_owned());
         let _turn = self
             .outbound
-            .lock(&Outbound::member_key(app, turn.user_id))
+            .lock(&Outbound::recipients_key(app, &member))
             .await;
         let receipt = AppMessage::text(&handle.ack_message);
-        match self
-            .outbound
-            .send_app(app, turn.user_id, &receipt, false)
-            .await
-        {
-            Ok(_) => {
-                tracing::debug!(job = job.id, user = ?job.user_key, "receipt sent: the agent is taking a while")
+        match self.outbound.send_app(app, &member, &receipt, false).await {
+            Ok((sent, _)) => {
+                tracing::debug!(job = job.id, user = ?job.user_key, "receipt sent: the agent is taking a while");
+                let msgid = sent.msgid.filter(|_| handle.ack_recall)?;
+                if let Err(e) = self.inbox.record_receipt(job, &msgid).await {
+                    tracing::warn!(job = job.id, error = %e, "cannot record the receipt; it is withdrawn unless the gateway restarts first");
+                }
+                Some(msgid)
             }
             Err(e) => {
-                tracing::warn!(job = job.id, user = ?job.user_key, error = ?e, "cannot send the receipt")
+                tracing::warn!(job = job.id, user = ?job.user_key, error = ?e, "cannot send the receipt");
+                None
             }
         }
     }

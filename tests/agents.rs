@@ -3,6 +3,8 @@
 
 mod support;
 
+use base64::Engine as _;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -400,6 +402,69 @@ async fn openai_history_survives_a_restart_and_non_text_is_described() {
 }
 
 #[tokio::test]
+async fn openai_sees_images_with_vision_and_text_files_inline() {
+    let fake = FakeWecom::start().await;
+    let photo = b"\xff\xd8\xff\xe0photo".to_vec();
+    fake.add_media("img", "image/jpeg", None, &photo);
+    fake.add_media(
+        "notes",
+        "text/plain",
+        Some("notes.txt"),
+        "第一行\nline 2".as_bytes(),
+    );
+    fake.add_media("big", "text/plain", Some("big.txt"), &vec![b'x'; 2000]);
+    let model = serve("/v1/chat/completions", |n, _| {
+        (StatusCode::OK, json!({"choices": [{"message": {"role": "assistant", "content": format!("answer {n}")}}]}))
+    })
+    .await;
+    let mut kind = openai(model.url.clone());
+    if let AgentKind::Openai(c) = &mut kind {
+        c.vision = true;
+        c.system_prompt = None;
+    }
+    let mut cfg = with_agent(&fake, kind);
+    cfg.media.inline_text_bytes = 1024;
+    let app = TestApp::spawn(cfg).await;
+    for (n, (kind, id)) in [("image", "img"), ("file", "notes"), ("file", "big")]
+        .into_iter()
+        .enumerate()
+    {
+        let (q, b) = APP_A.callback(&APP_A.media_xml("dave", kind, id, n as u64 + 1));
+        assert_eq!(app.post_callback(&q, b).await.status(), 200);
+        fake.wait_for_sends(n + 1).await;
+    }
+    let seen = model.seen();
+    let last =
+        |i: usize| seen[i].1["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    let data_url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&photo)
+    );
+    assert_eq!(
+        last(0),
+        json!([
+            {"type": "text", "text": "[image] https://wework.qpic.cn/x"},
+            {"type": "image_url", "image_url": {"url": data_url}},
+        ]),
+        "the image as an image part"
+    );
+    assert_eq!(
+        last(1),
+        json!("[file] callback-name.bin\n\n--- notes.txt ---\n第一行\nline 2"),
+        "a small text file inline"
+    );
+    assert_eq!(
+        last(2),
+        json!("[file] callback-name.bin"),
+        "a text file over media.inline_text_bytes is only described"
+    );
+    // History keeps the description, not the bytes.
+    let history = seen[2].1["messages"].as_array().unwrap();
+    assert_eq!(history[0]["content"], "[image] https://wework.qpic.cn/x");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_agent_triggers_one_receipt_a_fast_one_none() {
     let fake = FakeWecom::start().await;
     let mut cfg = config(&[APP_A], &fake.base_url());
@@ -433,6 +498,44 @@ async fn a_slow_agent_triggers_one_receipt_a_fast_one_none() {
         .map(|s| s.content().to_owned())
         .collect();
     assert_eq!(contents, vec!["quick one"], "no receipt for a fast answer");
+}
+
+#[tokio::test]
+async fn ack_recall_withdraws_the_receipt_once_the_reply_is_out() {
+    let fake = FakeWecom::start().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.agent = AgentConfig {
+        delay_ms: 300,
+        ack_after: Some(Duration::from_millis(20)),
+        ack_recall: true,
+        ..AgentConfig::default()
+    };
+    let app = TestApp::spawn(cfg.clone()).await;
+    app.send_text(&APP_A, "zhangsan", "slow one", 1).await;
+    let recalled = fake.wait_for_recalls(1).await;
+    let sends = fake.sends();
+    let contents: Vec<&str> = sends.iter().map(|s| s.content()).collect();
+    assert_eq!(
+        contents,
+        vec!["收到，正在处理…", "slow one"],
+        "the reply went out first"
+    );
+    assert_eq!(
+        recalled,
+        vec!["m1"],
+        "the receipt's msgid, the first message sent"
+    );
+    app.stop().await;
+
+    // Without ack_recall the receipt stays.
+    let fake = FakeWecom::start().await;
+    cfg.api_base_url = fake.base_url();
+    cfg.agent.ack_recall = false;
+    let app = TestApp::spawn(cfg).await;
+    app.send_text(&APP_A, "zhangsan", "slow two", 2).await;
+    fake.wait_for_sends(2).await;
+    app.stop().await;
+    assert!(fake.recalls().is_empty(), "nothing withdrawn");
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //! error at once with its field, and secrets kept out of Debug and printed config.
 
 use std::io::Write as _;
+use std::time::Duration;
 
-use wecom_gateway::config::Config;
+use wecom_gateway::config::{AgentKind, Config};
 
 const KEY_A: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
 const KEY_B: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -301,6 +302,40 @@ fn robots_api_tokens_limits_and_retry() {
 }
 
 #[test]
+fn api_tokens_may_carry_the_broadcast_scope_and_agents_ack_recall() {
+    let f = yaml(concat!(
+        "api:\n  tokens:\n    - plain-token\n    - {token: wide-token, scopes: [broadcast]}\n",
+        "agent:\n  ack_after: 2\n  ack_recall: true\n",
+    ));
+    let (c, _) = Config::load(Some(f.path()), single_app_env()).unwrap();
+    let scopes: Vec<bool> = c.api_tokens.iter().map(|t| t.broadcast).collect();
+    assert_eq!(scopes, vec![false, true]);
+    assert!(c.agent.ack_recall);
+    let shown = format!("{}{c:?}", c.redacted());
+    assert!(
+        shown.contains("tokens: 2 configured, 1 with scope broadcast"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("wide-token") && !shown.contains("plain-token"),
+        "{shown}"
+    );
+
+    let f = yaml("api:\n  tokens:\n    - {token: t, scopes: [everything], scope: x}\n    - {scopes: [broadcast]}\n    - [nested]\n");
+    let text = Config::load(Some(f.path()), single_app_env())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "api.tokens[0].scopes[0]: must be broadcast, the only scope, got \"everything\"",
+        "api.tokens[1].token: is required",
+        "api.tokens[2]: expected a text value, got a list",
+        "warning: api.tokens[0].scope: unknown key, ignored",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn bad_robot_urls_and_limits_are_named_without_echoing_the_url() {
     let f = yaml(
         "bots:\n  - name: a\n    webhook_url: https://example.com/hook?token=SECRETX\n  - webhook_url: nonsense-SECRETY\nlimits:\n  bot: 20 per minute\n",
@@ -449,6 +484,10 @@ fn printed_config_format_is_stable() {
             "  max_ms: 60000\n",
             "media:\n",
             "  agent_dirs: []\n",
+            "  max_bytes: 20971520\n",
+            "  public_url: (the listener)\n",
+            "  inline_text_bytes: 65536\n",
+            "  url_expires_secs: 3600\n",
             "bots:\n",
             "  - name: ops\n",
             "    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=****\n",
@@ -481,6 +520,7 @@ fn printed_config_format_is_stable() {
             "      timeout_secs: 120\n",
             "      history_turns: 10\n",
             "      history_chars: 16000\n",
+            "      vision: false\n",
             "      ack_after: 1.5\n",
             "      events: [\"template_card_event\"]\n",
             "  - name: c\n",
@@ -532,6 +572,10 @@ fn printed_config_format_is_stable() {
             "  max_ms: 60000\n",
             "media:\n",
             "  agent_dirs: []\n",
+            "  max_bytes: 20971520\n",
+            "  public_url: (the listener)\n",
+            "  inline_text_bytes: 65536\n",
+            "  url_expires_secs: 3600\n",
             "bots:\n",
             "apps:\n",
             "  - name: default\n",
@@ -651,6 +695,52 @@ fn media_agent_dirs_from_the_file_or_the_environment() {
     assert_eq!(dirs(&c), vec![std::path::PathBuf::from("/a"), "/b".into()]);
     let (c, _) = Config::load(None, single_app_env()).unwrap();
     assert!(dirs(&c).is_empty(), "no directory by default");
+}
+
+#[test]
+fn media_limits_links_and_vision() {
+    let (c, _) = Config::load(None, single_app_env()).unwrap();
+    assert_eq!(c.media.max_bytes, 20 << 20, "WeCom's own file limit");
+    assert_eq!(c.media.public_url, None, "the listener's address");
+    assert_eq!(c.media.inline_text_bytes, 64 << 10);
+    assert_eq!(c.media.url_expires, Duration::from_secs(3600));
+    let f = yaml(concat!(
+        "media:\n  max_bytes: 1048576\n  public_url: https://gw.example.com/\n",
+        "  inline_text_bytes: 0\n  url_expires_secs: 600\n",
+        "agent:\n  kind: openai\n  base_url: http://127.0.0.1:9/v1\n  model: m\n  vision: true\n",
+    ));
+    let (c, _) = Config::load(Some(f.path()), single_app_env()).unwrap();
+    assert_eq!(c.media.max_bytes, 1 << 20);
+    assert_eq!(
+        c.media.public_url.as_deref(),
+        Some("https://gw.example.com")
+    );
+    assert_eq!(c.media.inline_text_bytes, 0);
+    assert_eq!(c.media.url_expires, Duration::from_secs(600));
+    let AgentKind::Openai(openai) = &c.agent.kind else {
+        panic!("an openai agent")
+    };
+    assert!(openai.vision);
+
+    let mut e = single_app_env();
+    e.extend(env(&[
+        ("WECOM_CALLBACK_MEDIA__MAX_BYTES", "0"),
+        ("WECOM_CALLBACK_MEDIA__PUBLIC_URL", "gw.example.com"),
+        ("WECOM_CALLBACK_MEDIA__URL_EXPIRES_SECS", "5"),
+        ("WECOM_CALLBACK_AGENT__KIND", "openai"),
+        ("WECOM_CALLBACK_AGENT__BASE_URL", "http://127.0.0.1:9/v1"),
+        ("WECOM_CALLBACK_AGENT__MODEL", "m"),
+        ("WECOM_CALLBACK_AGENT__VISION", "maybe"),
+    ]));
+    let text = Config::load(None, e).unwrap_err().to_string();
+    for expected in [
+        "media.max_bytes: must be a whole number from 1 to 1073741824, got \"0\" (from WECOM_CALLBACK_MEDIA__MAX_BYTES)",
+        "media.public_url: must be an http:// or https:// URL, got \"gw.example.com\" (from WECOM_CALLBACK_MEDIA__PUBLIC_URL)",
+        "media.url_expires_secs: must be a whole number from 60 to 604800, got \"5\" (from WECOM_CALLBACK_MEDIA__URL_EXPIRES_SECS)",
+        "agent.vision: must be true or false, got \"maybe\" (from WECOM_CALLBACK_AGENT__VISION)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
 }
 
 #[test]

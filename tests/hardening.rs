@@ -18,12 +18,12 @@ use wecom_gateway::message::MessageKind;
 use wecom_gateway::outbound::dispatch::{Dispatcher, Push};
 use wecom_gateway::outbound::ratelimit::Limit;
 use wecom_gateway::outbound::{Outbound, Tracked};
-use wecom_gateway::wecom::{AppMessage, WecomClient};
+use wecom_gateway::wecom::{AppMessage, Recipients, WecomClient};
 
 const TOKEN: &str = "api-token-for-tests";
 
 fn with_api(mut cfg: wecom_gateway::config::Config) -> wecom_gateway::config::Config {
-    cfg.api_tokens = vec![SecretString::from(TOKEN)];
+    cfg.api_tokens = vec![SecretString::from(TOKEN).into()];
     cfg
 }
 
@@ -149,7 +149,7 @@ async fn ten_thousand_distinct_members_leave_no_state_behind() {
     let pushes: Vec<Push> = (0..10_000)
         .map(|n| Push::App {
             app: APP_A.name.into(),
-            user: format!("member{n}"),
+            to: Recipients::Member(format!("member{n}")),
             message: AppMessage::Text {
                 content: format!("hello {n}"),
             },

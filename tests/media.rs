@@ -267,7 +267,7 @@ async fn kill_9_between_upload_and_send_sends_the_image_once() {
 async fn the_push_api_sends_the_same_items() {
     let fake = FakeWecom::start().await;
     let mut cfg = config(&[APP_A], &fake.base_url());
-    cfg.api_tokens = vec![secrecy::SecretString::from("api-token")];
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token").into()];
     let gw = TestApp::spawn(cfg).await;
     let send = |body: Value| {
         gw.http
@@ -409,7 +409,7 @@ async fn a_robot_sends_an_image_a_file_news_and_a_card() {
     use md5::Digest as _;
     let fake = FakeWecom::start().await;
     let mut cfg = config(&[APP_A], &fake.base_url());
-    cfg.api_tokens = vec![secrecy::SecretString::from("api-token")];
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token").into()];
     cfg.bots = vec![wecom_gateway::bots::Bot::new(
         "ops",
         secrecy::SecretString::from("robot-key-ops"),
@@ -564,7 +564,12 @@ async fn a_file_keeps_its_name_and_a_refused_media_id_still_reaches_the_agent() 
         json!({"reply": "lost it"}),
     ])
     .await;
-    let gw = TestApp::spawn(with_http_agent(&fake, url)).await;
+    let mut cfg = with_http_agent(&fake, url);
+    // With the push API on, links still need no token.
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token").into()];
+    let gw = TestApp::spawn(cfg).await;
+    // A 502 on the way is retried, as sends are.
+    fake.fail_media_gets(1);
     send_media(&gw, &fake, "file", "file-1", 1).await;
     // WeCom keeps media 3 days: an unknown media_id is errcode 40007, which no retry heals.
     let (q, body) = APP_A.callback(&APP_A.media_xml("zhangsan", "file", "expired-1", 2));
@@ -582,6 +587,13 @@ async fn a_file_keeps_its_name_and_a_refused_media_id_still_reaches_the_agent() 
         std::fs::read(file["path"].as_str().unwrap()).unwrap(),
         report
     );
+    let served = reqwest::get(file["url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.headers()["content-disposition"],
+        "attachment; filename*=UTF-8''%E6%8A%A5%E5%91%8A%2Ecsv"
+    );
+    assert_eq!(served.bytes().await.unwrap(), report);
 
     let lost = &turns[1];
     assert_eq!(lost["media"]["kind"], "file");
@@ -598,8 +610,8 @@ async fn a_file_keeps_its_name_and_a_refused_media_id_still_reaches_the_agent() 
     );
     assert_eq!(
         fake.media_gets(),
-        vec!["file-1", "expired-1"],
-        "40007 is not retried"
+        vec!["file-1", "file-1", "expired-1"],
+        "a 502 is retried, 40007 is not"
     );
     assert_eq!(
         fake.sends()[1].content(),
@@ -636,4 +648,47 @@ async fn a_file_over_media_max_bytes_is_not_kept_and_the_agent_is_told() {
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing of it is kept: {left:?}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn with_postgresql_a_replica_without_the_file_serves_its_link() {
+    let Some(pg) = support::postgres::Postgres::start().await else {
+        return;
+    };
+    let fake = FakeWecom::start().await;
+    let photo = jpeg(5000);
+    fake.add_media("img-r", "image/jpeg", None, &photo);
+    let (url, turns) = agent(vec![json!({"reply": "seen"})]).await;
+    let url_pg = wecom_gateway::config::PostgresUrl::parse(&pg.url()).unwrap();
+    let store = wecom_gateway::config::StoreKind::Postgres(url_pg);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let replica = |dir: &tempfile::TempDir| {
+        let mut cfg = with_http_agent(&fake, url.clone());
+        cfg.store = store.clone();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg
+    };
+    let a = TestApp::spawn(replica(&dir_a)).await;
+    let b = TestApp::spawn(replica(&dir_b)).await;
+    send_media(&a, &fake, "image", "img-r", 1).await;
+    let link = turns.lock().unwrap()[0]["media"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The same link, asked of the replica that never downloaded the file.
+    let on_b = link.replace(&a.addr.port().to_string(), &b.addr.port().to_string());
+    assert_ne!(on_b, link);
+    let served = reqwest::get(&on_b).await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.bytes().await.unwrap(),
+        photo,
+        "from the database's copy"
+    );
+    let kept = std::fs::read_dir(dir_b.path().join("media"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1, "and kept on B's disk from then on");
+    a.stop().await;
+    b.stop().await;
 }

@@ -13,7 +13,7 @@ use wecom_gateway::outbound::ratelimit::Limit;
 const TOKEN: &str = "api-token-for-tests";
 
 fn with_api(mut cfg: wecom_gateway::config::Config) -> wecom_gateway::config::Config {
-    cfg.api_tokens = vec![SecretString::from(TOKEN)];
+    cfg.api_tokens = vec![SecretString::from(TOKEN).into()];
     cfg.bots = vec![
         Bot::new("ops", SecretString::from("robot-key-ops-0001")),
         Bot::new("removed", SecretString::from("stale-key-0002")),
@@ -240,8 +240,8 @@ async fn the_api_checks_tokens_and_bodies() {
         (
             "/send",
             json!({"touser": "@all", "text": "a"}),
-            400,
-            "@all is not supported",
+            403,
+            "may not send to departments, tags or @all",
         ),
         (
             "/send",
@@ -477,5 +477,86 @@ async fn a_user_in_two_corps_is_addressed_by_corp_or_refused_with_409() {
         .as_str()
         .unwrap_or_default()
         .contains("no app of corp wwnope"));
+    app.stop().await;
+}
+
+const BROADCASTER: &str = "api-token-that-may-broadcast";
+
+async fn api_as(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
+    let resp = (app.http.post(app.url("/api/v1/send")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn departments_tags_and_all_need_the_broadcast_scope_and_group_chats_take_chatid() {
+    let fake = FakeWecom::start().await;
+    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
+    cfg.api_tokens.push(wecom_gateway::config::ApiToken {
+        token: SecretString::from(BROADCASTER),
+        broadcast: true,
+    });
+    let app = TestApp::spawn(cfg).await;
+    for body in [
+        json!({"toparty": "2", "text": "a"}),
+        json!({"totag": ["7"], "text": "a"}),
+        json!({"touser": "zhangsan|@all", "text": "a"}),
+    ] {
+        let (status, answer) = api_as(&app, TOKEN, body.clone()).await;
+        assert_eq!(status, 403, "{body}: {answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("scopes: [broadcast]"));
+    }
+    let everyone =
+        json!({"touser": "lisi", "toparty": "2|3", "totag": ["7"], "markdown": "**all hands**"});
+    let (status, answer) = api_as(&app, BROADCASTER, everyone).await;
+    assert_eq!(status, 202, "{answer}");
+    let sends = fake.wait_for_sends(1).await;
+    let body = &sends[0].body;
+    assert_eq!(
+        (
+            &body["touser"],
+            &body["toparty"],
+            &body["totag"],
+            &body["agentid"]
+        ),
+        (&json!("lisi"), &json!("2|3"), &json!("7"), &json!(1000002)),
+        "one message/send for the whole audience: {body}"
+    );
+    let id = answer["ids"][0].as_i64().unwrap();
+    assert_eq!(
+        status_of(&app, id).await["target"],
+        json!({"kind": "broadcast", "app": "alpha", "touser": "lisi", "toparty": "2|3", "totag": "7"})
+    );
+
+    // A group chat the app created: appchat/send, with chatid and no agentid; any token.
+    let (status, answer) = api_as(&app, TOKEN, json!({"chatid": "grp-1", "text": "standup"})).await;
+    assert_eq!(status, 202, "{answer}");
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(
+        sends[1].body,
+        json!({"chatid": "grp-1", "msgtype": "text", "text": {"content": "standup"}})
+    );
+    for (body, why) in [
+        (
+            json!({"chatid": "grp-1", "touser": "u", "text": "a"}),
+            "not both",
+        ),
+        (
+            json!({"chatid": "grp-1", "messages": [{"msgtype": "template_card", "template_card": {"card_type": "text_notice"}}]}),
+            "does not take template cards",
+        ),
+    ] {
+        let (status, answer) = api_as(&app, TOKEN, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(why), "{answer}");
+    }
     app.stop().await;
 }

@@ -259,7 +259,7 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("empty: the schema (version 3) is created at the first start"),
+        stdout.contains("empty: the schema (version 4) is created at the first start"),
         "{stdout}"
     );
 
@@ -278,7 +278,7 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
     let out = check(pg.url()).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        stdout.contains("PostgreSQL store reachable; schema version 3"),
+        stdout.contains("PostgreSQL store reachable; schema version 4"),
         "{stdout}"
     );
 

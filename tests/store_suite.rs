@@ -13,7 +13,7 @@ use support::job;
 use support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
 use wecom_gateway::inbox::{
-    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MemoryInbox, Outcome,
+    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MediaRecord, MemoryInbox, Outcome,
     PostgresInbox, Pushed, Role, SqliteInbox,
 };
 use wecom_gateway::outbound::dispatch::{Push, Target};
@@ -87,7 +87,62 @@ cases!(
     history_keeps_the_last_entries,
     retention_prunes_finished_messages_only,
     a_closed_store_refuses_pushes,
+    received_media_is_recorded_and_its_key_kept,
 );
+
+async fn received_media_is_recorded_and_its_key_kept(b: &Backend) {
+    let s = b.open().await;
+    let inbox = &s.inbox;
+    let record = MediaRecord {
+        sha256: "ab".repeat(32),
+        kind: "file".into(),
+        content_type: "application/pdf".into(),
+        size: 3,
+        file_name: Some("报告.pdf".into()),
+    };
+    let bytes = inbox.keeps_media_bytes().then(|| b"pdf".to_vec());
+    inbox.put_media(&record, bytes).await.unwrap();
+    assert_eq!(
+        inbox.media(&record.sha256).await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(inbox.media(&"cd".repeat(32)).await.unwrap(), None);
+    // The same bytes again, without a name: the record keeps the name it had.
+    let again = MediaRecord {
+        file_name: None,
+        ..record.clone()
+    };
+    inbox.put_media(&again, None).await.unwrap();
+    assert_eq!(
+        inbox.media(&record.sha256).await.unwrap(),
+        Some(record.clone())
+    );
+    let stored = inbox.media_bytes(&record.sha256).await.unwrap();
+    let expected = inbox.keeps_media_bytes().then(|| b"pdf".to_vec());
+    assert_eq!(
+        stored, expected,
+        "a store shared by replicas keeps the bytes"
+    );
+    let key = inbox.media_key().await.unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(inbox.media_key().await.unwrap(), key, "one key, kept");
+    s.close().await;
+    if b.durable() {
+        // The next process (or another replica) signs with the same key...
+        let s = b.open().await;
+        assert_eq!(s.inbox.media_key().await.unwrap(), key);
+        // ...and retention forgets the record with the messages.
+        assert!(
+            s.inbox
+                .prune(wecom_gateway::inbox::now_ms() + 60_000)
+                .await
+                .unwrap()
+                >= 1
+        );
+        assert_eq!(s.inbox.media(&record.sha256).await.unwrap(), None);
+        s.close().await;
+    }
+}
 
 async fn a_retry_is_a_duplicate_and_the_route_follows_the_last_app(b: &Backend) {
     let s = b.open().await;
@@ -172,6 +227,8 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
         (m.media_id, m.uploaded_at) = (Some("MEDIA-1".into()), Some(1_700_000_000));
     }
     s.inbox.record_upload(&j, 1, &uploaded).await.unwrap();
+    // The receipt sent while the agent worked, to withdraw once the reply is out.
+    s.inbox.record_receipt(&j, "m-receipt").await.unwrap();
     s.inbox.mark_started(&j, 0).await.unwrap();
     s.inbox.mark_sent(&j, 0).await.unwrap();
     // The second chunk's send began; its answer never came back. Then the process dies.
@@ -181,6 +238,7 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
     let s = b.open().await;
     let j = s.inbox.next().await.unwrap();
     assert_eq!(j.attempts, 2);
+    assert_eq!(j.receipt.as_deref(), Some("m-receipt"));
     let reply = j.reply.clone().expect("recorded reply");
     let state: Vec<(AppMessage, ChunkState)> =
         reply.iter().map(|c| (c.message.clone(), c.state)).collect();

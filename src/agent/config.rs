@@ -45,6 +45,7 @@ pub(crate) struct AgentSettings {
     vision: Option<Text>,
     ack_after: Option<Text>,
     ack_message: Option<Text>,
+    ack_recall: Option<Text>,
     failure_message: Option<Text>,
     events: Option<List>,
     #[serde(flatten)]
@@ -159,6 +160,12 @@ pub(crate) fn validate(
             s.ack_message,
             inherited.ack_message,
             text,
+        ),
+        ack_recall: c.get(
+            &f("ack_recall"),
+            s.ack_recall,
+            inherited.ack_recall,
+            boolean,
         ),
         failure_message: c.get(
             &f("failure_message"),

@@ -37,6 +37,8 @@ pub struct AgentConfig {
     /// Send `ack_message` once if the agent has not answered after this long.
     pub ack_after: Option<Duration>,
     pub ack_message: String,
+    /// Withdraw the receipt (message/recall) once the reply is out.
+    pub ack_recall: bool,
     /// Sent instead of silence when the agent fails or times out.
     pub failure_message: String,
     /// Which events (besides menu clicks, always) reach the agent.
@@ -83,6 +85,7 @@ impl Default for AgentConfig {
             delay_ms: 0,
             ack_after: None,
             ack_message: DEFAULT_ACK_MESSAGE.into(),
+            ack_recall: false,
             failure_message: DEFAULT_FAILURE_MESSAGE.into(),
             events: Events::default(),
         }
@@ -121,6 +124,9 @@ impl AgentConfig {
             "ack_after: {}",
             ack_after.as_deref().unwrap_or("off")
         ));
+        if self.ack_recall {
+            lines.push("ack_recall: true".into());
+        }
         lines.push(format!("events: {}", self.events));
         lines
             .iter()

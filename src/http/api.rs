@@ -7,13 +7,13 @@
 //! a token or webhook key.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
@@ -24,7 +24,7 @@ use super::AppState;
 use crate::bots::{Alert, AlertmanagerPayload};
 use crate::inbox::InboxError;
 use crate::outbound::dispatch::Push;
-use crate::wecom::{AppMessage, BotMessage, TextCard};
+use crate::wecom::{AppMessage, BotMessage, Recipients, TextCard};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -34,6 +34,29 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/deliveries/{id}", get(delivery))
         .fallback(|| async { ApiFailure(HttpError::NotFound("no such endpoint".into())) })
         .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+/// A bearer token for /api/v1, and what it may do beyond sending to members one by one.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub token: SecretString,
+    /// May address departments, tags and `@all` (`scopes: [broadcast]`).
+    pub broadcast: bool,
+}
+
+impl From<SecretString> for ApiToken {
+    fn from(token: SecretString) -> Self {
+        ApiToken {
+            token,
+            broadcast: false,
+        }
+    }
+}
+
+/// What the caller's token allows, for the handlers.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    broadcast: bool,
 }
 
 /// An error answer of the API: logged, then sent as JSON.
@@ -88,13 +111,21 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .map(str::trim)
         .unwrap_or("");
     // Every token is compared, in constant time, so timing says nothing about which one nearly matched.
-    let ok = state.api_tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
+    let (ok, broadcast) = state.api_tokens.iter().fold((false, false), |(ok, b), t| {
+        let matched = bool::from(
+            t.token
+                .expose_secret()
+                .as_bytes()
+                .ct_eq(presented.as_bytes()),
+        );
+        (ok | matched, b | (matched & t.broadcast))
     });
     if !ok || presented.is_empty() {
         tracing::warn!(path = ?request.uri().path(), "api request without a valid bearer token");
         return HttpError::Unauthorized.json_response();
     }
+    let mut request = request;
+    request.extensions_mut().insert(Caller { broadcast });
     next.run(request).await
 }
 
@@ -228,12 +259,37 @@ enum Users {
     Many(Vec<String>),
 }
 
+impl Users {
+    /// The entries of a `|`-separated text or a list, trimmed, empty ones dropped.
+    fn entries(users: Option<Users>) -> Vec<String> {
+        let all = match users {
+            None => Vec::new(),
+            Some(Users::One(s)) => s.split('|').map(str::to_owned).collect(),
+            Some(Users::Many(v)) => v,
+        };
+        (all.iter().map(|u| u.trim()))
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
     #[serde(default)]
     app: Option<String>,
-    touser: Users,
+    #[serde(default)]
+    touser: Option<Users>,
+    /// Department ids (`|`-separated or a list): needs a token with scope broadcast.
+    #[serde(default)]
+    toparty: Option<Users>,
+    /// Tag ids: needs a token with scope broadcast.
+    #[serde(default)]
+    totag: Option<Users>,
+    /// A group chat the app created (appchat/send), instead of members.
+    #[serde(default)]
+    chatid: Option<String>,
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
@@ -245,29 +301,37 @@ struct SendBody {
     messages: Option<Vec<serde_json::Value>>,
 }
 
-/// `POST /api/v1/send`: an app message to members, each delivered within their own rate limit.
-async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiFailure> {
+/// `POST /api/v1/send`: an app message to members (each delivered within their own rate limit),
+/// to departments, tags or `@all` (tokens with scope broadcast), or to a group chat (`chatid`).
+async fn send(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiFailure> {
     let req: SendBody = parse(&body)?;
-    let users: Vec<String> = match req.touser {
-        Users::One(s) => s
-            .split('|')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        Users::Many(v) => v
-            .into_iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect(),
-    };
-    if users.is_empty() {
-        return Err(bad_request("touser: at least one UserID is required"));
+    let users = Users::entries(req.touser);
+    let (parties, tags) = (Users::entries(req.toparty), Users::entries(req.totag));
+    let chatid = (req.chatid.as_deref().map(str::trim))
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    let broadcast = !parties.is_empty() || !tags.is_empty() || users.iter().any(|u| u == "@all");
+    match (&chatid, users.is_empty() && !broadcast) {
+        (Some(_), false) => {
+            return Err(bad_request(
+                "give either chatid (a group chat) or touser/toparty/totag (members), not both",
+            ))
+        }
+        (None, true) => {
+            return Err(bad_request(
+                "touser: at least one UserID is required (or toparty, totag, or chatid)",
+            ))
+        }
+        _ => {}
     }
-    if users.iter().any(|u| u == "@all") {
-        return Err(bad_request(
-            "touser: @all is not supported; list the UserIDs (each is rate-limited on its own)",
-        ));
+    if broadcast && !caller.broadcast {
+        return Err(ApiFailure(HttpError::Forbidden(
+            "this token may not send to departments, tags or @all: list it in api.tokens as {token: ..., scopes: [broadcast]}".into(),
+        )));
     }
     // Problems are named by item when a list was given (`messages[2].image: ...`).
     let listed = req.messages.is_some();
@@ -290,6 +354,12 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
     };
     let mut pieces = Vec::new();
     for (i, message) in messages.into_iter().enumerate() {
+        if chatid.is_some() && matches!(message, AppMessage::TemplateCard { .. }) {
+            return Err(bad_request(format!(
+                "{}template_card: a group chat (appchat/send) does not take template cards",
+                at(i)
+            )));
+        }
         let more = (message.into_pieces()).map_err(|e| bad_request(format!("{}{e}", at(i))))?;
         for piece in &more {
             let checked = state.dispatcher.outbound().check_media(piece).await;
@@ -313,18 +383,43 @@ async fn send(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
             _ => None,
         },
     };
-    // Resolve every user's app first, so a bad request stores nothing.
-    let mut plan = Vec::new();
-    for entry in &users {
-        plan.push(resolve(&state, apps, fixed.as_deref(), entry).await?);
+    // Resolve every recipient first, so a bad request stores nothing.
+    let mut plan: Vec<(String, Recipients)> = Vec::new();
+    if chatid.is_some() || broadcast {
+        let Some(app) = fixed.as_deref().and_then(|name| apps.by_name(name)) else {
+            return Err(bad_request(
+                "app: required, several apps are configured (a group chat or a broadcast goes through one)",
+            ));
+        };
+        let to = match chatid {
+            Some(chatid) => Recipients::Chat(chatid),
+            None => {
+                let mut touser = Vec::new();
+                for entry in &users {
+                    let (_, user) = resolve(&state, apps, Some(&app.config.name), entry).await?;
+                    touser.push(user);
+                }
+                Recipients::Many {
+                    touser: touser.join("|"),
+                    toparty: parties.join("|"),
+                    totag: tags.join("|"),
+                }
+            }
+        };
+        plan.push((app.config.name.clone(), to));
+    } else {
+        for entry in &users {
+            let (app, user) = resolve(&state, apps, fixed.as_deref(), entry).await?;
+            plan.push((app, Recipients::Member(user)));
+        }
     }
-    // One submission: all members' pushes are stored together, or none is.
+    // One submission: all recipients' pushes are stored together, or none is.
     let pushes = plan
         .into_iter()
-        .flat_map(|(app, user)| {
+        .flat_map(|(app, to)| {
             pieces.iter().map(move |message| Push::App {
                 app: app.clone(),
-                user: user.clone(),
+                to: to.clone(),
                 message: message.clone(),
             })
         })

@@ -18,8 +18,6 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-use secrecy::SecretString;
-
 use crate::app::Apps;
 use crate::config::Allowlist;
 use crate::inbox::Inbox;
@@ -34,7 +32,7 @@ pub struct AppState {
     pub allowlist: Arc<Allowlist>,
     pub dispatcher: Arc<Dispatcher>,
     /// Bearer tokens for /api; empty means the API is off.
-    pub api_tokens: Arc<Vec<SecretString>>,
+    pub api_tokens: Arc<Vec<api::ApiToken>>,
     /// Envelope AgentIDs already warned about.
     pub agent_ids: Arc<callback::AgentIds>,
     /// The files members sent, served by signed links.

@@ -107,6 +107,7 @@ impl Queue for MemoryInbox {
                 message,
                 attempts: 1,
                 reply: None,
+                receipt: None,
             }
         };
         permit.forget();
@@ -265,12 +266,14 @@ impl Media for MemoryInbox {
         _bytes: Option<Vec<u8>>,
     ) -> Result<(), InboxError> {
         let mut seen = self.lock();
-        let new = seen
-            .media
-            .insert(record.sha256.clone(), record.clone())
-            .is_none();
+        let mut record = record.clone();
+        let old = seen.media.get(&record.sha256);
+        // As the durable stores do: a name once known is kept.
+        record.file_name = record.file_name.or(old.and_then(|o| o.file_name.clone()));
+        let sha256 = record.sha256.clone();
+        let new = seen.media.insert(sha256.clone(), record).is_none();
         if new {
-            seen.media_order.push_back(record.sha256.clone());
+            seen.media_order.push_back(sha256);
             if seen.media_order.len() > DEDUP_MEMORY {
                 if let Some(old) = seen.media_order.pop_front() {
                     seen.media.remove(&old);

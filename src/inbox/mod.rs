@@ -109,6 +109,9 @@ pub struct Job {
     pub attempts: u32,
     /// The reply already recorded by an earlier try: send its unsent chunks, do not ask the agent again.
     pub reply: Option<Vec<Chunk>>,
+    /// The msgid of the `ack_after` receipt an earlier try sent, to withdraw once the reply is out
+    /// (`ack_recall`).
+    pub receipt: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +318,12 @@ pub trait Outbox: Send + Sync + 'static {
     async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
     /// WeCom accepted chunk `seq` of the job's reply.
     async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+    /// The receipt sent while the agent worked has this msgid, withdrawn once the reply is out. A
+    /// backend that keeps nothing across restarts may ignore it.
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+        let _ = (job, msgid);
+        Ok(())
+    }
 }
 
 /// Which app each user last wrote through (recorded with each pushed message).

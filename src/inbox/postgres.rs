@@ -124,6 +124,10 @@ const MIGRATIONS: &[&str] = &[
         value BYTEA NOT NULL
     );
 ",
+    "
+    -- 4: the msgid of the receipt sent while the agent worked, withdrawn once the reply is out.
+    ALTER TABLE inbox ADD COLUMN receipt TEXT;
+",
 ];
 
 /// The schema version this build writes and reads.
@@ -458,7 +462,7 @@ impl PostgresInbox {
                              AND p.state IN ('queued', 'processing'))
                      ORDER BY i.id LIMIT 1
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, app, user_key, payload, attempts",
+                 RETURNING id, app, user_key, payload, attempts, receipt",
                 &[&self.me, &self.lease_until(), &now],
             )
             .await
@@ -484,6 +488,7 @@ impl PostgresInbox {
             },
             attempts: attempts.max(1) as u32,
             reply: None,
+            receipt: row.get(5),
         };
         if attempts > MAX_ATTEMPTS {
             let error = format!(
@@ -795,6 +800,18 @@ impl Outbox for PostgresInbox {
             "UPDATE outbox SET sent_at = $3 WHERE inbox_id = $1 AND seq = $2",
         )
         .await
+    }
+
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE inbox SET receipt = $2 WHERE id = $1",
+                &[&(job.id as i64), &msgid],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
     }
 }
 

@@ -119,6 +119,8 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY,
         value BLOB NOT NULL
     );",
+    // 7: the msgid of the receipt sent while the agent worked, withdrawn once the reply is out.
+    "ALTER TABLE inbox ADD COLUMN receipt TEXT;",
 ];
 
 fn storage(e: impl std::fmt::Display) -> InboxError {
@@ -437,6 +439,7 @@ struct Row {
     payload: String,
     attempts: u32,
     reply: Option<Vec<Chunk>>,
+    receipt: Option<String>,
 }
 
 /// Create `data_dir` if needed and lock it for this process, for as long as the returned file is
@@ -581,6 +584,7 @@ impl SqliteInbox {
                 message,
                 attempts: row.attempts,
                 reply: row.reply,
+                receipt: row.receipt,
             }),
             Err(e) => {
                 tracing::error!(id = row.id, error = %e, "stored message cannot be parsed; marked failed");
@@ -596,7 +600,7 @@ impl SqliteInbox {
 
 fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, app, user_key, payload, attempts FROM inbox
+        "SELECT id, app, user_key, payload, attempts, receipt FROM inbox
          WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let mut rows = stmt
@@ -608,6 +612,7 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
                 payload: r.get(3)?,
                 attempts: r.get(4)?,
                 reply: None,
+                receipt: r.get(5)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -857,6 +862,17 @@ impl Outbox for SqliteInbox {
             "UPDATE outbox SET sent_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
         )
         .await
+    }
+
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+        let (id, msgid) = (job.id as i64, msgid.to_owned());
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE inbox SET receipt = ?2 WHERE id = ?1")?
+                    .execute(params![id, msgid])?;
+                Ok(())
+            })
+            .await
     }
 }
 

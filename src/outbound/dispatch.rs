@@ -20,14 +20,32 @@ use super::{Outbound, Undelivered};
 use crate::app::Apps;
 use crate::bots::Bot;
 use crate::inbox::{Deliveries, InboxError, StoredDelivery};
-use crate::wecom::{AppMessage, BotMessage};
+use crate::wecom::{AppMessage, BotMessage, Recipients};
 
 /// Where a delivery goes. Its JSON form is the store's `target` column.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Target {
-    App { app: String, user: String },
-    Bot { bot: String },
+    /// One member, through an app.
+    App {
+        app: String,
+        user: String,
+    },
+    /// Members, departments and tags at once (`@all`: everyone who can see the app).
+    Broadcast {
+        app: String,
+        touser: String,
+        toparty: String,
+        totag: String,
+    },
+    /// A group chat the app created (appchat/send).
+    Chat {
+        app: String,
+        chatid: String,
+    },
+    Bot {
+        bot: String,
+    },
 }
 
 /// One WeCom message to one target: the unit a push is stored and delivered as.
@@ -35,7 +53,7 @@ pub enum Target {
 pub enum Push {
     App {
         app: String,
-        user: String,
+        to: Recipients,
         message: AppMessage,
     },
     Bot {
@@ -47,10 +65,23 @@ pub enum Push {
 impl Push {
     pub fn target(&self) -> Target {
         match self {
-            Push::App { app, user, .. } => Target::App {
-                app: app.clone(),
-                user: user.clone(),
-            },
+            Push::App { app, to, .. } => {
+                let app = app.clone();
+                match to.clone() {
+                    Recipients::Member(user) => Target::App { app, user },
+                    Recipients::Many {
+                        touser,
+                        toparty,
+                        totag,
+                    } => Target::Broadcast {
+                        app,
+                        touser,
+                        toparty,
+                        totag,
+                    },
+                    Recipients::Chat(chatid) => Target::Chat { app, chatid },
+                }
+            }
             Push::Bot { bot, .. } => Target::Bot { bot: bot.clone() },
         }
     }
@@ -75,17 +106,29 @@ impl Push {
         let target: Target = serde_json::from_str(target)
             .map_err(|e| format!("stored target cannot be read: {e}"))?;
         let unreadable = |e: serde_json::Error| format!("stored message cannot be read: {e}");
-        Ok(match target {
-            Target::App { app, user } => Push::App {
+        let (app, to) = match target {
+            Target::App { app, user } => (app, Recipients::Member(user)),
+            Target::Broadcast {
                 app,
-                user,
-                message: serde_json::from_str(message).map_err(unreadable)?,
-            },
-            Target::Bot { bot } => Push::Bot {
-                bot,
-                message: serde_json::from_str(message).map_err(unreadable)?,
-            },
-        })
+                touser,
+                toparty,
+                totag,
+            } => (
+                app,
+                Recipients::Many {
+                    touser,
+                    toparty,
+                    totag,
+                },
+            ),
+            Target::Chat { app, chatid } => (app, Recipients::Chat(chatid)),
+            Target::Bot { bot } => {
+                let message = serde_json::from_str(message).map_err(unreadable)?;
+                return Ok(Push::Bot { bot, message });
+            }
+        };
+        let message = serde_json::from_str(message).map_err(unreadable)?;
+        Ok(Push::App { app, to, message })
     }
 }
 
@@ -280,11 +323,11 @@ impl QueueWorker {
             tracing::warn!(delivery = d.id, error = %e, "cannot record that the delivery started");
         }
         let result = match &d.push {
-            Push::App { app, user, message } => {
+            Push::App { app, to, message } => {
                 let Some(app) = self.apps.by_name(app) else {
                     return fail(format!("app {app:?} is not configured"));
                 };
-                let _turn = self.outbound.lock(&Outbound::member_key(app, user)).await;
+                let _turn = self.outbound.lock(&Outbound::recipients_key(app, to)).await;
                 // A file is uploaded first. A push keeps no media_id: after a crash it is
                 // uploaded again, and a resend under a new media_id escapes WeCom's duplicate
                 // check (the README says so).
@@ -294,7 +337,7 @@ impl QueueWorker {
                     Err(Some(why)) => return fail(why),
                     Err(None) => return None,
                 }
-                self.outbound.send_app(app, user, &message, d.started).await.map(|(receipt, attempts)| {
+                self.outbound.send_app(app, to, &message, d.started).await.map(|(receipt, attempts)| {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(delivery = d.id, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }

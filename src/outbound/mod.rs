@@ -28,7 +28,7 @@ use crate::shared::{Reserved, SharedWindows};
 use crate::wecom::client::Upload;
 use crate::wecom::media::MediaType;
 use crate::wecom::payload::{Media, BOT_IMAGE_MAX_BYTES};
-use crate::wecom::{ApiError, AppMessage, BotMessage, SendReceipt, WecomClient};
+use crate::wecom::{ApiError, AppMessage, BotMessage, Recipients, SendReceipt, WecomClient};
 use base64::Engine as _;
 use md5::Digest as _;
 use ratelimit::{Limit, RateLimiter};
@@ -230,6 +230,16 @@ impl Outbound {
         format!("app:{}:{}", app.config.name, user.to_lowercase())
     }
 
+    /// The rate window and lock of a send: the member's own; one shared by all of an app's
+    /// broadcasts (to departments, tags or several members at once); or the group chat's.
+    pub fn recipients_key(app: &App, to: &Recipients) -> String {
+        match to {
+            Recipients::Member(user) => Self::member_key(app, user),
+            Recipients::Many { .. } => format!("app:{}:@broadcast", app.config.name),
+            Recipients::Chat(chatid) => format!("app:{}:@chat:{chatid}", app.config.name),
+        }
+    }
+
     pub fn robot_key(bot: &Bot) -> String {
         format!("bot:{}", bot.name)
     }
@@ -263,13 +273,21 @@ impl Outbound {
     pub async fn send_app(
         &self,
         app: &App,
-        user: &str,
+        to: &Recipients,
         message: &AppMessage,
         resend: bool,
     ) -> Result<(SendReceipt, u32), Undelivered> {
-        let key = Self::member_key(app, user);
+        let key = Self::recipients_key(app, to);
         self.with_retry(&self.members, &key, resend, |resend| {
-            self.client.send_app(app, user, message, resend)
+            self.client.send_app(app, to, message, resend)
+        })
+        .await
+    }
+
+    /// Withdraw a message the app sent (the `ack_after` receipt, once the reply is out).
+    pub async fn recall(&self, app: &App, msgid: &str) -> Result<(), Undelivered> {
+        self.call_with_retry(&app.config.name, "message/recall", || {
+            self.client.recall(app, msgid)
         })
         .await
     }

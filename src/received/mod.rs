@@ -193,7 +193,7 @@ impl Received {
         let Some((kind, media_id, callback_name)) = media_of(message) else {
             return Some(None);
         };
-        let mut info = MediaInfo {
+        let info = MediaInfo {
             kind: kind.to_owned(),
             content_type: None,
             size: None,
@@ -215,10 +215,11 @@ impl Received {
         let saved = outbound
             .call_with_retry(who, "media/get", || async {
                 let response = outbound.client().get_media(app, media_id, DOWNLOAD_TIMEOUT);
-                self.save(response.await?).await
+                self.save(response.await?, kind, info.file_name.as_deref())
+                    .await
             })
             .await;
-        let (mut record, path) = match saved {
+        let (record, path) = match saved {
             Ok(saved) => saved,
             Err(Undelivered::Stopped) => return None,
             Err(Undelivered::Failed(f)) => {
@@ -227,8 +228,6 @@ impl Received {
                 return failed(info, why);
             }
         };
-        record.kind = kind.to_owned();
-        record.file_name = record.file_name.take().or(info.file_name.take());
         // A store shared by replicas keeps the bytes too, so any replica can serve the file.
         let bytes = match self.store.keeps_media_bytes() {
             true => tokio::fs::read(&path).await.ok(),
@@ -256,10 +255,13 @@ impl Received {
         }))
     }
 
-    /// Stream media/get's answer to a file named by its hash, within `max_bytes`.
+    /// Stream media/get's answer to a file named by its hash, within `max_bytes`. The name is
+    /// WeCom's (`Content-Disposition`), else the callback's.
     async fn save(
         &self,
         mut response: reqwest::Response,
+        kind: &str,
+        callback_name: Option<&str>,
     ) -> Result<(MediaRecord, PathBuf), ApiError> {
         let max = self.max_bytes;
         let too_large = || {
@@ -278,8 +280,9 @@ impl Received {
             .and_then(|t| t.split(';').next().map(|t| t.trim().to_ascii_lowercase()))
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| "application/octet-stream".into());
-        let file_name =
-            header(reqwest::header::CONTENT_DISPOSITION).and_then(|h| disposition_file_name(&h));
+        let file_name = header(reqwest::header::CONTENT_DISPOSITION)
+            .and_then(|h| disposition_file_name(&h))
+            .or(callback_name.map(str::to_owned));
         let disk = |e: std::io::Error| {
             ApiError::Refused(format!("cannot write under {}: {e}", self.dir.display()))
         };
@@ -311,7 +314,7 @@ impl Received {
         };
         let record = MediaRecord {
             sha256,
-            kind: String::new(),
+            kind: kind.to_owned(),
             content_type,
             size,
             file_name,

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, Call};
 use super::media::MediaType;
-use super::payload::{AppMessage, BotMessage};
+use super::payload::{AppMessage, BotMessage, Recipients};
 use super::token::AccessToken;
 use crate::app::App;
 
@@ -178,11 +178,14 @@ impl WecomClient {
         };
         let answer = |sent: Result<reqwest::Response, reqwest::Error>| async move {
             let response = sent.map_err(ApiError::from_reqwest)?;
-            let content_type = response.headers().get(reqwest::header::CONTENT_TYPE);
+            // A file comes as an attachment; an error is a bare JSON (or text/plain) body.
+            let headers = response.headers();
+            let content_type = headers.get(reqwest::header::CONTENT_TYPE);
             let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
-            let error_body = ["application/json", "text/plain"]
-                .iter()
-                .any(|t| content_type.starts_with(t));
+            let error_body = !headers.contains_key(reqwest::header::CONTENT_DISPOSITION)
+                && ["application/json", "text/plain"]
+                    .iter()
+                    .any(|t| content_type.starts_with(t));
             if response.status().is_success() && !error_body {
                 return Ok(response);
             }
@@ -221,17 +224,18 @@ impl WecomClient {
         }
     }
 
-    /// Send one message (already within WeCom's limits: see `AppMessage::into_pieces`) to one member.
-    /// `resend`: an earlier attempt may have been delivered, so ask WeCom to drop an identical copy.
+    /// Send one message (already within WeCom's limits: see `AppMessage::into_pieces`) with
+    /// message/send, or appchat/send for a group chat. `resend`: an earlier attempt may have been
+    /// delivered, so ask WeCom to drop an identical copy.
     pub async fn send_app(
         &self,
         app: &App,
-        touser: &str,
+        to: &Recipients,
         message: &AppMessage,
         resend: bool,
     ) -> Result<SendReceipt, ApiError> {
-        let body = message.body(touser, app.config.agent_id, resend);
-        let rest = self.post_json(app, "/cgi-bin/message/send", &body).await?;
+        let body = message.body(to, app.config.agent_id, resend);
+        let rest = self.post_json(app, to.path(), &body).await?;
         let invalid_users = rest
             .get("invaliduser")
             .and_then(Value::as_str)
@@ -246,6 +250,14 @@ impl WecomClient {
             msgid: rest.get("msgid").and_then(Value::as_str).map(str::to_owned),
             invalid_users,
         })
+    }
+
+    /// Withdraw a message the app sent (message/recall; within 24 hours of sending).
+    pub async fn recall(&self, app: &App, msgid: &str) -> Result<(), ApiError> {
+        let body = serde_json::json!({ "msgid": msgid });
+        self.post_json(app, "/cgi-bin/message/recall", &body)
+            .await
+            .map(drop)
     }
 
     /// Post one message to a group robot. The key is the robot's only credential: it goes into the

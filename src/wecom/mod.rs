@@ -14,5 +14,5 @@ pub mod token;
 
 pub use client::{SendReceipt, WecomClient};
 pub use error::{ApiError, ErrcodeClass};
-pub use payload::{AppMessage, BotMessage, PayloadError, TextCard};
+pub use payload::{AppMessage, BotMessage, PayloadError, Recipients, TextCard};
 pub use split::{split_utf8, TEXT_MAX_BYTES};

@@ -28,6 +28,32 @@ pub const DUPLICATE_CHECK_INTERVAL_SECS: u64 = 14_400;
 /// At most this many articles in one `news` message.
 pub const NEWS_MAX_ARTICLES: usize = 8;
 
+/// Who an app message goes to: one member (the usual case, within that member's rate window),
+/// several at once by UserID, department or tag (`@all` for everyone in the app's visible range),
+/// or a group chat the app created (`appchat/send`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Recipients {
+    Member(String),
+    /// `|`-separated lists, as WeCom takes them; empty when not used.
+    Many {
+        touser: String,
+        toparty: String,
+        totag: String,
+    },
+    Chat(String),
+}
+
+impl Recipients {
+    /// The WeCom call that sends to them.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Recipients::Chat(_) => "/cgi-bin/appchat/send",
+            _ => "/cgi-bin/message/send",
+        }
+    }
+}
+
 /// A message an app sends to members (message/send), in this project's flat form: what agents
 /// answer with, what the push API takes and what the outbox records. Only a template card keeps
 /// WeCom's own nested shape.
@@ -298,7 +324,7 @@ impl AppMessage {
     /// so WeCom is asked to drop this one if an identical message reached the member within
     /// [`DUPLICATE_CHECK_INTERVAL_SECS`]. First attempts never ask: the same answer twice a minute
     /// apart is legitimate.
-    pub fn body(&self, touser: &str, agent_id: u64, resend: bool) -> Value {
+    pub fn body(&self, to: &Recipients, agent_id: u64, resend: bool) -> Value {
         let inner = match self {
             AppMessage::Text { content } | AppMessage::Markdown { content } => {
                 json!({ "content": content })
@@ -322,9 +348,27 @@ impl AppMessage {
             AppMessage::UpdateCard { update_card } => update_card.clone(),
         };
         let kind = self.msgtype();
-        let mut body = json!({ "touser": touser, "msgtype": kind, "agentid": agent_id });
+        let mut body = match to {
+            Recipients::Member(user) => json!({ "touser": user, "agentid": agent_id }),
+            Recipients::Many {
+                touser,
+                toparty,
+                totag,
+            } => {
+                let mut body = json!({ "agentid": agent_id });
+                for (field, value) in [("touser", touser), ("toparty", toparty), ("totag", totag)] {
+                    if !value.is_empty() {
+                        body[field] = json!(value);
+                    }
+                }
+                body
+            }
+            // A group chat the app created: no agentid, and no duplicate check to ask for.
+            Recipients::Chat(chatid) => json!({ "chatid": chatid }),
+        };
+        body["msgtype"] = json!(kind);
         body[kind] = inner;
-        if resend {
+        if resend && !matches!(to, Recipients::Chat(_)) {
             body["enable_duplicate_check"] = json!(1);
             body["duplicate_check_interval"] = json!(DUPLICATE_CHECK_INTERVAL_SECS);
         }
@@ -495,7 +539,7 @@ mod tests {
         let body = AppMessage::Markdown {
             content: "**hi**".into(),
         }
-        .body("zhangsan", 7, false);
+        .body(&Recipients::Member("zhangsan".into()), 7, false);
         assert_eq!(
             body,
             json!({"touser": "zhangsan", "msgtype": "markdown", "agentid": 7, "markdown": {"content": "**hi**"}})
@@ -503,7 +547,7 @@ mod tests {
         let resent = AppMessage::Text {
             content: "x".into(),
         }
-        .body("u", 1, true);
+        .body(&Recipients::Member("u".into()), 1, true);
         assert_eq!(resent["enable_duplicate_check"], json!(1));
         assert_eq!(resent["duplicate_check_interval"], json!(14_400));
         let card = AppMessage::Textcard(TextCard {
@@ -513,7 +557,7 @@ mod tests {
             btntxt: None,
         });
         assert_eq!(
-            card.body("u", 1, false)["textcard"],
+            card.body(&Recipients::Member("u".into()), 1, false)["textcard"],
             json!({"title": "t", "description": "d", "url": "https://x"})
         );
     }

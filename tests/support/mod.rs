@@ -91,6 +91,10 @@ struct FakeState {
     media: Mutex<HashMap<String, MemberFile>>,
     /// media/get requests received, by media_id.
     media_gets: Mutex<Vec<String>>,
+    /// The next this-many media/get calls answer HTTP 502 (a proxy in trouble).
+    media_get_failures: AtomicUsize,
+    /// msgids withdrawn with message/recall.
+    recalls: Mutex<Vec<String>>,
     changed: Notify,
 }
 
@@ -112,6 +116,8 @@ impl Default for FakeState {
             duplicates_dropped: AtomicUsize::new(0),
             media: Mutex::default(),
             media_gets: Mutex::default(),
+            recalls: Mutex::default(),
+            media_get_failures: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
@@ -253,7 +259,9 @@ async fn message_send(
         // Delivered, but the answer is lost on the way back: the caller times out.
         std::future::pending::<()>().await;
     }
-    Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "m1"})).into_response()
+    // Each delivered message has its own msgid, as WeCom's do (message/recall takes one).
+    let msgid = format!("m{}", s.sends.lock().unwrap().len());
+    Json(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid})).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -297,6 +305,12 @@ async fn media_get(
     }
     let id = q.media_id.unwrap_or_default();
     s.media_gets.lock().unwrap().push(id.clone());
+    let failing = s
+        .media_get_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    if failing.is_ok() {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    }
     let Some((content_type, name, bytes)) = s.media.lock().unwrap().get(&id).cloned() else {
         return Json(json!({"errcode": 40007, "errmsg": "invalid media_id"})).into_response();
     };
@@ -311,6 +325,20 @@ async fn media_get(
         bytes,
     )
         .into_response()
+}
+
+async fn message_recall(
+    State(s): State<Arc<FakeState>>,
+    Query(q): Query<SendQuery>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    if let Err(refused) = s.check_token(q.access_token) {
+        return refused;
+    }
+    let msgid = body["msgid"].as_str().unwrap_or_default().to_owned();
+    s.recalls.lock().unwrap().push(msgid);
+    s.changed.notify_waiters();
+    Json(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
 async fn media_upload(
@@ -407,6 +435,8 @@ impl FakeWecom {
             .route("/cgi-bin/webhook/send", post(webhook_send))
             .route("/cgi-bin/media/upload", post(media_upload))
             .route("/cgi-bin/media/get", get(media_get))
+            .route("/cgi-bin/appchat/send", post(message_send))
+            .route("/cgi-bin/message/recall", post(message_recall))
             .route("/cgi-bin/webhook/upload_media", post(webhook_upload))
             .route(
                 "/cgi-bin/message/update_template_card",
@@ -454,6 +484,24 @@ impl FakeWecom {
             .lock()
             .unwrap()
             .insert(media_id.to_owned(), file);
+    }
+
+    /// The msgids withdrawn with message/recall, once there are `n`.
+    pub async fn wait_for_recalls(&self, n: usize) -> Vec<String> {
+        let state = self.state.clone();
+        let done = move || state.recalls.lock().unwrap().len() >= n;
+        self.wait_until(done, "recalls").await;
+        self.state.recalls.lock().unwrap().clone()
+    }
+
+    /// The msgids withdrawn with message/recall so far.
+    pub fn recalls(&self) -> Vec<String> {
+        self.state.recalls.lock().unwrap().clone()
+    }
+
+    /// The next `n` media/get calls answer HTTP 502.
+    pub fn fail_media_gets(&self, n: usize) {
+        self.state.media_get_failures.store(n, Ordering::SeqCst);
     }
 
     /// The media_ids media/get was asked for, in order.

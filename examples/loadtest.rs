@@ -200,7 +200,10 @@ async fn main() -> anyhow::Result<()> {
                     n % 1000,
                     msgid_base + n as u64
                 );
-                let e = crypt.encrypt_msg(&xml, "1700000000", &n.to_string(), rand::random());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let e = crypt.encrypt_msg(&xml, &now.to_string(), &n.to_string(), rand::random());
                 let query = format!("?msg_signature={}&timestamp={}&nonce={}", e.msg_signature, e.timestamp, e.nonce);
                 (query, e.to_callback_xml(CORP, "1000002"))
             })

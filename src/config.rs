@@ -81,6 +81,8 @@ pub struct Config {
     pub queue_capacity: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Callbacks whose signed timestamp is further than this from the clock are refused (zero: off).
+    pub replay_window: Duration,
     pub http_timeout_secs: u64,
     pub store: StoreKind,
     pub data_dir: PathBuf,
@@ -198,6 +200,7 @@ impl Config {
         let _ = writeln!(out, "queue_capacity: {}", c.queue_capacity);
         let _ = writeln!(out, "max_body_bytes: {}", c.max_body_bytes);
         let _ = writeln!(out, "shutdown_grace_secs: {}", c.shutdown_grace_secs);
+        let _ = writeln!(out, "replay_window: {}", c.replay_window.as_secs());
         let _ = writeln!(out, "http_timeout_secs: {}", c.http_timeout_secs);
         let _ = writeln!(out, "store: {store}\ndata_dir: {}", c.data_dir.display());
         let _ = writeln!(out, "retention_days: {}", c.retention_days);
@@ -376,6 +379,7 @@ struct Settings {
     queue_capacity: Option<Text>,
     max_body_bytes: Option<Text>,
     shutdown_grace_secs: Option<Text>,
+    replay_window: Option<Text>,
     http_timeout_secs: Option<Text>,
     store: Option<Text>,
     data_dir: Option<Text>,
@@ -780,6 +784,12 @@ impl Settings {
                 s.shutdown_grace_secs,
                 30,
                 num(0, 86_400),
+            ),
+            replay_window: c.get(
+                "replay_window",
+                s.replay_window,
+                Duration::from_secs(300),
+                secs(0, 7 * 86_400),
             ),
             http_timeout_secs: c.get("http_timeout_secs", s.http_timeout_secs, 10, num(1, 600)),
             store: c.get("store", s.store, StoreKind::Sqlite, StoreKind::parse),

@@ -253,6 +253,7 @@ impl Application {
             api_tokens: Arc::new(config.api_tokens.clone()),
             agent_ids: Arc::default(),
             received: worker.received.clone(),
+            replay_window: config.replay_window,
         };
         match dispatcher.resume().await {
             Ok(0) => {}

@@ -3,6 +3,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -33,7 +34,10 @@ async fn text_message_gets_a_reply_through_message_send() {
 #[tokio::test]
 async fn official_post_vector_is_accepted_and_answered() {
     let fake = FakeWecom::start().await;
-    let app = TestApp::spawn(config(&[APP_A, APP_B], &fake.base_url())).await;
+    let mut cfg = config(&[APP_A, APP_B], &fake.base_url());
+    // The published vectors were signed in 2014: only without a replay window.
+    cfg.replay_window = Duration::ZERO;
+    let app = TestApp::spawn(cfg).await;
     // Set B's published callback, byte for byte.
     let query = "msg_signature=477715d11cdb4164915debcba66cb864d751f3e6&timestamp=1409659813&nonce=1372623149";
     let body = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt><AgentID><![CDATA[218]]></AgentID></xml>";
@@ -49,7 +53,9 @@ async fn official_post_vector_is_accepted_and_answered() {
 #[tokio::test]
 async fn url_verification_with_official_vectors() {
     let fake = FakeWecom::start().await;
-    let app = TestApp::spawn(config(&[APP_A, APP_B], &fake.base_url())).await;
+    let mut cfg = config(&[APP_A, APP_B], &fake.base_url());
+    cfg.replay_window = Duration::ZERO;
+    let app = TestApp::spawn(cfg).await;
 
     // Set B exactly as the official sample's request line shows it: %2F, %2B and %3D in echostr.
     let resp = app
@@ -392,4 +398,53 @@ impl Agent for Gated {
             .forget();
         Ok(vec![AppMessage::text(turn.message.describe())])
     }
+}
+
+#[tokio::test]
+async fn a_callback_signed_outside_the_replay_window_is_refused() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(config(&[APP_A], &fake.base_url())).await;
+    let crypt = APP_A.crypt();
+    let post = |age: i64, msg_id: u64| {
+        let ts = (now_secs() as i64 - age).to_string();
+        let xml = APP_A.text_xml("zhangsan", &format!("aged {age}"), msg_id);
+        let e = crypt.encrypt_msg(&xml, &ts, "77", [7; 16]);
+        let query = format!("msg_signature={}&timestamp={ts}&nonce=77", e.msg_signature);
+        (query, e.to_callback_xml(APP_A.corp_id, "1000002"))
+    };
+    // 299 s old (or ahead) is within the default 300 s; 301 s is not, either way.
+    for (age, msg_id, status) in [(299, 1, 200), (-299, 2, 200), (301, 3, 403), (-301, 4, 403)] {
+        let (q, body) = post(age, msg_id);
+        assert_eq!(
+            app.post_callback(&q, body).await.status(),
+            status,
+            "{age} s"
+        );
+    }
+    let sends = fake.wait_for_sends(2).await;
+    let mut got: Vec<&str> = sends.iter().map(|s| s.content()).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec!["aged -299", "aged 299"]);
+    // The URL check too: the console's Save button signs the time it sends.
+    let echo = |age: i64| {
+        let ts = (now_secs() as i64 - age).to_string();
+        let echostr = crypt.encrypt(b"echo-1", [9; 16]);
+        let sig = crypt.sign(&ts, "5", &echostr);
+        let echostr = utf8_percent_encode(&echostr, NON_ALPHANUMERIC);
+        format!("/wecom/callback?msg_signature={sig}&timestamp={ts}&nonce=5&echostr={echostr}")
+    };
+    let get = |url: String| app.http.get(app.url(&url)).send();
+    assert_eq!(get(echo(10)).await.unwrap().status(), 200);
+    assert_eq!(get(echo(301)).await.unwrap().status(), 403);
+    app.stop().await;
+
+    // replay_window: 0 turns the check off.
+    let fake = FakeWecom::start().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.replay_window = Duration::ZERO;
+    let app = TestApp::spawn(cfg).await;
+    let (q, body) = post(2 * 86_400, 5);
+    assert_eq!(app.post_callback(&q, body).await.status(), 200);
+    fake.wait_for_sends(1).await;
+    app.stop().await;
 }

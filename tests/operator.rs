@@ -33,7 +33,7 @@ async fn a_callback_for_another_agent_id_is_accepted_and_warned_about_once() {
     for n in 1..=2u64 {
         let e = APP_A.crypt().encrypt_msg(
             &APP_A.text_xml("zhangsan", &format!("hi {n}"), n),
-            "1700000000",
+            &now_secs().to_string(),
             "nonce",
             [n as u8; 16],
         );

@@ -79,6 +79,36 @@ fn signed_query(raw: Option<&str>) -> Result<Signed, Reject> {
     })
 }
 
+/// Refuse a callback whose signed timestamp is further than `window` from the gateway's clock
+/// (zero: no window), so a recorded callback cannot be played back later.
+fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Reject> {
+    if window.is_zero() {
+        return Ok(());
+    }
+    let sent: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| bad("replay", format!("timestamp {timestamp:?} is not a number")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let skew = now.saturating_sub(sent);
+    if skew.unsigned_abs() > window.as_secs() {
+        let (by, way) = match skew > 0 {
+            true => (skew, "behind"),
+            false => (skew.saturating_neg(), "ahead of"),
+        };
+        return Err(Reject {
+            check: "replay",
+            error: HttpError::Forbidden(format!(
+                "the callback's timestamp is {by} s {way} this server's clock, outside replay_window ({} s): a replayed callback, or a server clock that is off (check NTP)",
+                window.as_secs()
+            )),
+        });
+    }
+    Ok(())
+}
+
 fn crypto_reject(e: &CryptoError) -> Reject {
     let check = match e {
         CryptoError::ValidateCorpId => "corp_id",
@@ -133,7 +163,9 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
     let Some(echostr) = signed.params.get("echostr").filter(|e| !e.is_empty()) else {
         return bad("query", "missing query parameter echostr").into_response();
     };
-    match open(state.apps.candidates(None, None), &signed, echostr) {
+    let opened = open(state.apps.candidates(None, None), &signed, echostr)
+        .and_then(|opened| check_fresh(&signed.timestamp, state.replay_window).map(|()| opened));
+    match opened {
         Ok((app, plain)) => match String::from_utf8(plain) {
             Ok(text) => {
                 tracing::info!(app = %app.config.name, "callback URL verified");
@@ -167,6 +199,7 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
         envelope.agent_id.as_deref(),
     );
     let (app, plain) = open(candidates, &signed, &envelope.encrypt)?;
+    check_fresh(&signed.timestamp, state.replay_window)?;
     if let Some(agent_id) = envelope.agent_id.as_deref() {
         state.agent_ids.check(app, agent_id);
     }

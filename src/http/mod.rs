@@ -37,6 +37,8 @@ pub struct AppState {
     pub agent_ids: Arc<callback::AgentIds>,
     /// The files members sent, served by signed links.
     pub received: Arc<Received>,
+    /// Callbacks signed further than this from now are refused (zero: no window).
+    pub replay_window: std::time::Duration,
 }
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {

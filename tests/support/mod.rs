@@ -698,7 +698,7 @@ impl AppSpec {
         let nonce = format!("{}", rand_u32());
         let e = self
             .crypt()
-            .encrypt_msg(xml, "1700000000", &nonce, rand_bytes());
+            .encrypt_msg(xml, &now_secs().to_string(), &nonce, rand_bytes());
         let query = format!(
             "msg_signature={}&timestamp={}&nonce={}",
             e.msg_signature, e.timestamp, e.nonce
@@ -733,6 +733,14 @@ impl AppSpec {
     }
 }
 
+/// The clock as callbacks carry it: WeCom signs the time it sends.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn rand_u32() -> u32 {
     rand::random()
 }
@@ -756,6 +764,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         queue_capacity: 1024,
         max_body_bytes: 64 * 1024,
         shutdown_grace_secs: 5,
+        replay_window: Duration::from_secs(300),
         http_timeout_secs: 5,
         store: StoreKind::Sqlite,
         // Empty: `TestApp::spawn` gives the app a temporary directory of its own.

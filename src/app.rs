@@ -3,6 +3,7 @@
 //!
 //! Must never: hold or expose secrets beyond what `AppConfig` and `MsgCrypt` already guard.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -21,6 +22,10 @@ pub struct AppConfig {
     pub agent_id: u64,
     pub token: SecretString,
     pub encoding_aes_key: SecretString,
+    /// While the console switches to a new token or key: callbacks signed with the previous set
+    /// (each left out means unchanged) are accepted too.
+    pub previous_token: Option<SecretString>,
+    pub previous_encoding_aes_key: Option<SecretString>,
     /// This app's own agent, overriding the `agent:` section.
     pub agent: Option<AgentConfig>,
 }
@@ -34,6 +39,17 @@ impl std::fmt::Debug for AppConfig {
             .field("agent_id", &self.agent_id)
             .field("token", &"[redacted]")
             .field("encoding_aes_key", &"[redacted]")
+            .field(
+                "previous_token",
+                &self.previous_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "previous_encoding_aes_key",
+                &self
+                    .previous_encoding_aes_key
+                    .as_ref()
+                    .map(|_| "[redacted]"),
+            )
             .field("agent", &self.agent.as_ref().map(AgentConfig::kind_name))
             .finish()
     }
@@ -57,6 +73,10 @@ impl AppConfig {
 pub struct App {
     pub config: AppConfig,
     pub crypt: MsgCrypt,
+    /// The previous token and key, during a rotation.
+    pub previous: Option<MsgCrypt>,
+    /// Which sets callbacks verified with so far during a rotation: [current, previous].
+    verified: [std::sync::atomic::AtomicBool; 2],
     pub tokens: TokenCache,
 }
 
@@ -73,14 +93,49 @@ impl App {
         shared: Option<Arc<dyn SharedTokens>>,
     ) -> Result<Self, CryptoError> {
         let crypt = MsgCrypt::new(config.token(), config.encoding_aes_key(), &config.corp_id)?;
+        let previous = match (&config.previous_token, &config.previous_encoding_aes_key) {
+            (None, None) => None,
+            (token, key) => Some(MsgCrypt::new(
+                token.as_ref().map_or(config.token(), |t| t.expose_secret()),
+                key.as_ref()
+                    .map_or(config.encoding_aes_key(), |k| k.expose_secret()),
+                &config.corp_id,
+            )?),
+        };
         // The corp and AgentId name the app the same way on every replica.
         let key = format!("{}:{}", config.corp_id, config.agent_id);
         let tokens = shared.map_or_else(TokenCache::default, |s| TokenCache::shared(s, key));
         Ok(App {
             config,
             crypt,
+            previous,
+            verified: Default::default(),
             tokens,
         })
+    }
+}
+
+impl App {
+    /// A callback verified with the current set or (`previous`) the previous one. During a
+    /// rotation, the first of each is logged, so the operator sees when the console switched and
+    /// the previous set can go; the rest at debug.
+    pub fn verified_with(&self, previous: bool) {
+        if self.previous.is_none() {
+            return;
+        }
+        let first = !self.verified[usize::from(previous)].swap(true, Ordering::Relaxed);
+        let (set, advice) = match previous {
+            true => ("previous", "WeCom still uses it; keep previous_* for now"),
+            false => (
+                "new",
+                "once WeCom's console has saved the new values, remove previous_*",
+            ),
+        };
+        if first {
+            tracing::info!(app = %self.config.name, key_set = set, "a callback verified with the {set} token/key: {advice}");
+        } else {
+            tracing::debug!(app = %self.config.name, key_set = set, "callback verified with the {set} token/key");
+        }
     }
 }
 

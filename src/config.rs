@@ -245,6 +245,12 @@ impl Config {
             out.push_str(
                 "    corp_secret: '****'\n    token: '****'\n    encoding_aes_key: '****'\n",
             );
+            if app.previous_token.is_some() {
+                out.push_str("    previous_token: '****'\n");
+            }
+            if app.previous_encoding_aes_key.is_some() {
+                out.push_str("    previous_encoding_aes_key: '****'\n");
+            }
             if let Some(agent) = &app.agent {
                 let _ = write!(out, "    agent:\n{}", agent.redacted("      "));
             }
@@ -408,6 +414,8 @@ struct AppKeys {
     agent_id: Option<Text>,
     token: Option<Text>,
     encoding_aes_key: Option<Text>,
+    previous_token: Option<Text>,
+    previous_encoding_aes_key: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -899,6 +907,23 @@ fn app(
         keys.encoding_aes_key,
         EncodingAesKey::parse,
     );
+    let previous_token = c.opt(&f("previous_token"), keys.previous_token, secret);
+    let previous_key = c.opt(
+        &f("previous_encoding_aes_key"),
+        keys.previous_encoding_aes_key,
+        EncodingAesKey::parse,
+    );
+    if previous_token.is_some() || previous_key.is_some() {
+        let which = match (&previous_token, &previous_key) {
+            (Some(_), Some(_)) => "previous_token and previous_encoding_aes_key",
+            (Some(_), None) => "previous_token",
+            _ => "previous_encoding_aes_key",
+        };
+        c.warn(
+            &f(which.split(' ').next().unwrap_or(which)),
+            format!("callbacks signed with the previous set are accepted too, for a key rotation: remove {which} once the admin console uses the new values"),
+        );
+    }
     Some(AppConfig {
         name: name?,
         corp_id: corp_id?.0,
@@ -906,6 +931,8 @@ fn app(
         agent_id: agent_id?,
         token: token?,
         encoding_aes_key: key?.0,
+        previous_token,
+        previous_encoding_aes_key: previous_key.map(|k| k.0),
         agent,
     })
 }

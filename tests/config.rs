@@ -336,6 +336,45 @@ fn api_tokens_may_carry_the_broadcast_scope_and_agents_ack_recall() {
 }
 
 #[test]
+fn a_previous_token_and_key_are_kept_for_a_rotation_and_checked() {
+    let mut e = single_app_env();
+    e.extend(env(&[
+        ("WECOM_CALLBACK_PREVIOUS_TOKEN", "OLDTOKEN"),
+        (
+            "WECOM_CALLBACK_PREVIOUS_ENCODING_AES_KEY",
+            "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+        ),
+    ]));
+    let (c, loaded) = Config::load(None, e).unwrap();
+    assert!(c.apps[0].previous_token.is_some() && c.apps[0].previous_encoding_aes_key.is_some());
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("remove previous_token and previous_encoding_aes_key once the admin console uses the new values")),
+        "{:?}",
+        loaded.warnings
+    );
+    let shown = format!("{}{:?}", c.redacted(), c.apps[0]);
+    assert!(
+        shown.contains("previous_encoding_aes_key: '****'"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("OLDTOKEN") && !shown.contains("jWmYm7qr5n"),
+        "{shown}"
+    );
+
+    let mut e = single_app_env();
+    e.push((
+        "WECOM_CALLBACK_PREVIOUS_ENCODING_AES_KEY".into(),
+        "short".into(),
+    ));
+    let text = Config::load(None, e).unwrap_err().to_string();
+    assert!(
+        text.contains("previous_encoding_aes_key: must be 43 characters, got 5 (from WECOM_CALLBACK_PREVIOUS_ENCODING_AES_KEY)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bad_robot_urls_and_limits_are_named_without_echoing_the_url() {
     let f = yaml(
         "bots:\n  - name: a\n    webhook_url: https://example.com/hook?token=SECRETX\n  - webhook_url: nonsense-SECRETY\nlimits:\n  bot: 20 per minute\n",

@@ -134,3 +134,44 @@ async fn a_stop_with_robot_messages_held_by_the_rate_limit_says_so_and_does_not_
     assert_eq!(texts, vec!["[INFO] alert 1", "[INFO] alert 2"]);
     gw.kill9().await;
 }
+
+#[tokio::test]
+async fn during_a_key_rotation_both_sets_verify_and_the_log_says_which() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve(&fake, dir.path());
+    // The console still signs with the old token and key while the new ones are configured.
+    cmd.env("WECOM_CALLBACK_PREVIOUS_TOKEN", APP_B.token)
+        .env("WECOM_CALLBACK_PREVIOUS_ENCODING_AES_KEY", APP_B.aes_key);
+    let gw = Gateway::start(&mut cmd).await;
+    let old =
+        wecom_gateway::crypto::MsgCrypt::new(APP_B.token, APP_B.aes_key, APP_A.corp_id).unwrap();
+    let stranger =
+        wecom_gateway::crypto::MsgCrypt::new("someone-else", APP_B.aes_key, APP_A.corp_id).unwrap();
+    let signed = |crypt: &wecom_gateway::crypto::MsgCrypt, n: u64| {
+        let xml = APP_A.text_xml("zhangsan", &format!("rotation {n}"), n);
+        let e = crypt.encrypt_msg(&xml, &now_secs().to_string(), "nonce", [n as u8; 16]);
+        let query = format!(
+            "msg_signature={}&timestamp={}&nonce=nonce",
+            e.msg_signature, e.timestamp
+        );
+        (query, e.to_callback_xml(APP_A.corp_id, "1000002"))
+    };
+    for (crypt, n, status) in [
+        (&old, 1, 200),
+        (&APP_A.crypt(), 2, 200),
+        (&stranger, 3, 403),
+    ] {
+        let (query, body) = signed(crypt, n);
+        assert_eq!(post(&gw, &query, body).await, status, "callback {n}");
+    }
+    fake.wait_for_sends(2).await;
+    let log = gw.terminate().await;
+    for said in [
+        "a callback verified with the previous token/key",
+        "a callback verified with the new token/key",
+        "previous_token: callbacks signed with the previous set are accepted too",
+    ] {
+        assert!(log.contains(said), "no {said:?} in {log}");
+    }
+}

@@ -126,21 +126,20 @@ fn open<'a>(
 ) -> Result<(&'a std::sync::Arc<App>, Vec<u8>), Reject> {
     let mut decrypt_error = None;
     for app in candidates {
-        if app
-            .crypt
-            .verify(
-                &signed.msg_signature,
-                &signed.timestamp,
-                &signed.nonce,
-                encrypt,
-            )
-            .is_err()
-        {
-            continue;
-        }
-        match app.crypt.decrypt(encrypt) {
-            Ok(plain) => return Ok((app, plain)),
-            Err(e) => decrypt_error = Some(e),
+        // The current token and key, then (during a rotation) the previous ones.
+        let sets = std::iter::once(&app.crypt).chain(app.previous.as_ref());
+        for (n, crypt) in sets.enumerate() {
+            let (sig, ts, nonce) = (&signed.msg_signature, &signed.timestamp, &signed.nonce);
+            if crypt.verify(sig, ts, nonce, encrypt).is_err() {
+                continue;
+            }
+            match crypt.decrypt(encrypt) {
+                Ok(plain) => {
+                    app.verified_with(n > 0);
+                    return Ok((app, plain));
+                }
+                Err(e) => decrypt_error = Some(e),
+            }
         }
     }
     Err(match decrypt_error {

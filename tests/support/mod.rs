@@ -685,6 +685,8 @@ impl AppSpec {
             agent_id: self.agent_id,
             token: self.token.into(),
             encoding_aes_key: self.aes_key.into(),
+            previous_token: None,
+            previous_encoding_aes_key: None,
             agent: None,
         }
     }

@@ -32,7 +32,9 @@ pub use crate::inbox::{PostgresUrl, StoreKind};
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
 
-pub use crate::agent::{AgentConfig, AgentKind, CommandAgentConfig, HttpAgentConfig, OpenAiConfig};
+pub use crate::agent::{
+    AgentConfig, AgentKind, CommandAgentConfig, HermesConfig, HttpAgentConfig, OpenAiConfig,
+};
 
 pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
@@ -370,6 +372,43 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// The top-level keys, for suggestions when one is misspelt.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "path",
+    "name",
+    "corp_id",
+    "corp_secret",
+    "agent_id",
+    "token",
+    "encoding_aes_key",
+    "previous_token",
+    "previous_encoding_aes_key",
+    "allowed_users",
+    "allow_all_users",
+    "api_base_url",
+    "apps",
+    "workers",
+    "queue_capacity",
+    "max_body_bytes",
+    "shutdown_grace_secs",
+    "replay_window",
+    "http_timeout_secs",
+    "store",
+    "data_dir",
+    "retention_days",
+    "max_store_mb",
+    "lease_secs",
+    "agent",
+    "bots",
+    "api",
+    "api_tokens",
+    "limits",
+    "retry",
+    "media",
+];
+
 #[derive(Deserialize)]
 struct Settings {
     host: Option<Text>,
@@ -377,6 +416,8 @@ struct Settings {
     path: Option<Text>,
     #[serde(flatten)]
     single_app: AppKeys,
+    /// The single app's name (Hermes's `extra.name`); `default` when not given.
+    name: Option<Text>,
     allowed_users: Option<List>,
     allow_all_users: Option<Text>,
     api_base_url: Option<Text>,
@@ -613,8 +654,30 @@ impl Check<'_> {
         self.warnings.push(line);
     }
     pub(crate) fn unknown(&mut self, prefix: &str, keys: &Unknown) {
+        self.unknown_near(prefix, keys, &[]);
+    }
+    /// As [`Check::unknown`], naming the nearest of the `known` keys: a misspelt key (or
+    /// `WECOM_CALLBACK_*` variable) is a common reason a setting seems ignored.
+    pub(crate) fn unknown_near(&mut self, prefix: &str, keys: &Unknown, known: &[&str]) {
         for key in keys.keys() {
-            self.warn(&format!("{prefix}{key}"), "unknown key, ignored");
+            let field = format!("{prefix}{key}");
+            let near = (known.iter())
+                .map(|k| (strsim::jaro_winkler(key, k), *k))
+                .filter(|(score, _)| *score > 0.85)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let from_env =
+                (self.figment.find_metadata(&field)).is_some_and(|m| m.name == ENV_SOURCE);
+            let reason = match near {
+                Some((_, k)) if from_env => {
+                    let var = format!("{prefix}{k}")
+                        .replace('.', "__")
+                        .to_ascii_uppercase();
+                    format!("unknown key, ignored; did you mean {ENV_PREFIX}{var}?")
+                }
+                Some((_, k)) => format!("unknown key, ignored; did you mean {prefix}{k}?"),
+                None => "unknown key, ignored".to_owned(),
+            };
+            self.warn(&field, reason);
         }
     }
     /// The text, trimmed; an error for a list or a mapping.
@@ -709,9 +772,13 @@ impl Check<'_> {
 impl Settings {
     fn validate(self, c: &mut Check<'_>) -> Config {
         let s = self;
-        c.unknown("", &s.unknown);
+        c.unknown_near("", &s.unknown, TOP_LEVEL_KEYS);
         let agent = crate::agent::config::validate(c, "agent", s.agent, None);
-        let apps = validate_apps(c, s.single_app, s.apps, &agent);
+        let single_name = c.opt("name", s.name, text);
+        // Group robots and the push API work without any app.
+        let robots_only = s.bots.is_some() || s.api.is_some() || s.api_tokens.is_some();
+        let single = (single_name, s.single_app);
+        let apps = validate_apps(c, single, s.apps, &agent, robots_only);
         let bots = validate_bots(c, s.bots);
         let api = c.mapping("api", s.api).unwrap_or_default();
         c.unknown("api.", &api.unknown);
@@ -768,18 +835,15 @@ impl Settings {
             default.max_attempts,
             num(1, 100),
         );
-        Config {
+        let config = Config {
             host: c.get("host", s.host, IpAddr::from([0, 0, 0, 0]), ip),
             port: c.get("port", s.port, 8645, num(0, u16::MAX)),
             path: c.get("path", s.path, "/wecom/callback".into(), callback_path),
             apps,
-            allowlist: Allowlist {
-                allow_all: c.get("allow_all_users", s.allow_all_users, false, boolean),
-                users: c.names("allowed_users", s.allowed_users, Allowlist::entry),
-            },
+            allowlist: allowlist(c, s.allowed_users, s.allow_all_users),
             api_base_url: (c.opt("api_base_url", s.api_base_url, HttpUrl::parse))
                 .map_or_else(|| DEFAULT_API_BASE_URL.into(), HttpUrl::base),
-            workers: c.get("workers", s.workers, 4, num(1, 1024)),
+            workers: c.get("workers", s.workers, 64, num(1, 1024)),
             queue_capacity: c.get("queue_capacity", s.queue_capacity, 1024, num(1, 1_000_000)),
             max_body_bytes: c.get(
                 "max_body_bytes",
@@ -818,16 +882,47 @@ impl Settings {
                 max: max.max(base),
             },
             media,
+        };
+        let allowlist = &config.allowlist;
+        if !config.apps.is_empty() && !allowlist.allow_all && allowlist.users.is_empty() {
+            c.warn(
+                "allowed_users",
+                "is empty and allow_all_users is false: nobody may talk to the agent (their messages are acknowledged and dropped); list UserIDs, or * for everyone",
+            );
         }
+        config
     }
+}
+
+/// Who may talk to the agent. `*` in the list means everyone (as in Hermes). With neither key
+/// set, Hermes's gateway-wide `GATEWAY_ALLOWED_USERS` / `GATEWAY_ALLOW_ALL_USERS` apply.
+fn allowlist(c: &mut Check<'_>, users: Option<List>, all: Option<Text>) -> Allowlist {
+    let (users, all, (users_field, all_field)) = match (users, all) {
+        (None, None) => {
+            let var = |name: &str| c.env.get(name).map(|v| Text(Ok(v.clone())));
+            let names = ("GATEWAY_ALLOWED_USERS", "GATEWAY_ALLOW_ALL_USERS");
+            (var(names.0).map(List::One), var(names.1), names)
+        }
+        (users, all) => (users, all, ("allowed_users", "allow_all_users")),
+    };
+    let mut list = Allowlist {
+        allow_all: c.get(all_field, all, false, boolean),
+        users: c.names(users_field, users, Allowlist::entry),
+    };
+    if list.users.iter().any(|u| u == "*") {
+        list.allow_all = true;
+        list.users.retain(|u| u != "*");
+    }
+    list
 }
 
 /// The `apps:` list, or else the single app of the top-level keys; no app at all is an error.
 fn validate_apps(
     c: &mut Check<'_>,
-    single: AppKeys,
+    (single_name, single): (Option<String>, AppKeys),
     listed: Option<Field<Vec<Field<AppSettings>>>>,
     global: &AgentConfig,
+    robots_only: bool,
 ) -> Vec<AppConfig> {
     let single_keys = [
         &single.corp_id,
@@ -838,7 +933,14 @@ fn validate_apps(
     let has_single = single_keys.iter().any(|k| k.is_some()) || single.encoding_aes_key.is_some();
     let mut apps = Vec::new();
     match listed {
-        None if has_single => apps.extend(app(c, "", Some("default".into()), single, None)),
+        None if has_single => {
+            let name = single_name.unwrap_or_else(|| "default".into());
+            apps.extend(app(c, "", Some(name), single, None))
+        }
+        None if robots_only => c.warn(
+            "apps",
+            "no WeCom app configured: running for group robots and the push API only (callbacks are refused)",
+        ),
         None => {
             let vars =
                 ["CORP_ID", "CORP_SECRET", "AGENT_ID", "TOKEN"].map(|v| ENV_PREFIX.to_owned() + v);

@@ -9,6 +9,7 @@ pub mod app;
 pub mod bots;
 pub mod config;
 pub mod crypto;
+pub mod dotenv;
 pub mod http;
 pub mod inbox;
 pub mod message;
@@ -44,7 +45,7 @@ const PUSH_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -55,6 +56,16 @@ pub enum StartupError {
     Store(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+}
+
+/// What to do about a port that cannot be bound.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => " (another process uses this port: stop it, or choose another with `port` / WECOM_CALLBACK_PORT)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose another with `port` / WECOM_CALLBACK_PORT)",
+        std::io::ErrorKind::AddrNotAvailable => " (this host has no such address: check `host` / WECOM_CALLBACK_HOST)",
+        _ => "",
+    }
 }
 
 /// The assembled service, bound and ready to run.
@@ -279,6 +290,15 @@ impl Application {
         let router = http::router(state, &config.path, config.max_body_bytes);
         let names: Vec<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
         tracing::info!(%local_addr, path = %config.path, apps = ?names, workers = config.workers, "wecom-gateway listening on {local_addr}");
+        for app in apps.iter() {
+            let c = &app.config;
+            tracing::info!(app = %c.name, corp_id = %c.corp_id, agent_id = c.agent_id,
+                "app {:?}: in the WeCom admin console (应用管理 > {} > 接收消息 > 设置API接收), set the URL to https://<this server's public address>{} (port {} here, or your proxy's)",
+                c.name, c.name, config.path, local_addr.port());
+        }
+        if apps.iter().next().is_none() {
+            tracing::info!("no WeCom app configured: serving group robots and the push API only");
+        }
 
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

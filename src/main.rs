@@ -18,6 +18,10 @@ use wecom_gateway::{shutdown_signal, Application};
     about = "WeCom (企业微信) callback gateway for AI agents"
 )]
 struct Cli {
+    /// Read variables from this file (as `.env` in the working directory is read by default);
+    /// variables already set in the environment win.
+    #[arg(long, global = true, value_name = "PATH")]
+    env_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,8 +69,23 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, Loaded)> {
     Config::load(path.as_deref(), std::env::vars()).map_err(anyhow::Error::new)
 }
 
+/// `.env` in the working directory (if there is one) and `--env-file` (which must exist), before
+/// the configuration is read and before any thread starts.
+fn read_env_files(explicit: Option<&std::path::Path>) -> anyhow::Result<Vec<String>> {
+    let mut set = Vec::new();
+    if let Some(path) = explicit {
+        set.extend(wecom_gateway::dotenv::load(path)?);
+    }
+    let local = std::path::Path::new(".env");
+    if local.is_file() && explicit != Some(local) {
+        set.extend(wecom_gateway::dotenv::load(local)?);
+    }
+    Ok(set)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let env_files = read_env_files(cli.env_file.as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -75,6 +94,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(e) = &env_files {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(1);
+    }
+    if let Ok(set) = &env_files {
+        if !set.is_empty() {
+            tracing::info!(variables = ?set, "read variables from .env (the environment's own values win)");
+        }
+    }
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
@@ -119,6 +147,22 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         println!("# warning: {w}");
     }
     print!("{}", config.redacted());
+    // What would fail at the first message, found now.
+    let agents = std::iter::once(("agent".to_owned(), &config.agent)).chain(
+        (config.apps.iter().enumerate())
+            .filter_map(|(i, a)| a.agent.as_ref().map(|g| (format!("apps[{i}].agent"), g))),
+    );
+    let problems: Vec<String> = agents
+        .flat_map(|(field, agent)| {
+            agent
+                .problems()
+                .into_iter()
+                .map(move |p| format!("{field}: {p}"))
+        })
+        .collect();
+    if !problems.is_empty() {
+        anyhow::bail!("the agent would fail:\n  {}", problems.join("\n  "));
+    }
     println!("# configuration is valid");
     if let StoreKind::Postgres(url) = &config.store {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -121,20 +121,10 @@ impl Worker {
             }
             None => {
                 tracing::debug!(job = job.id, user = ?job.user_key, attempt = job.attempts, agent = handle.agent.name(), "asking the agent");
-                let Some(media) = self.received.fetch(&self.outbound, app, msg).await else {
-                    return Outcome::Interrupted;
-                };
-                let turn = Turn {
-                    app: &app.config.name,
-                    corp_id: &app.config.corp_id,
-                    user_id: &msg.from_user_name,
-                    user_key: &job.user_key,
-                    message: msg,
-                    media: media.as_ref(),
-                };
-                let replies = match self.ask(handle, turn, job, &mut receipt).await {
-                    Ok(replies) => replies,
-                    Err(cause) => {
+                let replies = match self.ask(handle, app, job, &mut receipt).await {
+                    None => return Outcome::Interrupted,
+                    Some(Ok(replies)) => replies,
+                    Some(Err(cause)) => {
                         failure = Some(cause);
                         vec![sorry.clone()]
                     }
@@ -157,6 +147,7 @@ impl Worker {
                 }
                 if pieces.is_empty() {
                     tracing::debug!(job = job.id, user = ?job.user_key, "agent gave no reply");
+                    self.withdraw(app, job, receipt).await;
                     return Outcome::Done;
                 }
                 if let Err(e) = self.inbox.record_reply(job, &pieces).await {
@@ -256,15 +247,7 @@ impl Worker {
                 }
             }
         }
-        if let Some(msgid) = receipt {
-            match self.outbound.recall(app, &msgid).await {
-                Ok(()) => tracing::debug!(job = job.id, user = ?job.user_key, "receipt withdrawn"),
-                Err(Undelivered::Failed(e)) => {
-                    tracing::warn!(job = job.id, user = ?job.user_key, error = %e, "cannot withdraw the receipt (message/recall works within 24 hours)")
-                }
-                Err(Undelivered::Stopped) => {}
-            }
-        }
+        self.withdraw(app, job, receipt).await;
         match failure {
             Some(cause) => {
                 tracing::info!(job = job.id, user = ?job.user_key, "failure message sent");
@@ -296,41 +279,66 @@ impl Worker {
 
     /// Ask the agent; if it is still working after `ack_after`, tell the member once that the
     /// message arrived. Errors come back as the cause, already logged.
+    /// Fetch the message's media, then ask the agent, sending the receipt if that takes longer
+    /// than `ack_after` (the download counts: the member is waiting either way). An earlier try's
+    /// recorded receipt is not sent again. `None` when the gateway is stopping.
     async fn ask(
         &self,
         handle: &AgentHandle,
-        turn: Turn<'_>,
+        app: &App,
         job: &Job,
         receipt: &mut Option<String>,
-    ) -> Result<Vec<AppMessage>, String> {
-        let answer = handle.agent.reply(turn);
+    ) -> Option<Result<Vec<AppMessage>, String>> {
+        let msg = &job.message;
+        let answer = async {
+            let media = self.received.fetch(&self.outbound, app, msg).await?;
+            let turn = Turn {
+                app: &app.config.name,
+                corp_id: &app.config.corp_id,
+                user_id: &msg.from_user_name,
+                user_key: &job.user_key,
+                message: msg,
+                media: media.as_ref(),
+            };
+            Some(handle.agent.reply(turn).await)
+        };
         tokio::pin!(answer);
-        let result = match handle.ack_after {
+        let result = match handle.ack_after.filter(|_| receipt.is_none()) {
             None => answer.await,
             Some(after) => tokio::select! {
                 result = &mut answer => result,
                 () = tokio::time::sleep(after) => {
-                    *receipt = self.send_receipt(handle, turn, job).await;
+                    *receipt = self.send_receipt(handle, app, job).await;
                     answer.await
                 }
             },
         };
-        result.map_err(|e| {
+        Some(result?.map_err(|e| {
             tracing::error!(job = job.id, user = ?job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
             e.to_string()
-        })
+        }))
+    }
+
+    /// With `ack_recall`, take back the receipt now that the reply is out (or there is none).
+    async fn withdraw(&self, app: &App, job: &Job, receipt: Option<String>) {
+        let Some(msgid) = receipt else {
+            return;
+        };
+        match self.outbound.recall(app, &msgid).await {
+            Ok(()) => tracing::debug!(job = job.id, user = ?job.user_key, "receipt withdrawn"),
+            Err(Undelivered::Failed(e)) => {
+                tracing::warn!(job = job.id, user = ?job.user_key, error = %e, "cannot withdraw the receipt (message/recall works within 24 hours)")
+            }
+            Err(Undelivered::Stopped) => {
+                tracing::info!(job = job.id, user = ?job.user_key, "shutting down: the receipt is not withdrawn")
+            }
+        }
     }
 
     /// Tell the member the agent is working on it. With `ack_recall`, the receipt's msgid, kept in
     /// the store so that it is withdrawn even if the gateway restarts before the reply is out.
-    async fn send_receipt(
-        &self,
-        handle: &AgentHandle,
-        turn: Turn<'_>,
-        job: &Job,
-    ) -> Option<String> {
-        let app = self.apps.by_name(turn.app)?;
-        let member = Recipients::Member(turn.user_id.to_owned());
+    async fn send_receipt(&self, handle: &AgentHandle, app: &App, job: &Job) -> Option<String> {
+        let member = Recipients::Member(job.message.from_user_name.clone());
         let _turn = self
             .outbound
             .lock(&Outbound::recipients_key(app, &member))

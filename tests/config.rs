@@ -375,6 +375,71 @@ fn a_previous_token_and_key_are_kept_for_a_rotation_and_checked() {
 }
 
 #[test]
+fn hermes_drop_in_allowlists_name_and_agent_defaults() {
+    let load = |extra: &[(&str, &str)]| {
+        let mut e = single_app_env();
+        e.retain(|(k, _)| !k.contains("ALLOW"));
+        e.extend(env(extra));
+        Config::load(None, e).unwrap().0
+    };
+    let c = load(&[("WECOM_CALLBACK_ALLOWED_USERS", "*")]);
+    assert!(
+        c.allowlist.allow_all && c.allowlist.users.is_empty(),
+        "* is everyone"
+    );
+    let c = load(&[("GATEWAY_ALLOWED_USERS", "alice, bob")]);
+    assert_eq!(
+        c.allowlist.users,
+        vec!["alice", "bob"],
+        "Hermes's gateway-wide fallback"
+    );
+    let c = load(&[("GATEWAY_ALLOW_ALL_USERS", "true")]);
+    assert!(c.allowlist.allow_all);
+    let c = load(&[
+        ("WECOM_CALLBACK_ALLOWED_USERS", "carol"),
+        ("GATEWAY_ALLOWED_USERS", "alice"),
+    ]);
+    assert_eq!(
+        c.allowlist.users,
+        vec!["carol"],
+        "the gateway's own key wins"
+    );
+    assert_eq!(c.workers, 64, "agent calls wait on the network");
+    assert_eq!(c.apps[0].name, "default");
+    let c = load(&[("WECOM_CALLBACK_NAME", "hermes-wecom")]);
+    assert_eq!(c.apps[0].name, "hermes-wecom", "a single app's extra.name");
+
+    let c = load(&[
+        ("WECOM_CALLBACK_AGENT__KIND", "hermes"),
+        ("API_SERVER_KEY", "k"),
+    ]);
+    let AgentKind::Hermes(hermes) = &c.agent.kind else {
+        panic!("a hermes agent")
+    };
+    assert_eq!(hermes.base_url, "http://127.0.0.1:8642/v1");
+    assert_eq!(
+        hermes.timeout,
+        Duration::from_secs(1800),
+        "Hermes turns take minutes"
+    );
+    assert!(hermes.api_key.is_some(), "from API_SERVER_KEY");
+    assert_eq!(c.agent.ack_after, Some(Duration::from_secs(10)));
+    let c = load(&[
+        ("WECOM_CALLBACK_AGENT__KIND", "hermes"),
+        ("WECOM_CALLBACK_AGENT__ACK_AFTER", "0"),
+    ]);
+    assert_eq!(c.agent.ack_after, None, "0 turns the receipt off");
+
+    let mut e = single_app_env();
+    e.push(("GATEWAY_ALLOW_ALL_USERS".into(), "perhaps".into()));
+    let text = Config::load(None, e).unwrap_err().to_string();
+    assert!(
+        text.contains("GATEWAY_ALLOW_ALL_USERS: must be true or false"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bad_robot_urls_and_limits_are_named_without_echoing_the_url() {
     let f = yaml(
         "bots:\n  - name: a\n    webhook_url: https://example.com/hook?token=SECRETX\n  - webhook_url: nonsense-SECRETY\nlimits:\n  bot: 20 per minute\n",
@@ -453,7 +518,7 @@ fn agent_errors_name_their_fields() {
         .unwrap_err()
         .to_string();
     assert!(
-        text.contains("agent.kind: must be echo, http, command or openai"),
+        text.contains("agent.kind: must be echo, http, command, openai or hermes"),
         "{text}"
     );
     let f = yaml("agent:\n  kind: command\n  timeout_secs: 0\n");
@@ -493,7 +558,7 @@ fn printed_config_format_is_stable() {
             "api_base_url: https://qyapi.weixin.qq.com\n",
             "allow_all_users: false\n",
             "allowed_users: [\"alice\"]\n",
-            "workers: 4\n",
+            "workers: 64\n",
             "queue_capacity: 1024\n",
             "max_body_bytes: 65536\n",
             "shutdown_grace_secs: 30\n",
@@ -516,8 +581,8 @@ fn printed_config_format_is_stable() {
             "api:\n",
             "  tokens: 1 configured\n",
             "limits:\n",
-            "  member: [30/60000ms, 1000/3600000ms]\n",
-            "  bot: [5/10000ms]\n",
+            "  member: [30/1m, 1000/1h]\n",
+            "  bot: [5/10s]\n",
             "retry:\n",
             "  max_attempts: 8\n",
             "  base_ms: 1000\n",
@@ -586,7 +651,7 @@ fn printed_config_format_is_stable() {
             "api_base_url: https://qyapi.weixin.qq.com\n",
             "allow_all_users: false\n",
             "allowed_users: []\n",
-            "workers: 4\n",
+            "workers: 64\n",
             "queue_capacity: 1024\n",
             "max_body_bytes: 65536\n",
             "shutdown_grace_secs: 30\n",
@@ -605,8 +670,8 @@ fn printed_config_format_is_stable() {
             "api:\n",
             "  tokens: 0 configured (the /api endpoints are off)\n",
             "limits:\n",
-            "  member: [30/60000ms, 1000/3600000ms]\n",
-            "  bot: [20/60000ms]\n",
+            "  member: [30/1m, 1000/1h]\n",
+            "  bot: [20/1m]\n",
             "retry:\n",
             "  max_attempts: 8\n",
             "  base_ms: 1000\n",
@@ -662,7 +727,7 @@ fn warnings_are_shown_with_the_errors() {
     let text = err.to_string();
     assert!(text.contains("agent.url: is required"), "{text}");
     for warning in [
-        "warning: prot: unknown key, ignored",
+        "warning: prot: unknown key, ignored; did you mean port?",
         "warning: agent.foo: unknown key, ignored",
     ] {
         assert!(
@@ -681,6 +746,7 @@ fn environment_beats_the_nested_layout_and_stays_text() {
         ("WECOM_CALLBACK_PORT", "8701"),
         ("WECOM_CALLBACK_TOKEN", "000123"),
         ("WECOM_CALLBACK_AGENT_ID", "0218"),
+        ("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan"),
     ]);
     let (c, loaded) = Config::load(Some(f.path()), e).unwrap();
     assert_eq!(c.port, 8701);

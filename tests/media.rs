@@ -625,24 +625,26 @@ async fn a_file_keeps_its_name_and_a_refused_media_id_still_reaches_the_agent() 
 async fn a_file_over_media_max_bytes_is_not_kept_and_the_agent_is_told() {
     let fake = FakeWecom::start().await;
     fake.add_media("big-1", "video/mp4", None, &vec![7u8; 5000]);
-    let (url, turns) = agent(vec![json!({"reply": "too big"})]).await;
+    // The same, streamed without a Content-Length: cut off at the cap while it arrives.
+    fake.add_media("stream-big", "video/mp4", None, &vec![7u8; 5000]);
+    let answers = vec![json!({"reply": "too big"}), json!({"reply": "too big"})];
+    let (url, turns) = agent(answers).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = with_http_agent(&fake, url);
     cfg.media.max_bytes = 4096;
     cfg.data_dir = dir.path().to_path_buf();
     let gw = TestApp::spawn(cfg).await;
     send_media(&gw, &fake, "video", "big-1", 1).await;
-    let turn = turns.lock().unwrap()[0].clone();
-    let error = turn["media_error"].as_str().unwrap();
-    assert!(
-        error.contains("larger than media.max_bytes (4096 bytes)"),
-        "{error}"
-    );
-    assert_eq!(
-        fake.media_gets().len(),
-        1,
-        "a file too large is not fetched again"
-    );
+    let (q, body) = APP_A.callback(&APP_A.media_xml("zhangsan", "video", "stream-big", 2));
+    assert_eq!(gw.post_callback(&q, body).await.status(), 200);
+    fake.wait_for_sends(2).await;
+    for turn in turns.lock().unwrap().iter() {
+        let error = turn["media_error"].as_str().unwrap();
+        let cap = "larger than media.max_bytes (4096 bytes)";
+        assert!(error.contains(cap), "{error}");
+    }
+    let gets = fake.media_gets().len();
+    assert_eq!(gets, 2, "a file too large is not fetched again");
     let left: Vec<_> = std::fs::read_dir(dir.path().join("media"))
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
@@ -691,4 +693,40 @@ async fn with_postgresql_a_replica_without_the_file_serves_its_link() {
     assert_eq!(kept, 1, "and kept on B's disk from then on");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn received_files_older_than_the_retention_go_and_partial_downloads_too() {
+    use wecom_gateway::received::Received;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(wecom_gateway::inbox::MemoryInbox::new(
+        8,
+        Duration::from_secs(1),
+    ));
+    let received = Received::new(
+        dir.path(),
+        store,
+        1 << 20,
+        "http://127.0.0.1:1".into(),
+        Duration::from_secs(3600),
+    );
+    let media = received.dir().to_path_buf();
+    std::fs::create_dir_all(&media).unwrap();
+    let aged = |name: &str, age: Duration| {
+        let file = std::fs::File::create(media.join(name)).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    };
+    let day = Duration::from_secs(86_400);
+    aged("old.jpg", 8 * day);
+    aged("recent.jpg", 2 * day);
+    aged(".part-old", 2 * day);
+    aged(".part-fresh", Duration::from_secs(60));
+    assert_eq!(received.prune(7 * day).await, 2);
+    let mut left: Vec<String> = std::fs::read_dir(&media)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![".part-fresh", "recent.jpg"]);
 }

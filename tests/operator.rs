@@ -175,3 +175,136 @@ async fn during_a_key_rotation_both_sets_verify_and_the_log_says_which() {
         assert!(log.contains(said), "no {said:?} in {log}");
     }
 }
+
+#[tokio::test]
+async fn start_up_says_what_to_paste_and_robot_only_mode_starts() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
+    let log = gw.terminate().await;
+    assert!(
+        log.contains("set the URL to https://<this server's public address>/wecom/callback"),
+        "{log}"
+    );
+
+    // No app at all: group robots and the push API still run.
+    let config = dir.path().join("robots.yaml");
+    std::fs::write(
+        &config,
+        "bots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=robot-key-1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("robots"))
+        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
+        .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_API_BASE_URL", fake.base_url())
+        .env("WECOM_CALLBACK_API_TOKENS", "robots-token");
+    let gw = Gateway::start(&mut cmd).await;
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/notify/ops", gw.addr))
+        .bearer_auth("robots-token")
+        .json(&serde_json::json!({"subject": "disk full", "body": "on node-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    fake.wait_for_robot(1).await;
+    let log = gw.terminate().await;
+    assert!(
+        log.contains("serving group robots and the push API only"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_clear_line_naming_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve(&fake, dir.path());
+    cmd.env("WECOM_CALLBACK_PORT", &port);
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(line.contains("`port` / WECOM_CALLBACK_PORT"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_fails_on_an_agent_that_would_fail_at_its_first_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("check-config")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WECOM_CALLBACK_DATA_DIR", dir.path())
+            .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
+            .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
+            .env("WECOM_CALLBACK_AGENT_ID", "1000002")
+            .env("WECOM_CALLBACK_TOKEN", APP_A.token)
+            .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("member: [30/1m, 1000/1h]"),
+        "limits as written: {text}"
+    );
+    assert!(text.contains("nobody may talk to the agent"), "{text}");
+    let (ok, text) = run(&[
+        ("WECOM_CALLBACK_AGENT__KIND", "openai"),
+        (
+            "WECOM_CALLBACK_AGENT__BASE_URL",
+            "https://api.openai.com/v1",
+        ),
+        ("WECOM_CALLBACK_AGENT__MODEL", "gpt-4o-mini"),
+    ]);
+    assert!(
+        !ok && text.contains("agent: kind openai has no API key"),
+        "{text}"
+    );
+    let (ok, text) = run(&[
+        ("WECOM_CALLBACK_AGENT__KIND", "openai"),
+        (
+            "WECOM_CALLBACK_AGENT__BASE_URL",
+            "http://127.0.0.1:11434/v1",
+        ),
+        ("WECOM_CALLBACK_AGENT__MODEL", "qwen2.5:7b"),
+    ]);
+    assert!(ok, "a local model needs no key: {text}");
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let (ok, text) = run(&[
+        ("WECOM_CALLBACK_AGENT__KIND", "command"),
+        ("WECOM_CALLBACK_AGENT__PROGRAM", script.to_str().unwrap()),
+    ]);
+    assert!(!ok && text.contains("is not executable"), "{text}");
+    let (ok, text) = run(&[("WECOM_CALLBACK_ALLOWED_USER", "alice")]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("did you mean WECOM_CALLBACK_ALLOWED_USERS?"),
+        "a misspelt variable: {text}"
+    );
+}

@@ -506,6 +506,7 @@ async fn departments_tags_and_all_need_the_broadcast_scope_and_group_chats_take_
         json!({"toparty": "2", "text": "a"}),
         json!({"totag": ["7"], "text": "a"}),
         json!({"touser": "zhangsan|@all", "text": "a"}),
+        json!({"touser": "ww1436e0e65a779aee:@ALL", "text": "a"}),
     ] {
         let (status, answer) = api_as(&app, TOKEN, body.clone()).await;
         assert_eq!(status, 403, "{body}: {answer}");
@@ -514,6 +515,14 @@ async fn departments_tags_and_all_need_the_broadcast_scope_and_group_chats_take_
             .unwrap()
             .contains("scopes: [broadcast]"));
     }
+    // Several UserIDs in one list entry would be one message/send to all of them.
+    let one_entry = json!({"touser": ["zhangsan|@all"], "text": "a"});
+    let (status, answer) = api_as(&app, TOKEN, one_entry).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("holds several UserIDs"));
     let everyone =
         json!({"touser": "lisi", "toparty": "2|3", "totag": ["7"], "markdown": "**all hands**"});
     let (status, answer) = api_as(&app, BROADCASTER, everyone).await;

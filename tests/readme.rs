@@ -40,6 +40,7 @@ fn every_yaml_snippet_in_the_readme_loads() {
             "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt",
         ),
         ("OPENAI_API_KEY", "sk-example"),
+        ("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

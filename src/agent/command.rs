@@ -184,3 +184,25 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> (Vec<u8>
         .unwrap_or(0);
     (kept, dropped)
 }
+
+/// Whether `program` names an executable file: a path, or a name found on `PATH`.
+pub(crate) fn executable(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = std::path::Path::new(program);
+        return match std::fs::metadata(path) {
+            Err(e) => Err(format!("cannot be read: {e}")),
+            Ok(m) if !m.is_file() => Err("is not a file".into()),
+            Ok(_) if !runnable(path) => Err("is not executable (chmod +x)".into()),
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match std::env::split_paths(&path).any(|dir| runnable(&dir.join(program))) {
+        true => Ok(()),
+        false => Err("is not an executable found on PATH".into()),
+    }
+}

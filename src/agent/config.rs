@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::agent::hermes::{self, HermesConfig};
 use crate::agent::{
     AgentConfig, AgentKind, CommandAgentConfig, Events, HttpAgentConfig, OpenAiConfig,
 };
@@ -19,6 +20,35 @@ use crate::config::{boolean, num, secs, text, Check, Field, HttpUrl, List, Text,
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
 /// How long http, command and openai agents may take when `timeout_secs` is not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An agent section's keys, for suggestions when one is misspelt.
+const AGENT_KEYS: &[&str] = &[
+    "kind",
+    "delay_ms",
+    "url",
+    "timeout_secs",
+    "retries",
+    "headers",
+    "program",
+    "args",
+    "env",
+    "working_dir",
+    "base_url",
+    "model",
+    "api_key",
+    "api_key_env",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "history_turns",
+    "history_chars",
+    "vision",
+    "ack_after",
+    "ack_message",
+    "ack_recall",
+    "failure_message",
+    "events",
+];
 
 /// An agent section as given; [`validate`] reads the keys its kind uses.
 #[derive(Deserialize)]
@@ -72,7 +102,7 @@ pub(crate) fn validate(
             return inherited;
         }
     };
-    c.unknown(&format!("{prefix}."), &s.unknown);
+    c.unknown_near(&format!("{prefix}."), &s.unknown, AGENT_KEYS);
     let f = |key: &str| format!("{prefix}.{key}");
     // Read by the kinds that use it, so an echo agent's stray timeout_secs stays harmless.
     let timeout =
@@ -104,17 +134,20 @@ pub(crate) fn validate(
             env: pairs(c, &f("env"), s.env),
             working_dir: c.opt(&f("working_dir"), s.working_dir, |d| Ok(PathBuf::from(d))),
         }),
+        "hermes" => AgentKind::Hermes(HermesConfig {
+            base_url: (c.opt(&f("base_url"), s.base_url, HttpUrl::parse))
+                .map_or_else(|| hermes::DEFAULT_BASE_URL.into(), HttpUrl::base),
+            model: (c.opt(&f("model"), s.model, text)).unwrap_or_else(|| "hermes-agent".into()),
+            api_key: api_key(c, &f, s.api_key, s.api_key_env, hermes::DEFAULT_API_KEY_ENV),
+            timeout: c.get(
+                &f("timeout_secs"),
+                s.timeout_secs,
+                hermes::DEFAULT_TIMEOUT,
+                secs(1, 86_400),
+            ),
+        }),
         "openai" => {
-            let env = c.env;
-            let from_env = |var: &str| env.get(var).filter(|v| !v.is_empty()).cloned();
-            let unset = |var: &str| format!("the environment variable {var} is not set");
-            let api_key = (c.opt(&f("api_key"), s.api_key, text))
-                .or_else(|| {
-                    c.opt(&f("api_key_env"), s.api_key_env, |v| {
-                        from_env(v).ok_or_else(|| unset(v))
-                    })
-                })
-                .or_else(|| from_env(DEFAULT_API_KEY_ENV));
+            let api_key = api_key(c, &f, s.api_key, s.api_key_env, DEFAULT_API_KEY_ENV);
             let temperature = |t: &str| match t.parse() {
                 Ok(v) if (0.0..=2.0).contains(&v) => Ok(v),
                 _ => Err(format!("must be a number from 0 to 2, got {t:?}")),
@@ -124,7 +157,7 @@ pub(crate) fn validate(
                     .map(HttpUrl::base)
                     .unwrap_or_default(),
                 model: c.req(&f("model"), s.model, text).unwrap_or_default(),
-                api_key: api_key.map(SecretString::from),
+                api_key,
                 system_prompt: c.opt(&f("system_prompt"), s.system_prompt, text),
                 temperature: c.opt(&f("temperature"), s.temperature, temperature),
                 max_tokens: c.opt(&f("max_tokens"), s.max_tokens, num(1, 1_000_000)),
@@ -140,10 +173,15 @@ pub(crate) fn validate(
             })
         }
         other => {
-            let reason = format!("must be echo, http, command or openai, got {other:?}");
+            let reason = format!("must be echo, http, command, openai or hermes, got {other:?}");
             c.err(&f("kind"), reason);
             AgentKind::Echo
         }
+    };
+    // Hermes turns take minutes: a receipt after 10 s unless one is configured.
+    let ack_default = match (&kind, inherited.ack_after) {
+        (AgentKind::Hermes(_), None) => Some(hermes::DEFAULT_ACK_AFTER),
+        (_, inherited) => inherited,
     };
     // Seconds, fractional; 0 turns the receipt off.
     let ack_after = |t: &str| match t.parse::<f64>() {
@@ -154,7 +192,7 @@ pub(crate) fn validate(
     AgentConfig {
         kind,
         delay_ms: c.get(&f("delay_ms"), s.delay_ms, 0, num(0, 86_400_000)),
-        ack_after: c.get(&f("ack_after"), s.ack_after, inherited.ack_after, ack_after),
+        ack_after: c.get(&f("ack_after"), s.ack_after, ack_default, ack_after),
         ack_message: c.get(
             &f("ack_message"),
             s.ack_message,
@@ -175,6 +213,27 @@ pub(crate) fn validate(
         ),
         events: events(c, &f("events"), s.events).unwrap_or(inherited.events),
     }
+}
+
+/// An API key: `api_key` itself, else the variable `api_key_env` names, else `default_env`.
+fn api_key(
+    c: &mut Check<'_>,
+    f: &dyn Fn(&str) -> String,
+    key: Option<Text>,
+    key_env: Option<Text>,
+    default_env: &str,
+) -> Option<SecretString> {
+    let env = c.env;
+    let from_env = |var: &str| env.get(var).filter(|v| !v.is_empty()).cloned();
+    let unset = |var: &str| format!("the environment variable {var} is not set");
+    let key = (c.opt(&f("api_key"), key, text))
+        .or_else(|| {
+            c.opt(&f("api_key_env"), key_env, |v| {
+                from_env(v).ok_or_else(|| unset(v))
+            })
+        })
+        .or_else(|| from_env(default_env));
+    key.map(SecretString::from)
 }
 
 /// `all`, `none`, or event names (a list, or comma-separated text).

@@ -7,6 +7,7 @@
 pub mod command;
 pub mod config;
 pub mod echo;
+pub mod hermes;
 pub mod http;
 pub mod openai;
 
@@ -23,6 +24,7 @@ use crate::wecom::AppMessage;
 
 pub use command::CommandAgentConfig;
 pub use echo::EchoAgent;
+pub use hermes::HermesConfig;
 pub use http::HttpAgentConfig;
 pub use openai::OpenAiConfig;
 
@@ -98,6 +100,7 @@ pub enum AgentKind {
     Http(HttpAgentConfig),
     Command(CommandAgentConfig),
     Openai(OpenAiConfig),
+    Hermes(HermesConfig),
 }
 
 impl AgentConfig {
@@ -107,7 +110,30 @@ impl AgentConfig {
             AgentKind::Http(_) => "http",
             AgentKind::Command(_) => "command",
             AgentKind::Openai(_) => "openai",
+            AgentKind::Hermes(_) => "hermes",
         }
+    }
+
+    /// What would make this agent fail at its first message, found before it starts (for
+    /// `check-config`): an openai agent with no key for a model API that is not on this network,
+    /// a command whose program is not an executable file.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &self.kind {
+            AgentKind::Openai(c) if c.api_key.is_none() && !is_local(&c.base_url) => {
+                problems.push(format!(
+                    "kind openai has no API key for {}: set api_key, or api_key_env to a variable that is set (default OPENAI_API_KEY)",
+                    c.base_url
+                ))
+            }
+            AgentKind::Command(c) => {
+                if let Err(why) = command::executable(&c.program) {
+                    problems.push(format!("program {:?}: {why}", c.program));
+                }
+            }
+            _ => {}
+        }
+        problems
     }
 
     /// check-config's YAML lines for this agent (indented by `indent`), secrets hidden.
@@ -118,6 +144,7 @@ impl AgentConfig {
             AgentKind::Http(c) => lines.extend(c.shown()),
             AgentKind::Command(c) => lines.extend(c.shown()),
             AgentKind::Openai(c) => lines.extend(c.shown()),
+            AgentKind::Hermes(c) => lines.extend(c.shown()),
         }
         let ack_after = self.ack_after.map(|d| d.as_secs_f64().to_string());
         lines.push(format!(
@@ -132,6 +159,22 @@ impl AgentConfig {
             .iter()
             .map(|line| format!("{indent}{line}\n"))
             .collect()
+    }
+}
+
+/// A model API on this machine or a private network (Ollama, vLLM) may need no key.
+fn is_local(base_url: &str) -> bool {
+    let Some(host) = url::Url::parse(base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback(),
+        Err(_) => host == "localhost" || !host.contains('.') || host.ends_with(".local"),
     }
 }
 
@@ -313,5 +356,6 @@ pub fn build(
             store,
             inline_text_bytes,
         )?),
+        AgentKind::Hermes(c) => Arc::new(hermes::HermesAgent::new(c.clone(), store)?),
     })
 }

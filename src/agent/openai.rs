@@ -83,6 +83,52 @@ fn is_text(media: &MediaInfo) -> bool {
         })
 }
 
+/// One `/chat/completions` call: the answer's `choices[0].message.content`, trimmed. Shared by the
+/// openai and hermes agents; the key and headers are never logged.
+pub(crate) async fn chat_completion(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&SecretString>,
+    body: &Value,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<String, AgentError> {
+    let mut request = http.post(url).json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key.expose_secret());
+    }
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            AgentError::Timeout(timeout.as_secs())
+        } else {
+            AgentError::Failed(format!("cannot reach the model API: {}", e.without_url()))
+        }
+    })?;
+    let status = response.status();
+    let doc: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = doc["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        return Err(AgentError::Failed(format!(
+            "model API answered HTTP {}: {message}",
+            status.as_u16()
+        )));
+    }
+    let answer = doc["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or_else(|| {
+            AgentError::Failed("model API answer has no choices[0].message.content".into())
+        })?;
+    Ok(answer.trim().to_owned())
+}
+
 impl OpenAiAgent {
     pub fn new(
         config: OpenAiConfig,
@@ -197,41 +243,10 @@ impl Agent for OpenAiAgent {
         if let Some(m) = self.config.max_tokens {
             body["max_tokens"] = json!(m);
         }
-        let mut request = self
-            .http
-            .post(format!("{}/chat/completions", self.config.base_url))
-            .json(&body);
-        if let Some(key) = &self.config.api_key {
-            request = request.bearer_auth(key.expose_secret());
-        }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                AgentError::Timeout(self.config.timeout.as_secs())
-            } else {
-                AgentError::Failed(format!("cannot reach the model API: {}", e.without_url()))
-            }
-        })?;
-        let status = response.status();
-        let doc: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = doc["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect::<String>();
-            return Err(AgentError::Failed(format!(
-                "model API answered HTTP {}: {message}",
-                status.as_u16()
-            )));
-        }
-        let answer = doc["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| {
-                AgentError::Failed("model API answer has no choices[0].message.content".into())
-            })?
-            .trim()
-            .to_owned();
+        let url = format!("{}/chat/completions", self.config.base_url);
+        let key = self.config.api_key.as_ref();
+        let answer =
+            chat_completion(&self.http, &url, key, &body, &[], self.config.timeout).await?;
         if answer.is_empty() {
             return Ok(Vec::new());
         }

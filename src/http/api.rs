@@ -314,7 +314,17 @@ async fn send(
     let chatid = (req.chatid.as_deref().map(str::trim))
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
-    let broadcast = !parties.is_empty() || !tags.is_empty() || users.iter().any(|u| u == "@all");
+    if let Some(entry) = users.iter().find(|u| u.contains('|')) {
+        return Err(bad_request(format!(
+            "touser: {entry:?} holds several UserIDs: write them as a list, or as one text a|b"
+        )));
+    }
+    // `@all` in any spelling, with or without a corp, is everyone: a broadcast.
+    let everyone = |u: &String| {
+        let user = u.rsplit(':').next().unwrap_or(u);
+        user.trim().eq_ignore_ascii_case("@all")
+    };
+    let broadcast = !parties.is_empty() || !tags.is_empty() || users.iter().any(everyone);
     match (&chatid, users.is_empty() && !broadcast) {
         (Some(_), false) => {
             return Err(bad_request(

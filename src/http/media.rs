@@ -22,6 +22,15 @@ pub(super) async fn serve(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiFailure> {
     let forbidden = |why: &str| ApiFailure(HttpError::Forbidden(why.to_owned()));
+    let not_kept = "no such file: it was never received here, or the retention period deleted it";
+    // Files are named by their SHA-256: nothing else is looked up at all.
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(ApiFailure(HttpError::NotFound(not_kept.into())));
+    }
     let (Some(expires), Some(sig)) = (query.get("expires"), query.get("sig")) else {
         return Err(forbidden(
             "a media link needs its expires and sig parameters",
@@ -33,13 +42,16 @@ pub(super) async fn serve(
     let left = state.received.verify(&sha256, expires, sig).await?;
     let left = left.map_err(|e| forbidden(&e.to_string()))?;
     let Some((record, file)) = state.received.open(&sha256).await? else {
-        let why = "no such file: it was never received here, or the retention period deleted it";
-        return Err(ApiFailure(HttpError::NotFound(why.into())));
+        return Err(ApiFailure(HttpError::NotFound(not_kept.into())));
     };
+    // A content type WeCom gave that is not a valid header value is served as bytes.
+    let content_type = Some(record.content_type.as_str())
+        .filter(|t| HeaderValue::from_str(t).is_ok())
+        .unwrap_or("application/octet-stream");
     let name = record.file_name.as_deref().unwrap_or(&record.sha256);
     let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
     let headers = [
-        (header::CONTENT_TYPE, record.content_type.clone()),
+        (header::CONTENT_TYPE, content_type.to_owned()),
         (header::CONTENT_LENGTH, record.size.to_string()),
         (
             header::CONTENT_DISPOSITION,
@@ -49,13 +61,5 @@ pub(super) async fn serve(
         (header::CACHE_CONTROL, format!("private, max-age={left}")),
     ];
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let mut response = (headers, body).into_response();
-    // A content type WeCom gave that is not a valid header value is served as bytes.
-    if HeaderValue::from_str(&record.content_type).is_err() {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-    }
-    Ok(response)
+    Ok((headers, body).into_response())
 }

@@ -372,6 +372,8 @@ pub struct PostgresInbox {
     held: Mutex<HashSet<i64>>,
     /// Wakes idle workers: something was queued here, or a lane was freed here.
     wake: Notify,
+    /// Held by the worker looking for the next job (see `next`).
+    looking: tokio::sync::Mutex<()>,
     closed: AtomicBool,
 }
 
@@ -422,6 +424,7 @@ impl PostgresInbox {
             pushes,
             held: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            looking: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
         }))
     }
@@ -644,6 +647,10 @@ impl Queue for PostgresInbox {
     }
 
     async fn next(&self) -> Option<Job> {
+        // One worker of this replica looks for work at a time; the others wait their turn here.
+        // Idle, that is one query per POLL however many workers there are, and many workers
+        // never crowd the acknowledgements' writer out of the connection pool.
+        let _looking = self.looking.lock().await;
         loop {
             // Registered before looking, so a push in between is not missed.
             let woken = self.wake.notified();

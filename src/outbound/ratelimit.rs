@@ -68,7 +68,13 @@ impl Limit {
 
 impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}ms", self.count, self.window.as_millis())
+        // As it is written in the configuration: the largest unit that divides the window.
+        let ms = self.window.as_millis();
+        let (n, unit) = [(3_600_000, "h"), (60_000, "m"), (1000, "s")]
+            .into_iter()
+            .find(|(per, _)| ms > 0 && ms.is_multiple_of(*per))
+            .map_or((ms, "ms"), |(per, unit)| (ms / per, unit));
+        write!(f, "{}/{n}{unit}", self.count)
     }
 }
 
@@ -188,6 +194,13 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_print_as_they_are_written() {
+        for text in ["30/1m", "1000/1h", "5/10s", "3/500ms", "2/90s"] {
+            assert_eq!(Limit::parse(text).unwrap().to_string(), text);
+        }
+    }
 
     #[test]
     fn parses_limits() {

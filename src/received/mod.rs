@@ -219,7 +219,7 @@ impl Received {
                     .await
             })
             .await;
-        let (record, path) = match saved {
+        let (record, part) = match saved {
             Ok(saved) => saved,
             Err(Undelivered::Stopped) => return None,
             Err(Undelivered::Failed(f)) => {
@@ -230,16 +230,36 @@ impl Received {
         };
         // A store shared by replicas keeps the bytes too, so any replica can serve the file.
         let bytes = match self.store.keeps_media_bytes() {
-            true => tokio::fs::read(&path).await.ok(),
+            true => tokio::fs::read(&part).await.ok(),
             false => None,
         };
-        let url = match self.store.put_media(&record, bytes).await {
-            Ok(()) => self.link(&record.sha256).await,
+        let stored = match self.store.put_media(&record, bytes).await {
+            // The record as kept (an earlier name of the same bytes is kept): the file is named
+            // after it, so the link and the path find the same file.
+            Ok(()) => self
+                .store
+                .media(&record.sha256)
+                .await
+                .map(|r| r.unwrap_or(record.clone())),
             Err(e) => Err(e),
+        };
+        let (record, url) = match stored {
+            Ok(stored) => {
+                let url = self.link(&stored.sha256).await;
+                (stored, url.map_err(|e| e.to_string()))
+            }
+            Err(e) => (record, Err(e.to_string())),
         };
         let url = url
             .map_err(|e| tracing::warn!(error = %e, "cannot record a received file; the agent gets its path but no link"))
             .ok();
+        let path = self.dir.join(disk_name(&record));
+        if let Err(e) = tokio::fs::rename(&part, &path).await {
+            let _ = tokio::fs::remove_file(&part).await;
+            let why = format!("cannot keep the file under {}: {e}", self.dir.display());
+            tracing::warn!(app = %app.config.name, kind, error = %why, "cannot keep the member's {kind}; the agent is told (media_error)");
+            return failed(info, why);
+        }
         tracing::debug!(kind, size = record.size, "fetched the member's {kind}");
         Some(Some(Fetched {
             info: MediaInfo {
@@ -255,8 +275,9 @@ impl Received {
         }))
     }
 
-    /// Stream media/get's answer to a file named by its hash, within `max_bytes`. The name is
-    /// WeCom's (`Content-Disposition`), else the callback's.
+    /// Stream media/get's answer to a partial file (`.part-…`, renamed by the caller once the
+    /// record is kept), within `max_bytes`. The name is WeCom's (`Content-Disposition`), else the
+    /// callback's. A download cut short by a stop leaves its partial file to `prune`.
     async fn save(
         &self,
         mut response: reqwest::Response,
@@ -301,7 +322,8 @@ impl Received {
                 hash.update(&chunk);
                 file.write_all(&chunk).await.map_err(disk)?;
             }
-            file.flush().await.map_err(disk)?;
+            // On disk before it is named: a crash never leaves a short file under a hash name.
+            file.sync_all().await.map_err(disk)?;
             Ok((hex::encode(hash.finalize()), size))
         }
         .await;
@@ -319,12 +341,7 @@ impl Received {
             size,
             file_name,
         };
-        let path = self.dir.join(disk_name(&record));
-        if let Err(e) = tokio::fs::rename(&part, &path).await {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(disk(e));
-        }
-        Ok((record, path))
+        Ok((record, part))
     }
 
     /// A received file's record and bytes, for the link that names it: from this replica's disk,
@@ -338,14 +355,29 @@ impl Received {
         };
         let path = self.dir.join(disk_name(&record));
         if let Ok(file) = tokio::fs::File::open(&path).await {
-            return Ok(Some((record, file)));
+            // Only whole: the size is what the answer promises.
+            if file.metadata().await.is_ok_and(|m| m.len() == record.size) {
+                return Ok(Some((record, file)));
+            }
         }
         let Some(bytes) = self.store.media_bytes(sha256).await? else {
             return Ok(None);
         };
+        if bytes.len() as u64 != record.size {
+            return Err(InboxError::Storage(format!(
+                "received file {sha256} has {} bytes in the store, not {}",
+                bytes.len(),
+                record.size
+            )));
+        }
+        // Written aside and renamed, so a concurrent request never reads a half-written file.
+        let part = self
+            .dir
+            .join(format!(".part-{}", hex::encode(rand::random::<[u8; 8]>())));
         let stored = async {
             tokio::fs::create_dir_all(&self.dir).await?;
-            tokio::fs::write(&path, &bytes).await?;
+            tokio::fs::write(&part, &bytes).await?;
+            tokio::fs::rename(&part, &path).await?;
             tokio::fs::File::open(&path).await
         };
         let file = stored.await.map_err(|e| {
@@ -353,8 +385,11 @@ impl Received {
                 "cannot keep a received file under {}: {e}",
                 self.dir.display()
             ))
-        })?;
-        Ok(Some((record, file)))
+        });
+        if file.is_err() {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        Ok(Some((record, file?)))
     }
 
     /// Delete files older than `max_age` (the inbox retention), and partial downloads a crash

@@ -31,8 +31,8 @@ pub const NEWS_MAX_ARTICLES: usize = 8;
 /// Who an app message goes to: one member (the usual case, within that member's rate window),
 /// several at once by UserID, department or tag (`@all` for everyone in the app's visible range),
 /// or a group chat the app created (`appchat/send`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+/// (Stored as a delivery's `Target`, not as itself.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Recipients {
     Member(String),
     /// `|`-separated lists, as WeCom takes them; empty when not used.

@@ -317,6 +317,20 @@ async fn media_get(
     let name = name.unwrap_or_else(|| format!("{id}.bin"));
     let name = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
     let disposition = format!("attachment; filename=\"{name}\"");
+    if id.starts_with("stream-") {
+        // Chunked, with no Content-Length: the size is known only once it has all arrived.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            bytes.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+        return (
+            [
+                (axum::http::header::CONTENT_TYPE, content_type),
+                (axum::http::header::CONTENT_DISPOSITION, disposition),
+            ],
+            body,
+        )
+            .into_response();
+    }
     (
         [
             (axum::http::header::CONTENT_TYPE, content_type),

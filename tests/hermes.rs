@@ -1,0 +1,206 @@
+//! A Hermes user switching over: the `.env` and `config.yaml` Hermes's wecom_callback used start
+//! the real binary unchanged, and the hermes agent talks to Hermes's API server (a local stand-in
+//! here) with one message per call and a session per WeCom member.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use support::process::*;
+use support::*;
+use tokio::process::Command;
+use wecom_gateway::config::{AgentConfig, AgentKind, HermesConfig};
+
+type Calls = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+
+/// Hermes's API server, as far as the gateway uses it: `/v1/chat/completions`.
+async fn hermes_stand_in() -> (String, Calls) {
+    let calls: Calls = Arc::default();
+    let seen = calls.clone();
+    let router = Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: HeaderMap, Json(body): Json<Value>| async move {
+            let n = {
+                let mut calls = seen.lock().unwrap();
+                calls.push((headers, body.clone()));
+                calls.len()
+            };
+            let text = body["messages"][0]["content"].as_str().unwrap_or("").to_owned();
+            Json(json!({"choices": [{"message": {"role": "assistant", "content": format!("hermes {n}: {text}")}}]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}/v1"), calls)
+}
+
+fn session_of(call: &(HeaderMap, Value)) -> String {
+    call.0["x-hermes-session-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member() {
+    let fake = FakeWecom::start().await;
+    let (url, calls) = hermes_stand_in().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.allowlist.allow_all = true;
+    cfg.agent = AgentConfig {
+        kind: AgentKind::Hermes(HermesConfig {
+            base_url: url,
+            model: "hermes-agent".into(),
+            api_key: Some(SecretString::from("hermes-key")),
+            timeout: Duration::from_secs(10),
+        }),
+        ..AgentConfig::default()
+    };
+    let gw = TestApp::spawn(cfg).await;
+    let turns = [
+        ("zhangsan", "first"),
+        ("zhangsan", "second"),
+        ("lisi", "hello"),
+        ("zhangsan", "/reset"),
+        ("zhangsan", "again"),
+    ];
+    for (n, (user, text)) in turns.iter().enumerate() {
+        gw.send_text(&APP_A, user, text, n as u64 + 1).await;
+        fake.wait_for_sends(n + 1).await;
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 4, "/reset is answered by the gateway");
+    for (headers, body) in &calls {
+        assert_eq!(
+            body["messages"].as_array().unwrap().len(),
+            1,
+            "only the new message: {body}"
+        );
+        assert_eq!(headers["authorization"], "Bearer hermes-key");
+    }
+    let sessions: Vec<String> = calls.iter().map(session_of).collect();
+    assert_eq!(sessions[0], sessions[1], "one member, one session");
+    assert_ne!(sessions[0], sessions[2], "another member, another session");
+    assert_ne!(sessions[3], sessions[0], "/reset starts a new session");
+    assert!(
+        sessions.iter().all(|s| s.starts_with("wecom-")),
+        "{sessions:?}"
+    );
+    let replies: Vec<String> = fake
+        .sends()
+        .iter()
+        .map(|s| s.content().to_owned())
+        .collect();
+    assert_eq!(replies[1], "hermes 2: second");
+    assert!(replies[3].contains("Conversation cleared"), "{replies:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_hermes_env_file_and_config_start_the_binary_unchanged() {
+    let fake = FakeWecom::start().await;
+    let (url, calls) = hermes_stand_in().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Hermes's layout: the platform's keys under platforms.wecom_callback.extra.
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "platforms:\n  wecom_callback:\n    enabled: true\n    extra:\n      name: hermes-wecom\n      host: 127.0.0.1\n      port: 8645\nagent:\n  kind: hermes\n  base_url: {url}\n"
+        ),
+    )
+    .unwrap();
+    // The .env the Hermes page says to write, secrets included.
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# Hermes\nWECOM_CALLBACK_CORP_ID={}\nWECOM_CALLBACK_CORP_SECRET={}\nWECOM_CALLBACK_AGENT_ID={}\nWECOM_CALLBACK_TOKEN={}\nWECOM_CALLBACK_ENCODING_AES_KEY={}\nWECOM_CALLBACK_ALLOWED_USERS=*\nWECOM_CALLBACK_PORT=8645\nAPI_SERVER_KEY=key-from-dotenv\nWECOM_CALLBACK_API_BASE_URL={}\n",
+            APP_A.corp_id, APP_A.secret, APP_A.agent_id, APP_A.token, APP_A.aes_key, fake.base_url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config", "config.yaml"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("data"))
+        // The environment beats .env (which says 8645).
+        .env("WECOM_CALLBACK_PORT", "0");
+    let gw = Gateway::start(&mut cmd).await;
+    // `*`: anyone may talk to the agent.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("anyone", "hi hermes", 1));
+    let status = reqwest::Client::new()
+        .post(gw.callback_url(&q))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let sends = fake.wait_for_sends(1).await;
+    assert_eq!(sends[0].content(), "hermes 1: hi hermes");
+    let call = calls.lock().unwrap()[0].clone();
+    assert_eq!(
+        call.0["authorization"], "Bearer key-from-dotenv",
+        "api_key_env found in .env"
+    );
+    let log = gw.terminate().await;
+    assert!(log.contains("hermes-wecom"), "the app's extra.name: {log}");
+    assert!(log.contains("read variables from .env"), "{log}");
+    assert!(
+        !log.contains("key-from-dotenv") && !log.contains(APP_A.secret),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn env_file_is_read_and_a_bad_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = format!(
+        "WECOM_CALLBACK_CORP_ID={}\nWECOM_CALLBACK_CORP_SECRET=s3cret-value\nWECOM_CALLBACK_AGENT_ID=7\nWECOM_CALLBACK_TOKEN=tok\nWECOM_CALLBACK_ENCODING_AES_KEY={}\nGATEWAY_ALLOWED_USERS=alice,bob\n",
+        APP_A.corp_id, APP_A.aes_key
+    );
+    std::fs::write(dir.path().join("prod.env"), vars).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--env-file", "prod.env", "check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("agent_id: 7"), "{stdout}");
+    assert!(
+        stdout.contains("allowed_users: [\"alice\", \"bob\"]"),
+        "GATEWAY_ALLOWED_USERS: {stdout}"
+    );
+    assert!(!stdout.contains("s3cret-value"), "{stdout}");
+
+    std::fs::write(
+        dir.path().join(".env"),
+        "GOOD=1\nthis line has no equals sign\n",
+    )
+    .unwrap();
+    let out = run(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(".env, line 2: expected KEY=VALUE"),
+        "{stderr}"
+    );
+    let out = run(&["--env-file", "missing.env", "check-config"]);
+    assert!(!out.status.success(), "an --env-file named must exist");
+}

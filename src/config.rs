@@ -29,6 +29,7 @@ use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
 pub use crate::http::api::ApiToken;
 pub use crate::inbox::{PostgresUrl, StoreKind};
+use crate::logging::LogFormat;
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
 
@@ -75,6 +76,9 @@ impl Default for MediaConfig {
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// Where `/metrics` is served (Prometheus text); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
     pub path: String,
     pub apps: Vec<AppConfig>,
     pub allowlist: Allowlist,
@@ -195,6 +199,12 @@ impl Config {
             ""
         };
         let _ = writeln!(out, "host: {}\nport: {}\npath: {}", c.host, c.port, c.path);
+        let metrics = c
+            .metrics_listen
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let _ = writeln!(out, "metrics_listen: {metrics}");
+        let format = format!("{:?}", c.log_format).to_ascii_lowercase();
+        let _ = writeln!(out, "log_format: {format}");
         let _ = writeln!(out, "api_base_url: {}", c.api_base_url);
         let _ = writeln!(out, "allow_all_users: {}", c.allowlist.allow_all);
         let _ = writeln!(out, "allowed_users: {:?}", c.allowlist.users);
@@ -373,40 +383,14 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// The top-level keys, for suggestions when one is misspelt.
+#[rustfmt::skip]
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "path",
-    "name",
-    "corp_id",
-    "corp_secret",
-    "agent_id",
-    "token",
-    "encoding_aes_key",
-    "previous_token",
-    "previous_encoding_aes_key",
-    "allowed_users",
-    "allow_all_users",
-    "api_base_url",
-    "apps",
-    "workers",
-    "queue_capacity",
-    "max_body_bytes",
-    "shutdown_grace_secs",
-    "replay_window",
-    "http_timeout_secs",
-    "store",
-    "data_dir",
-    "retention_days",
-    "max_store_mb",
-    "lease_secs",
-    "agent",
-    "bots",
-    "api",
-    "api_tokens",
-    "limits",
-    "retry",
-    "media",
+    "host", "port", "path", "metrics_listen", "log_format", "name", "corp_id", "corp_secret",
+    "agent_id", "token", "encoding_aes_key", "previous_token", "previous_encoding_aes_key",
+    "allowed_users", "allow_all_users", "api_base_url", "apps", "workers", "queue_capacity",
+    "max_body_bytes", "shutdown_grace_secs", "replay_window", "http_timeout_secs", "store",
+    "data_dir", "retention_days", "max_store_mb", "lease_secs", "agent", "bots", "api",
+    "api_tokens", "limits", "retry", "media",
 ];
 
 #[derive(Deserialize)]
@@ -414,6 +398,8 @@ struct Settings {
     host: Option<Text>,
     port: Option<Text>,
     path: Option<Text>,
+    metrics_listen: Option<Text>,
+    log_format: Option<Text>,
     #[serde(flatten)]
     single_app: AppKeys,
     /// The single app's name (Hermes's `extra.name`); `default` when not given.
@@ -838,6 +824,25 @@ impl Settings {
         let config = Config {
             host: c.get("host", s.host, IpAddr::from([0, 0, 0, 0]), ip),
             port: c.get("port", s.port, 8645, num(0, u16::MAX)),
+            // LOG_FORMAT too, as other tools spell it.
+            log_format: match s.log_format {
+                Some(v) => c.get("log_format", Some(v), Default::default(), LogFormat::parse),
+                None => {
+                    let var = c.env.get("LOG_FORMAT").map(|v| Text(Ok(v.clone())));
+                    c.get("LOG_FORMAT", var, Default::default(), LogFormat::parse)
+                }
+            },
+            metrics_listen: c.get(
+                "metrics_listen",
+                s.metrics_listen,
+                Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9645))),
+                |t| match t.to_ascii_lowercase().as_str() {
+                    "off" | "none" | "false" => Ok(None),
+                    _ => t.parse().map(Some).map_err(|_| {
+                        format!("must be ADDRESS:PORT such as 127.0.0.1:9645 or 0.0.0.0:9645, or off, got {t:?}")
+                    }),
+                },
+            ),
             path: c.get("path", s.path, "/wecom/callback".into(), callback_path),
             apps,
             allowlist: allowlist(c, s.allowed_users, s.allow_all_users),

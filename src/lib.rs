@@ -12,7 +12,9 @@ pub mod crypto;
 pub mod dotenv;
 pub mod http;
 pub mod inbox;
+pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod outbound;
 pub mod received;
 pub mod shared;
@@ -78,6 +80,8 @@ pub struct Application {
     worker: Worker,
     outbound: Arc<Outbound>,
     dispatcher: Arc<Dispatcher>,
+    /// Where `/metrics` is served, if on.
+    metrics: Option<TcpListener>,
     /// With a PostgreSQL store, the lock on this replica's own data_dir (SQLite's store holds
     /// its own): one process per directory, whichever store.
     data_dir_lock: Option<std::fs::File>,
@@ -146,6 +150,14 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                StartupError::App(format!(
+                    "cannot listen for /metrics on {addr}: {e} (set metrics_listen / WECOM_CALLBACK_METRICS_LISTEN to another address, or off)"
+                ))
+            })?),
+        };
         let mut outbound = Outbound::new(
             client,
             config.retry,
@@ -216,6 +228,7 @@ impl Application {
             worker,
             outbound,
             dispatcher,
+            metrics,
             data_dir_lock,
         })
     }
@@ -240,6 +253,7 @@ impl Application {
             worker,
             outbound,
             dispatcher,
+            metrics,
             // Held until the gateway has stopped.
             data_dir_lock: _data_dir_lock,
         } = self;
@@ -284,6 +298,23 @@ impl Application {
                         Ok(n) => tracing::info!(deliveries = n, "taking over deliveries another replica left"),
                         Err(e) => tracing::warn!(error = %e, "cannot look for deliveries other replicas left"),
                     }
+                }
+            });
+        }
+        if let Some(listener) = metrics {
+            let addr = listener.local_addr().map_err(StartupError::Serve)?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            let scraped = inbox.clone();
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let inbox = scraped.clone();
+                    async move { scrape(&*inbox) }
+                }),
+            );
+            background.spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
                 }
             });
         }
@@ -380,6 +411,22 @@ fn default_public_url(addr: SocketAddr) -> String {
         std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
     };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// `/metrics`: the registry, with the inbox gauges read now.
+fn scrape(inbox: &dyn Inbox) -> String {
+    let in_progress = worker::IN_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
+    let help = "Messages being handled by this process's workers.";
+    metrics::gauge(
+        "wecom_gateway_inbox_in_progress",
+        help,
+        &[],
+        in_progress as f64,
+    );
+    let waiting = inbox.len().saturating_sub(in_progress);
+    let help = "Messages waiting in this process's window (with SQLite, more may wait on disk).";
+    metrics::gauge("wecom_gateway_inbox_waiting", help, &[], waiting as f64);
+    metrics::render()
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (docker stop).

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
 use wecom_gateway::config::{Config, Loaded, StoreKind};
 use wecom_gateway::inbox::postgres;
+use wecom_gateway::logging::LogFormat;
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
@@ -85,26 +86,40 @@ fn read_env_files(explicit: Option<&std::path::Path>) -> anyhow::Result<Vec<Stri
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env_files = read_env_files(cli.env_file.as_deref());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = &env_files {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(1);
-    }
-    if let Ok(set) = &env_files {
-        if !set.is_empty() {
-            tracing::info!(variables = ?set, "read variables from .env (the environment's own values win)");
+    let env_files = match read_env_files(cli.env_file.as_deref()) {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
         }
+    };
+    // `serve` logs as its configuration says (log_format); the other commands as the environment says.
+    let config = match &cli.command {
+        Command::Serve { config } => match load(config.clone()) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
+    let format = match &config {
+        Some((c, _)) => Ok(c.log_format),
+        None => LogFormat::from_env(),
+    };
+    wecom_gateway::logging::init(format.clone().unwrap_or_default());
+    if let Err(e) = format {
+        tracing::warn!("log format: {e}; logging as text");
+    }
+    if !env_files.is_empty() {
+        tracing::info!(variables = ?env_files, "read variables from .env (the environment's own values win)");
     }
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { .. } => match config {
+            Some(loaded) => serve(loaded),
+            None => Ok(()),
+        },
         Command::CheckConfig { config } => check_config(config),
         Command::Health { url } => health(url),
         Command::Bot {
@@ -120,8 +135,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, loaded) = load(path)?;
+fn serve((config, loaded): (Config, Loaded)) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }

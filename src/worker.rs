@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, Events, Turn};
+use crate::agent::{Agent, AgentError, Events, Turn};
 use crate::app::{App, Apps};
 use crate::config::AgentConfig;
 use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
@@ -56,6 +56,9 @@ impl Agents {
     }
 }
 
+/// Jobs being handled by this process's workers, for `/metrics`.
+pub static IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[derive(Clone)]
 pub struct Worker {
     pub inbox: Arc<dyn Inbox>,
@@ -72,6 +75,7 @@ impl Worker {
     /// message, its user's lane is freed, and this worker takes the next job.
     pub async fn run(self) {
         while let Some(job) = self.inbox.next().await {
+            IN_PROGRESS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let worker = self.clone();
             let task_job = job.clone();
             let mut task = AbortOnDrop(tokio::spawn(async move { worker.handle(&task_job).await }));
@@ -85,6 +89,7 @@ impl Worker {
                 Err(_) => Outcome::Interrupted,
             };
             self.inbox.finish(&job, outcome).await;
+            IN_PROGRESS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -300,7 +305,27 @@ impl Worker {
                 message: msg,
                 media: media.as_ref(),
             };
-            Some(handle.agent.reply(turn).await)
+            let started = std::time::Instant::now();
+            let answer = handle.agent.reply(turn).await;
+            let agent = handle.agent.name();
+            crate::metrics::observe(
+                "wecom_gateway_agent_seconds",
+                "How long agents took to answer.",
+                &[("agent", agent)],
+                started.elapsed(),
+            );
+            if let Err(e) = &answer {
+                let kind = match e {
+                    AgentError::Timeout(_) => "timeout",
+                    AgentError::Failed(_) => "failed",
+                };
+                crate::metrics::count(
+                    "wecom_gateway_agent_failures_total",
+                    "Agent turns that failed, by kind.",
+                    &[("agent", agent), ("kind", kind)],
+                );
+            }
+            Some(answer)
         };
         tokio::pin!(answer);
         let result = match handle.ack_after.filter(|_| receipt.is_none()) {

@@ -352,3 +352,43 @@ async fn a_full_disk_refuses_new_callbacks_and_everything_resumes_when_space_ret
     assert_each_answered_once(&fake, accepted).await;
     gw.kill9().await;
 }
+
+#[tokio::test]
+async fn ready_turns_503_while_the_data_dir_takes_no_writes_and_health_stays_ok() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!(
+            "skipped: ready_turns_503_while_the_data_dir_takes_no_writes: it mounts a small tmpfs, which needs root"
+        );
+        return;
+    };
+    let fake = FakeWecom::start().await;
+    let gw = Gateway::start(&mut serve(&fake, disk.path(), &[])).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{}{path}", gw.addr)).send();
+    let ready = get("/ready").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["checks"][0],
+        serde_json::json!({"name": "store", "ok": true, "error": null})
+    );
+    // The data directory stops taking writes: here because its disk is full (a read-only
+    // remount is refused while the store has its files open, so fullness stands in for it).
+    let filler = disk.path().join("filler");
+    fill(&filler);
+    let ready = get("/ready").await.unwrap();
+    assert_eq!(ready.status(), 503, "the store cannot write");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not ready");
+    assert_eq!(body["checks"][0]["ok"], false);
+    let health = get("/health").await.unwrap();
+    assert_eq!(health.status(), 200, "liveness is not readiness");
+    assert_eq!(health.text().await.unwrap(), r#"{"status":"ok"}"#);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        get("/ready").await.unwrap().status(),
+        200,
+        "ready again, no restart"
+    );
+    gw.terminate().await;
+}

@@ -130,7 +130,8 @@ async fn a_hermes_env_file_and_config_start_the_binary_unchanged() {
         .env("RUST_LOG", "info")
         .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("data"))
         // The environment beats .env (which says 8645).
-        .env("WECOM_CALLBACK_PORT", "0");
+        .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_METRICS_LISTEN", "off");
     let gw = Gateway::start(&mut cmd).await;
     // `*`: anyone may talk to the agent.
     let (q, body) = APP_A.callback(&APP_A.text_xml("anyone", "hi hermes", 1));

@@ -203,6 +203,7 @@ async fn start_up_says_what_to_paste_and_robot_only_mode_starts() {
         .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("robots"))
         .env("WECOM_CALLBACK_HOST", "127.0.0.1")
         .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_METRICS_LISTEN", "off")
         .env("WECOM_CALLBACK_API_BASE_URL", fake.base_url())
         .env("WECOM_CALLBACK_API_TOKENS", "robots-token");
     let gw = Gateway::start(&mut cmd).await;
@@ -307,4 +308,127 @@ async fn check_config_fails_on_an_agent_that_would_fail_at_its_first_message() {
         text.contains("did you mean WECOM_CALLBACK_ALLOWED_USERS?"),
         "a misspelt variable: {text}"
     );
+}
+
+#[tokio::test]
+async fn metrics_count_every_callback_result_and_ready_reports_token_trouble_as_a_warning() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
+    gw.wait_for_log(&["metrics on http://"]).await;
+    let log = gw.log();
+    let metrics_url = log
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let http = reqwest::Client::new();
+    // ok, then the same callback again (duplicate), and one from a member not on the allowlist.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "counted", 1));
+    assert_eq!(post(&gw, &q, body.clone()).await, 200);
+    assert_eq!(post(&gw, &q, body).await, 200);
+    let (q, body) = APP_A.callback(&APP_A.text_xml("stranger", "hi", 2));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    // A signature that matches nothing; a signed ciphertext that does not decrypt; no query.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "x", 3));
+    let forged = q.replacen("msg_signature=", "msg_signature=0", 1);
+    assert_eq!(post(&gw, &forged, body.clone()).await, 403);
+    let ts = now_secs().to_string();
+    let garbage = "bm90IGEgY2lwaGVydGV4dA==";
+    let sig = APP_A.crypt().sign(&ts, "n", garbage);
+    let envelope = format!("<xml><ToUserName><![CDATA[{}]]></ToUserName><Encrypt><![CDATA[{garbage}]]></Encrypt></xml>", APP_A.corp_id);
+    let q = format!("msg_signature={sig}&timestamp={ts}&nonce=n");
+    assert_eq!(post(&gw, &q, envelope).await, 400);
+    assert_eq!(post(&gw, "", body).await, 400);
+    // Over max_body_bytes; and a callback signed an hour ago.
+    let huge = "x".repeat(70_000);
+    assert_eq!(post(&gw, "a=b", huge).await, 413);
+    let old = (now_secs() - 3600).to_string();
+    let e = APP_A
+        .crypt()
+        .encrypt_msg(&APP_A.text_xml("zhangsan", "old", 4), &old, "n", [4; 16]);
+    let q = format!("msg_signature={}&timestamp={old}&nonce=n", e.msg_signature);
+    let replayed = e.to_callback_xml(APP_A.corp_id, "1000002");
+    assert_eq!(post(&gw, &q, replayed).await, 403);
+    fake.wait_for_sends(1).await;
+
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in [
+        "ok",
+        "duplicate",
+        "denied",
+        "bad_signature",
+        "decrypt_error",
+        "malformed",
+        "too_large",
+        "replayed",
+    ] {
+        let line = format!("wecom_gateway_callbacks_total{{result=\"{result}\"}} 1\n");
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    for present in [
+        "# TYPE wecom_gateway_ack_seconds histogram",
+        "wecom_gateway_wecom_calls_total{call=\"message_send\",errcode=\"0\"} 1",
+        "wecom_gateway_token_fetches_total{app=\"default\",result=\"ok\"} 1",
+        "wecom_gateway_agent_seconds_count{agent=\"echo\"} 1",
+        "wecom_gateway_inbox_in_progress 0",
+    ] {
+        assert!(text.contains(present), "no {present:?} in:\n{text}");
+    }
+
+    // WeCom refusing the secret is a warning in /ready, never a reason to leave the balancer.
+    gw.terminate().await;
+    let mut cmd = serve(&fake, dir.path());
+    cmd.env("WECOM_CALLBACK_CORP_SECRET", "wrong-secret");
+    let gw = Gateway::start(&mut cmd).await;
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "no token", 5));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    gw.wait_for_log(&["40001"]).await;
+    let ready = http
+        .get(format!("http://{}/ready", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let warnings = body["warnings"].to_string();
+    assert!(warnings.contains("cannot get an access token"), "{body}");
+    assert!(!warnings.contains("wrong-secret"), "{body}");
+    gw.terminate().await;
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_same_fields_one_object_per_line() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for var in ["WECOM_CALLBACK_LOG_FORMAT", "LOG_FORMAT"] {
+        let mut cmd = serve(&fake, dir.path());
+        cmd.env(var, "json").env("RUST_LOG", "info");
+        let gw = Gateway::start(&mut cmd).await;
+        let log = gw.terminate().await;
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{var}: {e}: {l}")))
+            .collect();
+        let listening = lines
+            .iter()
+            .find(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("listening on"))
+            })
+            .expect("the listening line");
+        assert_eq!(listening["level"], "INFO");
+        assert_eq!(listening["workers"], 64, "fields as fields: {listening}");
+        assert!(listening["local_addr"].is_string(), "{listening}");
+    }
 }

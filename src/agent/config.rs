@@ -22,32 +22,12 @@ pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An agent section's keys, for suggestions when one is misspelt.
+#[rustfmt::skip]
 const AGENT_KEYS: &[&str] = &[
-    "kind",
-    "delay_ms",
-    "url",
-    "timeout_secs",
-    "retries",
-    "headers",
-    "program",
-    "args",
-    "env",
-    "working_dir",
-    "base_url",
-    "model",
-    "api_key",
-    "api_key_env",
-    "system_prompt",
-    "temperature",
-    "max_tokens",
-    "history_turns",
-    "history_chars",
-    "vision",
-    "ack_after",
-    "ack_message",
-    "ack_recall",
-    "failure_message",
-    "events",
+    "kind", "delay_ms", "url", "timeout_secs", "retries", "headers", "program", "args", "env",
+    "working_dir", "base_url", "model", "api_key", "api_key_env", "system_prompt", "temperature",
+    "max_tokens", "history_turns", "history_chars", "vision", "ack_after", "ack_message",
+    "ack_recall", "failure_message", "events",
 ];
 
 /// An agent section as given; [`validate`] reads the keys its kind uses.

@@ -35,6 +35,30 @@ fn bad(check: &'static str, reason: impl Into<String>) -> Reject {
     }
 }
 
+impl Reject {
+    /// The `result` label of `wecom_gateway_callbacks_total` for this refusal.
+    fn result(&self) -> &'static str {
+        match self.check {
+            "signature" => "bad_signature",
+            "decrypt" | "corp_id" => "decrypt_error",
+            "replay" => "replayed",
+            "inbox" => "store_error",
+            _ => "malformed",
+        }
+    }
+}
+
+const CALLBACKS: &str = "wecom_gateway_callbacks_total";
+const CALLBACKS_HELP: &str = "Message callbacks (POST) by result: ok, duplicate, denied (not on the allowlist), bad_signature, decrypt_error, malformed, too_large, replayed, store_error.";
+
+/// Counts callbacks the body limit refused before any handler ran.
+pub async fn count_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::metrics::count(CALLBACKS, CALLBACKS_HELP, &[("result", "too_large")]);
+    }
+    response
+}
+
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
         self.error.log("callback", self.check);
@@ -182,13 +206,30 @@ pub async fn receive(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    match accept(&state, raw.as_deref(), &body).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(r) => r.into_response(),
-    }
+    let started = std::time::Instant::now();
+    let (response, result) = match accept(&state, raw.as_deref(), &body).await {
+        Ok(result) => (StatusCode::OK.into_response(), result),
+        Err(r) => {
+            let result = r.result();
+            (r.into_response(), result)
+        }
+    };
+    crate::metrics::count(CALLBACKS, CALLBACKS_HELP, &[("result", result)]);
+    crate::metrics::observe(
+        "wecom_gateway_ack_seconds",
+        "Time from a callback's arrival to its answer.",
+        &[],
+        started.elapsed(),
+    );
+    response
 }
 
-async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Result<(), Reject> {
+/// Queue the callback; `ok`, `duplicate` or `denied` (acknowledged, not for the agent).
+async fn accept(
+    state: &AppState,
+    raw_query: Option<&str>,
+    body: &[u8],
+) -> Result<&'static str, Reject> {
     let signed = signed_query(raw_query)?;
     let body = std::str::from_utf8(body).map_err(|_| bad("body", "body is not UTF-8"))?;
     let envelope = Envelope::parse(body)
@@ -215,7 +256,7 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
     if !state.allowlist.allows(corp_id, user_id) {
         tracing::warn!(app = %app.config.name, user = ?user_key, msg_type = ?message.msg_type,
             "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
-        return Ok(());
+        return Ok("denied");
     }
     let job = NewJob {
         app: app.config.name.clone(),
@@ -232,12 +273,13 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
     })? {
         Pushed::Queued => {
             tracing::debug!(app = %app.config.name, user = ?user_key, "callback queued");
+            Ok("ok")
         }
         Pushed::Duplicate => {
             tracing::info!(app = %app.config.name, user = ?user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
+            Ok("duplicate")
         }
     }
-    Ok(())
 }
 
 /// Envelope AgentIDs seen that are not the AgentId of the app whose token and key opened the

@@ -54,8 +54,10 @@ pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Ro
             get(callback::verify_url).post(callback::receive),
         )
         .layer(limit())
+        .layer(middleware::map_response(callback::count_too_large))
         .layer(middleware::map_response(error::empty_errors))
         .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .route(
             "/api/v1/media/{sha256}",
             get(media::serve).layer(middleware::map_response(error::json_errors)),

@@ -297,6 +297,10 @@ pub trait Queue: Send + Sync + 'static {
     fn close(&self);
     /// Messages in memory: waiting in the window or in progress.
     fn len(&self) -> usize;
+    /// Whether the store takes writes now (for `/ready`): a durable backend writes something.
+    async fn ready(&self) -> Result<(), InboxError> {
+        Ok(())
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -752,6 +752,12 @@ impl Queue for PostgresInbox {
     fn len(&self) -> usize {
         self.held().len()
     }
+
+    async fn ready(&self) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client.execute("SELECT 1", &[]).await.map_err(pg_error)?;
+        Ok(())
+    }
 }
 
 #[async_trait]

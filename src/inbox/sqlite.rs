@@ -807,6 +807,17 @@ impl Queue for SqliteInbox {
     fn len(&self) -> usize {
         self.window.waiting() + self.window.in_progress()
     }
+
+    async fn ready(&self) -> Result<(), InboxError> {
+        // A real write, committed: a read-only or full disk fails it.
+        self.db
+            .write(|c| {
+                c.prepare_cached("INSERT OR REPLACE INTO keys (name, value) VALUES ('ready', ?1)")?
+                    .execute([now_ms().to_le_bytes().to_vec()])?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[async_trait]

@@ -97,7 +97,18 @@ impl WecomClient {
             ("corpid", app.config.corp_id.as_str()),
             ("corpsecret", app.config.corp_secret()),
         ]);
-        let body = read(Call::GetToken, request.send().await).await?;
+        let body = read(Call::GetToken, request.send().await).await;
+        let result = if body.is_ok() { "ok" } else { "error" };
+        crate::metrics::count(
+            "wecom_gateway_token_fetches_total",
+            "Access tokens fetched with gettoken, per app.",
+            &[("app", &app.config.name), ("result", result)],
+        );
+        if let Err(e) = &body {
+            app.tokens.set_problem(Some(e.to_string()));
+        }
+        let body = body?;
+        app.tokens.set_problem(None);
         let token = body
             .rest
             .get("access_token")

@@ -50,6 +50,9 @@ pub struct TokenCache {
     shared: Option<(Arc<dyn SharedTokens>, String)>,
     /// The token last rejected, so the shared store replaces it rather than handing it back.
     stale: std::sync::Mutex<Option<String>>,
+    /// Why the last gettoken failed, until one succeeds (for `/ready`'s warnings). No secrets:
+    /// `ApiError`'s text never carries one.
+    problem: std::sync::Mutex<Option<String>>,
 }
 
 impl TokenCache {
@@ -63,6 +66,18 @@ impl TokenCache {
 }
 
 impl TokenCache {
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Why the last gettoken failed, if the last one did.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The cached token, or a new one from `fetch` (which yields the token and its `expires_in`).
     pub async fn get<F, Fut>(&self, fetch: F) -> Result<AccessToken, ApiError>
     where

@@ -780,6 +780,8 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         queue_capacity: 1024,
         max_body_bytes: 64 * 1024,
         shutdown_grace_secs: 5,
+        metrics_listen: None,
+        log_format: Default::default(),
         replay_window: Duration::from_secs(300),
         http_timeout_secs: 5,
         store: StoreKind::Sqlite,

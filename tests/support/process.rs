@@ -19,6 +19,7 @@ pub fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::
         .env("WECOM_CALLBACK_DATA_DIR", data_dir)
         .env("WECOM_CALLBACK_HOST", "127.0.0.1")
         .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_METRICS_LISTEN", "127.0.0.1:0")
         .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
         .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
         .env("WECOM_CALLBACK_AGENT_ID", APP_A.agent_id.to_string())
@@ -58,7 +59,9 @@ impl Gateway {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                        // Text logs end the address at a space, JSON logs at the closing quote.
+                        let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next();
+                        let _ = tx.send(addr.unwrap_or("").to_owned());
                     }
                 }
                 sink.lock().unwrap().push(line);

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod received;
 pub mod shared;
+pub mod simulate;
 pub mod wecom;
 pub mod worker;
 mod xml;
@@ -231,6 +232,11 @@ impl Application {
             metrics,
             data_dir_lock,
         })
+    }
+
+    /// The store (for embedding, and the simulator, which waits until it is empty).
+    pub fn inbox(&self) -> Arc<dyn Inbox> {
+        self.inbox.clone()
     }
 
     /// The address actually bound (the real port when the config asked for port 0).

@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
 use wecom_gateway::config::{Config, Loaded, StoreKind};
-use wecom_gateway::inbox::postgres;
+use wecom_gateway::inbox::{postgres, FailedId, Inbox, PostgresInbox, SqliteInbox};
 use wecom_gateway::logging::LogFormat;
+use wecom_gateway::simulate::{self, Simulation};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
@@ -45,6 +46,55 @@ enum Command {
     Bot {
         #[command(subcommand)]
         command: BotCommand,
+    },
+    /// Play a member: send TEXT as a signed, encrypted callback to the gateway run in this process
+    /// (memory store, a stand-in for WeCom's API: nothing reaches real members) and print each
+    /// message that would go to WeCom, as JSON. With --url, send it to a running gateway instead.
+    Simulate {
+        /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG; without either, environment only).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The app the member writes to (default: the first).
+        #[arg(long)]
+        app: Option<String>,
+        /// The member's UserID.
+        #[arg(long, default_value = "simulated-user")]
+        user: String,
+        /// Send this image first, as a member's photo.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Keep a prompt open for a conversation (one message per line; Ctrl-D ends).
+        #[arg(long)]
+        interactive: bool,
+        /// Send to a running gateway's callback URL (e.g. through an ngrok tunnel) instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// With --url: make the URL check the admin console's Save button makes.
+        #[arg(long, requires = "url")]
+        verify: bool,
+        /// The message text.
+        text: Vec<String>,
+    },
+    /// List work that failed for good (members' messages and pushes), newest first, with the
+    /// WeCom errcode and what to check. Safe beside a running gateway.
+    Failed {
+        /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed work again (a message's recorded reply is resent; the agent is not asked
+    /// again). IDs as `failed` prints them: job-12, delivery-7.
+    Retry {
+        /// config.yaml to read (default: $WECOM_CALLBACK_CONFIG).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Every failure `failed` lists.
+        #[arg(long)]
+        all_failed: bool,
+        ids: Vec<String>,
     },
     /// Load and validate the configuration, print it with secrets hidden, and exit.
     CheckConfig {
@@ -121,6 +171,31 @@ fn main() -> ExitCode {
             None => Ok(()),
         },
         Command::CheckConfig { config } => check_config(config),
+        Command::Failed { config, json } => failed(config, json),
+        Command::Retry {
+            config,
+            all_failed,
+            ids,
+        } => retry(config, all_failed, ids),
+        Command::Simulate {
+            config,
+            app,
+            user,
+            image,
+            interactive,
+            url,
+            verify,
+            text,
+        } => {
+            let sim = Simulation {
+                app,
+                user,
+                image,
+                text: text.join(" "),
+                interactive,
+            };
+            simulate(config, sim, url, verify)
+        }
         Command::Health { url } => health(url),
         Command::Bot {
             command: BotCommand::Test { name, config },
@@ -151,6 +226,117 @@ fn serve((config, loaded): (Config, Loaded)) -> anyhow::Result<()> {
         let stop = shutdown_signal();
         let app = Application::build(config).await?;
         app.run_until(stop).await?;
+        Ok(())
+    })
+}
+
+fn simulate(
+    path: Option<PathBuf>,
+    sim: Simulation,
+    url: Option<String>,
+    verify: bool,
+) -> anyhow::Result<()> {
+    let (config, _) = load(path)?;
+    anyhow::ensure!(
+        verify || sim.interactive || !sim.text.is_empty() || sim.image.is_some(),
+        "give the message text (or --image, or --interactive)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match url {
+            Some(url) => println!("{}", simulate::remote(&url, &config, &sim, verify).await?),
+            None => simulate::run(config, sim).await?,
+        }
+        Ok(())
+    })
+}
+
+/// The configured store, opened beside a gateway that may be running on it.
+async fn open_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Inbox>> {
+    Ok(match &config.store {
+        StoreKind::Sqlite => SqliteInbox::open_beside(&config.data_dir)?,
+        StoreKind::Postgres(url) => {
+            let lease = std::time::Duration::from_secs(config.lease_secs);
+            PostgresInbox::open(url, lease).await?
+        }
+        StoreKind::Memory => anyhow::bail!("store: memory keeps nothing once the gateway stops"),
+    })
+}
+
+fn admin<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(job)
+}
+
+fn failed(path: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let (config, _) = load(path)?;
+    admin(async {
+        let store = open_store(&config).await?;
+        let items = store.failed(1000).await?;
+        if items.is_empty() && !json {
+            println!("nothing failed");
+        }
+        for item in &items {
+            let report = item.report();
+            if json {
+                println!("{report}");
+                continue;
+            }
+            let app = item.app.as_deref().unwrap_or("-");
+            let errcode = report["errcode"]
+                .as_i64()
+                .map_or_else(|| "-".into(), |c| c.to_string());
+            println!(
+                "{}  app={app}  member={:?}  errcode={errcode}",
+                item.id, item.member
+            );
+            println!("    {}", item.error);
+            if let Some(hint) = report["hint"].as_str() {
+                println!("    check: {hint}");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn retry(path: Option<PathBuf>, all: bool, ids: Vec<String>) -> anyhow::Result<()> {
+    let (config, _) = load(path)?;
+    anyhow::ensure!(
+        all || !ids.is_empty(),
+        "name the IDs to retry (as `failed` prints them), or --all-failed"
+    );
+    let mut which = Vec::new();
+    for id in &ids {
+        which.push(FailedId::parse(id).map_err(anyhow::Error::msg)?);
+    }
+    admin(async {
+        let store = open_store(&config).await?;
+        if all {
+            for item in store.failed(1000).await? {
+                which.push(FailedId::parse(&item.id).map_err(anyhow::Error::msg)?);
+            }
+        }
+        let mut missing = Vec::new();
+        for id in which {
+            match wecom_gateway::outbound::dispatch::retry(&*store, None, id).await? {
+                Some(new) => println!("{id} queued again as {new}"),
+                None => missing.push(id.to_string()),
+            }
+        }
+        if matches!(config.store, StoreKind::Sqlite) {
+            println!("# a running gateway takes retried messages up within seconds, and retried pushes at its next start");
+        }
+        anyhow::ensure!(
+            missing.is_empty(),
+            "not failed (or retried already): {}",
+            missing.join(", ")
+        );
         Ok(())
     })
 }

@@ -432,3 +432,53 @@ async fn json_logs_carry_the_same_fields_one_object_per_line() {
         assert!(listening["local_addr"].is_string(), "{listening}");
     }
 }
+
+#[tokio::test]
+async fn failed_lists_what_failed_and_retry_queues_it_again_beside_the_running_gateway() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
+    fake.script([
+        serde_json::json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"}),
+    ]);
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "first", 1));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    // The member's next message is answered only once the first has been settled.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "second", 2));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    fake.wait_for_sends(1).await;
+    let admin = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WECOM_CALLBACK_DATA_DIR", dir.path())
+            .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
+            .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
+            .env("WECOM_CALLBACK_AGENT_ID", "1000002")
+            .env("WECOM_CALLBACK_TOKEN", APP_A.token)
+            .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key);
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let listed = admin(&["failed"]);
+    assert!(
+        listed
+            .contains("job-1  app=default  member=\"ww1436e0e65a779aee:zhangsan\"  errcode=81013"),
+        "{listed}"
+    );
+    assert!(listed.contains("check: no valid recipient"), "{listed}");
+    let retried = admin(&["retry", "--all-failed"]);
+    assert!(retried.contains("job-1 queued again as job-3"), "{retried}");
+    // The running gateway takes it up by itself and resends the recorded reply.
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(sends[1].content(), "first");
+    assert!(admin(&["failed"]).contains("nothing failed"));
+    gw.terminate().await;
+}

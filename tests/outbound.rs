@@ -569,3 +569,90 @@ async fn departments_tags_and_all_need_the_broadcast_scope_and_group_chats_take_
     }
     app.stop().await;
 }
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    let resp = (app.http.get(app.url(&format!("/api/v1{path}"))))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn failed_work_is_listed_with_its_errcode_and_sent_again_on_retry_without_asking_the_agent() {
+    let fake = FakeWecom::start().await;
+    let agent = std::sync::Arc::new(Recording::default());
+    let app =
+        TestApp::spawn_with_agent(with_api(config(&[APP_A], &fake.base_url())), agent.clone())
+            .await;
+    // The reply to a member's message and a push both meet 81013 (not retried): both fail.
+    fake.script([
+        json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"}),
+        json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"}),
+    ]);
+    app.send_text(&APP_A, "zhangsan", "first", 1).await;
+    let (status, _) = api(&app, "/send", json!({"touser": "lisi", "text": "pushed"})).await;
+    assert_eq!(status, 202);
+    fake.wait_for_script_used().await;
+    // Later work for the same member and target queues behind: once it is out, the first failed.
+    app.send_text(&APP_A, "zhangsan", "second", 2).await;
+    api(&app, "/send", json!({"touser": "lisi", "text": "after"})).await;
+    fake.wait_for_sends(2).await;
+
+    let (status, list) = get(&app, "/failed").await;
+    assert_eq!(status, 200);
+    let items = list["failed"].as_array().unwrap();
+    let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(items.len(), 2, "{list}");
+    let job = items
+        .iter()
+        .find(|i| i["id"].as_str().unwrap().starts_with("job-"))
+        .unwrap();
+    assert_eq!(job["member"], "ww1436e0e65a779aee:zhangsan");
+    assert_eq!(job["errcode"], 81013);
+    assert!(
+        job["hint"].as_str().unwrap().contains("visible range"),
+        "{job}"
+    );
+    let push = items
+        .iter()
+        .find(|i| i["id"].as_str().unwrap().starts_with("delivery-"))
+        .unwrap();
+    assert_eq!(
+        (push["app"].as_str(), push["member"].as_str()),
+        (Some("alpha"), Some("lisi"))
+    );
+
+    for id in &ids {
+        let (status, answer) = api(&app, &format!("/failed/{id}/retry"), json!({})).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let sends = fake.wait_for_sends(4).await;
+    let mut again: Vec<&str> = sends[2..].iter().map(|s| s.content()).collect();
+    again.sort_unstable();
+    assert_eq!(
+        again,
+        vec!["first", "pushed"],
+        "the recorded reply and the push, once each"
+    );
+    assert_eq!(
+        agent.seen(),
+        vec!["zhangsan", "zhangsan"],
+        "the agent is not asked again"
+    );
+    let (_, list) = get(&app, "/failed").await;
+    assert_eq!(
+        list["failed"],
+        json!([]),
+        "retried work is no longer listed"
+    );
+    let (status, _) = api(&app, &format!("/failed/{}/retry", ids[0]), json!({})).await;
+    assert_eq!(status, 404, "a failure is retried once");
+    let (status, _) = api(&app, "/failed/nonsense/retry", json!({})).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}

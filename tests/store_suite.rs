@@ -88,7 +88,55 @@ cases!(
     retention_prunes_finished_messages_only,
     a_closed_store_refuses_pushes,
     received_media_is_recorded_and_its_key_kept,
+    a_failed_job_is_listed_and_retried_with_its_recorded_reply,
 );
+
+async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend) {
+    if !b.durable() {
+        return;
+    }
+    let s = b.open().await;
+    s.inbox.push(job("dora", 11, "sales")).await.unwrap();
+    let j = s.inbox.next().await.unwrap();
+    let reply = [AppMessage::text("one"), AppMessage::text("two")];
+    s.inbox.record_reply(&j, &reply).await.unwrap();
+    s.inbox.mark_started(&j, 0).await.unwrap();
+    s.inbox.mark_sent(&j, 0).await.unwrap();
+    s.inbox
+        .finish(
+            &j,
+            Outcome::Failed("piece 2 of 2: WeCom errcode 81013: invalid".into()),
+        )
+        .await;
+    let failed = s.inbox.failed(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, format!("job-{}", j.id));
+    assert_eq!(failed[0].report()["errcode"], 81013);
+    let new = s
+        .inbox
+        .retry_job(j.id as i64)
+        .await
+        .unwrap()
+        .expect("retried");
+    assert_eq!(s.inbox.retry_job(j.id as i64).await.unwrap(), None, "once");
+    assert!(s.inbox.failed(10).await.unwrap().is_empty());
+    let again = s.inbox.next().await.unwrap();
+    assert_eq!(again.id, new as u64);
+    let state: Vec<(AppMessage, ChunkState)> = (again.reply.clone().expect("the recorded reply"))
+        .into_iter()
+        .map(|c| (c.message, c.state))
+        .collect();
+    assert_eq!(
+        state,
+        vec![
+            (AppMessage::text("one"), ChunkState::Sent),
+            (AppMessage::text("two"), ChunkState::Unsent)
+        ],
+        "what was sent stays sent"
+    );
+    s.inbox.finish(&again, Outcome::Done).await;
+    s.close().await;
+}
 
 async fn received_media_is_recorded_and_its_key_kept(b: &Backend) {
     let s = b.open().await;

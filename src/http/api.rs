@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use super::error::HttpError;
 use super::AppState;
 use crate::bots::{Alert, AlertmanagerPayload};
-use crate::inbox::InboxError;
+use crate::inbox::{FailedId, InboxError};
 use crate::outbound::dispatch::Push;
 use crate::wecom::{AppMessage, BotMessage, Recipients, TextCard};
 
@@ -32,6 +32,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/alertmanager/{bot}", post(alertmanager))
         .route("/send", post(send))
         .route("/deliveries/{id}", get(delivery))
+        .route("/failed", get(failed))
+        .route("/failed/{id}/retry", post(retry_failed))
         .fallback(|| async { ApiFailure(HttpError::NotFound("no such endpoint".into())) })
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
@@ -501,6 +503,32 @@ async fn resolve(
         ))),
         _ => Err(bad_request(format!(
             "app: required, corp {corp} has several apps and {entry:?} has not written to any"
+        ))),
+    }
+}
+
+/// `GET /api/v1/failed`: work that failed for good (newest first), with errcode and hint.
+async fn failed(State(state): State<AppState>) -> Result<Response, ApiFailure> {
+    let items = state.inbox.failed(1000).await?;
+    let items: Vec<serde_json::Value> = items.iter().map(|i| i.report()).collect();
+    Ok(Json(json!({ "failed": items })).into_response())
+}
+
+/// `POST /api/v1/failed/{id}/retry`: queue a failed job or delivery again (a job's recorded reply
+/// is resent; the agent is not asked again). 202 with the new job's or delivery's id.
+async fn retry_failed(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let which = FailedId::parse(&id).map_err(bad_request)?;
+    match crate::outbound::dispatch::retry(&*state.inbox, Some(&state.dispatcher), which).await? {
+        Some(new) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "status": "accepted", "id": new })),
+        )
+            .into_response()),
+        None => Err(not_found(format!(
+            "no failed {id} that was not retried already"
         ))),
     }
 }

@@ -13,6 +13,9 @@ use super::{
     Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, InboxError, Job, Media,
     MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoredDelivery,
 };
+
+/// Nothing failed is kept in memory: the list is empty.
+impl super::Failures for MemoryInbox {}
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
 use crate::wecom::AppMessage;

@@ -371,6 +371,106 @@ pub trait History: Send + Sync + 'static {
     async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
 }
 
+/// Work that failed for good, for `wecom-gateway failed` and `GET /api/v1/failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedItem {
+    /// `job-12` (a member's message) or `delivery-7` (a push).
+    pub id: String,
+    pub app: Option<String>,
+    /// `corp_id:user_id`, or the push's target.
+    pub member: String,
+    pub error: String,
+    /// When it failed, Unix ms.
+    pub at_ms: i64,
+}
+
+/// Failed work, listed and queued again. Retrying makes a new job (or delivery) that carries the
+/// old one's recorded reply, so the agent is not asked again; the old one is marked as retried.
+#[async_trait]
+pub trait Failures: Send + Sync + 'static {
+    /// The most recent failures, newest first, not yet retried.
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+    /// Queue failed job `id` again; the new job's id, or None if there is no such failed job.
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+        let _ = id;
+        Ok(None)
+    }
+    /// Failed delivery `id` as stored, marked as retried (the caller submits it again).
+    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+        let _ = id;
+        Ok(None)
+    }
+}
+
+impl FailedItem {
+    /// A failed delivery from its stored columns; its member is the push's target, as text.
+    pub(crate) fn delivery(id: i64, target: &str, error: String, at_ms: i64) -> Self {
+        let target: Option<Target> = serde_json::from_str(target).ok();
+        let (app, member) = match target {
+            Some(Target::App { app, user }) => (Some(app), user),
+            Some(Target::Broadcast { app, .. }) => (Some(app), "(broadcast)".into()),
+            Some(Target::Chat { app, chatid }) => (Some(app), format!("chat {chatid}")),
+            Some(Target::Bot { bot }) => (None, format!("robot {bot}")),
+            None => (None, "(unreadable target)".into()),
+        };
+        FailedItem {
+            id: format!("delivery-{id}"),
+            app,
+            member,
+            error,
+            at_ms,
+        }
+    }
+}
+
+impl FailedItem {
+    /// As reported (CLI and API): with the WeCom errcode its error names, and what to check.
+    pub fn report(&self) -> serde_json::Value {
+        let errcode = crate::wecom::error::errcode_in(&self.error);
+        let hint = errcode.and_then(crate::wecom::error::hint);
+        serde_json::json!({
+            "id": self.id, "app": self.app, "member": self.member, "error": self.error,
+            "errcode": errcode, "hint": hint, "at_ms": self.at_ms,
+        })
+    }
+}
+
+/// Which failed work an id names: `job-12` or `delivery-7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedId {
+    Job(i64),
+    Delivery(i64),
+}
+
+impl FailedId {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{text:?} is not a failed item's id: they look like job-12 or delivery-7");
+        let (kind, n) = text.trim().split_once('-').ok_or_else(bad)?;
+        let n: i64 = n.parse().map_err(|_| bad())?;
+        match kind {
+            "job" => Ok(FailedId::Job(n)),
+            "delivery" => Ok(FailedId::Delivery(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for FailedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailedId::Job(n) => write!(f, "job-{n}"),
+            FailedId::Delivery(n) => write!(f, "delivery-{n}"),
+        }
+    }
+}
+
+/// The error a retried failure keeps, so it is no longer listed.
+pub(crate) const RETRIED: &str = "retried as ";
+
 /// A file a member sent (image, voice, video, file), downloaded from WeCom and kept under
 /// `data_dir/media/` by its content hash. The record is what the store keeps about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,8 +520,8 @@ pub(crate) fn new_media_key() -> Vec<u8> {
 
 /// A whole store: every concern above, from one backend. Handlers and workers hold this; a part
 /// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Inbox>`).
-pub trait Inbox: Queue + Outbox + Routes + Deliveries + History + Media {}
-impl<T: Queue + Outbox + Routes + Deliveries + History + Media> Inbox for T {}
+pub trait Inbox: Queue + Outbox + Routes + Deliveries + History + Media + Failures {}
+impl<T: Queue + Outbox + Routes + Deliveries + History + Media + Failures> Inbox for T {}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -24,9 +24,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::{
-    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
-    InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes,
-    StoredDelivery,
+    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
+    History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
+    Queue, Role, Routes, StoredDelivery, RETRIED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -1205,6 +1205,109 @@ impl SharedWindows for PostgresInbox {
         if let Err(e) = result {
             // The reservation stays at its start time: at worst the window looks a little freer.
             tracing::warn!(error = %e, "cannot record a send in the shared rate window");
+        }
+    }
+}
+
+#[async_trait]
+impl Failures for PostgresInbox {
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+        let client = self.client().await?;
+        let (retried, limit) = (format!("{RETRIED}%"), limit as i64);
+        let jobs = client
+            .query(
+                "SELECT id, app, user_key, COALESCE(error, ''), updated_at FROM inbox
+                 WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE $1
+                 ORDER BY updated_at DESC LIMIT $2",
+                &[&retried, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut items: Vec<FailedItem> = jobs
+            .iter()
+            .map(|r| FailedItem {
+                id: format!("job-{}", r.get::<_, i64>(0)),
+                app: Some(r.get(1)),
+                member: r.get(2),
+                error: r.get(3),
+                at_ms: r.get(4),
+            })
+            .collect();
+        let pushes = client
+            .query(
+                "SELECT id, target, COALESCE(error, ''), updated_at FROM deliveries
+                 WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE $1
+                 ORDER BY updated_at DESC LIMIT $2",
+                &[&retried, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        items.extend(
+            (pushes.iter()).map(|r| FailedItem::delivery(r.get(0), r.get(1), r.get(2), r.get(3))),
+        );
+        items.sort_by_key(|i| std::cmp::Reverse(i.at_ms));
+        items.truncate(limit as usize);
+        Ok(items)
+    }
+
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let now = now_ms();
+        // attempts 1: a replica takes it up as handled before, so its recorded reply is used.
+        let row = tx
+            .query_opt(
+                "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
+                 SELECT dedup_key || $4, app, user_key, payload, 'queued', 1, $2, $2
+                 FROM inbox WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $3
+                 RETURNING id",
+                &[&id, &now, &format!("{RETRIED}%"), &format!(":retry:{now}")],
+            )
+            .await
+            .map_err(pg_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let new: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
+             SELECT $1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = $2",
+            &[&new, &id],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute(
+            "UPDATE inbox SET error = $2 || COALESCE(error, ''), updated_at = $3 WHERE id = $1",
+            &[&id, &format!("{RETRIED}job-{new}: "), &now],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.wake.notify_waiters();
+        Ok(Some(new))
+    }
+
+    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE deliveries SET error = $2 || COALESCE(error, ''), updated_at = $3
+                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $4
+                 RETURNING target, payload",
+                &[
+                    &id,
+                    &format!("{RETRIED}a new delivery: "),
+                    &now_ms(),
+                    &format!("{RETRIED}%"),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Push::from_columns(r.get(0), r.get(1))
+                .map(Some)
+                .map_err(InboxError::Storage),
         }
     }
 }

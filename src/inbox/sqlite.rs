@@ -29,9 +29,9 @@ use tokio::sync::{oneshot, Notify};
 
 use super::schedule::{OnClose, Window};
 use super::{
-    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry,
-    InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role, Routes,
-    StoredDelivery,
+    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
+    History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
+    Queue, Role, Routes, StoredDelivery, RETRIED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -421,7 +421,7 @@ pub struct SqliteInbox {
     path: PathBuf,
     recovered: Recovered,
     // Held for the life of the inbox: the OS releases it even on kill -9.
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteInbox {
@@ -483,7 +483,31 @@ impl SqliteInbox {
             closed: AtomicBool::new(false),
             path,
             recovered,
-            _lock: lock,
+            _lock: Some(lock),
+        }))
+    }
+
+    /// The store of `data_dir` for the admin commands (`failed`, `retry`), beside a gateway that
+    /// may be running on it: no lock taken, and nothing recovered (that is the gateway's).
+    pub fn open_beside(data_dir: &Path) -> Result<Arc<Self>, InboxError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(storage(format!("no message store at {}", path.display())));
+        }
+        let mut conn = open_connection(&path)
+            .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+        migrate(&mut conn)
+            .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
+        Ok(Arc::new(SqliteInbox {
+            db: Db::spawn(conn)?,
+            max_bytes: None,
+            window: Window::new(OnClose::Stop),
+            capacity: 0,
+            loader: Notify::new(),
+            closed: AtomicBool::new(false),
+            path,
+            recovered: Recovered::default(),
+            _lock: None,
         }))
     }
 
@@ -570,7 +594,11 @@ impl SqliteInbox {
                     }
                 }
             }
-            self.loader.notified().await;
+            // Also now and then: work another process queued (`wecom-gateway retry`) shows up.
+            tokio::select! {
+                () = self.loader.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
         }
     }
 
@@ -1127,5 +1155,124 @@ impl Media for SqliteInbox {
                     .query_row([], |r| r.get(0))
             })
             .await
+    }
+}
+
+#[async_trait]
+impl Failures for SqliteInbox {
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+        self.db
+            .read(move |c| {
+                let retried = format!("{RETRIED}%");
+                let mut jobs = c.prepare_cached(
+                    "SELECT id, app, user_key, COALESCE(error, ''), updated_at FROM inbox
+                     WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE ?1
+                     ORDER BY updated_at DESC LIMIT ?2",
+                )?;
+                let mut items: Vec<FailedItem> = jobs
+                    .query_map(params![retried, limit as i64], |r| {
+                        Ok(FailedItem {
+                            id: format!("job-{}", r.get::<_, i64>(0)?),
+                            app: Some(r.get(1)?),
+                            member: r.get(2)?,
+                            error: r.get(3)?,
+                            at_ms: r.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut pushes = c.prepare_cached(
+                    "SELECT id, target, COALESCE(error, ''), updated_at FROM deliveries
+                     WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE ?1
+                     ORDER BY updated_at DESC LIMIT ?2",
+                )?;
+                let rows = pushes.query_map(params![retried, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (id, target, error, at_ms) = row?;
+                    items.push(FailedItem::delivery(id, &target, error, at_ms));
+                }
+                items.sort_by_key(|i| std::cmp::Reverse(i.at_ms));
+                items.truncate(limit);
+                Ok(items)
+            })
+            .await
+    }
+
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+        let retried = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let old = c
+                    .prepare_cached(
+                        "SELECT dedup_key, app, user_key, payload FROM inbox WHERE id = ?1 AND state = 'failed'
+                         AND COALESCE(error, '') NOT LIKE ?2",
+                    )?
+                    .query_row(params![id, format!("{RETRIED}%")], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                    })
+                    .optional()?;
+                let Some((dedup_key, app, user_key, payload)) = old else {
+                    return Ok(None);
+                };
+                // attempts 1: taken up as handled before, so its recorded reply is used.
+                c.prepare_cached(
+                    "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)",
+                )?
+                .execute(params![format!("{dedup_key}:retry:{now}"), app, user_key, payload, now])?;
+                let new = c.last_insert_rowid();
+                c.prepare_cached(
+                    "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
+                     SELECT ?1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = ?2",
+                )?
+                .execute(params![new, id])?;
+                c.prepare_cached(
+                    "UPDATE inbox SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, format!("{RETRIED}job-{new}: "), now])?;
+                Ok(Some(new))
+            })
+            .await?;
+        if retried.is_some() {
+            self.loader.notify_one();
+        }
+        Ok(retried)
+    }
+
+    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+        let row = self
+            .db
+            .write(move |c| {
+                let row = c
+                    .prepare_cached(
+                        "SELECT target, payload FROM deliveries WHERE id = ?1 AND state = 'failed'
+                         AND COALESCE(error, '') NOT LIKE ?2",
+                    )?
+                    .query_row(params![id, format!("{RETRIED}%")], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?;
+                if row.is_some() {
+                    c.prepare_cached(
+                        "UPDATE deliveries SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, format!("{RETRIED}a new delivery: "), now_ms()])?;
+                }
+                Ok(row)
+            })
+            .await?;
+        match row {
+            None => Ok(None),
+            Some((target, payload)) => Push::from_columns(&target, &payload)
+                .map(Some)
+                .map_err(InboxError::Storage),
+        }
     }
 }

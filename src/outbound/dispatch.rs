@@ -370,3 +370,27 @@ impl QueueWorker {
         }
     }
 }
+
+/// Queue failed work again: a job as a new job carrying its recorded reply, a delivery as a new
+/// delivery (sent now through `dispatcher` when the gateway runs in this process; else taken up
+/// by the gateway at its next start, or by a replica within `lease_secs`). The new item's id.
+pub async fn retry(
+    store: &dyn crate::inbox::Inbox,
+    dispatcher: Option<&Dispatcher>,
+    which: crate::inbox::FailedId,
+) -> Result<Option<String>, InboxError> {
+    use crate::inbox::FailedId;
+    match which {
+        FailedId::Job(id) => Ok(store.retry_job(id).await?.map(|n| format!("job-{n}"))),
+        FailedId::Delivery(id) => {
+            let Some(push) = store.take_failed_delivery(id).await? else {
+                return Ok(None);
+            };
+            let ids = match dispatcher {
+                Some(d) => d.submit(vec![push]).await?,
+                None => store.add_deliveries(vec![push]).await?,
+            };
+            Ok(ids.first().map(|n| format!("delivery-{n}")))
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! `wecom-gateway simulate`: a local loop for people writing agents. The gateway runs in this
+//! process with the configured agent, a memory store and a built-in stand-in for the WeCom API, so
+//! a production configuration can never reach real members, robots or a shared queue. TEXT goes in
+//! as a genuine encrypted, signed callback over HTTP, and every message that would go to WeCom is
+//! printed as the JSON body WeCom would receive.
+//!
+//! `--url` instead sends a signed callback (or, with `--verify`, the URL check the admin console's
+//! Save button makes) to a running gateway, and says what its answer means.
+//!
+//! Must never: talk to the real WeCom API, or print a secret.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::config::{Config, StoreKind};
+use crate::crypto::MsgCrypt;
+use crate::inbox::Inbox;
+use crate::Application;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// The app the member writes to (by name); the first configured app by default.
+    pub app: Option<String>,
+    pub user: String,
+    /// An image to send (a member's photo), served by the stand-in's media/get.
+    pub image: Option<PathBuf>,
+    pub text: String,
+    pub interactive: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Startup(#[from] crate::StartupError),
+}
+
+fn now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string()
+}
+
+/// The stand-in for the WeCom API: tokens for anyone, every message printed, uploads accepted,
+/// and `image` served as the member's media.
+async fn stand_in(image: Option<Vec<u8>>) -> Result<SocketAddr, SimulateError> {
+    let print = |body: Value| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{body}");
+        let _ = out.flush();
+        Json(json!({"errcode": 0, "errmsg": "ok", "msgid": "simulated"}))
+    };
+    let image = Arc::new(image);
+    let router = Router::new()
+        .route(
+            "/cgi-bin/gettoken",
+            get(|| async {
+                Json(json!({"errcode": 0, "access_token": "simulated", "expires_in": 7200}))
+            }),
+        )
+        .route(
+            "/cgi-bin/message/send",
+            post(move |Json(b): Json<Value>| async move { print(b) }),
+        )
+        .route(
+            "/cgi-bin/appchat/send",
+            post(move |Json(b): Json<Value>| async move { print(b) }),
+        )
+        .route(
+            "/cgi-bin/message/update_template_card",
+            post(move |Json(b): Json<Value>| async move { print(b) }),
+        )
+        .route(
+            "/cgi-bin/message/recall",
+            post(|| async { Json(json!({"errcode": 0, "errmsg": "ok"})) }),
+        )
+        .route(
+            "/cgi-bin/media/upload",
+            post(|| async { Json(json!({"errcode": 0, "media_id": "simulated-upload"})) }),
+        )
+        .route(
+            "/cgi-bin/media/get",
+            get(
+                move |Query(_): Query<std::collections::HashMap<String, String>>| {
+                    let image = image.clone();
+                    async move {
+                        use axum::response::IntoResponse;
+                        match image.as_ref() {
+                            Some(bytes) => (
+                                [
+                                    (axum::http::header::CONTENT_TYPE, "image/jpeg"),
+                                    (
+                                        axum::http::header::CONTENT_DISPOSITION,
+                                        "attachment; filename=\"photo.jpg\"",
+                                    ),
+                                ],
+                                bytes.clone(),
+                            )
+                                .into_response(),
+                            None => Json(json!({"errcode": 40007, "errmsg": "invalid media_id"}))
+                                .into_response(),
+                        }
+                    }
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| SimulateError::Setup(format!("cannot start the WeCom stand-in: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimulateError::Setup(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(addr)
+}
+
+/// A member's message as WeCom would send it: the callback query and body.
+fn callback(
+    crypt: &MsgCrypt,
+    corp_id: &str,
+    agent_id: u64,
+    user: &str,
+    xml_body: &str,
+) -> (String, String) {
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[{corp_id}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>{}</CreateTime>{xml_body}<MsgId>{}</MsgId><AgentID>{agent_id}</AgentID></xml>",
+        now(),
+        rand::random::<u32>()
+    );
+    let nonce = rand::random::<u32>().to_string();
+    let e = crypt.encrypt_msg(&xml, &now(), &nonce, rand::random());
+    let query = format!(
+        "msg_signature={}&timestamp={}&nonce={}",
+        e.msg_signature, e.timestamp, e.nonce
+    );
+    (query, e.to_callback_xml(corp_id, &agent_id.to_string()))
+}
+
+fn text_body(text: &str) -> String {
+    format!("<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{text}]]></Content>")
+}
+
+/// Run the gateway in-process and play the member.
+pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateError> {
+    let image =
+        match &sim.image {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                SimulateError::Setup(format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+    let app = match &sim.app {
+        Some(name) => config.apps.iter().find(|a| &a.name == name),
+        None => config.apps.first(),
+    };
+    let app = app.cloned().ok_or_else(|| {
+        SimulateError::Setup(match &sim.app {
+            Some(name) => format!("no app named {name:?} is configured"),
+            None => "no WeCom app is configured: simulate plays a member writing to one".into(),
+        })
+    })?;
+    let wecom = stand_in(image.clone()).await?;
+    let data = tempfile_dir()?;
+    // Never the real thing: a memory store, the stand-in, no robots, loopback only.
+    config.store = StoreKind::Memory;
+    config.data_dir = data.clone();
+    config.api_base_url = format!("http://{wecom}");
+    config.host = std::net::IpAddr::from([127, 0, 0, 1]);
+    config.port = 0;
+    config.metrics_listen = None;
+    config.bots.clear();
+    config.allowlist.allow_all = true;
+    config.shutdown_grace_secs = config.shutdown_grace_secs.max(3600);
+    config.media.public_url = None;
+    let gateway = Application::build(config.clone()).await?;
+    let addr = gateway.local_addr();
+    let inbox = gateway.inbox();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(gateway.run_until(async {
+        let _ = stopped.await;
+    }));
+    let crypt = MsgCrypt::new(app.token(), app.encoding_aes_key(), &app.corp_id)
+        .map_err(|e| SimulateError::Setup(e.to_string()))?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}{}", config.path);
+    let send = |body: String| {
+        let (query, envelope) = callback(&crypt, &app.corp_id, app.agent_id, &sim.user, &body);
+        let request = http.post(format!("{url}?{query}")).body(envelope);
+        async move {
+            let status = request.send().await.map(|r| r.status().as_u16());
+            eprintln!(
+                "# callback answered {}",
+                status.map_or_else(|e| e.to_string(), |s| s.to_string())
+            );
+        }
+    };
+    if image.is_some() {
+        send("<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[https://wework.qpic.cn/simulated]]></PicUrl><MediaId><![CDATA[simulated-image]]></MediaId>".into()).await;
+        settle(&*inbox).await;
+    }
+    if !sim.text.is_empty() {
+        send(text_body(&sim.text)).await;
+        settle(&*inbox).await;
+    }
+    if sim.interactive {
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+        loop {
+            eprint!("{}> ", sim.user);
+            let Ok(Some(line)) = lines.next_line().await else {
+                break;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            send(text_body(&line)).await;
+            settle(&*inbox).await;
+        }
+    }
+    let _ = stop.send(());
+    let result = running
+        .await
+        .map_err(|e| SimulateError::Setup(e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&data);
+    result.map_err(SimulateError::from)
+}
+
+/// Wait until every queued message has been handled (and its replies printed).
+async fn settle(inbox: &dyn Inbox) {
+    // The callback is queued before it is answered; the job leaves the inbox once handled.
+    while !inbox.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, SimulateError> {
+    let dir = std::env::temp_dir().join(format!(
+        "wecom-gateway-simulate-{}",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| SimulateError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// `--url`: one signed callback (or the URL check) to a running gateway; what its answer means.
+pub async fn remote(
+    url: &str,
+    config: &Config,
+    sim: &Simulation,
+    verify: bool,
+) -> Result<String, SimulateError> {
+    let app = match &sim.app {
+        Some(name) => config.apps.iter().find(|a| &a.name == name),
+        None => config.apps.first(),
+    }
+    .ok_or_else(|| SimulateError::Setup("the app to sign for is not configured".into()))?;
+    let crypt = MsgCrypt::new(app.token(), app.encoding_aes_key(), &app.corp_id)
+        .map_err(|e| SimulateError::Setup(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| SimulateError::Setup(e.to_string()))?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let (status, body) = if verify {
+        let echo = rand::random::<u64>().to_string();
+        let echostr = crypt.encrypt(echo.as_bytes(), rand::random());
+        let (ts, nonce) = (now(), rand::random::<u32>().to_string());
+        let sig = crypt.sign(&ts, &nonce, &echostr);
+        let echostr =
+            percent_encoding::utf8_percent_encode(&echostr, percent_encoding::NON_ALPHANUMERIC);
+        let answer = http
+            .get(format!(
+                "{url}{sep}msg_signature={sig}&timestamp={ts}&nonce={nonce}&echostr={echostr}"
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                SimulateError::Setup(format!("{url} did not answer: {}", e.without_url()))
+            })?;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap_or_default();
+        let ok = status == 200 && text == echo;
+        let meaning = if ok {
+            "the URL check passes: the admin console's Save will succeed".to_owned()
+        } else if status == 200 {
+            format!("answered 200 but not with the decrypted echostr (got {} bytes): is this the gateway?", text.len())
+        } else {
+            meaning(status)
+        };
+        (status, meaning)
+    } else {
+        let (query, envelope) = callback(
+            &crypt,
+            &app.corp_id,
+            app.agent_id,
+            &sim.user,
+            &text_body(&sim.text),
+        );
+        let answer = http
+            .post(format!("{url}{sep}{query}"))
+            .body(envelope)
+            .send()
+            .await
+            .map_err(|e| {
+                SimulateError::Setup(format!("{url} did not answer: {}", e.without_url()))
+            })?;
+        let status = answer.status().as_u16();
+        let meaning = match status {
+            200 => "accepted: the message is stored and goes to the agent".to_owned(),
+            s => meaning(s),
+        };
+        (status, meaning)
+    };
+    Ok(format!("HTTP {status}: {body}"))
+}
+
+/// What a gateway's refusal means, in the operator's words.
+fn meaning(status: u16) -> String {
+    match status {
+        403 => "refused: the signature does not match (token differs), or the clock is off by more than replay_window".into(),
+        400 => "refused: the message could not be read (EncodingAESKey or corp_id differ)".into(),
+        404 => "not found: the path is not the gateway's callback path".into(),
+        413 => "refused: larger than max_body_bytes".into(),
+        503 => "try later: the gateway's store is full or unreachable".into(),
+        s => format!("unexpected answer {s}: is a proxy in between?"),
+    }
+}

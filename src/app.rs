@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::agent::AgentConfig;
 use crate::crypto::{CryptoError, MsgCrypt};
+use crate::live::Live;
 use crate::shared::SharedTokens;
 use crate::wecom::token::TokenCache;
 
@@ -56,6 +57,25 @@ impl std::fmt::Debug for AppConfig {
 }
 
 impl AppConfig {
+    /// Whether `other` names the same app with the same credentials and keys (its agent may differ).
+    pub fn same_keys(&self, other: &AppConfig) -> bool {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+        (
+            &self.corp_id,
+            self.agent_id,
+            self.corp_secret(),
+            self.token(),
+            self.encoding_aes_key(),
+        ) == (
+            &other.corp_id,
+            other.agent_id,
+            other.corp_secret(),
+            other.token(),
+            other.encoding_aes_key(),
+        ) && secret(&self.previous_token) == secret(&other.previous_token)
+            && secret(&self.previous_encoding_aes_key) == secret(&other.previous_encoding_aes_key)
+    }
+
     /// The secret values, for the few places that must send them (gettoken) or key crypto with them.
     pub fn corp_secret(&self) -> &str {
         self.corp_secret.expose_secret()
@@ -139,9 +159,10 @@ impl App {
     }
 }
 
-/// All apps served on this port.
+/// All apps served on this port; replaced as a whole by a reload (an app whose settings did not
+/// change keeps its token cache).
 #[derive(Debug, Clone)]
-pub struct Apps(Arc<Vec<Arc<App>>>);
+pub struct Apps(Live<Vec<Arc<App>>>);
 
 impl Apps {
     pub fn new(
@@ -152,27 +173,48 @@ impl Apps {
             .iter()
             .map(|c| App::new(c.clone(), shared.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Apps(Arc::new(apps)))
+        Ok(Apps(Live::new(apps)))
     }
 
-    pub fn by_name(&self, name: &str) -> Option<&Arc<App>> {
-        self.0.iter().find(|a| a.config.name == name)
+    /// Serve `configs` from now on. An app configured exactly as before is kept as it is (its
+    /// access token stays cached); the others are new.
+    pub fn reload(
+        &self,
+        configs: &[AppConfig],
+        shared: Option<Arc<dyn SharedTokens>>,
+    ) -> Result<(), CryptoError> {
+        let old = self.0.get();
+        let mut apps = Vec::with_capacity(configs.len());
+        for config in configs {
+            let same = old.iter().find(|a| a.config.same_keys(config));
+            apps.push(match same {
+                Some(app) if app.config.name == config.name => app.clone(),
+                _ => Arc::new(App::new(config.clone(), shared.clone())?),
+            });
+        }
+        self.0.set(apps);
+        Ok(())
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<Arc<App>> {
+        self.0.get().iter().find(|a| a.config.name == name).cloned()
     }
 
     /// Apps to try for a callback, best guess first: those whose corp id and agent id match the
     /// envelope, then the rest (an envelope may lack AgentID; the signature then decides).
-    pub fn candidates(&self, corp_id: Option<&str>, agent_id: Option<&str>) -> Vec<&Arc<App>> {
+    pub fn candidates(&self, corp_id: Option<&str>, agent_id: Option<&str>) -> Vec<Arc<App>> {
         let score = |a: &App| {
             let corp = corp_id.is_some_and(|c| c == a.config.corp_id);
             let agent = agent_id.is_some_and(|id| id.trim() == a.config.agent_id.to_string());
             u8::from(corp) * 2 + u8::from(agent)
         };
-        let mut list: Vec<&Arc<App>> = self.0.iter().collect();
+        let mut list: Vec<Arc<App>> = self.0.get().to_vec();
         list.sort_by_key(|a| std::cmp::Reverse(score(a)));
         list
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.0.iter()
+    /// The apps as they are now.
+    pub fn iter(&self) -> std::vec::IntoIter<Arc<App>> {
+        self.0.get().to_vec().into_iter()
     }
 }

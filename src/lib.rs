@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod dotenv;
 pub mod http;
 pub mod inbox;
+pub mod live;
 pub mod logging;
 pub mod message;
 pub mod metrics;
@@ -86,6 +87,11 @@ pub struct Application {
     /// With a PostgreSQL store, the lock on this replica's own data_dir (SQLite's store holds
     /// its own): one process per directory, whichever store.
     data_dir_lock: Option<std::fs::File>,
+    /// The agent given to `build_with_agent`, kept across reloads.
+    given: Option<Arc<dyn Agent>>,
+    shared_tokens: Option<Arc<dyn SharedTokens>>,
+    /// Set by `reload_with`: SIGHUP reads the configuration again.
+    reloader: Option<Reloader>,
 }
 
 impl Application {
@@ -144,8 +150,8 @@ impl Application {
             }
         };
         let shared_tokens = shared.clone().map(|s| s as Arc<dyn SharedTokens>);
-        let apps =
-            Apps::new(&config.apps, shared_tokens).map_err(|e| StartupError::App(e.to_string()))?;
+        let apps = Apps::new(&config.apps, shared_tokens.clone())
+            .map_err(|e| StartupError::App(e.to_string()))?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -179,31 +185,9 @@ impl Application {
             outbound.clone(),
             inbox.clone(),
             apps.clone(),
-            Arc::new(bots),
+            live::Live::new(bots),
         ));
-        let agents = match given {
-            Some(agent) => Agents {
-                default: Arc::new(AgentHandle::new(agent, &config.agent)),
-                by_app: HashMap::new(),
-            },
-            None => {
-                let build = |settings: &config::AgentConfig| {
-                    agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
-                        .map(|a| Arc::new(AgentHandle::new(a, settings)))
-                        .map_err(StartupError::App)
-                };
-                let mut by_app = HashMap::new();
-                for app in &config.apps {
-                    if let Some(own) = &app.agent {
-                        by_app.insert(app.name.clone(), build(own)?);
-                    }
-                }
-                Agents {
-                    default: build(&config.agent)?,
-                    by_app,
-                }
-            }
-        };
+        let agents = build_agents(&config, given.clone(), &inbox)?;
         let public_url =
             (config.media.public_url.clone()).unwrap_or_else(|| default_public_url(local_addr));
         let received = Arc::new(Received::new(
@@ -215,7 +199,7 @@ impl Application {
         ));
         let worker = Worker {
             inbox: inbox.clone(),
-            agents: Arc::new(agents),
+            agents: live::Live::new(agents),
             outbound: outbound.clone(),
             apps: apps.clone(),
             received,
@@ -231,7 +215,16 @@ impl Application {
             dispatcher,
             metrics,
             data_dir_lock,
+            given,
+            shared_tokens,
+            reloader: None,
         })
+    }
+
+    /// Reload on SIGHUP with `load` (the binary: the same file and environment as at start).
+    pub fn reload_with(mut self, load: Reloader) -> Self {
+        self.reloader = Some(load);
+        self
     }
 
     /// The store (for embedding, and the simulator, which waits until it is empty).
@@ -262,6 +255,9 @@ impl Application {
             metrics,
             // Held until the gateway has stopped.
             data_dir_lock: _data_dir_lock,
+            given,
+            shared_tokens,
+            reloader,
         } = self;
         let mut workers = JoinSet::new();
         for _ in 0..config.workers {
@@ -279,13 +275,28 @@ impl Application {
         let state = http::AppState {
             apps: apps.clone(),
             inbox: inbox.clone(),
-            allowlist: Arc::new(config.allowlist.clone()),
+            allowlist: live::Live::new(config.allowlist.clone()),
             dispatcher: dispatcher.clone(),
-            api_tokens: Arc::new(config.api_tokens.clone()),
+            api_tokens: live::Live::new(config.api_tokens.clone()),
             agent_ids: Arc::default(),
             received: worker.received.clone(),
             replay_window: config.replay_window,
         };
+        if let Some(load) = reloader {
+            background.spawn(reload_on_sighup(
+                load,
+                Reloadable {
+                    running: config.clone(),
+                    given,
+                    inbox: inbox.clone(),
+                    shared: shared_tokens,
+                    apps: apps.clone(),
+                    state: state.clone(),
+                    worker: worker.clone(),
+                    dispatcher: dispatcher.clone(),
+                },
+            ));
+        }
         match dispatcher.resume().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deliveries = n, "resuming stored deliveries"),
@@ -325,7 +336,7 @@ impl Application {
             });
         }
         let router = http::router(state, &config.path, config.max_body_bytes);
-        let names: Vec<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
+        let names: Vec<String> = apps.iter().map(|a| a.config.name.clone()).collect();
         tracing::info!(%local_addr, path = %config.path, apps = ?names, workers = config.workers, "wecom-gateway listening on {local_addr}");
         for app in apps.iter() {
             let c = &app.config;
@@ -383,6 +394,140 @@ impl Application {
         }
         tracing::info!("wecom-gateway stopped");
         Ok(())
+    }
+}
+
+/// The agents a configuration names (or `given`, for every app), with their chat settings.
+fn build_agents(
+    config: &Config,
+    given: Option<Arc<dyn Agent>>,
+    inbox: &Arc<dyn Inbox>,
+) -> Result<Agents, StartupError> {
+    if let Some(agent) = given {
+        return Ok(Agents {
+            default: Arc::new(AgentHandle::new(agent, &config.agent)),
+            by_app: HashMap::new(),
+        });
+    }
+    let build = |settings: &config::AgentConfig| {
+        agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
+            .map(|a| Arc::new(AgentHandle::new(a, settings)))
+            .map_err(StartupError::App)
+    };
+    let mut by_app = HashMap::new();
+    for app in &config.apps {
+        if let Some(own) = &app.agent {
+            by_app.insert(app.name.clone(), build(own)?);
+        }
+    }
+    Ok(Agents {
+        default: build(&config.agent)?,
+        by_app,
+    })
+}
+
+/// Reads the configuration again, for a reload (the binary passes `Config::load` with the same
+/// file and the process environment).
+pub type Reloader = Box<dyn Fn() -> Result<config::Config, config::ConfigErrors> + Send + Sync>;
+
+/// What a reload replaces while the gateway runs.
+struct Reloadable {
+    running: Config,
+    given: Option<Arc<dyn Agent>>,
+    inbox: Arc<dyn Inbox>,
+    shared: Option<Arc<dyn shared::SharedTokens>>,
+    apps: Apps,
+    state: http::AppState,
+    worker: Worker,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Reloadable {
+    /// Apply a new configuration: apps, robots, the allowlist, agents and API tokens are replaced;
+    /// work in progress keeps what it started with. Settings of the process itself (address,
+    /// store, workers...) are reported as taking effect at the next start.
+    fn apply(&mut self, new: Config) -> Result<(), String> {
+        let agents =
+            build_agents(&new, self.given.clone(), &self.inbox).map_err(|e| e.to_string())?;
+        self.apps
+            .reload(&new.apps, self.shared.clone())
+            .map_err(|e| e.to_string())?;
+        self.state.allowlist.set(new.allowlist.clone());
+        self.state.api_tokens.set(new.api_tokens.clone());
+        let bots = new
+            .bots
+            .iter()
+            .map(|b| (b.name.clone(), b.clone()))
+            .collect();
+        self.dispatcher.set_bots(bots);
+        self.worker.agents.set(agents);
+        let old = &self.running;
+        let restart_only = [
+            ("host", old.host.to_string(), new.host.to_string()),
+            ("port", old.port.to_string(), new.port.to_string()),
+            ("path", old.path.clone(), new.path.clone()),
+            (
+                "store",
+                format!("{:?}", old.store),
+                format!("{:?}", new.store),
+            ),
+            (
+                "data_dir",
+                old.data_dir.display().to_string(),
+                new.data_dir.display().to_string(),
+            ),
+            ("workers", old.workers.to_string(), new.workers.to_string()),
+            (
+                "api_base_url",
+                old.api_base_url.clone(),
+                new.api_base_url.clone(),
+            ),
+            (
+                "metrics_listen",
+                format!("{:?}", old.metrics_listen),
+                format!("{:?}", new.metrics_listen),
+            ),
+        ];
+        for (key, was, now) in restart_only {
+            if was != now {
+                tracing::warn!(key, "{key} changed: it takes effect at the next start");
+            }
+        }
+        let names: Vec<String> = new.apps.iter().map(|a| a.name.clone()).collect();
+        tracing::info!(apps = ?names, bots = new.bots.len(), api_tokens = new.api_tokens.len(), "configuration reloaded");
+        self.running = new;
+        Ok(())
+    }
+}
+
+/// On SIGHUP, read the configuration again and apply it; one that fails validation is refused
+/// with its errors and the running one is kept.
+async fn reload_on_sighup(load: Reloader, mut live: Reloadable) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reading the configuration again");
+            match load() {
+                Err(errors) => tracing::error!(
+                    "configuration not reloaded, the running one is kept: {}",
+                    errors.0.join("; ")
+                ),
+                Ok(config) => {
+                    if let Err(e) = live.apply(config) {
+                        tracing::error!("configuration not reloaded, the running one is kept: {e}");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (load, live);
     }
 }
 

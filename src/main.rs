@@ -224,7 +224,18 @@ fn serve((config, loaded): (Config, Loaded)) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let stop = shutdown_signal();
-        let app = Application::build(config).await?;
+        // SIGHUP reads the same file (and the environment) again.
+        let file = loaded.config_file.clone();
+        let reload = move || {
+            let (config, loaded) = Config::load(file.as_deref(), std::env::vars())?;
+            for w in &loaded.warnings {
+                tracing::warn!("config: {w}");
+            }
+            Ok(config)
+        };
+        let app = Application::build(config)
+            .await?
+            .reload_with(Box::new(reload));
         app.run_until(stop).await?;
         Ok(())
     })

@@ -62,7 +62,8 @@ pub static IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 #[derive(Clone)]
 pub struct Worker {
     pub inbox: Arc<dyn Inbox>,
-    pub agents: Arc<Agents>,
+    /// Replaced by a reload; a job keeps the agent it started with.
+    pub agents: crate::live::Live<Agents>,
     pub outbound: Arc<Outbound>,
     pub apps: Apps,
     /// Fetches the files members send, before the agent is asked.
@@ -95,7 +96,8 @@ impl Worker {
 
     async fn handle(&self, job: &Job) -> Outcome {
         let msg = &job.message;
-        let handle = self.agents.for_app(&job.app);
+        let agents = self.agents.get();
+        let handle = agents.for_app(&job.app);
         if let (false, MessageKind::Event(event)) = (msg.is_chat_turn(), &msg.kind) {
             let name = event.name();
             if !handle.events.allows(name) || !handle.agent.takes_event(name) {
@@ -108,6 +110,7 @@ impl Worker {
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
             return Outcome::Failed(error);
         };
+        let app: &App = &app;
         let sorry = AppMessage::text(&handle.failure_message);
         // The receipt sent while the agent worked (by this try or an earlier one), if it is to
         // be withdrawn once the reply is out.

@@ -381,6 +381,33 @@ async fn ready_turns_503_while_the_data_dir_takes_no_writes_and_health_stays_ok(
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "not ready");
     assert_eq!(body["checks"][0]["ok"], false);
+    // A callback the store cannot take: 503 (WeCom retries), counted as store_error.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "no room", 1));
+    let refused = http
+        .post(gw.callback_url(&q))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let log = gw.log();
+    let metrics = log
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    let text = http
+        .get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("wecom_gateway_callbacks_total{result=\"store_error\"} 1"),
+        "{text}"
+    );
     let health = get("/health").await.unwrap();
     assert_eq!(health.status(), 200, "liveness is not readiness");
     assert_eq!(health.text().await.unwrap(), r#"{"status":"ok"}"#);

@@ -145,7 +145,7 @@ async fn ten_thousand_distinct_members_leave_no_state_behind() {
     ));
     let apps = Apps::new(&[APP_A.app_config()], None).unwrap();
     let store = Arc::new(MemoryInbox::new(16, Duration::from_secs(1)));
-    let dispatcher = Dispatcher::new(outbound.clone(), store, apps, Arc::default());
+    let dispatcher = Dispatcher::new(outbound.clone(), store, apps, Default::default());
     let pushes: Vec<Push> = (0..10_000)
         .map(|n| Push::App {
             app: APP_A.name.into(),

@@ -482,3 +482,84 @@ async fn failed_lists_what_failed_and_retry_queues_it_again_beside_the_running_g
     assert!(admin(&["failed"]).contains("nothing failed"));
     gw.terminate().await;
 }
+
+fn app_yaml(spec: &AppSpec) -> String {
+    format!(
+        "  - name: {}\n    corp_id: {}\n    corp_secret: {}\n    agent_id: {}\n    token: {}\n    encoding_aes_key: {}\n",
+        spec.name, spec.corp_id, spec.secret, spec.agent_id, spec.token, spec.aes_key
+    )
+}
+
+#[tokio::test]
+async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    let write = |apps: &[&AppSpec], tokens: &str| {
+        let list: String = apps.iter().map(|a| app_yaml(a)).collect();
+        let text = format!("allowed_users: [zhangsan]\napi:\n  tokens: [{tokens}]\napps:\n{list}");
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&[&APP_A], "");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(&file)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("data"))
+        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
+        .env("WECOM_CALLBACK_PORT", "0")
+        .env("WECOM_CALLBACK_METRICS_LISTEN", "off")
+        .env("WECOM_CALLBACK_API_BASE_URL", fake.base_url());
+    let gw = Gateway::start(&mut cmd).await;
+    let hup = || {
+        let pid = gw.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let (q, body) = APP_B.callback(&APP_B.text_xml("zhangsan", "to beta", 1));
+    assert_eq!(
+        post(&gw, &q, body.clone()).await,
+        403,
+        "beta is not configured yet"
+    );
+
+    let push = |gw: &Gateway| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v1/send", gw.addr))
+            .bearer_auth("reloaded-token")
+            .json(&serde_json::json!({"app": "alpha", "touser": "lisi", "text": "pushed"}))
+            .send()
+    };
+    assert_eq!(push(&gw).await.unwrap().status(), 404, "the API is off");
+    write(&[&APP_A, &APP_B], "reloaded-token");
+    hup();
+    gw.wait_for_log(&["configuration reloaded", "beta"]).await;
+    let (q, body) = APP_B.callback(&APP_B.text_xml("zhangsan", "to beta", 2));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    let sends = fake.wait_for_sends(1).await;
+    assert_eq!((sends[0].agentid(), sends[0].content()), (218, "to beta"));
+    assert_eq!(
+        push(&gw).await.unwrap().status(),
+        202,
+        "the API is on, with the new token"
+    );
+    fake.wait_for_sends(2).await;
+
+    std::fs::write(&file, "apps:\n  - name: broken\n    corp_id: ww1\n").unwrap();
+    hup();
+    gw.wait_for_log(&[
+        "configuration not reloaded, the running one is kept",
+        "apps[0].corp_secret: is required",
+    ])
+    .await;
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "still here", 3));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    let sends = fake.wait_for_sends(3).await;
+    assert_eq!(sends[2].content(), "still here");
+    gw.terminate().await;
+}

@@ -113,7 +113,12 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .map(str::trim)
         .unwrap_or("");
     // Every token is compared, in constant time, so timing says nothing about which one nearly matched.
-    let (ok, broadcast) = state.api_tokens.iter().fold((false, false), |(ok, b), t| {
+    let tokens = state.api_tokens.get();
+    if tokens.is_empty() {
+        return HttpError::NotFound("the push API is off: no api.tokens are configured".into())
+            .json_response();
+    }
+    let (ok, broadcast) = tokens.iter().fold((false, false), |(ok, b), t| {
         let matched = bool::from(
             t.token
                 .expose_secret()
@@ -458,10 +463,10 @@ async fn resolve(
         if let Some(app) = fixed {
             return Ok((app.config.name.clone(), entry.to_owned()));
         }
-        let mut corps: Vec<&str> = apps.iter().map(|a| a.config.corp_id.as_str()).collect();
+        let mut corps: Vec<String> = apps.iter().map(|a| a.config.corp_id.clone()).collect();
         corps.sort_unstable();
         corps.dedup();
-        let mut found: Vec<(&str, String)> = Vec::new();
+        let mut found: Vec<(String, String)> = Vec::new();
         for corp in corps {
             if let Some(app) = state.inbox.route(&format!("{corp}:{entry}")).await? {
                 found.push((corp, app));

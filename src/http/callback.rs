@@ -143,11 +143,11 @@ fn crypto_reject(e: &CryptoError) -> Reject {
 
 /// Try the candidate apps in order: the first whose token signs the ciphertext and whose key decrypts
 /// it wins. A signature that matches no app is 403; one that matches but does not decrypt is 400.
-fn open<'a>(
-    candidates: impl IntoIterator<Item = &'a std::sync::Arc<App>>,
+fn open(
+    candidates: Vec<std::sync::Arc<App>>,
     signed: &Signed,
     encrypt: &str,
-) -> Result<(&'a std::sync::Arc<App>, Vec<u8>), Reject> {
+) -> Result<(std::sync::Arc<App>, Vec<u8>), Reject> {
     let mut decrypt_error = None;
     for app in candidates {
         // The current token and key, then (during a rotation) the previous ones.
@@ -241,7 +241,7 @@ async fn accept(
     let (app, plain) = open(candidates, &signed, &envelope.encrypt)?;
     check_fresh(&signed.timestamp, state.replay_window)?;
     if let Some(agent_id) = envelope.agent_id.as_deref() {
-        state.agent_ids.check(app, agent_id);
+        state.agent_ids.check(&app, agent_id);
     }
     let xml = std::str::from_utf8(&plain)
         .map_err(|_| bad("message", "decrypted message is not UTF-8"))?;
@@ -253,7 +253,7 @@ async fn accept(
     // User-controlled text is logged with `?` (quoted, escaped): a UserID holding a newline or a
     // terminal escape cannot forge a log line.
     let user_key = format!("{corp_id}:{user_id}");
-    if !state.allowlist.allows(corp_id, user_id) {
+    if !state.allowlist.get().allows(corp_id, user_id) {
         tracing::warn!(app = %app.config.name, user = ?user_key, msg_type = ?message.msg_type,
             "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
         return Ok("denied");

@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::app::Apps;
 use crate::config::Allowlist;
 use crate::inbox::Inbox;
+use crate::live::Live;
 use crate::outbound::Dispatcher;
 use crate::received::Received;
 
@@ -29,10 +30,10 @@ use crate::received::Received;
 pub struct AppState {
     pub apps: Apps,
     pub inbox: Arc<dyn Inbox>,
-    pub allowlist: Arc<Allowlist>,
+    pub allowlist: Live<Allowlist>,
     pub dispatcher: Arc<Dispatcher>,
     /// Bearer tokens for /api; empty means the API is off.
-    pub api_tokens: Arc<Vec<api::ApiToken>>,
+    pub api_tokens: Live<Vec<api::ApiToken>>,
     /// Envelope AgentIDs already warned about.
     pub agent_ids: Arc<callback::AgentIds>,
     /// The files members sent, served by signed links.
@@ -62,12 +63,11 @@ pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Ro
             "/api/v1/media/{sha256}",
             get(media::serve).layer(middleware::map_response(error::json_errors)),
         );
-    if !state.api_tokens.is_empty() {
-        let api = api::routes(state.clone())
-            .layer(limit())
-            .layer(middleware::map_response(error::json_errors));
-        router = router.nest("/api/v1", api);
-    }
+    // Always routed: tokens may arrive with a reload; without any, every request gets 404.
+    let api = api::routes(state.clone())
+        .layer(limit())
+        .layer(middleware::map_response(error::json_errors));
+    router = router.nest("/api/v1", api);
     router
         .with_state(state)
         .layer(DefaultBodyLimit::disable())

@@ -132,8 +132,8 @@ impl Push {
     }
 }
 
-/// Robots by name.
-pub type Bots = Arc<HashMap<String, Bot>>;
+/// Robots by name, replaced by a reload.
+pub type Bots = crate::live::Live<HashMap<String, Bot>>;
 
 type Queues = Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<StoredDelivery>>>>;
 
@@ -165,8 +165,14 @@ impl Dispatcher {
         }
     }
 
-    pub fn bots(&self) -> &Bots {
-        &self.bots
+    /// The robots configured now.
+    pub fn bots(&self) -> Arc<HashMap<String, Bot>> {
+        self.bots.get()
+    }
+
+    /// Robots from now on (a reload).
+    pub fn set_bots(&self, bots: HashMap<String, Bot>) {
+        self.bots.set(bots);
     }
 
     pub fn apps(&self) -> &Apps {
@@ -327,6 +333,7 @@ impl QueueWorker {
                 let Some(app) = self.apps.by_name(app) else {
                     return fail(format!("app {app:?} is not configured"));
                 };
+                let app: &crate::app::App = &app;
                 let _turn = self.outbound.lock(&Outbound::recipients_key(app, to)).await;
                 // A file is uploaded first. A push keeps no media_id: after a crash it is
                 // uploaded again, and a resend under a new media_id escapes WeCom's duplicate
@@ -345,9 +352,10 @@ impl QueueWorker {
                 })
             }
             Push::Bot { bot, message } => {
-                let Some(bot) = self.bots.get(bot) else {
+                let Some(bot) = self.bots.get().get(bot).cloned() else {
                     return fail(format!("robot {bot:?} is not configured"));
                 };
+                let bot = &bot;
                 let mut message = message.clone();
                 match self.outbound.attach_bot_media(bot, &mut message).await {
                     Ok(()) => {}

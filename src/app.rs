@@ -143,6 +143,12 @@ impl App {
         if self.previous.is_none() {
             return;
         }
+        let set = if previous { "previous" } else { "current" };
+        crate::metrics::count(
+            "wecom_gateway_callback_key_set_total",
+            "Callbacks verified during a key rotation, by the token/key set that verified them.",
+            &[("app", &self.config.name), ("set", set)],
+        );
         let first = !self.verified[usize::from(previous)].swap(true, Ordering::Relaxed);
         let (set, advice) = match previous {
             true => ("previous", "WeCom still uses it; keep previous_* for now"),

@@ -166,6 +166,22 @@ async fn during_a_key_rotation_both_sets_verify_and_the_log_says_which() {
         assert_eq!(post(&gw, &query, body).await, status, "callback {n}");
     }
     fake.wait_for_sends(2).await;
+    let log = gw.log();
+    let metrics = log
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next());
+    let text = reqwest::get(metrics.unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for set in ["previous", "current"] {
+        let line =
+            format!("wecom_gateway_callback_key_set_total{{app=\"default\",set=\"{set}\"}} 1");
+        assert!(text.contains(&line), "no {line:?} in {text}");
+    }
     let log = gw.terminate().await;
     for said in [
         "a callback verified with the previous token/key",

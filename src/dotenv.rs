@@ -68,21 +68,29 @@ fn value_of(value: &str) -> Result<String, String> {
         }
         return Err(unterminated("\""));
     }
-    // Unquoted: a ` #` starts a comment.
+    // Unquoted: a `#` at the start or after a space starts a comment.
+    if value.starts_with('#') {
+        return Ok(String::new());
+    }
     let value = value.find(" #").map_or(value, |i| &value[..i]);
     Ok(value.trim_end().to_owned())
 }
 
-/// Read `path` into the process environment, leaving variables already set alone. Returns the
-/// names it set. Call before any thread starts (the environment is process-wide).
-pub fn load(path: &Path) -> Result<Vec<String>, DotenvError> {
+/// The variables the file at `path` sets.
+pub fn read(path: &Path) -> Result<Vec<(String, String)>, DotenvError> {
     let fail = |line, reason| DotenvError {
         file: path.display().to_string(),
         line,
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(0, e.to_string()))?;
-    let vars = parse(&text).map_err(|(line, reason)| fail(line, reason))?;
+    parse(&text).map_err(|(line, reason)| fail(line, reason))
+}
+
+/// Read `path` into the process environment, leaving variables already set alone. Returns the
+/// names it set. Call before any thread starts (the environment is process-wide).
+pub fn load(path: &Path) -> Result<Vec<String>, DotenvError> {
+    let vars = read(path)?;
     let mut set = Vec::new();
     for (key, value) in vars {
         if std::env::var_os(&key).is_none() {
@@ -99,7 +107,7 @@ mod tests {
 
     #[test]
     fn values_quotes_comments_and_export() {
-        let text = "# Hermes\nexport WECOM_CALLBACK_TOKEN=0123\nA = plain value # note\nB='single # kept'\nC=\"line\\nnext \\\"q\\\"\"\nD=\nE=a=b\n\n";
+        let text = "# Hermes\nexport WECOM_CALLBACK_TOKEN=0123\nA = plain value # note\nB='single # kept'\nC=\"line\\nnext \\\"q\\\"\"\nD=\nE=a=b\nF= # empty\n\n";
         let vars = parse(text).unwrap();
         let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("WECOM_CALLBACK_TOKEN"), Some("0123"), "text, zero kept");
@@ -108,6 +116,7 @@ mod tests {
         assert_eq!(get("C"), Some("line\nnext \"q\""));
         assert_eq!(get("D"), Some(""));
         assert_eq!(get("E"), Some("a=b"));
+        assert_eq!(get("F"), Some(""), "a comment, not a value");
     }
 
     #[test]

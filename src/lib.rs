@@ -157,13 +157,16 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
+        // A second gateway on the host must still start: without metrics, said loudly.
         let metrics = match config.metrics_listen {
             None => None,
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                StartupError::App(format!(
-                    "cannot listen for /metrics on {addr}: {e} (set metrics_listen / WECOM_CALLBACK_METRICS_LISTEN to another address, or off)"
-                ))
-            })?),
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    tracing::error!(%addr, "cannot listen for /metrics on {addr}: {e}; metrics are off (set metrics_listen / WECOM_CALLBACK_METRICS_LISTEN to another address, or off)");
+                    None
+                }
+            },
         };
         let mut outbound = Outbound::new(
             client,
@@ -488,6 +491,35 @@ impl Reloadable {
                 format!("{:?}", new.metrics_listen),
             ),
         ];
+        // Read once at start as well: named, not applied.
+        let debug = |c: &Config| {
+            [
+                format!("{:?}", c.log_format),
+                c.queue_capacity.to_string(),
+                c.max_body_bytes.to_string(),
+                format!("{:?}", c.replay_window),
+                c.retention_days.to_string(),
+                format!("{:?}{:?}", c.member_limits, c.bot_limits),
+                format!("{:?}", c.retry),
+                format!("{:?}", c.media),
+            ]
+        };
+        let also = [
+            "log_format",
+            "queue_capacity",
+            "max_body_bytes",
+            "replay_window",
+            "retention_days",
+            "limits",
+            "retry",
+            "media",
+        ];
+        let restart_only = restart_only.into_iter().chain(
+            (also
+                .into_iter()
+                .zip(debug(old).into_iter().zip(debug(&new))))
+            .map(|(key, (was, now))| (key, was, now)),
+        );
         for (key, was, now) in restart_only {
             if was != now {
                 tracing::warn!(key, "{key} changed: it takes effect at the next start");

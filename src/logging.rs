@@ -52,7 +52,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// One JSON object per event: `ts` (Unix seconds), `level`, `target`, `message`, the event's
-/// fields, and `span` with the fields of the spans it is in.
+/// fields, and `spans` with the fields of the spans it is in.
 struct Json;
 
 #[derive(Default)]
@@ -94,11 +94,11 @@ where
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let meta = event.metadata();
-        let mut line = serde_json::Map::new();
+        // The event's fields first: they cannot overwrite ts, level or target.
+        let mut line = fields.0;
         line.insert("ts".into(), ((ts * 1000.0).round() / 1000.0).into());
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
-        line.extend(fields.0);
         if let Some(scope) = ctx.event_scope() {
             let spans: Vec<serde_json::Value> = scope
                 .from_root()

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
-use wecom_gateway::config::{Config, Loaded, StoreKind};
+use wecom_gateway::config::{Config, ConfigErrors, Loaded, StoreKind};
 use wecom_gateway::inbox::{postgres, FailedId, Inbox, PostgresInbox, SqliteInbox};
 use wecom_gateway::logging::LogFormat;
+use wecom_gateway::outbound::dispatch::Retried;
 use wecom_gateway::simulate::{self, Simulation};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
@@ -136,6 +137,9 @@ fn read_env_files(explicit: Option<&std::path::Path>) -> anyhow::Result<Vec<Stri
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The environment the process was given: it always wins over .env, also at a reload.
+    let given: std::collections::HashSet<String> = std::env::vars().map(|(k, _)| k).collect();
+    let env_file = cli.env_file.clone();
     let env_files = match read_env_files(cli.env_file.as_deref()) {
         Ok(set) => set,
         Err(e) => {
@@ -167,7 +171,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve { .. } => match config {
-            Some(loaded) => serve(loaded),
+            Some(loaded) => serve(loaded, Environment { given, env_file }),
             None => Ok(()),
         },
         Command::CheckConfig { config } => check_config(config),
@@ -210,7 +214,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve((config, loaded): (Config, Loaded)) -> anyhow::Result<()> {
+/// Where a reload reads the environment: the process's own variables as given at start, then the
+/// `.env` files again (their values may have changed).
+struct Environment {
+    given: std::collections::HashSet<String>,
+    env_file: Option<PathBuf>,
+}
+
+impl Environment {
+    fn now(&self) -> Result<Vec<(String, String)>, String> {
+        let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| self.given.contains(k))
+            .collect();
+        let local = std::path::Path::new(".env");
+        let files = self
+            .env_file
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(local.is_file().then_some(local));
+        for file in files {
+            for (key, value) in wecom_gateway::dotenv::read(file).map_err(|e| e.to_string())? {
+                env.entry(key).or_insert(value);
+            }
+        }
+        Ok(env.into_iter().collect())
+    }
+}
+
+fn serve((config, loaded): (Config, Loaded), environment: Environment) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
@@ -227,7 +258,8 @@ fn serve((config, loaded): (Config, Loaded)) -> anyhow::Result<()> {
         // SIGHUP reads the same file (and the environment) again.
         let file = loaded.config_file.clone();
         let reload = move || {
-            let (config, loaded) = Config::load(file.as_deref(), std::env::vars())?;
+            let env = environment.now().map_err(|e| ConfigErrors(vec![e]))?;
+            let (config, loaded) = Config::load(file.as_deref(), env)?;
             for w in &loaded.warnings {
                 tracing::warn!("config: {w}");
             }
@@ -335,9 +367,10 @@ fn retry(path: Option<PathBuf>, all: bool, ids: Vec<String>) -> anyhow::Result<(
         }
         let mut missing = Vec::new();
         for id in which {
-            match wecom_gateway::outbound::dispatch::retry(&*store, None, id).await? {
-                Some(new) => println!("{id} queued again as {new}"),
-                None => missing.push(id.to_string()),
+            // The command line is the operator: it may retry a broadcast.
+            match wecom_gateway::outbound::dispatch::retry(&*store, None, id, true).await? {
+                Retried::Queued(new) => println!("{id} queued again as {new}"),
+                _ => missing.push(id.to_string()),
             }
         }
         if matches!(config.store, StoreKind::Sqlite) {

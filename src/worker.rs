@@ -249,7 +249,8 @@ impl Worker {
                     // one that stops.
                     tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
                     return Outcome::Failed(format!(
-                        "piece {} of {total}: {failure}",
+                        "{}{} of {total}: {failure}",
+                        crate::inbox::SEND_FAILED,
                         chunk.seq + 1
                     ));
                 }

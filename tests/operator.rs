@@ -517,8 +517,11 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
         std::fs::write(&file, text).unwrap();
     };
     write(&[&APP_A], "");
+    let dotenv = dir.path().join(".env");
+    std::fs::write(&dotenv, "WECOM_CALLBACK_ALLOWED_USERS=zhangsan\n").unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config"])
         .arg(&file)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -553,6 +556,8 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
     };
     assert_eq!(push(&gw).await.unwrap().status(), 404, "the API is off");
     write(&[&APP_A, &APP_B], "reloaded-token");
+    // .env is read again too: lisi may now talk to the agent.
+    std::fs::write(&dotenv, "WECOM_CALLBACK_ALLOWED_USERS=zhangsan,lisi\n").unwrap();
     hup();
     gw.wait_for_log(&["configuration reloaded", "beta"]).await;
     let (q, body) = APP_B.callback(&APP_B.text_xml("zhangsan", "to beta", 2));
@@ -565,6 +570,14 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
         "the API is on, with the new token"
     );
     fake.wait_for_sends(2).await;
+    let (q, body) = APP_A.callback(&APP_A.text_xml("lisi", "hello from lisi", 3));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    let sends = fake.wait_for_sends(3).await;
+    assert_eq!(
+        sends[2].content(),
+        "hello from lisi",
+        "allowed by the reloaded .env"
+    );
 
     std::fs::write(&file, "apps:\n  - name: broken\n    corp_id: ww1\n").unwrap();
     hup();
@@ -573,9 +586,9 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
         "apps[0].corp_secret: is required",
     ])
     .await;
-    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "still here", 3));
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "still here", 4));
     assert_eq!(post(&gw, &q, body).await, 200);
-    let sends = fake.wait_for_sends(3).await;
-    assert_eq!(sends[2].content(), "still here");
+    let sends = fake.wait_for_sends(4).await;
+    assert_eq!(sends[3].content(), "still here");
     gw.terminate().await;
 }

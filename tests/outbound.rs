@@ -656,3 +656,36 @@ async fn failed_work_is_listed_with_its_errcode_and_sent_again_on_retry_without_
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn retrying_a_failed_broadcast_needs_the_broadcast_scope() {
+    let fake = FakeWecom::start().await;
+    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
+    cfg.api_tokens.push(wecom_gateway::config::ApiToken {
+        token: SecretString::from(BROADCASTER),
+        broadcast: true,
+    });
+    let app = TestApp::spawn(cfg).await;
+    fake.script([json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"})]);
+    let (status, answer) = api_as(&app, BROADCASTER, json!({"toparty": "9", "text": "all"})).await;
+    assert_eq!(status, 202);
+    let id = answer["ids"][0].as_i64().unwrap();
+    // The next broadcast waits behind it: once it is out, the first has failed.
+    api_as(&app, BROADCASTER, json!({"toparty": "9", "text": "next"})).await;
+    fake.wait_for_sends(1).await;
+    let retry = |token: &'static str| {
+        (app.http
+            .post(app.url(&format!("/api/v1/failed/delivery-{id}/retry"))))
+        .bearer_auth(token)
+        .send()
+    };
+    assert_eq!(
+        retry(TOKEN).await.unwrap().status(),
+        403,
+        "a plain token may not"
+    );
+    assert_eq!(retry(BROADCASTER).await.unwrap().status(), 202);
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(sends[1].content(), "all");
+    app.stop().await;
+}

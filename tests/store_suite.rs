@@ -135,6 +135,25 @@ async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend)
         "what was sent stays sent"
     );
     s.inbox.finish(&again, Outcome::Done).await;
+    // An agent that failed: the retry asks it again (no recorded reply is carried over).
+    s.inbox.push(job("dora", 12, "sales")).await.unwrap();
+    let j = s.inbox.next().await.unwrap();
+    s.inbox
+        .record_reply(&j, &[AppMessage::text("sorry")])
+        .await
+        .unwrap();
+    s.inbox.mark_sent(&j, 0).await.unwrap();
+    s.inbox
+        .finish(&j, Outcome::Failed("agent timed out after 120 s".into()))
+        .await;
+    s.inbox
+        .retry_job(j.id as i64)
+        .await
+        .unwrap()
+        .expect("retried");
+    let again = s.inbox.next().await.unwrap();
+    assert_eq!(again.reply, None, "the agent is asked again");
+    s.inbox.finish(&again, Outcome::Done).await;
     s.close().await;
 }
 

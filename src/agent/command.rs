@@ -185,14 +185,22 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> (Vec<u8>
     (kept, dropped)
 }
 
-/// Whether `program` names an executable file: a path, or a name found on `PATH`.
-pub(crate) fn executable(program: &str) -> Result<(), String> {
+/// Whether `program` names an executable file: a path (a relative one from `working_dir`, where
+/// the program runs), or a name found on `PATH`.
+pub(crate) fn executable(
+    program: &str,
+    working_dir: Option<&std::path::Path>,
+) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |path: &std::path::Path| {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if program.contains('/') {
-        let path = std::path::Path::new(program);
+        let path = match working_dir {
+            Some(dir) if !program.starts_with('/') => dir.join(program),
+            _ => std::path::PathBuf::from(program),
+        };
+        let path = path.as_path();
         return match std::fs::metadata(path) {
             Err(e) => Err(format!("cannot be read: {e}")),
             Ok(m) if !m.is_file() => Err("is not a file".into()),

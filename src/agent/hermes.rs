@@ -87,16 +87,19 @@ impl HermesAgent {
     }
 
     /// The member's session: the one `/reset` last started, else one derived from who they are.
-    async fn session(&self, user_key: &str) -> Result<String, AgentError> {
-        let stored = self.store.history(&session_key(user_key), 1).await;
+    /// Per app and member: two apps of one corp are two conversations.
+    async fn session(&self, app: &str, user_key: &str) -> Result<String, AgentError> {
+        let key = format!("{app}/{user_key}");
+        let stored = self.store.history(&session_key(&key), 1).await;
         let stored = stored.map_err(Self::storage)?.pop().map(|e| e.content);
         Ok(stored.unwrap_or_else(|| {
-            let hash = hex::encode(Sha256::digest(user_key.as_bytes()));
+            let hash = hex::encode(Sha256::digest(key.as_bytes()));
             format!("wecom-{}", &hash[..32])
         }))
     }
 
-    async fn new_session(&self, user_key: &str) -> Result<(), AgentError> {
+    async fn new_session(&self, app: &str, user_key: &str) -> Result<(), AgentError> {
+        let user_key = &format!("{app}/{user_key}");
         let id = format!("wecom-{}", hex::encode(rand::random::<[u8; 16]>()));
         let entry = HistoryEntry {
             role: Role::Assistant,
@@ -128,7 +131,7 @@ impl Agent for HermesAgent {
         };
         match text.trim() {
             "/reset" | "/new" => {
-                self.new_session(turn.user_key).await?;
+                self.new_session(turn.app, turn.user_key).await?;
                 return Ok(vec![AppMessage::text(RESET_DONE)]);
             }
             "/help" => return Ok(vec![AppMessage::text(HELP)]),
@@ -143,7 +146,7 @@ impl Agent for HermesAgent {
                 text.push_str(&format!("\n(url: {url})"));
             }
         }
-        let session = self.session(turn.user_key).await?;
+        let session = self.session(turn.app, turn.user_key).await?;
         let body = json!({
             "model": self.config.model,
             "messages": [{ "role": "user", "content": text }],

@@ -127,7 +127,7 @@ impl AgentConfig {
                 ))
             }
             AgentKind::Command(c) => {
-                if let Err(why) = command::executable(&c.program) {
+                if let Err(why) = command::executable(&c.program, c.working_dir.as_deref()) {
                     problems.push(format!("program {:?}: {why}", c.program));
                 }
             }

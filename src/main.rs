@@ -125,14 +125,21 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<(Config, Loaded)> {
 /// the configuration is read and before any thread starts.
 fn read_env_files(explicit: Option<&std::path::Path>) -> anyhow::Result<Vec<String>> {
     let mut set = Vec::new();
-    if let Some(path) = explicit {
-        set.extend(wecom_gateway::dotenv::load(path)?);
-    }
-    let local = std::path::Path::new(".env");
-    if local.is_file() && explicit != Some(local) {
-        set.extend(wecom_gateway::dotenv::load(local)?);
+    for file in env_files(explicit) {
+        set.extend(wecom_gateway::dotenv::load(&file)?);
     }
     Ok(set)
+}
+
+/// The `.env` files read, first wins: `--env-file`, then `.env` in the working directory.
+fn env_files(explicit: Option<&std::path::Path>) -> Vec<PathBuf> {
+    let local = std::path::Path::new(".env");
+    let local = (local.is_file() && explicit != Some(local)).then(|| local.to_path_buf());
+    explicit
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(local)
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -226,14 +233,8 @@ impl Environment {
         let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| self.given.contains(k))
             .collect();
-        let local = std::path::Path::new(".env");
-        let files = self
-            .env_file
-            .iter()
-            .map(PathBuf::as_path)
-            .chain(local.is_file().then_some(local));
-        for file in files {
-            for (key, value) in wecom_gateway::dotenv::read(file).map_err(|e| e.to_string())? {
+        for file in env_files(self.env_file.as_deref()) {
+            for (key, value) in wecom_gateway::dotenv::read(&file).map_err(|e| e.to_string())? {
                 env.entry(key).or_insert(value);
             }
         }

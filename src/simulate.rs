@@ -46,10 +46,7 @@ pub enum SimulateError {
 }
 
 fn now() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string()
+    crate::outbound::upload::unix_now().to_string()
 }
 
 /// The stand-in for the WeCom API: tokens for anyone, every message printed, uploads accepted,

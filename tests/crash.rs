@@ -390,14 +390,8 @@ async fn ready_turns_503_while_the_data_dir_takes_no_writes_and_health_stays_ok(
         .await
         .unwrap();
     assert_eq!(refused.status(), 503);
-    let log = gw.log();
-    let metrics = log
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap();
     let text = http
-        .get(metrics)
+        .get(gw.metrics_url())
         .send()
         .await
         .unwrap()

@@ -166,12 +166,7 @@ async fn during_a_key_rotation_both_sets_verify_and_the_log_says_which() {
         assert_eq!(post(&gw, &query, body).await, status, "callback {n}");
     }
     fake.wait_for_sends(2).await;
-    let log = gw.log();
-    let metrics = log
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next());
-    let text = reqwest::get(metrics.unwrap())
+    let text = reqwest::get(gw.metrics_url())
         .await
         .unwrap()
         .text()
@@ -211,17 +206,9 @@ async fn start_up_says_what_to_paste_and_robot_only_mode_starts() {
     )
     .unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("robots"))
-        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
-        .env("WECOM_CALLBACK_PORT", "0")
-        .env("WECOM_CALLBACK_METRICS_LISTEN", "off")
-        .env("WECOM_CALLBACK_API_BASE_URL", fake.base_url())
-        .env("WECOM_CALLBACK_API_TOKENS", "robots-token");
+    cmd.args(["serve", "--config"]).arg(&config);
+    bare_env(&mut cmd, &fake.base_url(), &dir.path().join("robots"));
+    cmd.env("WECOM_CALLBACK_API_TOKENS", "robots-token");
     let gw = Gateway::start(&mut cmd).await;
     let answer = reqwest::Client::new()
         .post(format!("http://{}/api/v1/notify/ops", gw.addr))
@@ -332,14 +319,7 @@ async fn metrics_count_every_callback_result_and_ready_reports_token_trouble_as_
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&mut serve(&fake, dir.path())).await;
     gw.wait_for_log(&["metrics on http://"]).await;
-    let log = gw.log();
-    let metrics_url = log
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .trim_end_matches('"')
-        .to_owned();
+    let metrics_url = gw.metrics_url();
     let http = reqwest::Client::new();
     // ok, then the same callback again (duplicate), and one from a member not on the allowlist.
     let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "counted", 1));
@@ -524,15 +504,8 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path())
         .args(["serve", "--config"])
-        .arg(&file)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("WECOM_CALLBACK_DATA_DIR", dir.path().join("data"))
-        .env("WECOM_CALLBACK_HOST", "127.0.0.1")
-        .env("WECOM_CALLBACK_PORT", "0")
-        .env("WECOM_CALLBACK_METRICS_LISTEN", "off")
-        .env("WECOM_CALLBACK_API_BASE_URL", fake.base_url());
+        .arg(&file);
+    bare_env(&mut cmd, &fake.base_url(), &dir.path().join("data"));
     let gw = Gateway::start(&mut cmd).await;
     let hup = || {
         let pid = gw.child.id().unwrap().to_string();

@@ -482,6 +482,16 @@ async fn a_user_in_two_corps_is_addressed_by_corp_or_refused_with_409() {
 
 const BROADCASTER: &str = "api-token-that-may-broadcast";
 
+/// App A with the API on: TOKEN, and BROADCASTER with scope broadcast.
+fn with_broadcaster(fake: &FakeWecom) -> wecom_gateway::config::Config {
+    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
+    cfg.api_tokens.push(wecom_gateway::config::ApiToken {
+        token: SecretString::from(BROADCASTER),
+        broadcast: true,
+    });
+    cfg
+}
+
 async fn api_as(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
     let resp = (app.http.post(app.url("/api/v1/send")))
         .bearer_auth(token)
@@ -496,12 +506,7 @@ async fn api_as(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
 #[tokio::test]
 async fn departments_tags_and_all_need_the_broadcast_scope_and_group_chats_take_chatid() {
     let fake = FakeWecom::start().await;
-    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
-    cfg.api_tokens.push(wecom_gateway::config::ApiToken {
-        token: SecretString::from(BROADCASTER),
-        broadcast: true,
-    });
-    let app = TestApp::spawn(cfg).await;
+    let app = TestApp::spawn(with_broadcaster(&fake)).await;
     for body in [
         json!({"toparty": "2", "text": "a"}),
         json!({"totag": ["7"], "text": "a"}),
@@ -660,12 +665,7 @@ async fn failed_work_is_listed_with_its_errcode_and_sent_again_on_retry_without_
 #[tokio::test]
 async fn retrying_a_failed_broadcast_needs_the_broadcast_scope() {
     let fake = FakeWecom::start().await;
-    let mut cfg = with_api(config(&[APP_A], &fake.base_url()));
-    cfg.api_tokens.push(wecom_gateway::config::ApiToken {
-        token: SecretString::from(BROADCASTER),
-        broadcast: true,
-    });
-    let app = TestApp::spawn(cfg).await;
+    let app = TestApp::spawn(with_broadcaster(&fake)).await;
     fake.script([json!({"errcode": 81013, "errmsg": "user & party & tag all invalid"})]);
     let (status, answer) = api_as(&app, BROADCASTER, json!({"toparty": "9", "text": "all"})).await;
     assert_eq!(status, 202);

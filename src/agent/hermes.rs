@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::openai::{chat_completion, HELP, RESET_DONE};
+use super::openai::{api_client, api_lines, chat_completion, HELP, RESET_DONE};
 use super::{Agent, AgentError, Turn};
 use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
@@ -43,17 +43,8 @@ pub struct HermesConfig {
 impl HermesConfig {
     /// check-config's lines: whether there is an API key, never the key.
     pub(crate) fn shown(&self) -> Vec<String> {
-        let key = if self.api_key.is_some() {
-            "'****'"
-        } else {
-            "none"
-        };
-        vec![
-            format!("base_url: {}", self.base_url),
-            format!("model: {}", self.model),
-            format!("api_key: {key}"),
-            format!("timeout_secs: {}", self.timeout.as_secs()),
-        ]
+        let key = self.api_key.as_ref();
+        api_lines(&self.base_url, &self.model, key, self.timeout)
     }
 }
 
@@ -70,11 +61,7 @@ fn session_key(user_key: &str) -> String {
 
 impl HermesAgent {
     pub fn new(config: HermesConfig, store: Arc<dyn History>) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
+        let http = api_client(config.timeout)?;
         Ok(HermesAgent {
             http,
             config,

@@ -42,23 +42,43 @@ pub struct OpenAiConfig {
     pub vision: bool,
 }
 
+/// check-config's lines for a model API (openai and hermes agents): whether there is an API key,
+/// never the key.
+pub(crate) fn api_lines(
+    base_url: &str,
+    model: &str,
+    api_key: Option<&SecretString>,
+    timeout: Duration,
+) -> Vec<String> {
+    let key = if api_key.is_some() { "'****'" } else { "none" };
+    vec![
+        format!("base_url: {base_url}"),
+        format!("model: {model}"),
+        format!("api_key: {key}"),
+        format!("timeout_secs: {}", timeout.as_secs()),
+    ]
+}
+
+/// The HTTP client for a model API: the agent's timeout bounds a whole turn.
+pub(crate) fn api_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))
+}
+
 impl OpenAiConfig {
     /// check-config's lines: whether there is an API key, never the key.
     pub(crate) fn shown(&self) -> Vec<String> {
-        let key = if self.api_key.is_some() {
-            "'****'"
-        } else {
-            "none"
-        };
-        vec![
-            format!("base_url: {}", self.base_url),
-            format!("model: {}", self.model),
-            format!("api_key: {key}"),
-            format!("timeout_secs: {}", self.timeout.as_secs()),
+        let (key, timeout) = (self.api_key.as_ref(), self.timeout);
+        let mut lines = api_lines(&self.base_url, &self.model, key, timeout);
+        lines.extend([
             format!("history_turns: {}", self.history_turns),
             format!("history_chars: {}", self.history_chars),
             format!("vision: {}", self.vision),
-        ]
+        ]);
+        lines
     }
 }
 
@@ -135,11 +155,7 @@ impl OpenAiAgent {
         store: Arc<dyn History>,
         inline_text_bytes: u64,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
+        let http = api_client(config.timeout)?;
         Ok(OpenAiAgent {
             http,
             config,

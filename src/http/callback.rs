@@ -113,10 +113,7 @@ fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Rejec
         .trim()
         .parse()
         .map_err(|_| bad("replay", format!("timestamp {timestamp:?} is not a number")))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let skew = now.saturating_sub(sent);
+    let skew = crate::outbound::upload::unix_now().saturating_sub(sent);
     if skew.unsigned_abs() > window.as_secs() {
         let (by, way) = match skew > 0 {
             true => (skew, "behind"),

@@ -135,9 +135,7 @@ fn disposition_file_name(header: &str) -> Option<String> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::outbound::upload::unix_now().max(0) as u64
 }
 
 impl Received {

@@ -10,9 +10,9 @@ use super::{APP_A, WAIT};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wecom-gateway");
 
-/// Environment for a single-app gateway (app A) on 127.0.0.1:0 with `data_dir`, debug logs, and
-/// only `zhangsan` allowed. Tests add or override variables.
-pub fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
+/// Environment for a gateway with no app yet on 127.0.0.1:0 (metrics too) with `data_dir` and
+/// debug logs: nothing from the test's own environment. Tests add an app, or a config file.
+pub fn bare_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "debug")
@@ -20,13 +20,19 @@ pub fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::
         .env("WECOM_CALLBACK_HOST", "127.0.0.1")
         .env("WECOM_CALLBACK_PORT", "0")
         .env("WECOM_CALLBACK_METRICS_LISTEN", "127.0.0.1:0")
-        .env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
+        .env("WECOM_CALLBACK_API_BASE_URL", api_base_url);
+}
+
+/// Environment for a single-app gateway (app A) on 127.0.0.1:0 with `data_dir`, debug logs, and
+/// only `zhangsan` allowed. Tests add or override variables.
+pub fn gateway_env(cmd: &mut Command, api_base_url: &str, data_dir: &std::path::Path) {
+    bare_env(cmd, api_base_url, data_dir);
+    cmd.env("WECOM_CALLBACK_CORP_ID", APP_A.corp_id)
         .env("WECOM_CALLBACK_CORP_SECRET", APP_A.secret)
         .env("WECOM_CALLBACK_AGENT_ID", APP_A.agent_id.to_string())
         .env("WECOM_CALLBACK_TOKEN", APP_A.token)
         .env("WECOM_CALLBACK_ENCODING_AES_KEY", APP_A.aes_key)
-        .env("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan")
-        .env("WECOM_CALLBACK_API_BASE_URL", api_base_url);
+        .env("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan");
 }
 
 /// A running gateway process.
@@ -101,6 +107,15 @@ impl Gateway {
                 panic!("no log line with {parts:?}:\n{}", self.log());
             }
         }
+    }
+
+    /// Where this gateway serves `/metrics`, from its start-up log.
+    pub fn metrics_url(&self) -> String {
+        let log = self.log();
+        let rest = log.split("metrics on ").nth(1);
+        let url = rest.and_then(|r| r.split(|c: char| c.is_whitespace() || c == '"').next());
+        url.expect("the gateway logs where its metrics are")
+            .to_owned()
     }
 
     pub fn callback_url(&self, query: &str) -> String {

@@ -17,6 +17,12 @@
 //!
 //!     loadtest REQUESTS CONCURRENCY --target http://127.0.0.1:18001,http://127.0.0.1:18002
 //!
+//! Emit mode: writes REQUESTS signed callbacks, one per line as `PATH?QUERY<TAB>BODY`, for an
+//! outside load generator (bench/callbacks.sh feeds them to wrk), and exits. They are signed with
+//! the current time, so they must be posted within the gateway's replay_window (300 s default).
+//!
+//!     loadtest REQUESTS --emit FILE
+//!
 //! `--cpu` also prints, per round, the CPU time used by every process on the machine grouped by
 //! name (from /proc; Linux only), e.g. how the two cores were split between PostgreSQL, the
 //! replicas and this client. `--cpu-pids P1,P2,...` (implies `--cpu`) names the processes under
@@ -97,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let mut msgid_base: Option<u64> = None;
     let mut cpu = false;
     let mut ours: Vec<u32> = Vec::new();
+    let mut emit: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -117,6 +124,12 @@ async fn main() -> anyhow::Result<()> {
                 msgid_base = Some(n.parse()?);
             }
             "--cpu" => cpu = true,
+            "--emit" => {
+                emit = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--emit needs a file"))?,
+                );
+            }
             "--cpu-pids" => {
                 cpu = true;
                 let list = args
@@ -144,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     // In-process gateway on SQLite unless targets were given.
     let mut local = None;
     let dir = tempfile::tempdir()?;
-    let (bases, store): (Vec<String>, String) = if targets.is_empty() {
+    let (bases, store): (Vec<String>, String) = if targets.is_empty() && emit.is_none() {
         let env = [
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", "0".to_owned()),
@@ -186,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let msgid_base = match msgid_base {
         Some(n) => n,
         // The SQLite mode's fresh database keeps the old fixed ids; a shared database needs new ones.
-        None if targets.is_empty() => 7_000_000_000_000_000_000u64,
+        None if targets.is_empty() && emit.is_none() => 7_000_000_000_000_000_000u64,
         None => 7_000_000_000_000_000_000u64 + (rand::random::<u64>() % 1_000_000_000) * 1_000_000,
     };
 
@@ -209,6 +222,16 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect(),
     );
+    if let Some(file) = emit {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for (query, body) in callbacks.iter() {
+            writeln!(out, "/wecom/callback{query}\t{body}")?;
+        }
+        out.flush()?;
+        println!("{requests} signed callbacks written to {file}");
+        return Ok(());
+    }
     let bases = Arc::new(bases);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)

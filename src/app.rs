@@ -145,8 +145,7 @@ impl App {
         }
         let set = if previous { "previous" } else { "current" };
         crate::metrics::count(
-            "wecom_gateway_callback_key_set_total",
-            "Callbacks verified during a key rotation, by the token/key set that verified them.",
+            crate::metrics::KEY_SET,
             &[("app", &self.config.name), ("set", set)],
         );
         let first = !self.verified[usize::from(previous)].swap(true, Ordering::Relaxed);

@@ -275,7 +275,7 @@ impl Application {
             worker.received.clone(),
             config.retention_days,
         ));
-        let state = http::AppState {
+        let state = Arc::new(http::Handlers {
             apps: apps.clone(),
             inbox: inbox.clone(),
             allowlist: live::Live::new(config.allowlist.clone()),
@@ -284,7 +284,7 @@ impl Application {
             agent_ids: Arc::default(),
             received: worker.received.clone(),
             replay_window: config.replay_window,
-        };
+        });
         if let Some(load) = reloader {
             background.spawn(reload_on_sighup(
                 load,
@@ -599,16 +599,9 @@ fn default_public_url(addr: SocketAddr) -> String {
 /// `/metrics`: the registry, with the inbox gauges read now.
 fn scrape(inbox: &dyn Inbox) -> String {
     let in_progress = worker::IN_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
-    let help = "Messages being handled by this process's workers.";
-    metrics::gauge(
-        "wecom_gateway_inbox_in_progress",
-        help,
-        &[],
-        in_progress as f64,
-    );
+    metrics::gauge(metrics::INBOX_IN_PROGRESS, in_progress as f64);
     let waiting = inbox.len().saturating_sub(in_progress);
-    let help = "Messages waiting in this process's window (with SQLite, more may wait on disk).";
-    metrics::gauge("wecom_gateway_inbox_waiting", help, &[], waiting as f64);
+    metrics::gauge(metrics::INBOX_WAITING, waiting as f64);
     metrics::render()
 }
 

@@ -1,16 +1,19 @@
-//! Prometheus metrics: counters, gauges and histograms kept in one process-wide registry and
-//! rendered in Prometheus's text format for the `metrics_listen` listener.
+//! Prometheus metrics, kept by the `metrics` crate's process-wide recorder and rendered by
+//! `metrics-exporter-prometheus` for the `metrics_listen` listener.
 //!
-//! Owns: metric names, their help text and label sets. Must never: put a secret, a message or a
-//! user id in a label (labels are apps, results, errcodes and kinds only).
+//! Owns: the recorder (installed on first use), every metric's name, kind and help text (`METRICS`,
+//! the one list), the histogram buckets, and the upkeep that keeps histogram samples bounded
+//! between scrapes.
 //!
-//! Hand-written rather than the `metrics` crate: that crate and its Prometheus exporter are not
-//! available to this build (no network at build time); this is the small subset the gateway uses.
+//! Must never: put a secret, a message or a user id in a label (labels are apps, agents, results,
+//! errcodes and kinds only). Hot paths hold handles (`counter`, `histogram`) made once, so
+//! recording is an atomic add with no lock and no allocation.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use metrics::{Counter, Histogram, Label};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Histogram buckets, in seconds: from an acknowledgement (milliseconds) to an agent turn (minutes).
 const BUCKETS: &[f64] = &[
@@ -18,110 +21,112 @@ const BUCKETS: &[f64] = &[
     300.0, 1800.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// How often histogram samples recorded since the last upkeep are folded into their buckets.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-#[derive(Default)]
-struct Registry {
-    /// (name, labels) → value.
-    counters: BTreeMap<(&'static str, String), u64>,
-    gauges: BTreeMap<(&'static str, String), f64>,
-    histograms: BTreeMap<(&'static str, String), Histogram>,
-    help: BTreeMap<&'static str, (&'static str, &'static str)>,
+/// Every metric the gateway exports: name, kind, help.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (CALLBACKS, Kind::Counter, "Message callbacks (POST) by result: ok, duplicate, denied (not on the allowlist), bad_signature, decrypt_error, malformed, too_large, replayed, store_error."),
+    (ACK_SECONDS, Kind::Histogram, "Time from a callback's arrival to its answer."),
+    (KEY_SET, Kind::Counter, "Callbacks verified during a key rotation, by the token/key set that verified them."),
+    (RATE_LIMIT_WAITS, Kind::Counter, "Sends held back to stay within WeCom's rate limits."),
+    (WECOM_CALLS, Kind::Counter, "Sends to WeCom (message/send, appchat/send, robot webhooks) by errcode; none: no answer or HTTP error."),
+    (RETRIES, Kind::Counter, "Sends tried again after a failure that may heal."),
+    (TOKEN_FETCHES, Kind::Counter, "Access tokens fetched with gettoken, per app."),
+    (AGENT_SECONDS, Kind::Histogram, "How long agents took to answer."),
+    (AGENT_FAILURES, Kind::Counter, "Agent turns that failed, by kind."),
+    (INBOX_IN_PROGRESS, Kind::Gauge, "Messages being handled by this process's workers."),
+    (INBOX_WAITING, Kind::Gauge, "Messages waiting in this process's window (with SQLite, more may wait on disk)."),
+];
+
+pub const CALLBACKS: &str = "wecom_gateway_callbacks_total";
+pub const ACK_SECONDS: &str = "wecom_gateway_ack_seconds";
+pub const KEY_SET: &str = "wecom_gateway_callback_key_set_total";
+pub const RATE_LIMIT_WAITS: &str = "wecom_gateway_rate_limit_waits_total";
+pub const WECOM_CALLS: &str = "wecom_gateway_wecom_calls_total";
+pub const RETRIES: &str = "wecom_gateway_retries_total";
+pub const TOKEN_FETCHES: &str = "wecom_gateway_token_fetches_total";
+pub const AGENT_SECONDS: &str = "wecom_gateway_agent_seconds";
+pub const AGENT_FAILURES: &str = "wecom_gateway_agent_failures_total";
+pub const INBOX_IN_PROGRESS: &str = "wecom_gateway_inbox_in_progress";
+pub const INBOX_WAITING: &str = "wecom_gateway_inbox_waiting";
+
+/// The recorder, installed on first use. If the embedding program installed another recorder
+/// first, that one receives the gateway's metrics and this handle renders nothing.
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = match PrometheusBuilder::new().set_buckets(BUCKETS) {
+            Ok(b) => b,
+            // Only an empty bucket list is refused; BUCKETS is not empty.
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        for (name, kind, help) in METRICS {
+            match kind {
+                Kind::Counter => metrics::describe_counter!(*name, *help),
+                Kind::Gauge => metrics::describe_gauge!(*name, *help),
+                Kind::Histogram => metrics::describe_histogram!(*name, *help),
+            }
+        }
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            });
+        handle
+    })
 }
 
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    let lock = REGISTRY.get_or_init(Mutex::default).lock();
-    lock.unwrap_or_else(|p| p.into_inner())
-}
-
-/// `{a="x",b="y"}`, values escaped as the text format requires.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let escape = |v: &str| {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    let inner: Vec<String> = pairs
+fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
+    pairs
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
+        .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+        .collect()
 }
 
-/// Add to a counter.
-pub fn count(name: &'static str, help: &'static str, pairs: &[(&str, &str)]) {
-    let mut r = registry();
-    r.help.entry(name).or_insert((help, "counter"));
-    *r.counters.entry((name, labels(pairs))).or_default() += 1;
+/// A counter handle, for code that counts often: keep it, and `increment(1)` costs one atomic add.
+pub fn counter(name: &'static str, pairs: &[(&'static str, &str)]) -> Counter {
+    recorder();
+    metrics::counter!(name, labels(pairs))
+}
+
+/// A histogram handle, for code that records often.
+pub fn histogram(name: &'static str, pairs: &[(&'static str, &str)]) -> Histogram {
+    recorder();
+    metrics::histogram!(name, labels(pairs))
+}
+
+/// Add one to a counter whose labels vary (an app, an errcode): looked up by name and labels.
+pub fn count(name: &'static str, pairs: &[(&'static str, &str)]) {
+    counter(name, pairs).increment(1);
 }
 
 /// Set a gauge.
-pub fn gauge(name: &'static str, help: &'static str, pairs: &[(&str, &str)], value: f64) {
-    let mut r = registry();
-    r.help.entry(name).or_insert((help, "gauge"));
-    r.gauges.insert((name, labels(pairs)), value);
+pub fn gauge(name: &'static str, value: f64) {
+    recorder();
+    metrics::gauge!(name).set(value);
 }
 
-/// Record a duration in a histogram.
-pub fn observe(name: &'static str, help: &'static str, pairs: &[(&str, &str)], took: Duration) {
-    let mut r = registry();
-    r.help.entry(name).or_insert((help, "histogram"));
-    let h = r.histograms.entry((name, labels(pairs))).or_default();
-    if h.counts.is_empty() {
-        h.counts = vec![0; BUCKETS.len()];
-    }
-    let secs = took.as_secs_f64();
-    for (i, bound) in BUCKETS.iter().enumerate() {
-        if secs <= *bound {
-            h.counts[i] += 1;
-        }
-    }
-    h.sum += secs;
-    h.count += 1;
+/// Record a duration in a histogram whose labels vary.
+pub fn observe(name: &'static str, pairs: &[(&'static str, &str)], took: Duration) {
+    histogram(name, pairs).record(took.as_secs_f64());
 }
 
 /// Everything, in Prometheus's text exposition format.
 pub fn render() -> String {
-    let r = registry();
-    let mut out = String::new();
-    let mut described = std::collections::BTreeSet::new();
-    let mut describe = |out: &mut String, name: &'static str| {
-        if described.insert(name) {
-            let (help, kind) = r.help.get(name).copied().unwrap_or(("", "untyped"));
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        }
-    };
-    for ((name, l), v) in &r.counters {
-        describe(&mut out, name);
-        let _ = writeln!(out, "{name}{l} {v}");
-    }
-    for ((name, l), v) in &r.gauges {
-        describe(&mut out, name);
-        let _ = writeln!(out, "{name}{l} {v}");
-    }
-    for ((name, l), h) in &r.histograms {
-        describe(&mut out, name);
-        // The bucket label joins the others: {a="x",le="0.5"}.
-        let with_le = |le: &str| match l.strip_suffix('}') {
-            Some(open) => format!("{open},le=\"{le}\"}}"),
-            None => format!("{{le=\"{le}\"}}"),
-        };
-        for (bound, n) in BUCKETS.iter().zip(&h.counts) {
-            let _ = writeln!(out, "{name}_bucket{} {n}", with_le(&bound.to_string()));
-        }
-        let _ = writeln!(out, "{name}_bucket{} {}", with_le("+Inf"), h.count);
-        let _ = writeln!(out, "{name}_sum{l} {}\n{name}_count{l} {}", h.sum, h.count);
-    }
-    out
+    recorder().render()
 }
 
 #[cfg(test)]
@@ -129,37 +134,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_format_with_labels_and_buckets() {
-        count("t_calls_total", "Calls.", &[("result", "ok")]);
-        count("t_calls_total", "Calls.", &[("result", "ok")]);
-        count("t_calls_total", "Calls.", &[("result", "a\"b")]);
-        gauge("t_queued", "Queued.", &[], 3.0);
-        observe(
-            "t_seconds",
-            "Latency.",
-            &[("app", "x")],
-            Duration::from_millis(20),
-        );
+    fn text_format_with_help_labels_and_buckets() {
+        count(RETRIES, &[]);
+        let calls = counter(WECOM_CALLS, &[("call", "robot"), ("errcode", "a\"b")]);
+        calls.increment(1);
+        calls.increment(1);
+        gauge(INBOX_WAITING, 3.0);
+        observe(AGENT_SECONDS, &[("agent", "t")], Duration::from_millis(20));
         let text = render();
-        assert!(text.contains("# TYPE t_calls_total counter\n"), "{text}");
-        assert!(text.contains("t_calls_total{result=\"ok\"} 2\n"), "{text}");
-        assert!(
-            text.contains("t_calls_total{result=\"a\\\"b\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("t_queued 3\n"), "{text}");
-        assert!(
-            text.contains("t_seconds_bucket{app=\"x\",le=\"0.01\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t_seconds_bucket{app=\"x\",le=\"0.025\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t_seconds_bucket{app=\"x\",le=\"+Inf\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("t_seconds_count{app=\"x\"} 1\n"), "{text}");
+        for present in [
+            "# HELP wecom_gateway_retries_total Sends tried again after a failure that may heal.\n",
+            "# TYPE wecom_gateway_retries_total counter\n",
+            "wecom_gateway_retries_total 1\n",
+            "wecom_gateway_wecom_calls_total{call=\"robot\",errcode=\"a\\\"b\"} 2\n",
+            "# TYPE wecom_gateway_inbox_waiting gauge\n",
+            "wecom_gateway_inbox_waiting 3\n",
+            "# TYPE wecom_gateway_agent_seconds histogram\n",
+            "wecom_gateway_agent_seconds_bucket{agent=\"t\",le=\"0.01\"} 0\n",
+            "wecom_gateway_agent_seconds_bucket{agent=\"t\",le=\"0.025\"} 1\n",
+            "wecom_gateway_agent_seconds_bucket{agent=\"t\",le=\"+Inf\"} 1\n",
+            "wecom_gateway_agent_seconds_count{agent=\"t\"} 1\n",
+        ] {
+            assert!(text.contains(present), "no {present:?} in:\n{text}");
+        }
     }
 }

@@ -313,8 +313,7 @@ impl Worker {
             let answer = handle.agent.reply(turn).await;
             let agent = handle.agent.name();
             crate::metrics::observe(
-                "wecom_gateway_agent_seconds",
-                "How long agents took to answer.",
+                crate::metrics::AGENT_SECONDS,
                 &[("agent", agent)],
                 started.elapsed(),
             );
@@ -324,8 +323,7 @@ impl Worker {
                     AgentError::Failed(_) => "failed",
                 };
                 crate::metrics::count(
-                    "wecom_gateway_agent_failures_total",
-                    "Agent turns that failed, by kind.",
+                    crate::metrics::AGENT_FAILURES,
                     &[("agent", agent), ("kind", kind)],
                 );
             }

@@ -7,11 +7,13 @@
 //! secret or a message body.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use percent_encoding::percent_decode_str;
 
 use super::error::HttpError;
@@ -36,25 +38,77 @@ fn bad(check: &'static str, reason: impl Into<String>) -> Reject {
 }
 
 impl Reject {
-    /// The `result` label of `wecom_gateway_callbacks_total` for this refusal.
-    fn result(&self) -> &'static str {
+    /// What this refusal counts as.
+    fn outcome(&self) -> Outcome {
         match self.check {
-            "signature" => "bad_signature",
-            "decrypt" | "corp_id" => "decrypt_error",
-            "replay" => "replayed",
-            "inbox" => "store_error",
-            _ => "malformed",
+            "signature" => Outcome::BadSignature,
+            "decrypt" | "corp_id" => Outcome::DecryptError,
+            "replay" => Outcome::Replayed,
+            "inbox" => Outcome::StoreError,
+            _ => Outcome::Malformed,
         }
     }
 }
 
-const CALLBACKS: &str = "wecom_gateway_callbacks_total";
-const CALLBACKS_HELP: &str = "Message callbacks (POST) by result: ok, duplicate, denied (not on the allowlist), bad_signature, decrypt_error, malformed, too_large, replayed, store_error.";
+/// What became of a callback: the `result` label of `wecom_gateway_callbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Duplicate,
+    Denied,
+    BadSignature,
+    DecryptError,
+    Malformed,
+    TooLarge,
+    Replayed,
+    StoreError,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::Duplicate,
+        Outcome::Denied,
+        Outcome::BadSignature,
+        Outcome::DecryptError,
+        Outcome::Malformed,
+        Outcome::TooLarge,
+        Outcome::Replayed,
+        Outcome::StoreError,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Denied => "denied",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::DecryptError => "decrypt_error",
+            Outcome::Malformed => "malformed",
+            Outcome::TooLarge => "too_large",
+            Outcome::Replayed => "replayed",
+            Outcome::StoreError => "store_error",
+        }
+    }
+
+    /// Count it, through a handle made once per outcome (no lookup per callback).
+    fn count(self) {
+        static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
+            Outcome::ALL
+                .iter()
+                .map(|o| crate::metrics::counter(crate::metrics::CALLBACKS, &[("result", o.label())]))
+                .collect()
+        });
+        if let Some(counter) = COUNTERS.get(self as usize) {
+            counter.increment(1);
+        }
+    }
+}
 
 /// Counts callbacks the body limit refused before any handler ran.
 pub async fn count_too_large(response: Response) -> Response {
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        crate::metrics::count(CALLBACKS, CALLBACKS_HELP, &[("result", "too_large")]);
+        Outcome::TooLarge.count();
     }
     response
 }
@@ -203,30 +257,27 @@ pub async fn receive(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
+    static ACK_SECONDS: LazyLock<Histogram> =
+        LazyLock::new(|| crate::metrics::histogram(crate::metrics::ACK_SECONDS, &[]));
     let started = std::time::Instant::now();
-    let (response, result) = match accept(&state, raw.as_deref(), &body).await {
-        Ok(result) => (StatusCode::OK.into_response(), result),
+    let (response, outcome) = match accept(&state, raw.as_deref(), &body).await {
+        Ok(outcome) => (StatusCode::OK.into_response(), outcome),
         Err(r) => {
-            let result = r.result();
-            (r.into_response(), result)
+            let outcome = r.outcome();
+            (r.into_response(), outcome)
         }
     };
-    crate::metrics::count(CALLBACKS, CALLBACKS_HELP, &[("result", result)]);
-    crate::metrics::observe(
-        "wecom_gateway_ack_seconds",
-        "Time from a callback's arrival to its answer.",
-        &[],
-        started.elapsed(),
-    );
+    outcome.count();
+    ACK_SECONDS.record(started.elapsed().as_secs_f64());
     response
 }
 
-/// Queue the callback; `ok`, `duplicate` or `denied` (acknowledged, not for the agent).
+/// Queue the callback; `Ok`, `Duplicate` or `Denied` (acknowledged, not for the agent).
 async fn accept(
     state: &AppState,
     raw_query: Option<&str>,
     body: &[u8],
-) -> Result<&'static str, Reject> {
+) -> Result<Outcome, Reject> {
     let signed = signed_query(raw_query)?;
     let body = std::str::from_utf8(body).map_err(|_| bad("body", "body is not UTF-8"))?;
     let envelope = Envelope::parse(body)
@@ -253,7 +304,7 @@ async fn accept(
     if !state.allowlist.get().allows(corp_id, user_id) {
         tracing::warn!(app = %app.config.name, user = ?user_key, msg_type = ?message.msg_type,
             "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
-        return Ok("denied");
+        return Ok(Outcome::Denied);
     }
     let job = NewJob {
         app: app.config.name.clone(),
@@ -270,11 +321,13 @@ async fn accept(
     })? {
         Pushed::Queued => {
             tracing::debug!(app = %app.config.name, user = ?user_key, "callback queued");
-            Ok("ok")
+            Ok(Outcome::Ok)
         }
         Pushed::Duplicate => {
-            tracing::info!(app = %app.config.name, user = ?user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
-            Ok("duplicate")
+            // Debug, not info: a retry storm after an outage would otherwise write a line per
+            // retry; wecom_gateway_callbacks_total{result="duplicate"} counts them.
+            tracing::debug!(app = %app.config.name, user = ?user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
+            Ok(Outcome::Duplicate)
         }
     }
 }

@@ -25,9 +25,12 @@ use crate::live::Live;
 use crate::outbound::Dispatcher;
 use crate::received::Received;
 
-/// What every handler can see.
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler can see. Shared behind one `Arc`: axum clones the state for every request,
+/// and one reference count is cheaper than one per field.
+pub type AppState = Arc<Handlers>;
+
+/// The fields of [`AppState`].
+pub struct Handlers {
     pub apps: Apps,
     pub inbox: Arc<dyn Inbox>,
     pub allowlist: Live<Allowlist>,

@@ -191,11 +191,7 @@ impl Outbound {
             }
             let wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64;
             tracing::debug!(recipient = key, wait_ms, "waiting for the rate window");
-            crate::metrics::count(
-                "wecom_gateway_rate_limit_waits_total",
-                "Sends held back to stay within WeCom's rate limits.",
-                &[],
-            );
+            crate::metrics::count(crate::metrics::RATE_LIMIT_WAITS, &[]);
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
                 () = stopping => {}
@@ -552,8 +548,7 @@ impl Outbound {
                             Err(e) => e.errcode().map_or_else(|| "none".to_owned(), |c| c.to_string()),
                         };
                         crate::metrics::count(
-                            "wecom_gateway_wecom_calls_total",
-                            "Sends to WeCom (message/send, appchat/send, robot webhooks) by errcode; none: no answer or HTTP error.",
+                            crate::metrics::WECOM_CALLS,
                             &[("call", call), ("errcode", &code)],
                         );
                         // Whatever reached WeCom counts toward its limit; a connection that never
@@ -581,11 +576,7 @@ impl Outbound {
                         return false;
                     }
                     tracing::warn!(recipient = key, attempt, retry_in_ms = delay.as_millis() as u64, errcode = error.errcode(), error = %error, "send failed; retrying");
-                    crate::metrics::count(
-                        "wecom_gateway_retries_total",
-                        "Sends tried again after a failure that may heal.",
-                        &[],
-                    );
+                    crate::metrics::count(crate::metrics::RETRIES, &[]);
                     true
                 },
             )

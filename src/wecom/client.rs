@@ -100,8 +100,7 @@ impl WecomClient {
         let body = read(Call::GetToken, request.send().await).await;
         let result = if body.is_ok() { "ok" } else { "error" };
         crate::metrics::count(
-            "wecom_gateway_token_fetches_total",
-            "Access tokens fetched with gettoken, per app.",
+            crate::metrics::TOKEN_FETCHES,
             &[("app", &app.config.name), ("result", result)],
         );
         if let Err(e) = &body {

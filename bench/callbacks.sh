@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The callback path against the same binary's floor, in one run: GET /health, new signed callbacks
+# (each a new stored record) and the same callbacks again (each a WeCom retry, answered from the
+# dedup path), all with wrk at the same connection count. Prints each rate and the two ratios the
+# hot path is held to (BENCHMARKS.md).
+#
+#   bench/callbacks.sh [REQUESTS] [CONNECTIONS] [SECONDS]
+#
+# Each of the three rounds runs SECONDS (default 5) over CONNECTIONS (default 32). REQUESTS
+# (default 400000) distinct callbacks are prepared; the new-callback round must not run out of
+# them (it says so if it does), and the retry round replays the first half of those it posted. Needs wrk (Debian: apt-get install
+# wrk) and the release build of the binary and the load example:
+#   cargo build --release --bin wecom-gateway --example loadtest
+# The gateway runs as `wecom-gateway serve` on a temporary data dir with the SQLite store at its
+# default settings and the default log level, an agent that never answers (only the acknowledgement
+# path is measured), and everyone allowed. Timings are not tests: nothing here runs in `cargo test`.
+# PROFILE_DIR=DIR: also sample the gateway with `perf record` (Debian: linux-perf) during each
+# callback round, into DIR/new.data and DIR/retry.data (read with `perf report -i`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${1:-400000}; connections=${2:-32}; seconds=${3:-5}
+bin=${BIN_DIR:-target/release}
+threads=${WRK_THREADS:-1}
+command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 1; }
+for f in "$bin/wecom-gateway" "$bin/examples/loadtest"; do
+  [ -x "$f" ] || { echo "$f is missing: cargo build --release --bin wecom-gateway --example loadtest" >&2; exit 1; }
+done
+
+dir=$(mktemp -d /tmp/wecom-bench.XXXXXX)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+base="http://127.0.0.1:$port"
+
+WECOM_CALLBACK_HOST=127.0.0.1 WECOM_CALLBACK_PORT=$port \
+WECOM_CALLBACK_CORP_ID=ww1436e0e65a779aee WECOM_CALLBACK_CORP_SECRET=unused \
+WECOM_CALLBACK_AGENT_ID=1000002 WECOM_CALLBACK_TOKEN=hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo \
+WECOM_CALLBACK_ENCODING_AES_KEY=6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt \
+WECOM_CALLBACK_ALLOW_ALL_USERS=true WECOM_CALLBACK_DATA_DIR="$dir/data" \
+WECOM_CALLBACK_WORKERS=1 WECOM_CALLBACK_SHUTDOWN_GRACE_SECS=0 WECOM_CALLBACK_METRICS_LISTEN=off \
+WECOM_CALLBACK_AGENT__DELAY_MS=3600000 WECOM_CALLBACK_API_BASE_URL=http://127.0.0.1:9 \
+  "$bin/wecom-gateway" serve >"$dir/log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do curl -fs "$base/health" >/dev/null && break; sleep 0.1; done
+curl -fs "$base/health" >/dev/null || { echo "the gateway did not come up:" >&2; cat "$dir/log" >&2; exit 1; }
+
+# Signed with the current time: posted well inside the 300 s replay window.
+"$bin/examples/loadtest" "$requests" --emit "$dir/callbacks.txt" >/dev/null
+
+# perf, when asked for, samples the gateway during one round: profiled ROUND COMMAND...
+profiled() {
+  local round=$1; shift
+  if [ -z "${PROFILE_DIR:-}" ]; then "$@"; return; fi
+  mkdir -p "$PROFILE_DIR"
+  perf record -F 1999 -g -p "$pid" -o "$PROFILE_DIR/$round.data" 2>/dev/null &
+  local perf_pid=$!
+  "$@"
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+}
+result() { grep '^RESULT' | sed 's/^RESULT //'; }
+field() { sed -E "s/.*$1=([0-9.]+).*/\\1/" <<<"$2"; }
+rate() { awk -v n="$(field requests "$1")" -v s="$(field seconds "$1")" 'BEGIN { printf "%.0f", n / s }'; }
+check() {
+  local errors non2xx; errors=$(field errors "$2"); non2xx=$(field non2xx "$2")
+  if [ "$(field exhausted "$2")" != 0 ]; then
+    echo "$1: the $requests prepared callbacks ran out before $seconds s: give a larger REQUESTS" >&2; exit 1
+  fi
+  if [ "$errors" != 0 ] || [ "$non2xx" != 0 ]; then
+    echo "$1: $errors socket errors, $non2xx answers that were not 2xx; gateway log:" >&2
+    tail -20 "$dir/log" >&2; exit 1
+  fi
+}
+
+health=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" -s bench/health.lua "$base/health" | result)
+check health "$health"
+fresh=$(profiled new wrk -t"$threads" -c"$connections" -d"${seconds}s" -s bench/callbacks.lua "$base" -- "$dir/callbacks.txt" once | result)
+check "new callbacks" "$fresh"
+# Only callbacks the first round certainly stored (its answered half) are replayed.
+stored=$(( $(field requests "$fresh") / 2 ))
+retry=$(profiled retry wrk -t"$threads" -c"$connections" -d"${seconds}s" -s bench/callbacks.lua "$base" -- "$dir/callbacks.txt" "$stored" | result)
+check "retried callbacks" "$retry"
+
+h=$(rate "$health"); f=$(rate "$fresh"); r=$(rate "$retry")
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, $connections connections, wrk threads $threads, $requests callbacks"
+printf '%-34s %8s req/s   p50 %7s ms   p99 %7s ms\n' \
+  "GET /health" "$h" "$(field p50_ms "$health")" "$(field p99_ms "$health")" \
+  "new callbacks (stored)" "$f" "$(field p50_ms "$fresh")" "$(field p99_ms "$fresh")" \
+  "retried callbacks (dedup)" "$r" "$(field p50_ms "$retry")" "$(field p99_ms "$retry")"
+awk -v h="$h" -v f="$f" -v r="$r" 'BEGIN {
+  printf "ratio new / health:     %.2f (target >= 0.50)\n", f / h
+  printf "ratio retried / health: %.2f (target >= 0.80)\n", r / h }'

@@ -1,7 +1,7 @@
 -- wrk script for bench/callbacks.sh. The file holds one prepared request per line,
 -- "PATH?QUERY<TAB>BODY" (loadtest --emit).
---   wrk ... -s bench/callbacks.lua URL -- FILE once     each line once, in order (new callbacks)
---   wrk ... -s bench/callbacks.lua URL -- FILE LIMIT    the first LIMIT lines, round and round
+--   wrk ... -s bench/callbacks.lua URL -- FILE once          each line once, in order (new callbacks)
+--   wrk ... -s bench/callbacks.lua URL -- FILE FIRST LAST    lines FIRST..LAST, round and round
 -- wrk always runs for its full duration, so "once" must not run out: a thread that does stops,
 -- and the summary line says exhausted=1 (the script then asks for more callbacks).
 local threads = {}
@@ -11,18 +11,22 @@ function setup(thread)
 end
 
 local requests = {}
-local limit = nil
+local cycle = false
 local next_one = 0
 
 function init(args)
   local file = assert(io.open(args[1], "r"))
-  local mode = args[2] or "once"
-  if mode ~= "once" then limit = tonumber(mode) end
+  local first, last = 1, math.huge
+  if args[2] ~= "once" then
+    first, last, cycle = tonumber(args[2]), tonumber(args[3]), true
+  end
+  local n = 0
   for line in file:lines() do
+    n = n + 1
+    if n > last then break end
     local path, body = line:match("^([^\t]*)\t(.*)$")
-    if path then
+    if path and n >= first then
       requests[#requests + 1] = wrk.format("POST", path, { ["Content-Type"] = "text/xml" }, body)
-      if limit and #requests >= limit then break end
     end
   end
   file:close()
@@ -33,7 +37,7 @@ end
 function request()
   next_one = next_one + 1
   if next_one > #requests then
-    if limit then
+    if cycle then
       next_one = 1
     else
       wrk.thread:set("exhausted", 1)

@@ -284,6 +284,7 @@ impl Application {
             agent_ids: Arc::default(),
             received: worker.received.clone(),
             replay_window: config.replay_window,
+            recent: Default::default(),
         });
         if let Some(load) = reloader {
             background.spawn(reload_on_sighup(

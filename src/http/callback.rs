@@ -17,6 +17,7 @@ use metrics::{Counter, Histogram};
 use percent_encoding::percent_decode_str;
 
 use super::error::HttpError;
+use super::retries::Recent;
 use super::AppState;
 use crate::app::App;
 use crate::crypto::CryptoError;
@@ -192,13 +193,21 @@ fn crypto_reject(e: &CryptoError) -> Reject {
     bad(check, e.to_string())
 }
 
+/// A callback whose signature verified: decrypted, or (with `recent`) known to be stored already.
+enum Opened {
+    Plain(std::sync::Arc<App>, Vec<u8>),
+    Stored(std::sync::Arc<App>),
+}
+
 /// Try the candidate apps in order: the first whose token signs the ciphertext and whose key decrypts
 /// it wins. A signature that matches no app is 403; one that matches but does not decrypt is 400.
+/// With `recent`, a verified signature this process already stored is not decrypted again.
 fn open(
     candidates: Vec<std::sync::Arc<App>>,
     signed: &Signed,
     encrypt: &str,
-) -> Result<(std::sync::Arc<App>, Vec<u8>), Reject> {
+    recent: Option<&Recent>,
+) -> Result<Opened, Reject> {
     let mut decrypt_error = None;
     for app in candidates {
         // The current token and key, then (during a rotation) the previous ones.
@@ -208,10 +217,14 @@ fn open(
             if crypt.verify(sig, ts, nonce, encrypt).is_err() {
                 continue;
             }
+            if recent.is_some_and(|r| r.has_signature(sig)) {
+                app.verified_with(n > 0);
+                return Ok(Opened::Stored(app));
+            }
             match crypt.decrypt(encrypt) {
                 Ok(plain) => {
                     app.verified_with(n > 0);
-                    return Ok((app, plain));
+                    return Ok(Opened::Plain(app, plain));
                 }
                 Err(e) => decrypt_error = Some(e),
             }
@@ -237,10 +250,11 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
     let Some(echostr) = signed.params.get("echostr").filter(|e| !e.is_empty()) else {
         return bad("query", "missing query parameter echostr").into_response();
     };
-    let opened = open(state.apps.candidates(None, None), &signed, echostr)
+    let opened = open(state.apps.candidates(None, None), &signed, echostr, None)
         .and_then(|opened| check_fresh(&signed.timestamp, state.replay_window).map(|()| opened));
     match opened {
-        Ok((app, plain)) => match String::from_utf8(plain) {
+        Ok(Opened::Stored(_)) => bad("decrypt", "echostr was not decrypted").into_response(),
+        Ok(Opened::Plain(app, plain)) => match String::from_utf8(plain) {
             Ok(text) => {
                 tracing::info!(app = %app.config.name, "callback URL verified");
                 (StatusCode::OK, text).into_response()
@@ -286,8 +300,15 @@ async fn accept(
         envelope.to_user_name.as_deref(),
         envelope.agent_id.as_deref(),
     );
-    let (app, plain) = open(candidates, &signed, &envelope.encrypt)?;
+    let opened = open(candidates, &signed, &envelope.encrypt, Some(&state.recent))?;
     check_fresh(&signed.timestamp, state.replay_window)?;
+    let (app, plain) = match opened {
+        Opened::Plain(app, plain) => (app, plain),
+        Opened::Stored(app) => {
+            tracing::debug!(app = %app.config.name, "repeated callback (a WeCom retry): acknowledged, ignored");
+            return Ok(Outcome::Duplicate);
+        }
+    };
     if let Some(agent_id) = envelope.agent_id.as_deref() {
         state.agent_ids.check(&app, agent_id);
     }
@@ -306,19 +327,27 @@ async fn accept(
             "message from a user who is not on the allowlist: acknowledged, not passed to the agent");
         return Ok(Outcome::Denied);
     }
-    let job = NewJob {
-        app: app.config.name.clone(),
-        dedup_key: message.dedup_key(corp_id, app.config.agent_id),
-        user_key,
-        payload: xml.to_owned(),
+    let dedup_key = message.dedup_key(corp_id, app.config.agent_id);
+    let outcome = match state.recent.has_key(&dedup_key) {
+        true => Pushed::Duplicate,
+        false => {
+            let job = NewJob {
+                app: app.config.name.clone(),
+                dedup_key: dedup_key.clone(),
+                user_key: user_key.clone(),
+                payload: xml.to_owned(),
+            };
+            // Not the client's fault, and WeCom retries a non-200: 503 (full, busy) or 500 (a
+            // write failed), never a 200 for something not recorded.
+            let pushed = state.inbox.push(job).await.map_err(|e| Reject {
+                check: "inbox",
+                error: e.into(),
+            })?;
+            state.recent.stored(&signed.msg_signature, dedup_key);
+            pushed
+        }
     };
-    let user_key = job.user_key.clone();
-    // Not the client's fault, and WeCom retries a non-200: 503 (full, busy) or 500 (a write
-    // failed), never a 200 for something not recorded.
-    match state.inbox.push(job).await.map_err(|e| Reject {
-        check: "inbox",
-        error: e.into(),
-    })? {
+    match outcome {
         Pushed::Queued => {
             tracing::debug!(app = %app.config.name, user = ?user_key, "callback queued");
             Ok(Outcome::Ok)

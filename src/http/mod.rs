@@ -8,6 +8,7 @@ pub mod callback;
 pub mod error;
 pub mod health;
 pub mod media;
+pub mod retries;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct Handlers {
     pub received: Arc<Received>,
     /// Callbacks signed further than this from now are refused (zero: no window).
     pub replay_window: std::time::Duration,
+    /// Callbacks this process stored, so WeCom's retries of them skip the store.
+    pub recent: retries::Recent,
 }
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {

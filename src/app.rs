@@ -208,12 +208,14 @@ impl Apps {
     /// Apps to try for a callback, best guess first: those whose corp id and agent id match the
     /// envelope, then the rest (an envelope may lack AgentID; the signature then decides).
     pub fn candidates(&self, corp_id: Option<&str>, agent_id: Option<&str>) -> Vec<Arc<App>> {
+        let agent_id = agent_id.and_then(|id| id.trim().parse::<u64>().ok());
         let score = |a: &App| {
             let corp = corp_id.is_some_and(|c| c == a.config.corp_id);
-            let agent = agent_id.is_some_and(|id| id.trim() == a.config.agent_id.to_string());
+            let agent = agent_id == Some(a.config.agent_id);
             u8::from(corp) * 2 + u8::from(agent)
         };
         let mut list: Vec<Arc<App>> = self.0.get().to_vec();
+        // Stable: among equals, the configured order.
         list.sort_by_key(|a| std::cmp::Reverse(score(a)));
         list
     }

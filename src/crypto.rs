@@ -110,13 +110,18 @@ impl AesKey {
 
 /// `sha1(sort([token, timestamp, nonce, encrypt]).concat())` as lowercase hex.
 pub fn signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
+    hex::encode(digest(token, timestamp, nonce, encrypt))
+}
+
+/// SHA-1 over the four parts in sorted order, as bytes.
+fn digest(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> [u8; 20] {
     let mut parts = [token, timestamp, nonce, encrypt];
     parts.sort_unstable();
     let mut hasher = Sha1::new();
     for part in parts {
         hasher.update(part.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
 }
 
 /// Check a received msg_signature in constant time. Case-insensitive on the hex digits.
@@ -127,9 +132,13 @@ pub fn verify_signature(
     encrypt: &str,
     msg_signature: &str,
 ) -> Result<(), CryptoError> {
-    let expected = signature(token, timestamp, nonce, encrypt);
-    let received = msg_signature.to_ascii_lowercase();
-    if expected.as_bytes().ct_eq(received.as_bytes()).into() {
+    // Compared as bytes: hex digits of either case decode alike, and nothing is allocated.
+    let mut received = [0u8; 20];
+    if hex::decode_to_slice(msg_signature, &mut received).is_err() {
+        return Err(CryptoError::ValidateSignature);
+    }
+    let expected = digest(token, timestamp, nonce, encrypt);
+    if expected.ct_eq(&received).into() {
         Ok(())
     } else {
         Err(CryptoError::ValidateSignature)

@@ -448,3 +448,37 @@ async fn a_callback_signed_outside_the_replay_window_is_refused() {
     fake.wait_for_sends(1).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn retries_of_a_stored_callback_are_answered_once_however_they_are_signed() {
+    let fake = FakeWecom::start().await;
+    let app = TestApp::spawn(config(&[APP_A], &fake.base_url())).await;
+    let crypt = APP_A.crypt();
+    let xml = APP_A.text_xml("zhangsan", "only once", 41);
+    let signed = |nonce: &str, iv: u8| {
+        let ts = now_secs().to_string();
+        let e = crypt.encrypt_msg(&xml, &ts, nonce, [iv; 16]);
+        let query = format!(
+            "msg_signature={}&timestamp={ts}&nonce={nonce}",
+            e.msg_signature
+        );
+        (query, e.to_callback_xml(APP_A.corp_id, "1000002"))
+    };
+    let (query, body) = signed("1", 1);
+    assert_eq!(app.post_callback(&query, body.clone()).await.status(), 200);
+    // Repeated byte for byte (answered from what the gateway remembers having stored) ...
+    assert_eq!(app.post_callback(&query, body.clone()).await.status(), 200);
+    // ... but never on the strength of a signature it did not check.
+    let forged = query.replacen("nonce=1", "nonce=2", 1);
+    assert_eq!(app.post_callback(&forged, body).await.status(), 403);
+    // Signed again with another nonce and ciphertext: known by its MsgId.
+    let (query, body) = signed("3", 3);
+    assert_eq!(app.post_callback(&query, body).await.status(), 200);
+    // The member's next message is answered after the first (one lane per member), so two
+    // replies in all means the retries reached no agent.
+    app.send_text(&APP_A, "zhangsan", "next", 42).await;
+    let sends = fake.wait_for_sends(2).await;
+    let got: Vec<&str> = sends.iter().map(|s| s.content()).collect();
+    assert_eq!(got, vec!["only once", "next"]);
+    app.stop().await;
+}

@@ -6,7 +6,7 @@
 //! Must never: wait for the agent before answering, answer 200 for something not queued, or log a
 //! secret or a message body.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use axum::body::Bytes;
@@ -97,7 +97,9 @@ impl Outcome {
         static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
             Outcome::ALL
                 .iter()
-                .map(|o| crate::metrics::counter(crate::metrics::CALLBACKS, &[("result", o.label())]))
+                .map(|o| {
+                    crate::metrics::counter(crate::metrics::CALLBACKS, &[("result", o.label())])
+                })
                 .collect()
         });
         if let Some(counter) = COUNTERS.get(self as usize) {
@@ -121,41 +123,52 @@ impl IntoResponse for Reject {
     }
 }
 
-/// The signed query parameters every callback carries.
-struct Signed {
-    msg_signature: String,
-    timestamp: String,
-    nonce: String,
-    params: HashMap<String, String>,
+/// The signed query parameters every callback carries (and the URL check's `echostr`), borrowed
+/// from the query where no percent-decoding was needed.
+struct Signed<'q> {
+    msg_signature: Cow<'q, str>,
+    timestamp: Cow<'q, str>,
+    nonce: Cow<'q, str>,
+    echostr: Option<Cow<'q, str>>,
 }
 
 /// Parse the raw query. Values are percent-decoded exactly once and `+` stays `+`: an echostr holds
-/// base64 `+` characters, which form-decoding would wrongly turn into spaces.
-fn signed_query(raw: Option<&str>) -> Result<Signed, Reject> {
-    let mut params = HashMap::new();
+/// base64 `+` characters, which form-decoding would wrongly turn into spaces. A parameter given
+/// twice counts the first time.
+fn signed_query(raw: Option<&str>) -> Result<Signed<'_>, Reject> {
+    let [mut msg_signature, mut timestamp, mut nonce, mut echostr] = [None, None, None, None];
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "msg_signature" => &mut msg_signature,
+            "timestamp" => &mut timestamp,
+            "nonce" => &mut nonce,
+            "echostr" => &mut echostr,
+            _ => continue,
+        };
+        if slot.is_some() {
+            continue;
+        }
         let v = percent_decode_str(v).decode_utf8().map_err(|_| {
             bad(
                 "query",
                 format!("query parameter {k:?} is not UTF-8 after percent-decoding"),
             )
         })?;
-        params.entry(k.to_owned()).or_insert_with(|| v.into_owned());
+        *slot = Some(v);
     }
-    let take = |name: &'static str| {
-        params
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or_else(|| bad("query", format!("missing query parameter {name}")))
-    };
     Ok(Signed {
-        msg_signature: take("msg_signature")?,
-        timestamp: take("timestamp")?,
-        nonce: take("nonce")?,
-        params,
+        msg_signature: required(msg_signature, "msg_signature")?,
+        timestamp: required(timestamp, "timestamp")?,
+        nonce: required(nonce, "nonce")?,
+        echostr,
     })
+}
+
+fn required<'q>(value: Option<Cow<'q, str>>, name: &'static str) -> Result<Cow<'q, str>, Reject> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad("query", format!("missing query parameter {name}")))
 }
 
 /// Refuse a callback whose signed timestamp is further than `window` from the gateway's clock
@@ -247,7 +260,7 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let Some(echostr) = signed.params.get("echostr").filter(|e| !e.is_empty()) else {
+    let Some(echostr) = signed.echostr.as_deref().filter(|e| !e.is_empty()) else {
         return bad("query", "missing query parameter echostr").into_response();
     };
     let opened = open(state.apps.candidates(None, None), &signed, echostr, None)
@@ -287,11 +300,7 @@ pub async fn receive(
 }
 
 /// Queue the callback; `Ok`, `Duplicate` or `Denied` (acknowledged, not for the agent).
-async fn accept(
-    state: &AppState,
-    raw_query: Option<&str>,
-    body: &[u8],
-) -> Result<Outcome, Reject> {
+async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Result<Outcome, Reject> {
     let signed = signed_query(raw_query)?;
     let body = std::str::from_utf8(body).map_err(|_| bad("body", "body is not UTF-8"))?;
     let envelope = Envelope::parse(body)

@@ -726,9 +726,11 @@ impl Queue for SqliteInbox {
                     )?
                     .execute(params![dedup_key, app, user_key, payload, now])?;
                 if inserted == 1 {
+                    // A route that did not change is not rewritten (updated_at: when it was set).
                     c.prepare_cached(
                         "INSERT INTO routes (user_key, app, updated_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (user_key) DO UPDATE SET app = excluded.app, updated_at = excluded.updated_at",
+                         ON CONFLICT (user_key) DO UPDATE SET app = excluded.app, updated_at = excluded.updated_at
+                         WHERE routes.app <> excluded.app",
                     )?
                     .execute(params![user_key, app, now])?;
                 }

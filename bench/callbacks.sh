@@ -17,6 +17,8 @@
 # The gateway runs as `wecom-gateway serve` on a temporary data dir with the SQLite store at its
 # default settings and the default log level, an agent that never answers (only the acknowledgement
 # path is measured), and everyone allowed. Timings are not tests: nothing here runs in `cargo test`.
+# THREAD_CPU=1: also print, per round, the CPU the gateway's threads took, by thread name (the
+# runtime's workers, the SQLite writer), user and system.
 # PROFILE_DIR=DIR: also sample the gateway with `perf record` (Debian: linux-perf) during each
 # callback round, into DIR/new.data, DIR/retry.data and DIR/old.data (`perf report -i`).
 set -euo pipefail
@@ -63,6 +65,13 @@ profiled() {
   "$@"
   kill -INT "$perf_pid"; wait "$perf_pid" || true
 }
+# CPU ticks (1/100 s) of the gateway's threads so far, summed by thread name: "name user system".
+thread_cpu() {
+  for t in /proc/"$pid"/task/*; do
+    sed -E 's/^[0-9]+ \((.*)\) [A-Za-z] (.*)$/\1\t\2/' "$t/stat"
+  done | awk -F'\t' '{ split($2, f, " "); u[$1] += f[11]; s[$1] += f[12] }
+                     END { for (k in u) printf "%s\t%d\t%d\n", k, u[k], s[k] }' | sort
+}
 # CPU seconds (user + system) the gateway has used so far, from /proc.
 cpu_used() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$pid/stat"; }
 # One round: ROUND NAME, then wrk's arguments; prints wrk's RESULT line plus the gateway's CPU.
@@ -70,8 +79,14 @@ round() {
   local name=$1; shift
   local before after line
   before=$(cpu_used)
+  [ "${THREAD_CPU:-0}" != 1 ] || thread_cpu > "$dir/threads-before"
   line=$(profiled "$name" wrk "$@" | result)
   after=$(cpu_used)
+  if [ "${THREAD_CPU:-0}" = 1 ]; then
+    thread_cpu > "$dir/threads-after"
+    join -t $'\t' "$dir/threads-before" "$dir/threads-after" | awk -F'\t' -v r="$name" \
+      '$4 - $2 + $5 - $3 > 0 { printf "  %-6s %-16s user %5.2f s  system %5.2f s\n", r, $1, ($4 - $2) / 100, ($5 - $3) / 100 }' >&2
+  fi
   echo "$line cpu_s=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')"
 }
 result() { grep '^RESULT' | sed 's/^RESULT //'; }

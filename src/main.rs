@@ -14,12 +14,6 @@ use wecom_gateway::simulate::{self, Simulation};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
-/// mimalloc instead of glibc's malloc: every request allocates and frees small buffers on two
-/// runtime threads, where glibc's arenas showed as a sixth of the callback path's CPU time
-/// (BENCHMARKS.md, "The callback path against /health").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "wecom-gateway",

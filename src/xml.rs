@@ -16,11 +16,20 @@ const MAX_DEPTH: usize = 8;
 pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
     let mut reader = Reader::from_str(input);
     let mut fields: Vec<(String, String)> = Vec::new();
-    // Element path below the root, and the text collected for the innermost element.
-    let mut path: Vec<String> = Vec::new();
+    // The dotted path of the open elements below the root ("C.D"), with the length it had before
+    // each was opened, and the text collected for the innermost element. One buffer, not a list
+    // of names joined per field: this runs twice for every callback.
+    let mut path = String::new();
+    let mut opened: Vec<usize> = Vec::new();
     let mut text = String::new();
     let mut seen_root = false;
     let mut root_closed = false;
+    let name_of = |raw: &[u8]| {
+        // The input is a &str, so every slice of it is UTF-8.
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| "element name is not UTF-8".to_owned())
+    };
     loop {
         let event = reader
             .read_event()
@@ -28,65 +37,67 @@ pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
         match event {
             Event::DocType(_) => return Err("DOCTYPE is not allowed".into()),
             Event::Start(start) => {
-                let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
                 if root_closed {
                     return Err("content after the root element".into());
                 }
                 if !seen_root {
+                    let name = name_of(start.name().as_ref())?;
                     if name != "xml" {
                         return Err(format!("root element must be <xml>, found <{name}>"));
                     }
                     seen_root = true;
                     continue;
                 }
-                if path.len() >= MAX_DEPTH {
+                if opened.len() >= MAX_DEPTH {
                     return Err("elements nested too deeply".into());
                 }
-                path.push(name);
+                opened.push(path.len());
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&name_of(start.name().as_ref())?);
                 text.clear();
             }
             Event::Empty(empty) => {
-                let name = String::from_utf8_lossy(empty.name().as_ref()).into_owned();
+                let name = name_of(empty.name().as_ref())?;
                 if !seen_root {
                     return Err(format!("root element must be <xml>, found <{name}/>"));
                 }
                 if !root_closed {
-                    let mut full = path.join(".");
-                    if !full.is_empty() {
-                        full.push('.');
-                    }
-                    full.push_str(&name);
+                    let full = match path.is_empty() {
+                        true => name,
+                        false => format!("{path}.{name}"),
+                    };
                     fields.push((full, String::new()));
                 }
             }
             Event::Text(t) => {
-                if !path.is_empty() {
+                if !opened.is_empty() {
                     let s = t.unescape().map_err(|e| format!("bad text: {e}"))?;
                     text.push_str(&s);
                 }
             }
             Event::CData(c) => {
-                if !path.is_empty() {
+                if !opened.is_empty() {
                     let bytes = c.into_inner();
                     let s = std::str::from_utf8(&bytes).map_err(|_| "CDATA is not UTF-8")?;
                     text.push_str(s);
                 }
             }
             Event::End(_) => {
-                if path.is_empty() {
+                let Some(parent) = opened.pop() else {
                     root_closed = true;
                     continue;
-                }
-                let name = path.join(".");
-                path.pop();
+                };
                 // Only leaves carry values; a parent's whitespace between children is dropped.
-                if !fields
-                    .last()
-                    .is_some_and(|(n, _)| n.starts_with(&format!("{name}.")))
-                {
-                    fields.push((name, std::mem::take(&mut text)));
+                let is_parent = fields.last().is_some_and(|(n, _)| {
+                    n.len() > path.len() && n.starts_with(&path) && n.as_bytes()[path.len()] == b'.'
+                });
+                if !is_parent {
+                    fields.push((path.clone(), std::mem::take(&mut text)));
                 }
                 text.clear();
+                path.truncate(parent);
             }
             Event::Eof => break,
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
@@ -95,7 +106,7 @@ pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
     if !seen_root {
         return Err("no <xml> root element".into());
     }
-    if !root_closed || !path.is_empty() {
+    if !root_closed || !opened.is_empty() {
         return Err("document ends before </xml>".into());
     }
     Ok(fields)

@@ -14,6 +14,12 @@ use wecom_gateway::simulate::{self, Simulation};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
+/// jemalloc instead of glibc's malloc: requests allocate on the runtime's threads and the store's
+/// writer frees (and the other way round), where glibc's arenas cost ~10 µs per stored callback
+/// (BENCHMARKS.md, "The callback path against /health").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wecom-gateway",

@@ -33,20 +33,23 @@ struct Generation {
 }
 
 /// A signature is already a SHA-1 digest, and only signatures that verified with the app's token
-/// are stored, so its own bytes are a fine hash (no one without the token can choose them).
+/// are stored (no one without the token can choose them), so no keyed hash is needed: its words
+/// are folded with one multiply each, which also spreads inputs that are not random.
 #[derive(Default)]
 struct SignatureHasher(u64);
 
 impl Hasher for SignatureHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 29)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(word);
+            self.0 = (self.0 ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(31);
         }
     }
 }

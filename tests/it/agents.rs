@@ -1,20 +1,18 @@
 //! Agent backends end to end against real local processes: an HTTP agent server, a child process,
 //! and a fake OpenAI-compatible server; plus the receipt and failure messages.
 
-mod support;
-
 use base64::Engine as _;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use support::*;
 use wecom_gateway::config::{
     AgentConfig, AgentKind, CommandAgentConfig, Config, HttpAgentConfig, OpenAiConfig,
 };

@@ -2,15 +2,13 @@
 //! server; skipped with a notice when PostgreSQL is not installed, unless
 //! `WECOM_GATEWAY_REQUIRE_POSTGRES=1` makes that a failure, as in CI).
 
-mod support;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::job;
-use support::postgres::Postgres;
+use crate::support::job;
+use crate::support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
 use wecom_gateway::inbox::{
     ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MediaRecord, MemoryInbox, Outcome,

@@ -4,14 +4,12 @@
 //! Needs PostgreSQL (Debian's `postgresql` package); skipped with a notice when it is missing,
 //! unless `WECOM_GATEWAY_REQUIRE_POSTGRES=1` (set by CI) makes that a failure.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::postgres::Postgres;
-use support::process::*;
-use support::*;
+use crate::support::postgres::Postgres;
+use crate::support::process::*;
+use crate::support::*;
 use tokio::process::Command;
 
 const API_TOKEN: &str = "replica-api-token";

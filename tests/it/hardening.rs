@@ -2,15 +2,13 @@
 //! retried, a panicking agent fails its job alone, idle recipients leave no state, a lost answer is
 //! resent with WeCom's duplicate check, error answers have one shape.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use async_trait::async_trait;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use support::*;
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::app::Apps;
 use wecom_gateway::inbox::{MemoryInbox, SqliteInbox};

@@ -3,17 +3,15 @@
 //! WeCom would refuse (or what the agent may not read) with the failure message in its place, and
 //! after a kill -9 between upload and send sends the message exactly once without re-asking.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::process::*;
+use crate::support::*;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::process::*;
-use support::*;
 use wecom_gateway::config::{AgentConfig, AgentKind, Config, HttpAgentConfig};
 
 const FAILURE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
@@ -654,7 +652,7 @@ async fn a_file_over_media_max_bytes_is_not_kept_and_the_agent_is_told() {
 
 #[tokio::test]
 async fn with_postgresql_a_replica_without_the_file_serves_its_link() {
-    let Some(pg) = support::postgres::Postgres::start().await else {
+    let Some(pg) = crate::support::postgres::Postgres::start().await else {
         return;
     };
     let fake = FakeWecom::start().await;

@@ -1,13 +1,11 @@
 //! `wecom-gateway simulate`: the real binary plays a member against itself (a stand-in for WeCom,
 //! a memory store) and prints what would go to WeCom; with --url it checks a running gateway.
 
-mod support;
-
+use crate::support::process::*;
+use crate::support::*;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use support::process::*;
-use support::*;
 use tokio::process::Command;
 
 fn simulate(dir: &std::path::Path, args: &[&str], extra: &[(&str, &str)]) -> Command {

@@ -1,11 +1,9 @@
 //! Nothing lost, nothing twice (in-process): dedup of WeCom's retries, also across a restart, and
 //! distinct events in one second kept apart.
 
-mod support;
-
 use std::sync::Arc;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn same_callback_three_times_concurrently_then_after_restart_one_reply() {

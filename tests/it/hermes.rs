@@ -2,18 +2,16 @@
 //! the real binary unchanged, and the hermes agent talks to Hermes's API server (a local stand-in
 //! here) with one message per call and a session per WeCom member.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::process::*;
+use crate::support::*;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use support::process::*;
-use support::*;
 use tokio::process::Command;
 use wecom_gateway::config::{AgentConfig, AgentKind, HermesConfig};
 

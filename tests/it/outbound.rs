@@ -1,12 +1,10 @@
 //! Reliable outbound against the fake WeCom API: retries, rate limits, robots, the push API.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use support::*;
 use wecom_gateway::bots::Bot;
 use wecom_gateway::outbound::ratelimit::Limit;
 

@@ -1,11 +1,9 @@
 //! Nothing lost, nothing twice, with the real binary: kill -9 mid-reply and restart, memory under a
 //! large backlog, and a store that cannot take more.
 
-mod support;
-
+use crate::support::process::*;
+use crate::support::*;
 use futures::StreamExt;
-use support::process::*;
-use support::*;
 use tokio::process::Command;
 
 fn serve(fake: &FakeWecom, dir: &std::path::Path, extra: &[(&str, &str)]) -> Command {

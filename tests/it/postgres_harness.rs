@@ -1,14 +1,12 @@
-//! The throwaway PostgreSQL server of `support::postgres`: reachable over TCP with the password in
+//! The throwaway PostgreSQL server of `crate::support::postgres`: reachable over TCP with the password in
 //! its URL (and not without it), paused and resumed with its data, crash-stopped and recovered,
 //! servers side by side kept apart, and nothing left behind by a drop.
 //! Without PostgreSQL installed each test prints the skip line and passes, unless
 //! WECOM_GATEWAY_REQUIRE_POSTGRES is set.
 
-mod support;
-
 use std::time::Instant;
 
-use support::postgres::Postgres;
+use crate::support::postgres::Postgres;
 use tokio::process::Command;
 
 /// Run `sql` through `psql` as the URL says; its unaligned, tuples-only output, or the error.

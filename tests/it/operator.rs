@@ -1,10 +1,8 @@
 //! What an operator sees in the real binary's log: a warning for a mistyped agent_id, log lines a
 //! member cannot forge, and a stop that says what is left instead of waiting silently.
 
-mod support;
-
-use support::process::*;
-use support::*;
+use crate::support::process::*;
+use crate::support::*;
 use tokio::process::Command;
 
 fn serve(fake: &FakeWecom, dir: &std::path::Path) -> Command {

@@ -2,12 +2,10 @@
 //! every backend does): durability across reopen, one gateway per data_dir, a bounded window of
 //! the backlog, and giving up on a message that kills the process every time.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use support::job;
+use crate::support::job;
 use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
 use wecom_gateway::inbox::{Outcome, Pushed, Queue, Routes, SqliteInbox};
 

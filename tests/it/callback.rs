@@ -1,13 +1,11 @@
 //! End to end over HTTP: the gateway on 127.0.0.1:0 against a fake WeCom API on 127.0.0.1:0.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use async_trait::async_trait;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use support::*;
 use tokio::sync::Semaphore;
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::Allowlist;

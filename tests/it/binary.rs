@@ -1,10 +1,8 @@
 //! The real `wecom-gateway` binary as a child process: CLI, start-up from the environment alone,
 //! graceful SIGTERM, and logs that never contain a secret.
 
-mod support;
-
-use support::process::*;
-use support::*;
+use crate::support::process::*;
+use crate::support::*;
 use tokio::process::Command;
 
 #[tokio::test]

@@ -17,7 +17,9 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
+mod prune;
 pub mod received;
+mod reload;
 pub mod shared;
 pub mod simulate;
 pub mod wecom;
@@ -43,6 +45,10 @@ use crate::received::Received;
 use crate::shared::SharedTokens;
 use crate::wecom::WecomClient;
 use crate::worker::{AgentHandle, Agents, Worker};
+
+use crate::prune::prune_loop;
+pub use crate::reload::Reloader;
+use crate::reload::{reload_on_sighup, Reloadable};
 
 /// How long a callback may wait for room in a full inbox before it is answered 503 (WeCom waits 5 s).
 const PUSH_WAIT: Duration = Duration::from_secs(2);
@@ -402,7 +408,7 @@ impl Application {
 }
 
 /// The agents a configuration names (or `given`, for every app), with their chat settings.
-fn build_agents(
+pub(crate) fn build_agents(
     config: &Config,
     given: Option<Arc<dyn Agent>>,
     inbox: &Arc<dyn Inbox>,
@@ -428,162 +434,6 @@ fn build_agents(
         default: build(&config.agent)?,
         by_app,
     })
-}
-
-/// Reads the configuration again, for a reload (the binary passes `Config::load` with the same
-/// file and the process environment).
-pub type Reloader = Box<dyn Fn() -> Result<config::Config, config::ConfigErrors> + Send + Sync>;
-
-/// What a reload replaces while the gateway runs.
-struct Reloadable {
-    running: Config,
-    given: Option<Arc<dyn Agent>>,
-    inbox: Arc<dyn Inbox>,
-    shared: Option<Arc<dyn shared::SharedTokens>>,
-    apps: Apps,
-    state: http::AppState,
-    worker: Worker,
-    dispatcher: Arc<Dispatcher>,
-}
-
-impl Reloadable {
-    /// Apply a new configuration: apps, robots, the allowlist, agents and API tokens are replaced;
-    /// work in progress keeps what it started with. Settings of the process itself (address,
-    /// store, workers...) are reported as taking effect at the next start.
-    fn apply(&mut self, new: Config) -> Result<(), String> {
-        let agents =
-            build_agents(&new, self.given.clone(), &self.inbox).map_err(|e| e.to_string())?;
-        self.apps
-            .reload(&new.apps, self.shared.clone())
-            .map_err(|e| e.to_string())?;
-        self.state.allowlist.set(new.allowlist.clone());
-        self.state.api_tokens.set(new.api_tokens.clone());
-        let bots = new
-            .bots
-            .iter()
-            .map(|b| (b.name.clone(), b.clone()))
-            .collect();
-        self.dispatcher.set_bots(bots);
-        self.worker.agents.set(agents);
-        let old = &self.running;
-        let restart_only = [
-            ("host", old.host.to_string(), new.host.to_string()),
-            ("port", old.port.to_string(), new.port.to_string()),
-            ("path", old.path.clone(), new.path.clone()),
-            (
-                "store",
-                format!("{:?}", old.store),
-                format!("{:?}", new.store),
-            ),
-            (
-                "data_dir",
-                old.data_dir.display().to_string(),
-                new.data_dir.display().to_string(),
-            ),
-            ("workers", old.workers.to_string(), new.workers.to_string()),
-            (
-                "api_base_url",
-                old.api_base_url.clone(),
-                new.api_base_url.clone(),
-            ),
-            (
-                "metrics_listen",
-                format!("{:?}", old.metrics_listen),
-                format!("{:?}", new.metrics_listen),
-            ),
-        ];
-        // Read once at start as well: named, not applied.
-        let debug = |c: &Config| {
-            [
-                format!("{:?}", c.log_format),
-                c.queue_capacity.to_string(),
-                c.max_body_bytes.to_string(),
-                format!("{:?}", c.replay_window),
-                c.retention_days.to_string(),
-                format!("{:?}{:?}", c.member_limits, c.bot_limits),
-                format!("{:?}", c.retry),
-                format!("{:?}", c.media),
-            ]
-        };
-        let also = [
-            "log_format",
-            "queue_capacity",
-            "max_body_bytes",
-            "replay_window",
-            "retention_days",
-            "limits",
-            "retry",
-            "media",
-        ];
-        let restart_only = restart_only.into_iter().chain(
-            (also
-                .into_iter()
-                .zip(debug(old).into_iter().zip(debug(&new))))
-            .map(|(key, (was, now))| (key, was, now)),
-        );
-        for (key, was, now) in restart_only {
-            if was != now {
-                tracing::warn!(key, "{key} changed: it takes effect at the next start");
-            }
-        }
-        let names: Vec<String> = new.apps.iter().map(|a| a.name.clone()).collect();
-        tracing::info!(apps = ?names, bots = new.bots.len(), api_tokens = new.api_tokens.len(), "configuration reloaded");
-        self.running = new;
-        Ok(())
-    }
-}
-
-/// On SIGHUP, read the configuration again and apply it; one that fails validation is refused
-/// with its errors and the running one is kept.
-async fn reload_on_sighup(load: Reloader, mut live: Reloadable) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reloading is off");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reading the configuration again");
-            match load() {
-                Err(errors) => tracing::error!(
-                    "configuration not reloaded, the running one is kept: {}",
-                    errors.0.join("; ")
-                ),
-                Ok(config) => {
-                    if let Err(e) = live.apply(config) {
-                        tracing::error!("configuration not reloaded, the running one is kept: {e}");
-                    }
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (load, live);
-    }
-}
-
-/// Delete finished messages older than the retention period: at start and then hourly. Runs off the
-/// request path; each batch is a short transaction of its own.
-async fn prune_loop(inbox: Arc<dyn Inbox>, received: Arc<Received>, retention_days: u64) {
-    let retention = Duration::from_secs(retention_days * 86_400);
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tick.tick().await;
-        match inbox
-            .prune(inbox::now_ms() - retention.as_millis() as i64)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention_days, "pruned finished messages"),
-            Err(e) => tracing::error!(error = %e, "pruning finished messages failed"),
-        }
-        match received.prune(retention).await {
-            0 => {}
-            n => tracing::info!(deleted = n, retention_days, "pruned received media files"),
-        }
-    }
 }
 
 /// Where agents reach the gateway when `media.public_url` is not set: the listener, with the

@@ -565,3 +565,77 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
     assert_eq!(sends[3].content(), "still here");
     gw.terminate().await;
 }
+
+/// Every setting a reload does not apply, with a value before and one after.
+const RESTART_ONLY: &[(&str, &str, &str)] = &[
+    ("host", "127.0.0.1", "127.0.0.2"),
+    ("port", "0", "1"),
+    ("path", "/wecom/callback", "/wecom/other"),
+    ("store", "sqlite", "memory"),
+    ("data_dir", "DATA", "DATA/other"),
+    ("workers", "4", "5"),
+    ("api_base_url", "API", "http://127.0.0.1:9"),
+    ("metrics_listen", "127.0.0.1:0", "off"),
+    ("shutdown_grace_secs", "30", "31"),
+    ("http_timeout_secs", "10", "11"),
+    ("max_store_mb", "0", "100"),
+    ("lease_secs", "30", "31"),
+    ("log_format", "text", "json"),
+    ("queue_capacity", "1024", "1000"),
+    ("max_body_bytes", "65536", "65000"),
+    ("replay_window", "300", "301"),
+    ("retention_days", "7", "8"),
+    ("limits", "{member: [30/1m]}", "{member: [31/1m]}"),
+    ("retry", "{max_attempts: 8}", "{max_attempts: 9}"),
+    ("media", "{max_bytes: 20971520}", "{max_bytes: 20971521}"),
+];
+
+#[tokio::test]
+async fn a_reload_names_every_setting_it_does_not_apply() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    let data = dir.path().join("data").display().to_string();
+    let write = |pick: fn(&(&str, &str, &str)) -> String| {
+        let settings: String = RESTART_ONLY
+            .iter()
+            .map(|s| {
+                let value = pick(s)
+                    .replace("DATA", &data)
+                    .replace("API", &fake.base_url());
+                format!("{}: {value}\n", s.0)
+            })
+            .collect();
+        let text = format!(
+            "{settings}allowed_users: [zhangsan]\napps:\n{}",
+            app_yaml(&APP_A)
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write(|s| s.1.to_owned());
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "debug");
+    let gw = Gateway::start(&mut cmd).await;
+    write(|s| s.2.to_owned());
+    let pid = gw.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    gw.wait_for_log(&["configuration reloaded"]).await;
+    for (key, _, _) in RESTART_ONLY {
+        gw.wait_for_log(&[&format!("{key} changed: it takes effect at the next start")])
+            .await;
+    }
+    // And the running gateway still answers where it started.
+    let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", "still here", 1));
+    assert_eq!(post(&gw, &q, body).await, 200);
+    fake.wait_for_sends(1).await;
+    gw.terminate().await;
+}

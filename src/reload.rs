@@ -1,0 +1,157 @@
+//! Reloading the configuration on SIGHUP: what a reload replaces while the gateway runs (apps,
+//! robots, the allowlist, agents, API tokens) and the names of the settings it does not apply.
+//!
+//! Must never: stop or slow work in progress (it keeps the settings it started with), or apply
+//! half of a configuration (one that fails validation or setup is refused whole).
+
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::app::Apps;
+use crate::config::{self, Config};
+use crate::inbox::Inbox;
+use crate::outbound::Dispatcher;
+use crate::worker::Worker;
+use crate::{build_agents, http, shared};
+
+/// Reads the configuration again, for a reload (the binary passes `Config::load` with the same
+/// file and the process environment).
+pub type Reloader = Box<dyn Fn() -> Result<config::Config, config::ConfigErrors> + Send + Sync>;
+
+/// What a reload replaces while the gateway runs.
+pub(crate) struct Reloadable {
+    pub(crate) running: Config,
+    pub(crate) given: Option<Arc<dyn Agent>>,
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) shared: Option<Arc<dyn shared::SharedTokens>>,
+    pub(crate) apps: Apps,
+    pub(crate) state: http::AppState,
+    pub(crate) worker: Worker,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+}
+
+impl Reloadable {
+    /// Apply a new configuration: apps, robots, the allowlist, agents and API tokens are replaced;
+    /// work in progress keeps what it started with. Settings of the process itself (address,
+    /// store, workers...) are reported as taking effect at the next start.
+    fn apply(&mut self, new: Config) -> Result<(), String> {
+        let agents =
+            build_agents(&new, self.given.clone(), &self.inbox).map_err(|e| e.to_string())?;
+        self.apps
+            .reload(&new.apps, self.shared.clone())
+            .map_err(|e| e.to_string())?;
+        self.state.allowlist.set(new.allowlist.clone());
+        self.state.api_tokens.set(new.api_tokens.clone());
+        let bots = new
+            .bots
+            .iter()
+            .map(|b| (b.name.clone(), b.clone()))
+            .collect();
+        self.dispatcher.set_bots(bots);
+        self.worker.agents.set(agents);
+        let old = &self.running;
+        let restart_only = [
+            ("host", old.host.to_string(), new.host.to_string()),
+            ("port", old.port.to_string(), new.port.to_string()),
+            ("path", old.path.clone(), new.path.clone()),
+            (
+                "store",
+                format!("{:?}", old.store),
+                format!("{:?}", new.store),
+            ),
+            (
+                "data_dir",
+                old.data_dir.display().to_string(),
+                new.data_dir.display().to_string(),
+            ),
+            ("workers", old.workers.to_string(), new.workers.to_string()),
+            (
+                "api_base_url",
+                old.api_base_url.clone(),
+                new.api_base_url.clone(),
+            ),
+            (
+                "metrics_listen",
+                format!("{:?}", old.metrics_listen),
+                format!("{:?}", new.metrics_listen),
+            ),
+        ];
+        // Read once at start as well: named, not applied.
+        let debug = |c: &Config| {
+            [
+                c.shutdown_grace_secs.to_string(),
+                c.http_timeout_secs.to_string(),
+                c.max_store_mb.to_string(),
+                c.lease_secs.to_string(),
+                format!("{:?}", c.log_format),
+                c.queue_capacity.to_string(),
+                c.max_body_bytes.to_string(),
+                format!("{:?}", c.replay_window),
+                c.retention_days.to_string(),
+                format!("{:?}{:?}", c.member_limits, c.bot_limits),
+                format!("{:?}", c.retry),
+                format!("{:?}", c.media),
+            ]
+        };
+        let also = [
+            "shutdown_grace_secs",
+            "http_timeout_secs",
+            "max_store_mb",
+            "lease_secs",
+            "log_format",
+            "queue_capacity",
+            "max_body_bytes",
+            "replay_window",
+            "retention_days",
+            "limits",
+            "retry",
+            "media",
+        ];
+        let restart_only = restart_only.into_iter().chain(
+            (also
+                .into_iter()
+                .zip(debug(old).into_iter().zip(debug(&new))))
+            .map(|(key, (was, now))| (key, was, now)),
+        );
+        for (key, was, now) in restart_only {
+            if was != now {
+                tracing::warn!(key, "{key} changed: it takes effect at the next start");
+            }
+        }
+        let names: Vec<String> = new.apps.iter().map(|a| a.name.clone()).collect();
+        tracing::info!(apps = ?names, bots = new.bots.len(), api_tokens = new.api_tokens.len(), "configuration reloaded");
+        self.running = new;
+        Ok(())
+    }
+}
+
+/// On SIGHUP, read the configuration again and apply it; one that fails validation is refused
+/// with its errors and the running one is kept.
+pub(crate) async fn reload_on_sighup(load: Reloader, mut live: Reloadable) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reading the configuration again");
+            match load() {
+                Err(errors) => tracing::error!(
+                    "configuration not reloaded, the running one is kept: {}",
+                    errors.0.join("; ")
+                ),
+                Ok(config) => {
+                    if let Err(e) = live.apply(config) {
+                        tracing::error!("configuration not reloaded, the running one is kept: {e}");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (load, live);
+    }
+}

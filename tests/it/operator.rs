@@ -479,6 +479,16 @@ async fn failed_lists_what_failed_and_retry_queues_it_again_beside_the_running_g
     gw.terminate().await;
 }
 
+/// Ask the gateway to read its configuration again.
+fn sighup(gw: &Gateway) {
+    let pid = gw.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 fn app_yaml(spec: &AppSpec) -> String {
     format!(
         "  - name: {}\n    corp_id: {}\n    corp_secret: {}\n    agent_id: {}\n    token: {}\n    encoding_aes_key: {}\n",
@@ -505,14 +515,7 @@ async fn sighup_adds_an_app_and_refuses_a_broken_file_keeping_the_running_one() 
         .arg(&file);
     bare_env(&mut cmd, &fake.base_url(), &dir.path().join("data"));
     let gw = Gateway::start(&mut cmd).await;
-    let hup = || {
-        let pid = gw.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
+    let hup = || sighup(&gw);
     let (q, body) = APP_B.callback(&APP_B.text_xml("zhangsan", "to beta", 1));
     assert_eq!(
         post(&gw, &q, body.clone()).await,
@@ -622,12 +625,7 @@ async fn a_reload_names_every_setting_it_does_not_apply() {
         .env("RUST_LOG", "debug");
     let gw = Gateway::start(&mut cmd).await;
     write(|s| s.2.to_owned());
-    let pid = gw.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sighup(&gw);
     gw.wait_for_log(&["configuration reloaded"]).await;
     for (key, _, _) in RESTART_ONLY {
         gw.wait_for_log(&[&format!("{key} changed: it takes effect at the next start")])

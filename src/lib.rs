@@ -34,8 +34,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use std::collections::HashMap;
-
 use crate::agent::Agent;
 use crate::app::Apps;
 use crate::config::{Config, StoreKind};
@@ -44,7 +42,7 @@ use crate::outbound::{Dispatcher, Outbound};
 use crate::received::Received;
 use crate::shared::SharedTokens;
 use crate::wecom::WecomClient;
-use crate::worker::{AgentHandle, Agents, Worker};
+use crate::worker::{Agents, Worker};
 
 use crate::prune::prune_loop;
 pub use crate::reload::Reloader;
@@ -196,7 +194,7 @@ impl Application {
             apps.clone(),
             live::Live::new(bots),
         ));
-        let agents = build_agents(&config, given.clone(), &inbox)?;
+        let agents = Agents::build(&config, given.clone(), &inbox).map_err(StartupError::App)?;
         let public_url =
             (config.media.public_url.clone()).unwrap_or_else(|| default_public_url(local_addr));
         let received = Arc::new(Received::new(
@@ -405,35 +403,6 @@ impl Application {
         tracing::info!("wecom-gateway stopped");
         Ok(())
     }
-}
-
-/// The agents a configuration names (or `given`, for every app), with their chat settings.
-pub(crate) fn build_agents(
-    config: &Config,
-    given: Option<Arc<dyn Agent>>,
-    inbox: &Arc<dyn Inbox>,
-) -> Result<Agents, StartupError> {
-    if let Some(agent) = given {
-        return Ok(Agents {
-            default: Arc::new(AgentHandle::new(agent, &config.agent)),
-            by_app: HashMap::new(),
-        });
-    }
-    let build = |settings: &config::AgentConfig| {
-        agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
-            .map(|a| Arc::new(AgentHandle::new(a, settings)))
-            .map_err(StartupError::App)
-    };
-    let mut by_app = HashMap::new();
-    for app in &config.apps {
-        if let Some(own) = &app.agent {
-            by_app.insert(app.name.clone(), build(own)?);
-        }
-    }
-    Ok(Agents {
-        default: build(&config.agent)?,
-        by_app,
-    })
 }
 
 /// Where agents reach the gateway when `media.public_url` is not set: the listener, with the

@@ -11,8 +11,8 @@ use crate::app::Apps;
 use crate::config::{self, Config};
 use crate::inbox::Inbox;
 use crate::outbound::Dispatcher;
-use crate::worker::Worker;
-use crate::{build_agents, http, shared};
+use crate::worker::{Agents, Worker};
+use crate::{http, shared};
 
 /// Reads the configuration again, for a reload (the binary passes `Config::load` with the same
 /// file and the process environment).
@@ -35,8 +35,8 @@ impl Reloadable {
     /// work in progress keeps what it started with. Settings of the process itself (address,
     /// store, workers...) are reported as taking effect at the next start.
     fn apply(&mut self, new: Config) -> Result<(), String> {
-        let agents =
-            build_agents(&new, self.given.clone(), &self.inbox).map_err(|e| e.to_string())?;
+        let agents = Agents::build(&new, self.given.clone(), &self.inbox)
+            .map_err(|e| format!("app setup failed: {e}"))?;
         self.apps
             .reload(&new.apps, self.shared.clone())
             .map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentError, Events, Turn};
 use crate::app::{App, Apps};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Config};
 use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
 use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
@@ -51,6 +51,34 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// The agents a configuration names (or `given`, for every app), with their chat settings.
+    pub fn build(
+        config: &Config,
+        given: Option<Arc<dyn Agent>>,
+        inbox: &Arc<dyn Inbox>,
+    ) -> Result<Agents, String> {
+        if let Some(agent) = given {
+            return Ok(Agents {
+                default: Arc::new(AgentHandle::new(agent, &config.agent)),
+                by_app: HashMap::new(),
+            });
+        }
+        let build = |settings: &AgentConfig| {
+            crate::agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
+                .map(|a| Arc::new(AgentHandle::new(a, settings)))
+        };
+        let mut by_app = HashMap::new();
+        for app in &config.apps {
+            if let Some(own) = &app.agent {
+                by_app.insert(app.name.clone(), build(own)?);
+            }
+        }
+        Ok(Agents {
+            default: build(&config.agent)?,
+            by_app,
+        })
+    }
+
     pub fn for_app(&self, app: &str) -> &AgentHandle {
         self.by_app.get(app).unwrap_or(&self.default)
     }

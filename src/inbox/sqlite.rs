@@ -233,8 +233,8 @@ impl Db {
     }
 }
 
-/// Run one of the writer's own statements (BEGIN, SAVEPOINT, COMMIT...), prepared once: they run
-/// several times per batch, and parsing them each time showed in the profile.
+/// Run one of the writer's own statements (BEGIN, COMMIT, ROLLBACK), prepared once: they run for
+/// every batch, and parsing them each time showed in the profile.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }

@@ -28,10 +28,10 @@ pub use crate::app::AppConfig;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
 pub use crate::http::api::ApiToken;
-pub use crate::inbox::{PostgresUrl, StoreKind};
 use crate::logging::LogFormat;
 use crate::outbound::ratelimit::Limit;
 use crate::outbound::retry::RetryPolicy;
+pub use crate::store::{PostgresUrl, StoreKind};
 
 pub use crate::agent::{
     AgentConfig, AgentKind, CommandAgentConfig, HermesConfig, HttpAgentConfig, OpenAiConfig,

@@ -11,7 +11,6 @@ pub mod config;
 pub mod crypto;
 pub mod dotenv;
 pub mod http;
-pub mod inbox;
 pub mod live;
 pub mod logging;
 pub mod message;
@@ -22,6 +21,7 @@ pub mod received;
 mod reload;
 pub mod shared;
 pub mod simulate;
+pub mod store;
 pub mod wecom;
 pub mod worker;
 mod xml;
@@ -37,10 +37,10 @@ use tokio::task::JoinSet;
 use crate::agent::Agent;
 use crate::app::Apps;
 use crate::config::{Config, StoreKind};
-use crate::inbox::{Inbox, MemoryInbox, PostgresInbox, SqliteInbox};
 use crate::outbound::{Dispatcher, Outbound};
 use crate::received::Received;
 use crate::shared::SharedTokens;
+use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store};
 use crate::wecom::WecomClient;
 use crate::worker::{Agents, Worker};
 
@@ -48,7 +48,7 @@ use crate::prune::prune_loop;
 pub use crate::reload::Reloader;
 use crate::reload::{reload_on_sighup, Reloadable};
 
-/// How long a callback may wait for room in a full inbox before it is answered 503 (WeCom waits 5 s).
+/// How long a callback may wait for room in a full store before it is answered 503 (WeCom waits 5 s).
 const PUSH_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ pub struct Application {
     local_addr: SocketAddr,
     config: Config,
     apps: Apps,
-    inbox: Arc<dyn Inbox>,
+    store: Arc<dyn Store>,
     worker: Worker,
     outbound: Arc<Outbound>,
     dispatcher: Arc<Dispatcher>,
@@ -123,30 +123,30 @@ impl Application {
         )
         .map_err(|e| StartupError::App(e.to_string()))?;
         let mut data_dir_lock = None;
-        let (inbox, shared): (Arc<dyn Inbox>, Option<Arc<PostgresInbox>>) = match &config.store {
+        let (store, shared): (Arc<dyn Store>, Option<Arc<PostgresStore>>) = match &config.store {
             StoreKind::Memory => (
-                Arc::new(MemoryInbox::new(config.queue_capacity, PUSH_WAIT)),
+                Arc::new(MemoryStore::new(config.queue_capacity, PUSH_WAIT)),
                 None,
             ),
             StoreKind::Sqlite => {
                 let max_bytes =
                     (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
-                let store = SqliteInbox::open(&config.data_dir, config.queue_capacity, max_bytes)
+                let store = SqliteStore::open(&config.data_dir, config.queue_capacity, max_bytes)
                     .map_err(|e| StartupError::Store(e.to_string()))?;
                 let recovered = store.recovered();
                 tracing::info!(path = %store.path().display(), resumed = recovered.resumed, given_up = recovered.given_up, "message store open");
                 if recovered.given_up > 0 {
-                    tracing::warn!(given_up = recovered.given_up, "some messages were given up: the gateway stopped while handling each of them {} times", inbox::sqlite::MAX_ATTEMPTS);
+                    tracing::warn!(given_up = recovered.given_up, "some messages were given up: the gateway stopped while handling each of them {} times", store::sqlite::MAX_ATTEMPTS);
                 }
                 (store, None)
             }
             StoreKind::Postgres(url) => {
                 data_dir_lock = Some(
-                    inbox::sqlite::lock_data_dir(&config.data_dir)
+                    store::sqlite::lock_data_dir(&config.data_dir)
                         .map_err(|e| StartupError::Store(e.to_string()))?,
                 );
                 let lease = Duration::from_secs(config.lease_secs);
-                let store = PostgresInbox::open(url, lease).await.map_err(|e| {
+                let store = PostgresStore::open(url, lease).await.map_err(|e| {
                     StartupError::Store(format!("cannot open the PostgreSQL store {url}: {e}"))
                 })?;
                 tracing::info!(store = %url, lease_secs = config.lease_secs, "message store open (PostgreSQL, shared by replicas)");
@@ -190,22 +190,22 @@ impl Application {
             .collect();
         let dispatcher = Arc::new(Dispatcher::new(
             outbound.clone(),
-            inbox.clone(),
+            store.clone(),
             apps.clone(),
             live::Live::new(bots),
         ));
-        let agents = Agents::build(&config, given.clone(), &inbox).map_err(StartupError::App)?;
+        let agents = Agents::build(&config, given.clone(), &store).map_err(StartupError::App)?;
         let public_url =
             (config.media.public_url.clone()).unwrap_or_else(|| default_public_url(local_addr));
         let received = Arc::new(Received::new(
             &config.data_dir,
-            inbox.clone(),
+            store.clone(),
             config.media.max_bytes,
             public_url,
             config.media.url_expires,
         ));
         let worker = Worker {
-            inbox: inbox.clone(),
+            store: store.clone(),
             agents: live::Live::new(agents),
             outbound: outbound.clone(),
             apps: apps.clone(),
@@ -216,7 +216,7 @@ impl Application {
             local_addr,
             config,
             apps,
-            inbox,
+            store,
             worker,
             outbound,
             dispatcher,
@@ -235,8 +235,8 @@ impl Application {
     }
 
     /// The store (for embedding, and the simulator, which waits until it is empty).
-    pub fn inbox(&self) -> Arc<dyn Inbox> {
-        self.inbox.clone()
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// The address actually bound (the real port when the config asked for port 0).
@@ -255,7 +255,7 @@ impl Application {
             local_addr,
             config,
             apps,
-            inbox,
+            store,
             worker,
             outbound,
             dispatcher,
@@ -270,18 +270,18 @@ impl Application {
         for _ in 0..config.workers {
             workers.spawn(worker.clone().run());
         }
-        let feeder = inbox.clone();
+        let feeder = store.clone();
         workers.spawn(async move { feeder.feed().await });
         // Background chores end with the application, however it ends (dropping a JoinSet aborts it).
         let mut background = JoinSet::new();
         background.spawn(prune_loop(
-            inbox.clone(),
+            store.clone(),
             worker.received.clone(),
             config.retention_days,
         ));
         let state = Arc::new(http::Handlers {
             apps: apps.clone(),
-            inbox: inbox.clone(),
+            store: store.clone(),
             allowlist: live::Live::new(config.allowlist.clone()),
             dispatcher: dispatcher.clone(),
             api_tokens: live::Live::new(config.api_tokens.clone()),
@@ -296,7 +296,7 @@ impl Application {
                 Reloadable {
                     running: config.clone(),
                     given,
-                    inbox: inbox.clone(),
+                    store: store.clone(),
                     shared: shared_tokens,
                     apps: apps.clone(),
                     state: state.clone(),
@@ -329,12 +329,12 @@ impl Application {
         if let Some(listener) = metrics {
             let addr = listener.local_addr().map_err(StartupError::Serve)?;
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
-            let scraped = inbox.clone();
+            let scraped = store.clone();
             let router = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let inbox = scraped.clone();
-                    async move { scrape(&*inbox) }
+                    let store = scraped.clone();
+                    async move { scrape(&*store) }
                 }),
             );
             background.spawn(async move {
@@ -362,13 +362,13 @@ impl Application {
             .map_err(StartupError::Serve)?;
 
         background.shutdown().await;
-        inbox.close();
+        store.close();
         // Replies and pushes in progress share one grace period. A send that WeCom's rate limit
         // (or a retry's backoff) would hold past it gives up at once and stays stored, so the
         // stop takes only as long as something can still progress.
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         outbound.stop_by(tokio::time::Instant::now() + grace);
-        let pending = inbox.len();
+        let pending = store.len();
         if pending > 0 {
             tracing::info!(
                 pending,
@@ -390,7 +390,7 @@ impl Application {
             StoreKind::Memory => "are lost (store: memory)",
         };
         if drained.is_err() {
-            let left = inbox.len();
+            let left = store.len();
             workers.abort_all();
             tracing::warn!(
                 unfinished = left,
@@ -416,11 +416,11 @@ fn default_public_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// `/metrics`: the registry, with the inbox gauges read now.
-fn scrape(inbox: &dyn Inbox) -> String {
+/// `/metrics`: the registry, with the store gauges read now.
+fn scrape(store: &dyn Store) -> String {
     let in_progress = worker::IN_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     metrics::gauge(metrics::INBOX_IN_PROGRESS, in_progress as f64);
-    let waiting = inbox.len().saturating_sub(in_progress);
+    let waiting = store.len().saturating_sub(in_progress);
     metrics::gauge(metrics::INBOX_WAITING, waiting as f64);
     metrics::render()
 }

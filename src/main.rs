@@ -7,10 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
 use wecom_gateway::config::{Config, ConfigErrors, Loaded, StoreKind};
-use wecom_gateway::inbox::{postgres, FailedId, Inbox, PostgresInbox, SqliteInbox};
 use wecom_gateway::logging::LogFormat;
 use wecom_gateway::outbound::dispatch::Retried;
 use wecom_gateway::simulate::{self, Simulation};
+use wecom_gateway::store::{postgres, FailedId, PostgresStore, SqliteStore, Store};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
 use wecom_gateway::{shutdown_signal, Application};
 
@@ -305,12 +305,12 @@ fn simulate(
 }
 
 /// The configured store, opened beside a gateway that may be running on it.
-async fn open_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Inbox>> {
+async fn open_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     Ok(match &config.store {
-        StoreKind::Sqlite => SqliteInbox::open_beside(&config.data_dir)?,
+        StoreKind::Sqlite => SqliteStore::open_beside(&config.data_dir)?,
         StoreKind::Postgres(url) => {
             let lease = std::time::Duration::from_secs(config.lease_secs);
-            PostgresInbox::open(url, lease).await?
+            PostgresStore::open(url, lease).await?
         }
         StoreKind::Memory => anyhow::bail!("store: memory keeps nothing once the gateway stops"),
     })

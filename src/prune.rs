@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::inbox::{self, Inbox};
 use crate::received::Received;
+use crate::store::{self, Store};
 
 /// Delete finished messages older than the retention period: at start and then hourly. Runs off the
 /// request path; each batch is a short transaction of its own.
 pub(crate) async fn prune_loop(
-    inbox: Arc<dyn Inbox>,
+    store: Arc<dyn Store>,
     received: Arc<Received>,
     retention_days: u64,
 ) {
@@ -21,8 +21,8 @@ pub(crate) async fn prune_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        match inbox
-            .prune(inbox::now_ms() - retention.as_millis() as i64)
+        match store
+            .prune(store::now_ms() - retention.as_millis() as i64)
             .await
         {
             Ok(0) => {}

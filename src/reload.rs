@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::agent::Agent;
 use crate::app::Apps;
 use crate::config::{self, Config};
-use crate::inbox::Inbox;
 use crate::outbound::Dispatcher;
+use crate::store::Store;
 use crate::worker::{Agents, Worker};
 use crate::{http, shared};
 
@@ -22,7 +22,7 @@ pub type Reloader = Box<dyn Fn() -> Result<config::Config, config::ConfigErrors>
 pub(crate) struct Reloadable {
     pub(crate) running: Config,
     pub(crate) given: Option<Arc<dyn Agent>>,
-    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Option<Arc<dyn shared::SharedTokens>>,
     pub(crate) apps: Apps,
     pub(crate) state: http::AppState,
@@ -35,7 +35,7 @@ impl Reloadable {
     /// work in progress keeps what it started with. Settings of the process itself (address,
     /// store, workers...) are reported as taking effect at the next start.
     fn apply(&mut self, new: Config) -> Result<(), String> {
-        let agents = Agents::build(&new, self.given.clone(), &self.inbox)
+        let agents = Agents::build(&new, self.given.clone(), &self.store)
             .map_err(|e| format!("app setup failed: {e}"))?;
         self.apps
             .reload(&new.apps, self.shared.clone())

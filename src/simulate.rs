@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, StoreKind};
 use crate::crypto::MsgCrypt;
-use crate::inbox::Inbox;
+use crate::store::Store;
 use crate::Application;
 
 /// What to simulate.
@@ -184,7 +184,7 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
     config.media.public_url = None;
     let gateway = Application::build(config.clone()).await?;
     let addr = gateway.local_addr();
-    let inbox = gateway.inbox();
+    let store = gateway.store();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(gateway.run_until(async {
         let _ = stopped.await;
@@ -206,11 +206,11 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
     };
     if image.is_some() {
         send("<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[https://wework.qpic.cn/simulated]]></PicUrl><MediaId><![CDATA[simulated-image]]></MediaId>".into()).await;
-        settle(&*inbox).await;
+        settle(&*store).await;
     }
     if !sim.text.is_empty() {
         send(text_body(&sim.text)).await;
-        settle(&*inbox).await;
+        settle(&*store).await;
     }
     if sim.interactive {
         let mut lines =
@@ -224,7 +224,7 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
                 continue;
             }
             send(text_body(&line)).await;
-            settle(&*inbox).await;
+            settle(&*store).await;
         }
     }
     let _ = stop.send(());
@@ -236,9 +236,9 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
 }
 
 /// Wait until every queued message has been handled (and its replies printed).
-async fn settle(inbox: &dyn Inbox) {
-    // The callback is queued before it is answered; the job leaves the inbox once handled.
-    while !inbox.is_empty() {
+async fn settle(store: &dyn Store) {
+    // The callback is queued before it is answered; the job leaves the store once handled.
+    while !store.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

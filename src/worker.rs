@@ -1,4 +1,4 @@
-//! The worker pool: takes jobs from the inbox, asks the agent, records the reply, and sends it
+//! The worker pool: takes jobs from the store, asks the agent, records the reply, and sends it
 //! through the app the member wrote to, split into pieces WeCom accepts, in order.
 //!
 //! Must never: ask the agent again for a message whose reply is already recorded, send a chunk
@@ -11,10 +11,10 @@ use std::time::Duration;
 use crate::agent::{Agent, AgentError, Events, Turn};
 use crate::app::{App, Apps};
 use crate::config::{AgentConfig, Config};
-use crate::inbox::{Chunk, ChunkState, Inbox, Job, Outcome};
 use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::received::Received;
+use crate::store::{Chunk, ChunkState, Job, Outcome, Store};
 use crate::wecom::{AppMessage, Recipients};
 
 /// An agent with the chat settings around it.
@@ -55,7 +55,7 @@ impl Agents {
     pub fn build(
         config: &Config,
         given: Option<Arc<dyn Agent>>,
-        inbox: &Arc<dyn Inbox>,
+        store: &Arc<dyn Store>,
     ) -> Result<Agents, String> {
         if let Some(agent) = given {
             return Ok(Agents {
@@ -64,7 +64,7 @@ impl Agents {
             });
         }
         let build = |settings: &AgentConfig| {
-            crate::agent::build(settings, inbox.clone(), config.media.inline_text_bytes)
+            crate::agent::build(settings, store.clone(), config.media.inline_text_bytes)
                 .map(|a| Arc::new(AgentHandle::new(a, settings)))
         };
         let mut by_app = HashMap::new();
@@ -89,7 +89,7 @@ pub static IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 
 #[derive(Clone)]
 pub struct Worker {
-    pub inbox: Arc<dyn Inbox>,
+    pub store: Arc<dyn Store>,
     /// Replaced by a reload; a job keeps the agent it started with.
     pub agents: crate::live::Live<Agents>,
     pub outbound: Arc<Outbound>,
@@ -99,11 +99,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Take and handle jobs until the inbox closes. Each job runs in a task of its own, so a
+    /// Take and handle jobs until the store closes. Each job runs in a task of its own, so a
     /// panic (in an agent, say) fails that job alone: it is recorded as failed with the panic's
     /// message, its user's lane is freed, and this worker takes the next job.
     pub async fn run(self) {
-        while let Some(job) = self.inbox.next().await {
+        while let Some(job) = self.store.next().await {
             IN_PROGRESS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let worker = self.clone();
             let task_job = job.clone();
@@ -117,7 +117,7 @@ impl Worker {
                 }
                 Err(_) => Outcome::Interrupted,
             };
-            self.inbox.finish(&job, outcome).await;
+            self.store.finish(&job, outcome).await;
             IN_PROGRESS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -186,7 +186,7 @@ impl Worker {
                     self.withdraw(app, job, receipt).await;
                     return Outcome::Done;
                 }
-                if let Err(e) = self.inbox.record_reply(job, &pieces).await {
+                if let Err(e) = self.store.record_reply(job, &pieces).await {
                     // Deliver anyway: a lost answer is worse than a rare double after a crash.
                     tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
                 }
@@ -247,7 +247,7 @@ impl Worker {
             let done =
                 matches!(message, AppMessage::UpdateCard { .. }) || (message == sorry && told);
             if done {
-                if let Err(e) = self.inbox.mark_sent(job, chunk.seq).await {
+                if let Err(e) = self.store.mark_sent(job, chunk.seq).await {
                     tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                 }
                 continue;
@@ -255,7 +255,7 @@ impl Worker {
             told |= message == sorry;
             // Recorded before WeCom is called: if the process dies before the answer is recorded,
             // the next try knows this chunk may have arrived and asks WeCom to drop a duplicate.
-            if let Err(e) = self.inbox.mark_started(job, chunk.seq).await {
+            if let Err(e) = self.store.mark_started(job, chunk.seq).await {
                 tracing::warn!(job = job.id, seq = chunk.seq, error = %e, "cannot record that a chunk is being sent");
             }
             let resend = chunk.state == ChunkState::Started;
@@ -264,7 +264,7 @@ impl Worker {
                     if !receipt.invalid_users.is_empty() {
                         tracing::warn!(job = job.id, app = %app.config.name, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }
-                    if let Err(e) = self.inbox.mark_sent(job, chunk.seq).await {
+                    if let Err(e) = self.store.mark_sent(job, chunk.seq).await {
                         tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
                     }
                 }
@@ -278,7 +278,7 @@ impl Worker {
                     tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
                     return Outcome::Failed(format!(
                         "{}{} of {total}: {failure}",
-                        crate::inbox::SEND_FAILED,
+                        crate::store::SEND_FAILED,
                         chunk.seq + 1
                     ));
                 }
@@ -307,7 +307,7 @@ impl Worker {
         message: &mut AppMessage,
     ) -> Result<(), Option<String>> {
         if self.outbound.attach_media(app, message).await? {
-            if let Err(e) = self.inbox.record_upload(job, seq, message).await {
+            if let Err(e) = self.store.record_upload(job, seq, message).await {
                 tracing::warn!(job = job.id, seq, error = %e, "cannot record an upload's media_id; a resend would upload again");
             }
         }
@@ -403,7 +403,7 @@ impl Worker {
             Ok((sent, _)) => {
                 tracing::debug!(job = job.id, user = ?job.user_key, "receipt sent: the agent is taking a while");
                 let msgid = sent.msgid.filter(|_| handle.ack_recall)?;
-                if let Err(e) = self.inbox.record_receipt(job, &msgid).await {
+                if let Err(e) = self.store.record_receipt(job, &msgid).await {
                     tracing::warn!(job = job.id, error = %e, "cannot record the receipt; it is withdrawn unless the gateway restarts first");
                 }
                 Some(msgid)

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::openai::{api_client, api_lines, chat_completion, HELP, RESET_DONE};
 use super::{Agent, AgentError, Turn};
-use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
+use crate::store::{History, HistoryEntry, Role};
 use crate::wecom::AppMessage;
 
 /// Where Hermes's API server listens by default.

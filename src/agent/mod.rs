@@ -17,9 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::inbox::History;
 use crate::message::{Event, InboundMessage, MessageKind};
 use crate::received::Fetched;
+use crate::store::History;
 use crate::wecom::AppMessage;
 
 pub use command::CommandAgentConfig;

@@ -15,9 +15,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::{Agent, AgentError, Turn};
-use crate::inbox::{History, HistoryEntry, Role};
 use crate::message::MessageKind;
 use crate::received::{Fetched, MediaInfo};
+use crate::store::{History, HistoryEntry, Role};
 use crate::wecom::AppMessage;
 
 pub const HELP: &str = "可用命令 Commands:\n/reset 或 /new — 清空对话历史，开始新的对话 (start over)\n/help — 显示本帮助 (this help)";

@@ -22,8 +22,8 @@ use subtle::ConstantTimeEq;
 use super::error::HttpError;
 use super::AppState;
 use crate::bots::{Alert, AlertmanagerPayload};
-use crate::inbox::{FailedId, InboxError};
 use crate::outbound::dispatch::Push;
+use crate::store::{FailedId, StoreError};
 use crate::wecom::{AppMessage, BotMessage, Recipients, TextCard};
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -70,8 +70,8 @@ impl From<HttpError> for ApiFailure {
     }
 }
 
-impl From<InboxError> for ApiFailure {
-    fn from(e: InboxError) -> Self {
+impl From<StoreError> for ApiFailure {
+    fn from(e: StoreError) -> Self {
         ApiFailure(e.into())
     }
 }
@@ -468,7 +468,7 @@ async fn resolve(
         corps.dedup();
         let mut found: Vec<(String, String)> = Vec::new();
         for corp in corps {
-            if let Some(app) = state.inbox.route(&format!("{corp}:{entry}")).await? {
+            if let Some(app) = state.store.route(&format!("{corp}:{entry}")).await? {
                 found.push((corp, app));
             }
         }
@@ -497,7 +497,7 @@ async fn resolve(
         }
         return Ok((app.config.name.clone(), user.to_owned()));
     }
-    if let Some(app) = state.inbox.route(entry).await? {
+    if let Some(app) = state.store.route(entry).await? {
         return Ok((app, user.to_owned()));
     }
     let mut of_corp = apps.iter().filter(|a| a.config.corp_id == corp);
@@ -514,7 +514,7 @@ async fn resolve(
 
 /// `GET /api/v1/failed`: work that failed for good (newest first), with errcode and hint.
 async fn failed(State(state): State<AppState>) -> Result<Response, ApiFailure> {
-    let items = state.inbox.failed(1000).await?;
+    let items = state.store.failed(1000).await?;
     let items: Vec<serde_json::Value> = items.iter().map(|i| i.report()).collect();
     Ok(Json(json!({ "failed": items })).into_response())
 }
@@ -529,7 +529,7 @@ async fn retry_failed(
     use crate::outbound::dispatch::{retry, Retried};
     let which = FailedId::parse(&id).map_err(bad_request)?;
     let dispatcher = Some(&*state.dispatcher);
-    match retry(&*state.inbox, dispatcher, which, caller.broadcast).await? {
+    match retry(&*state.store, dispatcher, which, caller.broadcast).await? {
         Retried::Queued(new) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "status": "accepted", "id": new })),
@@ -552,7 +552,7 @@ async fn delivery(
     let id: i64 = id
         .parse()
         .map_err(|_| bad_request(format!("delivery id must be a number, got {id:?}")))?;
-    match state.inbox.delivery(id).await? {
+    match state.store.delivery(id).await? {
         Some(status) => Ok(Json(status).into_response()),
         None => Err(not_found(format!("no delivery {id}"))),
     }

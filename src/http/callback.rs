@@ -21,8 +21,8 @@ use super::retries::Recent;
 use super::AppState;
 use crate::app::App;
 use crate::crypto::CryptoError;
-use crate::inbox::{NewJob, Pushed};
 use crate::message::{Envelope, InboundMessage};
+use crate::store::{NewJob, Pushed};
 
 /// A refused callback: which check refused it and why. WeCom sees the status alone; the log says
 /// which check and why (with no secrets in either).
@@ -45,7 +45,7 @@ impl Reject {
             "signature" => Outcome::BadSignature,
             "decrypt" | "corp_id" => Outcome::DecryptError,
             "replay" => Outcome::Replayed,
-            "inbox" => Outcome::StoreError,
+            "store" => Outcome::StoreError,
             _ => Outcome::Malformed,
         }
     }
@@ -348,8 +348,8 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
             };
             // Not the client's fault, and WeCom retries a non-200: 503 (full, busy) or 500 (a
             // write failed), never a 200 for something not recorded.
-            let pushed = state.inbox.push(job).await.map_err(|e| Reject {
-                check: "inbox",
+            let pushed = state.store.push(job).await.map_err(|e| Reject {
+                check: "store",
                 error: e.into(),
             })?;
             state.recent.stored(&signed.msg_signature, dedup_key);

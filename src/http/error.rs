@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::inbox::InboxError;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -79,14 +79,14 @@ impl HttpError {
     }
 }
 
-impl From<InboxError> for HttpError {
-    fn from(e: InboxError) -> Self {
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
         match e {
-            InboxError::Full { .. }
-            | InboxError::StoreFull(_)
-            | InboxError::Closed
-            | InboxError::Unavailable(_) => HttpError::Unavailable(e.to_string()),
-            InboxError::Storage(_) => HttpError::Internal(e.to_string()),
+            StoreError::Full { .. }
+            | StoreError::StoreFull(_)
+            | StoreError::Closed
+            | StoreError::Unavailable(_) => HttpError::Unavailable(e.to_string()),
+            StoreError::Storage(_) => HttpError::Internal(e.to_string()),
         }
     }
 }

@@ -16,7 +16,7 @@ pub async fn health() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let store = state.inbox.ready().await;
+    let store = state.store.ready().await;
     let warnings: Vec<String> = (state.apps.iter())
         .filter_map(|app| {
             let problem = app.tokens.problem()?;

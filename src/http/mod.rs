@@ -21,10 +21,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::Apps;
 use crate::config::Allowlist;
-use crate::inbox::Inbox;
 use crate::live::Live;
 use crate::outbound::Dispatcher;
 use crate::received::Received;
+use crate::store::Store;
 
 /// What every handler can see. Shared behind one `Arc`: axum clones the state for every request,
 /// and one reference count is cheaper than one per field.
@@ -33,7 +33,7 @@ pub type AppState = Arc<Handlers>;
 /// The fields of [`AppState`].
 pub struct Handlers {
     pub apps: Apps,
-    pub inbox: Arc<dyn Inbox>,
+    pub store: Arc<dyn Store>,
     pub allowlist: Live<Allowlist>,
     pub dispatcher: Arc<Dispatcher>,
     /// Bearer tokens for /api; empty means the API is off.

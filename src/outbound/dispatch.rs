@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use super::{Outbound, Undelivered};
 use crate::app::Apps;
 use crate::bots::Bot;
-use crate::inbox::{Deliveries, InboxError, StoredDelivery};
+use crate::store::{Deliveries, StoreError, StoredDelivery};
 use crate::wecom::{AppMessage, BotMessage, Recipients};
 
 /// Where a delivery goes. Its JSON form is the store's `target` column.
@@ -87,9 +87,9 @@ impl Push {
     }
 
     /// The (target, message) JSON columns a store keeps.
-    pub fn to_columns(&self) -> Result<(String, String), InboxError> {
+    pub fn to_columns(&self) -> Result<(String, String), StoreError> {
         let encode =
-            |e: serde_json::Error| InboxError::Storage(format!("cannot encode a push: {e}"));
+            |e: serde_json::Error| StoreError::Storage(format!("cannot encode a push: {e}"));
         let message = match self {
             Push::App { message, .. } => serde_json::to_string(message),
             Push::Bot { message, .. } => serde_json::to_string(message),
@@ -184,9 +184,9 @@ impl Dispatcher {
     }
 
     /// Store pushes (already split), in order, then queue them. Returns their ids.
-    pub async fn submit(&self, pushes: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+    pub async fn submit(&self, pushes: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(InboxError::Closed);
+            return Err(StoreError::Closed);
         }
         let ids = self.store.add_deliveries(pushes.clone()).await?;
         for (id, push) in ids.iter().zip(pushes) {
@@ -200,7 +200,7 @@ impl Dispatcher {
     }
 
     /// Queue what a previous process stored but did not deliver. Call once at start.
-    pub async fn resume(&self) -> Result<usize, InboxError> {
+    pub async fn resume(&self) -> Result<usize, StoreError> {
         let pending = self.store.queued_deliveries().await?;
         let n = pending.len();
         for d in pending {
@@ -395,12 +395,12 @@ pub enum Retried {
 /// by the gateway at its next start, or by a replica within `lease_secs`). The old one is marked
 /// retried only once the new one is stored, so a failure on the way loses nothing.
 pub async fn retry(
-    store: &dyn crate::inbox::Inbox,
+    store: &dyn crate::store::Store,
     dispatcher: Option<&Dispatcher>,
-    which: crate::inbox::FailedId,
+    which: crate::store::FailedId,
     may_broadcast: bool,
-) -> Result<Retried, InboxError> {
-    use crate::inbox::FailedId;
+) -> Result<Retried, StoreError> {
+    use crate::store::FailedId;
     match which {
         FailedId::Job(id) => Ok(match store.retry_job(id).await? {
             Some(new) => Retried::Queued(format!("job-{new}")),

@@ -22,9 +22,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
 use crate::app::App;
-use crate::inbox::{Inbox, InboxError, MediaRecord};
 use crate::message::{InboundMessage, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
+use crate::store::{MediaRecord, Store, StoreError};
 use crate::wecom::ApiError;
 
 /// The directory under `data_dir` that holds received media.
@@ -58,7 +58,7 @@ pub struct Fetched {
 /// Received media: the directory, the store's records, and the links.
 pub struct Received {
     dir: PathBuf,
-    store: Arc<dyn Inbox>,
+    store: Arc<dyn Store>,
     max_bytes: u64,
     public_url: String,
     expires: Duration,
@@ -143,7 +143,7 @@ impl Received {
     /// where agents reach the gateway.
     pub fn new(
         data_dir: &Path,
-        store: Arc<dyn Inbox>,
+        store: Arc<dyn Store>,
         max_bytes: u64,
         public_url: String,
         expires: Duration,
@@ -165,13 +165,13 @@ impl Received {
     }
 
     /// The key that signs links, read from the store once.
-    pub async fn key(&self) -> Result<&[u8], InboxError> {
+    pub async fn key(&self) -> Result<&[u8], StoreError> {
         let key = self.key.get_or_try_init(|| self.store.media_key()).await?;
         Ok(key.as_slice())
     }
 
     /// A link to the file that works for `media.url_expires_secs`.
-    async fn link(&self, sha256: &str) -> Result<String, InboxError> {
+    async fn link(&self, sha256: &str) -> Result<String, StoreError> {
         let expires = unix_now() + self.expires.as_secs();
         let sig = link::sign(self.key().await?, sha256, expires);
         let base = &self.public_url;
@@ -347,7 +347,7 @@ impl Received {
     pub async fn open(
         &self,
         sha256: &str,
-    ) -> Result<Option<(MediaRecord, tokio::fs::File)>, InboxError> {
+    ) -> Result<Option<(MediaRecord, tokio::fs::File)>, StoreError> {
         let Some(record) = self.store.media(sha256).await? else {
             return Ok(None);
         };
@@ -362,7 +362,7 @@ impl Received {
             return Ok(None);
         };
         if bytes.len() as u64 != record.size {
-            return Err(InboxError::Storage(format!(
+            return Err(StoreError::Storage(format!(
                 "received file {sha256} has {} bytes in the store, not {}",
                 bytes.len(),
                 record.size
@@ -379,7 +379,7 @@ impl Received {
             tokio::fs::File::open(&path).await
         };
         let file = stored.await.map_err(|e| {
-            InboxError::Storage(format!(
+            StoreError::Storage(format!(
                 "cannot keep a received file under {}: {e}",
                 self.dir.display()
             ))
@@ -390,7 +390,7 @@ impl Received {
         Ok(Some((record, file?)))
     }
 
-    /// Delete files older than `max_age` (the inbox retention), and partial downloads a crash
+    /// Delete files older than `max_age` (the store retention), and partial downloads a crash
     /// left behind. Returns how many went.
     pub async fn prune(&self, max_age: Duration) -> usize {
         let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
@@ -425,7 +425,7 @@ impl Received {
         sha256: &str,
         expires: u64,
         sig: &str,
-    ) -> Result<Result<u64, link::LinkError>, InboxError> {
+    ) -> Result<Result<u64, link::LinkError>, StoreError> {
         let now = unix_now();
         let checked = link::verify(self.key().await?, sha256, expires, sig, now);
         Ok(checked.map(|()| expires - now))

@@ -248,7 +248,7 @@ async fn at_max_store_mb_new_callbacks_get_503_and_every_acknowledged_one_is_ans
     let log = gw.kill9().await;
     assert!(log.contains("max_store_mb"), "the log says why:\n{log}");
     assert!(
-        log.contains("check=\"inbox\"") && log.contains("status=503"),
+        log.contains("check=\"store\"") && log.contains("status=503"),
         "{log}"
     );
 }

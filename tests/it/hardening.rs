@@ -11,11 +11,11 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::app::Apps;
-use wecom_gateway::inbox::{MemoryInbox, SqliteInbox};
 use wecom_gateway::message::MessageKind;
 use wecom_gateway::outbound::dispatch::{Dispatcher, Push};
 use wecom_gateway::outbound::ratelimit::Limit;
 use wecom_gateway::outbound::{Outbound, Tracked};
+use wecom_gateway::store::{MemoryStore, SqliteStore};
 use wecom_gateway::wecom::{AppMessage, Recipients, WecomClient};
 
 const TOKEN: &str = "api-token-for-tests";
@@ -125,7 +125,7 @@ async fn a_panicking_agent_fails_its_job_alone_and_frees_the_users_lane() {
         vec![("lisi", "after the panic"), ("wangwu", "someone else")]
     );
     app.stop().await;
-    let store = SqliteInbox::open(dir.path(), 16, None).unwrap();
+    let store = SqliteStore::open(dir.path(), 16, None).unwrap();
     let failures = store.failures().await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].1.contains("agent exploded"), "{failures:?}");
@@ -142,7 +142,7 @@ async fn ten_thousand_distinct_members_leave_no_state_behind() {
         vec![Limit { count: 20, window }],
     ));
     let apps = Apps::new(&[APP_A.app_config()], None).unwrap();
-    let store = Arc::new(MemoryInbox::new(16, Duration::from_secs(1)));
+    let store = Arc::new(MemoryStore::new(16, Duration::from_secs(1)));
     let dispatcher = Dispatcher::new(outbound.clone(), store, apps, Default::default());
     let pushes: Vec<Push> = (0..10_000)
         .map(|n| Push::App {

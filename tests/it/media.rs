@@ -703,7 +703,7 @@ async fn with_postgresql_a_replica_without_the_file_serves_its_link() {
 async fn received_files_older_than_the_retention_go_and_partial_downloads_too() {
     use wecom_gateway::received::Received;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(wecom_gateway::inbox::MemoryInbox::new(
+    let store = Arc::new(wecom_gateway::store::MemoryStore::new(
         8,
         Duration::from_secs(1),
     ));

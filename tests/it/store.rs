@@ -1,4 +1,4 @@
-//! What only the SQLite inbox does, through its library API (tests/store_suite.rs covers what
+//! What only the SQLite store does, through its library API (tests/store_suite.rs covers what
 //! every backend does): durability across reopen, one gateway per data_dir, a bounded window of
 //! the backlog, and giving up on a message that kills the process every time.
 
@@ -6,18 +6,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::support::job;
-use wecom_gateway::inbox::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::inbox::{Outcome, Pushed, Queue, Routes, SqliteInbox};
+use wecom_gateway::store::sqlite::{Counts, MAX_ATTEMPTS};
+use wecom_gateway::store::{Outcome, Pushed, Queue, Routes, SqliteStore};
 
-/// Open, run the feeder while `f` uses the inbox, then close and release everything.
-async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteInbox>) -> T) -> T {
-    let inbox = SqliteInbox::open(dir, 16, None).expect("open");
+/// Open, run the feeder while `f` uses the store, then close and release everything.
+async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteStore>) -> T) -> T {
+    let store = SqliteStore::open(dir, 16, None).expect("open");
     let feeder = {
-        let inbox = inbox.clone();
-        tokio::spawn(async move { inbox.feed().await })
+        let store = store.clone();
+        tokio::spawn(async move { store.feed().await })
     };
-    let out = f(&inbox).await;
-    inbox.close();
+    let out = f(&store).await;
+    store.close();
     feeder.await.unwrap();
     out
 }
@@ -25,41 +25,41 @@ async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteInbox>) -> T) 
 #[tokio::test]
 async fn messages_routes_and_dedup_keys_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    with_inbox(dir.path(), async |inbox| {
+    with_inbox(dir.path(), async |store| {
         assert_eq!(
-            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            store.push(job("alice", 1, "sales")).await.unwrap(),
             Pushed::Queued
         );
         assert_eq!(
-            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            store.push(job("alice", 1, "sales")).await.unwrap(),
             Pushed::Duplicate
         );
         assert_eq!(
-            inbox.push(job("alice", 2, "ops")).await.unwrap(),
+            store.push(job("alice", 2, "ops")).await.unwrap(),
             Pushed::Queued
         );
     })
     .await;
-    with_inbox(dir.path(), async |inbox| {
+    with_inbox(dir.path(), async |store| {
         assert_eq!(
-            inbox.push(job("alice", 1, "sales")).await.unwrap(),
+            store.push(job("alice", 1, "sales")).await.unwrap(),
             Pushed::Duplicate
         );
         assert_eq!(
-            inbox.route("ww1:alice").await.unwrap().as_deref(),
+            store.route("ww1:alice").await.unwrap().as_deref(),
             Some("ops"),
             "last app written through"
         );
-        assert_eq!(inbox.route("ww1:nobody").await.unwrap(), None);
-        let first = inbox.next().await.expect("queued message");
+        assert_eq!(store.route("ww1:nobody").await.unwrap(), None);
+        let first = store.next().await.expect("queued message");
         assert_eq!(first.message.msg_id.as_deref(), Some("1"), "arrival order");
         assert_eq!(first.attempts, 1);
-        inbox.finish(&first, Outcome::Done).await;
-        let second = inbox.next().await.expect("second message");
+        store.finish(&first, Outcome::Done).await;
+        let second = store.next().await.expect("second message");
         assert_eq!(second.message.msg_id.as_deref(), Some("2"));
-        inbox.finish(&second, Outcome::Failed("test".into())).await;
+        store.finish(&second, Outcome::Failed("test".into())).await;
         assert_eq!(
-            inbox.counts().await.unwrap(),
+            store.counts().await.unwrap(),
             Counts {
                 done: 1,
                 failed: 1,
@@ -73,49 +73,49 @@ async fn messages_routes_and_dedup_keys_survive_a_reopen() {
 #[tokio::test]
 async fn a_message_that_kills_the_process_every_time_is_given_up() {
     let dir = tempfile::tempdir().unwrap();
-    with_inbox(dir.path(), async |inbox| {
-        inbox.push(job("carol", 9, "sales")).await.unwrap();
+    with_inbox(dir.path(), async |store| {
+        store.push(job("carol", 9, "sales")).await.unwrap();
     })
     .await;
     for _ in 0..MAX_ATTEMPTS {
-        with_inbox(dir.path(), async |inbox| {
-            inbox.next().await.expect("taken up again");
+        with_inbox(dir.path(), async |store| {
+            store.next().await.expect("taken up again");
         })
         .await;
     }
-    let inbox = SqliteInbox::open(dir.path(), 16, None).unwrap();
-    assert_eq!(inbox.recovered().given_up, 1);
-    assert_eq!(inbox.counts().await.unwrap().failed, 1);
+    let store = SqliteStore::open(dir.path(), 16, None).unwrap();
+    assert_eq!(store.recovered().given_up, 1);
+    assert_eq!(store.counts().await.unwrap().failed, 1);
 }
 
 #[tokio::test]
 async fn one_data_dir_serves_one_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let first = SqliteInbox::open(dir.path(), 16, None).unwrap();
-    let err = SqliteInbox::open(dir.path(), 16, None).unwrap_err();
+    let first = SqliteStore::open(dir.path(), 16, None).unwrap();
+    let err = SqliteStore::open(dir.path(), 16, None).unwrap_err();
     assert!(
         err.to_string().contains("in use by another wecom-gateway"),
         "{err}"
     );
     drop(first);
-    SqliteInbox::open(dir.path(), 16, None).expect("free again once the first is gone");
+    SqliteStore::open(dir.path(), 16, None).expect("free again once the first is gone");
 }
 
 #[tokio::test]
 async fn only_a_window_of_the_backlog_is_held_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    with_inbox(dir.path(), async |inbox| {
+    with_inbox(dir.path(), async |store| {
         for i in 0..200 {
-            inbox
+            store
                 .push(job(&format!("user{i}"), i, "sales"))
                 .await
                 .unwrap();
         }
         // Take one job to be sure the feeder has run; the window never exceeds its capacity (16).
-        let j = inbox.next().await.unwrap();
-        assert!(inbox.len() <= 16 + 1, "{} jobs in memory", inbox.len());
-        assert_eq!(inbox.counts().await.unwrap().queued, 199);
-        inbox.finish(&j, Outcome::Done).await;
+        let j = store.next().await.unwrap();
+        assert!(store.len() <= 16 + 1, "{} jobs in memory", store.len());
+        assert_eq!(store.counts().await.unwrap().queued, 199);
+        store.finish(&j, Outcome::Done).await;
     })
     .await;
 }

@@ -10,15 +10,15 @@ use std::time::Duration;
 use crate::support::job;
 use crate::support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
-use wecom_gateway::inbox::{
-    ChunkState, DeliveryState, HistoryEntry, Inbox, InboxError, MediaRecord, MemoryInbox, Outcome,
-    PostgresInbox, Pushed, Role, SqliteInbox,
-};
 use wecom_gateway::outbound::dispatch::{Push, Target};
+use wecom_gateway::store::{
+    ChunkState, DeliveryState, HistoryEntry, MediaRecord, MemoryStore, Outcome, PostgresStore,
+    Pushed, Role, SqliteStore, Store, StoreError,
+};
 use wecom_gateway::wecom::payload::Media;
 use wecom_gateway::wecom::{AppMessage, BotMessage};
 
-fn content(job: &wecom_gateway::inbox::Job) -> String {
+fn content(job: &wecom_gateway::store::Job) -> String {
     job.message.describe()
 }
 
@@ -32,14 +32,14 @@ enum Backend {
 
 /// A store in use, with its background task (window loader or lease renewer).
 struct Open {
-    inbox: Arc<dyn Inbox>,
+    store: Arc<dyn Store>,
     feeder: tokio::task::JoinHandle<()>,
 }
 
 impl Open {
     /// Stop it as a dying process would leave it: nothing more is recorded.
     async fn close(self) {
-        self.inbox.close();
+        self.store.close();
         self.feeder.await.unwrap();
     }
 }
@@ -49,19 +49,19 @@ const LEASE: Duration = Duration::from_secs(1);
 
 impl Backend {
     async fn open(&self) -> Open {
-        let inbox: Arc<dyn Inbox> = match self {
-            Backend::Memory => Arc::new(MemoryInbox::new(64, Duration::from_secs(1))),
-            Backend::Sqlite(dir) => SqliteInbox::open(dir.path(), 16, None).expect("open"),
+        let store: Arc<dyn Store> = match self {
+            Backend::Memory => Arc::new(MemoryStore::new(64, Duration::from_secs(1))),
+            Backend::Sqlite(dir) => SqliteStore::open(dir.path(), 16, None).expect("open"),
             Backend::Postgres(url) => {
                 let url = PostgresUrl::parse(url).expect("url");
-                PostgresInbox::open(&url, LEASE).await.expect("open")
+                PostgresStore::open(&url, LEASE).await.expect("open")
             }
         };
         let feeder = {
-            let inbox = inbox.clone();
-            tokio::spawn(async move { inbox.feed().await })
+            let store = store.clone();
+            tokio::spawn(async move { store.feed().await })
         };
-        Open { inbox, feeder }
+        Open { store, feeder }
     }
 
     fn durable(&self) -> bool {
@@ -94,31 +94,31 @@ async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend)
         return;
     }
     let s = b.open().await;
-    s.inbox.push(job("dora", 11, "sales")).await.unwrap();
-    let j = s.inbox.next().await.unwrap();
+    s.store.push(job("dora", 11, "sales")).await.unwrap();
+    let j = s.store.next().await.unwrap();
     let reply = [AppMessage::text("one"), AppMessage::text("two")];
-    s.inbox.record_reply(&j, &reply).await.unwrap();
-    s.inbox.mark_started(&j, 0).await.unwrap();
-    s.inbox.mark_sent(&j, 0).await.unwrap();
-    s.inbox
+    s.store.record_reply(&j, &reply).await.unwrap();
+    s.store.mark_started(&j, 0).await.unwrap();
+    s.store.mark_sent(&j, 0).await.unwrap();
+    s.store
         .finish(
             &j,
             Outcome::Failed("piece 2 of 2: WeCom errcode 81013: invalid".into()),
         )
         .await;
-    let failed = s.inbox.failed(10).await.unwrap();
+    let failed = s.store.failed(10).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id, format!("job-{}", j.id));
     assert_eq!(failed[0].report()["errcode"], 81013);
     let new = s
-        .inbox
+        .store
         .retry_job(j.id as i64)
         .await
         .unwrap()
         .expect("retried");
-    assert_eq!(s.inbox.retry_job(j.id as i64).await.unwrap(), None, "once");
-    assert!(s.inbox.failed(10).await.unwrap().is_empty());
-    let again = s.inbox.next().await.unwrap();
+    assert_eq!(s.store.retry_job(j.id as i64).await.unwrap(), None, "once");
+    assert!(s.store.failed(10).await.unwrap().is_empty());
+    let again = s.store.next().await.unwrap();
     assert_eq!(again.id, new as u64);
     let state: Vec<(AppMessage, ChunkState)> = (again.reply.clone().expect("the recorded reply"))
         .into_iter()
@@ -132,32 +132,32 @@ async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend)
         ],
         "what was sent stays sent"
     );
-    s.inbox.finish(&again, Outcome::Done).await;
+    s.store.finish(&again, Outcome::Done).await;
     // An agent that failed: the retry asks it again (no recorded reply is carried over).
-    s.inbox.push(job("dora", 12, "sales")).await.unwrap();
-    let j = s.inbox.next().await.unwrap();
-    s.inbox
+    s.store.push(job("dora", 12, "sales")).await.unwrap();
+    let j = s.store.next().await.unwrap();
+    s.store
         .record_reply(&j, &[AppMessage::text("sorry")])
         .await
         .unwrap();
-    s.inbox.mark_sent(&j, 0).await.unwrap();
-    s.inbox
+    s.store.mark_sent(&j, 0).await.unwrap();
+    s.store
         .finish(&j, Outcome::Failed("agent timed out after 120 s".into()))
         .await;
-    s.inbox
+    s.store
         .retry_job(j.id as i64)
         .await
         .unwrap()
         .expect("retried");
-    let again = s.inbox.next().await.unwrap();
+    let again = s.store.next().await.unwrap();
     assert_eq!(again.reply, None, "the agent is asked again");
-    s.inbox.finish(&again, Outcome::Done).await;
+    s.store.finish(&again, Outcome::Done).await;
     s.close().await;
 }
 
 async fn received_media_is_recorded_and_its_key_kept(b: &Backend) {
     let s = b.open().await;
-    let inbox = &s.inbox;
+    let store = &s.store;
     let record = MediaRecord {
         sha256: "ab".repeat(32),
         kind: "file".into(),
@@ -165,78 +165,78 @@ async fn received_media_is_recorded_and_its_key_kept(b: &Backend) {
         size: 3,
         file_name: Some("报告.pdf".into()),
     };
-    let bytes = inbox.keeps_media_bytes().then(|| b"pdf".to_vec());
-    inbox.put_media(&record, bytes).await.unwrap();
+    let bytes = store.keeps_media_bytes().then(|| b"pdf".to_vec());
+    store.put_media(&record, bytes).await.unwrap();
     assert_eq!(
-        inbox.media(&record.sha256).await.unwrap(),
+        store.media(&record.sha256).await.unwrap(),
         Some(record.clone())
     );
-    assert_eq!(inbox.media(&"cd".repeat(32)).await.unwrap(), None);
+    assert_eq!(store.media(&"cd".repeat(32)).await.unwrap(), None);
     // The same bytes again, without a name: the record keeps the name it had.
     let again = MediaRecord {
         file_name: None,
         ..record.clone()
     };
-    inbox.put_media(&again, None).await.unwrap();
+    store.put_media(&again, None).await.unwrap();
     assert_eq!(
-        inbox.media(&record.sha256).await.unwrap(),
+        store.media(&record.sha256).await.unwrap(),
         Some(record.clone())
     );
-    let stored = inbox.media_bytes(&record.sha256).await.unwrap();
-    let expected = inbox.keeps_media_bytes().then(|| b"pdf".to_vec());
+    let stored = store.media_bytes(&record.sha256).await.unwrap();
+    let expected = store.keeps_media_bytes().then(|| b"pdf".to_vec());
     assert_eq!(
         stored, expected,
         "a store shared by replicas keeps the bytes"
     );
-    let key = inbox.media_key().await.unwrap();
+    let key = store.media_key().await.unwrap();
     assert_eq!(key.len(), 32);
-    assert_eq!(inbox.media_key().await.unwrap(), key, "one key, kept");
+    assert_eq!(store.media_key().await.unwrap(), key, "one key, kept");
     s.close().await;
     if b.durable() {
         // The next process (or another replica) signs with the same key...
         let s = b.open().await;
-        assert_eq!(s.inbox.media_key().await.unwrap(), key);
+        assert_eq!(s.store.media_key().await.unwrap(), key);
         // ...and retention forgets the record with the messages.
         assert!(
-            s.inbox
-                .prune(wecom_gateway::inbox::now_ms() + 60_000)
+            s.store
+                .prune(wecom_gateway::store::now_ms() + 60_000)
                 .await
                 .unwrap()
                 >= 1
         );
-        assert_eq!(s.inbox.media(&record.sha256).await.unwrap(), None);
+        assert_eq!(s.store.media(&record.sha256).await.unwrap(), None);
         s.close().await;
     }
 }
 
 async fn a_retry_is_a_duplicate_and_the_route_follows_the_last_app(b: &Backend) {
     let s = b.open().await;
-    let inbox = &s.inbox;
+    let store = &s.store;
     assert_eq!(
-        inbox.push(job("alice", 1, "sales")).await.unwrap(),
+        store.push(job("alice", 1, "sales")).await.unwrap(),
         Pushed::Queued
     );
     assert_eq!(
-        inbox.push(job("alice", 1, "sales")).await.unwrap(),
+        store.push(job("alice", 1, "sales")).await.unwrap(),
         Pushed::Duplicate
     );
     assert_eq!(
-        inbox.route("ww1:alice").await.unwrap().as_deref(),
+        store.route("ww1:alice").await.unwrap().as_deref(),
         Some("sales")
     );
     assert_eq!(
-        inbox.push(job("alice", 2, "ops")).await.unwrap(),
+        store.push(job("alice", 2, "ops")).await.unwrap(),
         Pushed::Queued
     );
     assert_eq!(
-        inbox.route("ww1:alice").await.unwrap().as_deref(),
+        store.route("ww1:alice").await.unwrap().as_deref(),
         Some("ops")
     );
-    assert_eq!(inbox.route("ww1:nobody").await.unwrap(), None);
+    assert_eq!(store.route("ww1:nobody").await.unwrap(), None);
     // Both pushes at once, as WeCom's retry racing its original: one is queued.
     let (x, y) = tokio::join!(
-        inbox.push(job("carol", 3, "a")),
-        inbox.push(job("carol", 3, "a"))
+        store.push(job("carol", 3, "a")),
+        store.push(job("carol", 3, "a"))
     );
     let mut got = [x.unwrap(), y.unwrap()];
     got.sort_by_key(|p| *p == Pushed::Duplicate);
@@ -246,26 +246,26 @@ async fn a_retry_is_a_duplicate_and_the_route_follows_the_last_app(b: &Backend) 
 
 async fn one_user_at_a_time_in_arrival_order(b: &Backend) {
     let s = b.open().await;
-    let inbox = &s.inbox;
+    let store = &s.store;
     for (user, id) in [("alice", 1), ("alice", 2), ("bob", 3), ("alice", 4)] {
-        inbox.push(job(user, id, "a")).await.unwrap();
+        store.push(job(user, id, "a")).await.unwrap();
     }
-    let first = inbox.next().await.unwrap();
+    let first = store.next().await.unwrap();
     assert_eq!(content(&first), "hi 1");
     // alice is busy: bob's message comes next, not alice's second.
-    let second = inbox.next().await.unwrap();
+    let second = store.next().await.unwrap();
     assert_eq!(content(&second), "hi 3");
-    inbox.finish(&second, Outcome::Done).await;
-    inbox.finish(&first, Outcome::Done).await;
-    let third = inbox.next().await.unwrap();
+    store.finish(&second, Outcome::Done).await;
+    store.finish(&first, Outcome::Done).await;
+    let third = store.next().await.unwrap();
     assert_eq!(content(&third), "hi 2");
-    inbox
+    store
         .finish(&third, Outcome::Failed("agent failed".into()))
         .await;
-    let fourth = inbox.next().await.unwrap();
+    let fourth = store.next().await.unwrap();
     assert_eq!(content(&fourth), "hi 4");
     assert_eq!(fourth.attempts, 1);
-    inbox.finish(&fourth, Outcome::Done).await;
+    store.finish(&fourth, Outcome::Done).await;
     s.close().await;
 }
 
@@ -274,8 +274,8 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
         return;
     }
     let s = b.open().await;
-    s.inbox.push(job("bob", 7, "sales")).await.unwrap();
-    let j = s.inbox.next().await.unwrap();
+    s.store.push(job("bob", 7, "sales")).await.unwrap();
+    let j = s.store.next().await.unwrap();
     let image = AppMessage::Image(Media {
         base64: Some("iVBORw0KGgo=".into()),
         ..Media::default()
@@ -285,23 +285,23 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
         image.clone(),
         AppMessage::text("three"),
     ];
-    s.inbox.record_reply(&j, &reply).await.unwrap();
+    s.store.record_reply(&j, &reply).await.unwrap();
     // The image was uploaded before its send began: its media_id is kept for the resend.
     let mut uploaded = image.clone();
     if let Some(m) = uploaded.media_mut() {
         (m.media_id, m.uploaded_at) = (Some("MEDIA-1".into()), Some(1_700_000_000));
     }
-    s.inbox.record_upload(&j, 1, &uploaded).await.unwrap();
+    s.store.record_upload(&j, 1, &uploaded).await.unwrap();
     // The receipt sent while the agent worked, to withdraw once the reply is out.
-    s.inbox.record_receipt(&j, "m-receipt").await.unwrap();
-    s.inbox.mark_started(&j, 0).await.unwrap();
-    s.inbox.mark_sent(&j, 0).await.unwrap();
+    s.store.record_receipt(&j, "m-receipt").await.unwrap();
+    s.store.mark_started(&j, 0).await.unwrap();
+    s.store.mark_sent(&j, 0).await.unwrap();
     // The second chunk's send began; its answer never came back. Then the process dies.
-    s.inbox.mark_started(&j, 1).await.unwrap();
+    s.store.mark_started(&j, 1).await.unwrap();
     s.close().await;
 
     let s = b.open().await;
-    let j = s.inbox.next().await.unwrap();
+    let j = s.store.next().await.unwrap();
     assert_eq!(j.attempts, 2);
     assert_eq!(j.receipt.as_deref(), Some("m-receipt"));
     let reply = j.reply.clone().expect("recorded reply");
@@ -315,7 +315,7 @@ async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
             (AppMessage::text("three"), ChunkState::Unsent)
         ]
     );
-    s.inbox.finish(&j, Outcome::Done).await;
+    s.store.finish(&j, Outcome::Done).await;
     s.close().await;
 }
 
@@ -332,39 +332,39 @@ fn bot_push(n: usize) -> Push {
 
 async fn deliveries_are_kept_in_order_until_finished(b: &Backend) {
     let s = b.open().await;
-    let inbox = &s.inbox;
-    let ids = inbox
+    let store = &s.store;
+    let ids = store
         .add_deliveries((0..3).map(bot_push).collect())
         .await
         .unwrap();
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    let status = inbox.delivery(ids[0]).await.unwrap().unwrap();
+    let status = store.delivery(ids[0]).await.unwrap().unwrap();
     assert_eq!(status.state, DeliveryState::Queued);
     assert_eq!(status.target, Target::Bot { bot: "ops".into() });
-    inbox.start_delivery(ids[0]).await.unwrap();
-    inbox.finish_delivery(ids[0], 1, None).await.unwrap();
-    inbox.start_delivery(ids[1]).await.unwrap();
-    inbox
+    store.start_delivery(ids[0]).await.unwrap();
+    store.finish_delivery(ids[0], 1, None).await.unwrap();
+    store.start_delivery(ids[1]).await.unwrap();
+    store
         .finish_delivery(ids[1], 3, Some("errcode 93000".into()))
         .await
         .unwrap();
-    let sent = inbox.delivery(ids[0]).await.unwrap().unwrap();
+    let sent = store.delivery(ids[0]).await.unwrap().unwrap();
     assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 1));
-    let failed = inbox.delivery(ids[1]).await.unwrap().unwrap();
+    let failed = store.delivery(ids[1]).await.unwrap().unwrap();
     assert_eq!(failed.state, DeliveryState::Failed);
     assert_eq!(failed.error.as_deref(), Some("errcode 93000"));
-    assert_eq!(inbox.delivery(ids[2] + 1000).await.unwrap(), None);
+    assert_eq!(store.delivery(ids[2] + 1000).await.unwrap(), None);
     s.close().await;
     if b.durable() {
         // What the previous process left undelivered is handed to the next one.
         // (On PostgreSQL, once the previous replica's lease has lapsed.)
         let s = b.open().await;
-        let mut left = s.inbox.queued_deliveries().await.unwrap();
+        let mut left = s.store.queued_deliveries().await.unwrap();
         let deadline = tokio::time::Instant::now() + LEASE * 10;
         while left.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(LEASE / 10).await;
-            left = s.inbox.queued_deliveries().await.unwrap();
+            left = s.store.queued_deliveries().await.unwrap();
         }
         let left: Vec<(i64, Push)> = left.into_iter().map(|d| (d.id, d.push)).collect();
         assert_eq!(left, vec![(ids[2], bot_push(2))]);
@@ -374,16 +374,16 @@ async fn deliveries_are_kept_in_order_until_finished(b: &Backend) {
 
 async fn history_keeps_the_last_entries(b: &Backend) {
     let s = b.open().await;
-    let inbox = &s.inbox;
+    let store = &s.store;
     let entry = |role, n: usize| HistoryEntry {
         role,
         content: format!("line {n}"),
     };
     for n in 0..3 {
         let turn = vec![entry(Role::User, n * 2), entry(Role::Assistant, n * 2 + 1)];
-        inbox.append_history("ww1:alice", turn, 4).await.unwrap();
+        store.append_history("ww1:alice", turn, 4).await.unwrap();
     }
-    let kept = inbox.history("ww1:alice", 10).await.unwrap();
+    let kept = store.history("ww1:alice", 10).await.unwrap();
     assert_eq!(
         kept,
         (2..6)
@@ -397,11 +397,11 @@ async fn history_keeps_the_last_entries(b: &Backend) {
             ))
             .collect::<Vec<_>>()
     );
-    let last = inbox.history("ww1:alice", 1).await.unwrap();
+    let last = store.history("ww1:alice", 1).await.unwrap();
     assert_eq!(last, vec![entry(Role::Assistant, 5)]);
-    assert!(inbox.history("ww1:bob", 10).await.unwrap().is_empty());
-    inbox.clear_history("ww1:alice").await.unwrap();
-    assert!(inbox.history("ww1:alice", 10).await.unwrap().is_empty());
+    assert!(store.history("ww1:bob", 10).await.unwrap().is_empty());
+    store.clear_history("ww1:alice").await.unwrap();
+    assert!(store.history("ww1:alice", 10).await.unwrap().is_empty());
     s.close().await;
 }
 
@@ -410,25 +410,25 @@ async fn retention_prunes_finished_messages_only(b: &Backend) {
         return;
     }
     let s = b.open().await;
-    let inbox = &s.inbox;
-    inbox.push(job("alice", 1, "a")).await.unwrap();
-    inbox.push(job("bob", 2, "a")).await.unwrap();
-    let done = inbox.next().await.unwrap();
-    inbox.finish(&done, Outcome::Done).await;
+    let store = &s.store;
+    store.push(job("alice", 1, "a")).await.unwrap();
+    store.push(job("bob", 2, "a")).await.unwrap();
+    let done = store.next().await.unwrap();
+    store.finish(&done, Outcome::Done).await;
     // Nothing is old enough yet; then everything finished before "a minute from now" goes.
-    assert_eq!(inbox.prune(0).await.unwrap(), 0);
-    let pruned = inbox
-        .prune(wecom_gateway::inbox::now_ms() + 60_000)
+    assert_eq!(store.prune(0).await.unwrap(), 0);
+    let pruned = store
+        .prune(wecom_gateway::store::now_ms() + 60_000)
         .await
         .unwrap();
     assert_eq!(pruned, 1);
     // The finished message's key is forgotten; the queued one is still known.
     assert_eq!(
-        inbox.push(job("alice", 1, "a")).await.unwrap(),
+        store.push(job("alice", 1, "a")).await.unwrap(),
         Pushed::Queued
     );
     assert_eq!(
-        inbox.push(job("bob", 2, "a")).await.unwrap(),
+        store.push(job("bob", 2, "a")).await.unwrap(),
         Pushed::Duplicate
     );
     s.close().await;
@@ -436,12 +436,12 @@ async fn retention_prunes_finished_messages_only(b: &Backend) {
 
 async fn a_closed_store_refuses_pushes(b: &Backend) {
     let s = b.open().await;
-    s.inbox.close();
+    s.store.close();
     assert_eq!(
-        s.inbox.push(job("alice", 1, "a")).await,
-        Err(InboxError::Closed)
+        s.store.push(job("alice", 1, "a")).await,
+        Err(StoreError::Closed)
     );
-    assert!(s.inbox.next().await.is_none());
+    assert!(s.store.next().await.is_none());
     s.feeder.await.unwrap();
 }
 

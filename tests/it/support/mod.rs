@@ -20,8 +20,8 @@ use tokio::sync::{oneshot, Notify};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::{AgentConfig, Allowlist, AppConfig, Config, StoreKind};
 use wecom_gateway::crypto::MsgCrypt;
-use wecom_gateway::inbox::NewJob;
 use wecom_gateway::message::InboundMessage;
+use wecom_gateway::store::NewJob;
 use wecom_gateway::wecom::AppMessage;
 use wecom_gateway::Application;
 

@@ -1,4 +1,4 @@
-//! The inbox: acknowledged callbacks waiting for, or being handled by, the agent, and the replies
+//! The store: acknowledged callbacks waiting for, or being handled by, the agent, and the replies
 //! recorded for them (the outbox).
 //!
 //! Owns: the hand-off between the HTTP handler (which pushes and answers WeCom) and the worker pool
@@ -6,7 +6,7 @@
 //! never two at once; dedup of WeCom's retries; and the record of which reply chunks were sent.
 //!
 //! Must never: answer `Queued` for a message it has not recorded, or hand out a duplicate it
-//! recognised. Each concern has its own trait; [`Inbox`] is all of them from one backend.
+//! recognised. Each concern has its own trait; [`Store`] is all of them from one backend.
 
 pub mod memory;
 pub mod postgres;
@@ -20,9 +20,9 @@ use crate::message::InboundMessage;
 use crate::outbound::dispatch::{Push, Target};
 use crate::wecom::AppMessage;
 
-pub use memory::MemoryInbox;
-pub use postgres::{PostgresInbox, PostgresUrl};
-pub use sqlite::SqliteInbox;
+pub use memory::MemoryStore;
+pub use postgres::{PostgresStore, PostgresUrl};
+pub use sqlite::SqliteStore;
 
 /// Where acknowledged messages are kept until answered.
 #[derive(Debug, Clone)]
@@ -182,12 +182,12 @@ impl DeliveryStatus {
         state: &str,
         attempts: u32,
         error: Option<String>,
-    ) -> Result<Self, InboxError> {
+    ) -> Result<Self, StoreError> {
         let target: Target = serde_json::from_str(target).map_err(|e| {
-            InboxError::Storage(format!("delivery {id} has an unreadable target: {e}"))
+            StoreError::Storage(format!("delivery {id} has an unreadable target: {e}"))
         })?;
         let state = DeliveryState::parse(state).ok_or_else(|| {
-            InboxError::Storage(format!("delivery {id} has an unknown state {state:?}"))
+            StoreError::Storage(format!("delivery {id} has an unknown state {state:?}"))
         })?;
         Ok(DeliveryStatus {
             id,
@@ -204,7 +204,7 @@ impl DeliveryStatus {
 async fn readable_deliveries(
     store: &dyn Deliveries,
     rows: Vec<(i64, String, String, bool)>,
-) -> Result<Vec<StoredDelivery>, InboxError> {
+) -> Result<Vec<StoredDelivery>, StoreError> {
     let mut queued = Vec::with_capacity(rows.len());
     for (id, target, payload, started) in rows {
         match Push::from_columns(&target, &payload) {
@@ -260,13 +260,13 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InboxError {
-    #[error("inbox is full ({capacity} messages waiting)")]
+pub enum StoreError {
+    #[error("store is full ({capacity} messages waiting)")]
     Full { capacity: usize },
     /// No room for new work: `max_store_mb` reached, or the disk is full.
     #[error("message store is full: {0}")]
     StoreFull(String),
-    #[error("inbox is closed: the gateway is shutting down")]
+    #[error("store is closed: the gateway is shutting down")]
     Closed,
     /// The store's server cannot be reached (a PostgreSQL store that is down): try later.
     #[error("message store is unreachable: {0}")]
@@ -279,18 +279,18 @@ pub enum InboxError {
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Record a message (durably, for a durable backend) or report it as a duplicate.
-    async fn push(&self, job: NewJob) -> Result<Pushed, InboxError>;
+    async fn push(&self, job: NewJob) -> Result<Pushed, StoreError>;
     /// The next job whose user has nothing in progress; waits for one. `None` once closed.
     async fn next(&self) -> Option<Job>;
     /// The job is over: record it and free its user for their next message. A durable backend
-    /// keeps trying to record it while the store refuses writes (until the inbox closes).
+    /// keeps trying to record it while the store refuses writes (until the store closes).
     async fn finish(&self, job: &Job, outcome: Outcome);
     /// Delete finished messages (and so their dedup keys) received before `cutoff_ms` (Unix ms).
-    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let _ = cutoff_ms;
         Ok(0)
     }
-    /// Keep the in-memory window filled from the backlog until the inbox closes. The application
+    /// Keep the in-memory window filled from the backlog until the store closes. The application
     /// runs it beside the workers; a backend without a backlog returns at once.
     async fn feed(&self) {}
     /// Refuse further pushes and stop handing out jobs (a memory backend drains first).
@@ -298,7 +298,7 @@ pub trait Queue: Send + Sync + 'static {
     /// Messages in memory: waiting in the window or in progress.
     fn len(&self) -> usize;
     /// Whether the store takes writes now (for `/ready`): a durable backend writes something.
-    async fn ready(&self) -> Result<(), InboxError> {
+    async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
     }
     fn is_empty(&self) -> bool {
@@ -310,21 +310,21 @@ pub trait Queue: Send + Sync + 'static {
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Record the reply, already split, before any chunk is sent.
-    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError>;
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), StoreError>;
     /// Chunk `seq` was uploaded: `message` now carries its media_id, reused if it is sent again.
     async fn record_upload(
         &self,
         job: &Job,
         seq: usize,
         message: &AppMessage,
-    ) -> Result<(), InboxError>;
+    ) -> Result<(), StoreError>;
     /// Chunk `seq` of the job's reply is about to be handed to WeCom.
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError>;
     /// WeCom accepted chunk `seq` of the job's reply.
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError>;
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError>;
     /// The receipt sent while the agent worked has this msgid, withdrawn once the reply is out. A
     /// backend that keeps nothing across restarts may ignore it.
-    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
         let _ = (job, msgid);
         Ok(())
     }
@@ -334,41 +334,41 @@ pub trait Outbox: Send + Sync + 'static {
 #[async_trait]
 pub trait Routes: Send + Sync + 'static {
     /// The app `user_key` last wrote through.
-    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError>;
+    async fn route(&self, user_key: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Pushes (robot notifications, API messages) stored until delivered.
 #[async_trait]
 pub trait Deliveries: Send + Sync + 'static {
     /// Store pushes for delivery, in order, before they are acknowledged; returns their ids.
-    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError>;
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError>;
     /// Deliveries not yet sent or failed (after a restart), in id order.
-    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError>;
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError>;
     /// A delivery is about to be handed to WeCom.
-    async fn start_delivery(&self, id: i64) -> Result<(), InboxError>;
+    async fn start_delivery(&self, id: i64) -> Result<(), StoreError>;
     /// A delivery is over: sent (`error` None) or failed.
     async fn finish_delivery(
         &self,
         id: i64,
         attempts: u32,
         error: Option<String>,
-    ) -> Result<(), InboxError>;
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError>;
+    ) -> Result<(), StoreError>;
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, StoreError>;
 }
 
 /// Each user's conversation, for agents that send it with every turn.
 #[async_trait]
 pub trait History: Send + Sync + 'static {
     /// The last `max` entries of `user_key`'s conversation, oldest first.
-    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError>;
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Add to `user_key`'s conversation, keeping only the last `keep` entries.
     async fn append_history(
         &self,
         user_key: &str,
         entries: Vec<HistoryEntry>,
         keep: usize,
-    ) -> Result<(), InboxError>;
-    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError>;
+    ) -> Result<(), StoreError>;
+    async fn clear_history(&self, user_key: &str) -> Result<(), StoreError>;
 }
 
 /// Work that failed for good, for `wecom-gateway failed` and `GET /api/v1/failed`.
@@ -389,22 +389,22 @@ pub struct FailedItem {
 #[async_trait]
 pub trait Failures: Send + Sync + 'static {
     /// The most recent failures, newest first, not yet retried.
-    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, StoreError> {
         let _ = limit;
         Ok(Vec::new())
     }
     /// Queue failed job `id` again; the new job's id, or None if there is no such failed job.
-    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, StoreError> {
         let _ = id;
         Ok(None)
     }
     /// Failed delivery `id` as stored, if it is failed and not retried yet.
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
         let _ = id;
         Ok(None)
     }
     /// Failed delivery `id` was submitted again as delivery `new`: no longer listed.
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
         let _ = (id, new);
         Ok(())
     }
@@ -504,20 +504,20 @@ pub trait Media: Send + Sync + 'static {
         &self,
         record: &MediaRecord,
         bytes: Option<Vec<u8>>,
-    ) -> Result<(), InboxError>;
-    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError>;
+    ) -> Result<(), StoreError>;
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, StoreError>;
     /// Whether the store keeps the bytes themselves (a store shared by replicas does).
     fn keeps_media_bytes(&self) -> bool {
         false
     }
     /// The bytes, from a backend that keeps them.
-    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, InboxError> {
+    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let _ = sha256;
         Ok(None)
     }
     /// The key that signs media links: made once, then kept by the store, so links stay valid
     /// across restarts and between replicas.
-    async fn media_key(&self) -> Result<Vec<u8>, InboxError>;
+    async fn media_key(&self) -> Result<Vec<u8>, StoreError>;
 }
 
 /// A fresh random key for signing media links.
@@ -529,9 +529,9 @@ pub(crate) fn new_media_key() -> Vec<u8> {
 }
 
 /// A whole store: every concern above, from one backend. Handlers and workers hold this; a part
-/// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Inbox>`).
-pub trait Inbox: Queue + Outbox + Routes + Deliveries + History + Media + Failures {}
-impl<T: Queue + Outbox + Routes + Deliveries + History + Media + Failures> Inbox for T {}
+/// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Store>`).
+pub trait Store: Queue + Outbox + Routes + Deliveries + History + Media + Failures {}
+impl<T: Queue + Outbox + Routes + Deliveries + History + Media + Failures> Store for T {}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

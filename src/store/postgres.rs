@@ -25,8 +25,8 @@ use tokio_postgres::NoTls;
 
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
-    History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoredDelivery, RETRIED, SEND_FAILED,
+    History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role,
+    Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -184,9 +184,9 @@ impl PostgresUrl {
         }
     }
 
-    fn config(&self) -> Result<tokio_postgres::Config, InboxError> {
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut config = tokio_postgres::Config::from_str(self.0.expose_secret())
-            .map_err(|_| InboxError::Storage(format!("invalid store URL {self}")))?;
+            .map_err(|_| StoreError::Storage(format!("invalid store URL {self}")))?;
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -213,36 +213,36 @@ impl std::fmt::Debug for PostgresUrl {
 }
 
 /// What a failure of the server means to a caller: unreachable (try later), no room, or a fault.
-fn pg_error(e: tokio_postgres::Error) -> InboxError {
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
-        return InboxError::Unavailable(e.to_string());
+        return StoreError::Unavailable(e.to_string());
     };
     let code = db.code();
     let text = format!("{}: {}", code.code(), db.message());
     if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
-        InboxError::StoreFull(text)
+        StoreError::StoreFull(text)
     } else if code.code().starts_with("08")
         || code.code().starts_with("57P")
         || *code == SqlState::TOO_MANY_CONNECTIONS
         || *code == SqlState::CANNOT_CONNECT_NOW
     {
-        InboxError::Unavailable(text)
+        StoreError::Unavailable(text)
     } else {
-        InboxError::Storage(text)
+        StoreError::Storage(text)
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> InboxError {
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_error(e),
-        other => InboxError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
 type Client = deadpool_postgres::Object;
 
 /// Check the server and the schema version, for `check-config`: the version found, or why not.
-pub async fn check(url: &PostgresUrl) -> Result<i32, InboxError> {
+pub async fn check(url: &PostgresUrl) -> Result<i32, StoreError> {
     let (client, connection) = url.config()?.connect(NoTls).await.map_err(pg_error)?;
     let task = tokio::spawn(connection);
     let found = client
@@ -264,7 +264,7 @@ pub async fn check(url: &PostgresUrl) -> Result<i32, InboxError> {
 
 struct PushRequest {
     job: NewJob,
-    answer: oneshot::Sender<Result<Pushed, InboxError>>,
+    answer: oneshot::Sender<Result<Pushed, StoreError>>,
 }
 
 /// Commit every push waiting at once in one transaction: one round of fsync for the group.
@@ -277,7 +277,7 @@ async fn push_writer(pool: Pool, mut rx: mpsc::Receiver<PushRequest>) {
         // server breaks it by failing one, which simply runs again.
         for _ in 0..3 {
             match &result {
-                Err(InboxError::Storage(e)) if e.starts_with("40") => {
+                Err(StoreError::Storage(e)) if e.starts_with("40") => {
                     result = insert_jobs(&pool, &jobs).await
                 }
                 _ => break,
@@ -307,7 +307,7 @@ async fn push_writer(pool: Pool, mut rx: mpsc::Receiver<PushRequest>) {
 
 /// Insert the jobs (in arrival order, so ids follow it) and their users' routes; the dedup keys
 /// that were new. A key seen twice in one batch is new only once.
-async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, InboxError> {
+async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
     let column = |f: fn(&NewJob) -> &str| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
@@ -361,7 +361,7 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, I
 
 // ---------------------------------------------------------------- the store
 
-pub struct PostgresInbox {
+pub struct PostgresStore {
     pool: Pool,
     url: PostgresUrl,
     /// This replica's name in leases: unique per process start.
@@ -377,19 +377,19 @@ pub struct PostgresInbox {
     closed: AtomicBool,
 }
 
-impl std::fmt::Debug for PostgresInbox {
+impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresInbox")
+        f.debug_struct("PostgresStore")
             .field("url", &self.url)
             .field("me", &self.me)
             .finish()
     }
 }
 
-impl PostgresInbox {
+impl PostgresStore {
     /// Connect, and migrate the schema if this replica is the first of a newer version.
     /// `lease`: how long a job held by a replica that stopped renewing it waits to be taken over.
-    pub async fn open(url: &PostgresUrl, lease: Duration) -> Result<Arc<Self>, InboxError> {
+    pub async fn open(url: &PostgresUrl, lease: Duration) -> Result<Arc<Self>, StoreError> {
         let manager = Manager::from_config(
             url.config()?,
             NoTls,
@@ -404,7 +404,7 @@ impl PostgresInbox {
             .create_timeout(Some(CONNECT_WAIT))
             .recycle_timeout(Some(CONNECT_WAIT))
             .build()
-            .map_err(|e| InboxError::Storage(format!("cannot set up the store: {e}")))?;
+            .map_err(|e| StoreError::Storage(format!("cannot set up the store: {e}")))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         migrate(&mut client).await.map_err(pg_error)?;
         drop(client);
@@ -416,7 +416,7 @@ impl PostgresInbox {
             std::process::id(),
             rand::random::<u32>()
         );
-        Ok(Arc::new(PostgresInbox {
+        Ok(Arc::new(PostgresStore {
             pool,
             url: url.clone(),
             me,
@@ -433,7 +433,7 @@ impl PostgresInbox {
         &self.url
     }
 
-    async fn client(&self) -> Result<Client, InboxError> {
+    async fn client(&self) -> Result<Client, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
 
@@ -448,7 +448,7 @@ impl PostgresInbox {
     /// Take the oldest job whose lane is free across all replicas, if any. A lapsed lease of this
     /// replica's own means only that its renewals failed while its worker still has the job: it
     /// is never taken from itself.
-    async fn take(&self) -> Result<Option<Job>, InboxError> {
+    async fn take(&self) -> Result<Option<Job>, StoreError> {
         let client = self.client().await?;
         let now = now_ms();
         let row = client
@@ -533,7 +533,7 @@ impl PostgresInbox {
         id: i64,
         state: &str,
         error: Option<&str>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -550,7 +550,7 @@ impl PostgresInbox {
     }
 
     /// Give a job back to the queue at once (the gateway is stopping), keeping its attempts.
-    async fn release_row(&self, id: i64) -> Result<(), InboxError> {
+    async fn release_row(&self, id: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -566,7 +566,7 @@ impl PostgresInbox {
     }
 
     /// Renew the leases of what this replica holds (jobs in progress, its deliveries).
-    async fn renew(&self) -> Result<(), InboxError> {
+    async fn renew(&self) -> Result<(), StoreError> {
         let held: Vec<i64> = self.held().iter().copied().collect();
         let client = self.client().await?;
         let until = self.lease_until();
@@ -588,7 +588,7 @@ impl PostgresInbox {
         Ok(())
     }
 
-    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &str) -> Result<(), InboxError> {
+    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(sql, &[&(job.id as i64), &(seq as i32), &now_ms()])
@@ -629,17 +629,17 @@ async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
 }
 
 #[async_trait]
-impl Queue for PostgresInbox {
-    async fn push(&self, job: NewJob) -> Result<Pushed, InboxError> {
+impl Queue for PostgresStore {
+    async fn push(&self, job: NewJob) -> Result<Pushed, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(InboxError::Closed);
+            return Err(StoreError::Closed);
         }
         let (answer, heard) = oneshot::channel();
         self.pushes
             .send(PushRequest { job, answer })
             .await
-            .map_err(|_| InboxError::Closed)?;
-        let pushed = heard.await.map_err(|_| InboxError::Closed)??;
+            .map_err(|_| StoreError::Closed)?;
+        let pushed = heard.await.map_err(|_| StoreError::Closed)??;
         if pushed == Pushed::Queued {
             self.wake.notify_waiters();
         }
@@ -700,7 +700,7 @@ impl Queue for PostgresInbox {
         }
     }
 
-    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let mut total = 0;
         for sql in [
@@ -753,7 +753,7 @@ impl Queue for PostgresInbox {
         self.held().len()
     }
 
-    async fn ready(&self) -> Result<(), InboxError> {
+    async fn ready(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         // A write, as on SQLite: a read-only server (a standby) is not ready.
         client
@@ -769,8 +769,8 @@ impl Queue for PostgresInbox {
 }
 
 #[async_trait]
-impl Outbox for PostgresInbox {
-    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError> {
+impl Outbox for PostgresStore {
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), StoreError> {
         let client = self.client().await?;
         let seqs: Vec<i32> = (0..chunks.len() as i32).collect();
         let (contents, messages): (Vec<String>, Vec<Option<String>>) =
@@ -792,7 +792,7 @@ impl Outbox for PostgresInbox {
         job: &Job,
         seq: usize,
         message: &AppMessage,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let (_, message) = Chunk::to_columns(message);
         let client = self.client().await?;
         client
@@ -805,7 +805,7 @@ impl Outbox for PostgresInbox {
         Ok(())
     }
 
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
         self.mark_chunk(
             job,
             seq,
@@ -814,7 +814,7 @@ impl Outbox for PostgresInbox {
         .await
     }
 
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
         self.mark_chunk(
             job,
             seq,
@@ -823,7 +823,7 @@ impl Outbox for PostgresInbox {
         .await
     }
 
-    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -837,8 +837,8 @@ impl Outbox for PostgresInbox {
 }
 
 #[async_trait]
-impl Routes for PostgresInbox {
-    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+impl Routes for PostgresStore {
+    async fn route(&self, user_key: &str) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt("SELECT app FROM routes WHERE user_key = $1", &[&user_key])
@@ -849,8 +849,8 @@ impl Routes for PostgresInbox {
 }
 
 #[async_trait]
-impl Deliveries for PostgresInbox {
-    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+impl Deliveries for PostgresStore {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let rows = items
             .iter()
             .map(Push::to_columns)
@@ -875,7 +875,7 @@ impl Deliveries for PostgresInbox {
 
     /// Deliveries nobody is working on: left by a replica that stopped (its lease lapsed).
     /// They become this replica's. Its own are already in its queues, whatever their lease says.
-    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -898,7 +898,7 @@ impl Deliveries for PostgresInbox {
         super::readable_deliveries(self, rows).await
     }
 
-    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+    async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -915,7 +915,7 @@ impl Deliveries for PostgresInbox {
         id: i64,
         attempts: u32,
         error: Option<String>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let state = DeliveryState::finished(&error).as_str();
         let client = self.client().await?;
         client
@@ -930,7 +930,7 @@ impl Deliveries for PostgresInbox {
         Ok(())
     }
 
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, StoreError> {
         let client = self.client().await?;
         let Some(row) = client
             .query_opt(
@@ -948,8 +948,8 @@ impl Deliveries for PostgresInbox {
 }
 
 #[async_trait]
-impl History for PostgresInbox {
-    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+impl History for PostgresStore {
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -976,7 +976,7 @@ impl History for PostgresInbox {
         user_key: &str,
         entries: Vec<HistoryEntry>,
         keep: usize,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let roles: Vec<&str> = entries.iter().map(|e| e.role.as_str()).collect();
@@ -999,7 +999,7 @@ impl History for PostgresInbox {
         tx.commit().await.map_err(pg_error)
     }
 
-    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+    async fn clear_history(&self, user_key: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute("DELETE FROM history WHERE user_key = $1", &[&user_key])
@@ -1011,17 +1011,17 @@ impl History for PostgresInbox {
 
 // ---------------------------------------------------------------- shared tokens and windows
 
-fn shared_error(e: InboxError) -> ApiError {
+fn shared_error(e: StoreError) -> ApiError {
     ApiError::Shared(e.to_string())
 }
 
 #[async_trait]
-impl Media for PostgresInbox {
+impl Media for PostgresStore {
     async fn put_media(
         &self,
         record: &MediaRecord,
         bytes: Option<Vec<u8>>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         let r = record;
         client
@@ -1046,7 +1046,7 @@ impl Media for PostgresInbox {
         Ok(())
     }
 
-    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -1068,7 +1068,7 @@ impl Media for PostgresInbox {
         true
     }
 
-    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, InboxError> {
+    async fn media_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt("SELECT bytes FROM media WHERE sha256 = $1", &[&sha256])
@@ -1077,7 +1077,7 @@ impl Media for PostgresInbox {
         Ok(row.and_then(|r| r.get(0)))
     }
 
-    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+    async fn media_key(&self) -> Result<Vec<u8>, StoreError> {
         let client = self.client().await?;
         // Replicas starting together: one insert wins, all read the same key.
         client
@@ -1096,7 +1096,7 @@ impl Media for PostgresInbox {
 }
 
 #[async_trait]
-impl SharedTokens for PostgresInbox {
+impl SharedTokens for PostgresStore {
     async fn token(
         &self,
         app: &str,
@@ -1143,7 +1143,7 @@ impl SharedTokens for PostgresInbox {
 }
 
 #[async_trait]
-impl SharedWindows for PostgresInbox {
+impl SharedWindows for PostgresStore {
     async fn reserve(&self, key: &str, limits: &[Limit]) -> Result<Reserved, ApiError> {
         let pg = |e| shared_error(pg_error(e));
         let mut client = self.client().await.map_err(shared_error)?;
@@ -1218,8 +1218,8 @@ impl SharedWindows for PostgresInbox {
 }
 
 #[async_trait]
-impl Failures for PostgresInbox {
-    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+impl Failures for PostgresStore {
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, StoreError> {
         let client = self.client().await?;
         let (retried, limit) = (format!("{RETRIED}%"), limit as i64);
         let jobs = client
@@ -1258,7 +1258,7 @@ impl Failures for PostgresInbox {
         Ok(items)
     }
 
-    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let now = now_ms();
@@ -1320,7 +1320,7 @@ impl Failures for PostgresInbox {
         Ok(Some(new))
     }
 
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -1334,11 +1334,11 @@ impl Failures for PostgresInbox {
             None => Ok(None),
             Some(r) => Push::from_columns(r.get(0), r.get(1))
                 .map(Some)
-                .map_err(InboxError::Storage),
+                .map_err(StoreError::Storage),
         }
     }
 
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(

@@ -1,7 +1,7 @@
-//! Durable inbox and outbox in one SQLite file (WAL, synchronous=FULL) under the data directory.
+//! Durable store and outbox in one SQLite file (WAL, synchronous=FULL) under the data directory.
 //!
 //! Owns: the schema and its migrations, the states of a message (queued -> processing -> done /
-//! failed), dedup keys (the inbox's UNIQUE column), recorded reply chunks, user -> app routes,
+//! failed), dedup keys (the store's UNIQUE column), recorded reply chunks, user -> app routes,
 //! recovery of work a dead process left behind, and retention.
 //!
 //! Every statement runs on one writer thread. Writes that arrive together are committed together
@@ -30,8 +30,8 @@ use tokio::sync::{oneshot, Notify};
 use super::schedule::{OnClose, Window};
 use super::{
     now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
-    History, HistoryEntry, InboxError, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoredDelivery, RETRIED, SEND_FAILED,
+    History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role,
+    Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
 };
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
@@ -123,15 +123,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE inbox ADD COLUMN receipt TEXT;",
 ];
 
-fn storage(e: impl std::fmt::Display) -> InboxError {
-    InboxError::Storage(e.to_string())
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
 }
 
 /// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later); anything else
 /// is a failed write.
-fn store_error(e: &rusqlite::Error) -> InboxError {
+fn store_error(e: &rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => InboxError::StoreFull(e.to_string()),
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::StoreFull(e.to_string()),
         _ => storage(e),
     }
 }
@@ -144,14 +144,14 @@ trait Pending: Send {
     /// Run against the connection; false if it failed. May run again if its transaction was lost.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Tell the caller, once the outcome of the commit is known.
-    fn complete(self: Box<Self>, commit_error: Option<InboxError>);
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>);
 }
 
 struct Call<F, R> {
     f: F,
     read: bool,
     result: Option<rusqlite::Result<R>>,
-    tx: oneshot::Sender<Result<R, InboxError>>,
+    tx: oneshot::Sender<Result<R, StoreError>>,
 }
 
 impl<F, R> Pending for Call<F, R>
@@ -170,7 +170,7 @@ where
         ok
     }
 
-    fn complete(self: Box<Self>, commit_error: Option<InboxError>) {
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>) {
         let outcome = match (self.result, commit_error) {
             (Some(Err(e)), _) => Err(store_error(&e)),
             (_, Some(e)) => Err(e),
@@ -188,7 +188,7 @@ struct Db {
 }
 
 impl Db {
-    fn spawn(conn: Connection) -> Result<Self, InboxError> {
+    fn spawn(conn: Connection) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -197,7 +197,7 @@ impl Db {
         Ok(Db { ops: tx })
     }
 
-    async fn call<R, F>(&self, read: bool, f: F) -> Result<R, InboxError>
+    async fn call<R, F>(&self, read: bool, f: F) -> Result<R, StoreError>
     where
         F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -216,7 +216,7 @@ impl Db {
             .map_err(|_| storage("the store's writer thread has stopped"))?
     }
 
-    async fn write<R, F>(&self, f: F) -> Result<R, InboxError>
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -224,7 +224,7 @@ impl Db {
         self.call(false, f).await
     }
 
-    async fn read<R, F>(&self, f: F) -> Result<R, InboxError>
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -239,7 +239,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn sql_error(conn: &Connection, sql: &str) -> Option<InboxError> {
+fn sql_error(conn: &Connection, sql: &str) -> Option<StoreError> {
     exec(conn, sql).err().map(|e| store_error(&e))
 }
 
@@ -247,7 +247,7 @@ fn sql_error(conn: &Connection, sql: &str) -> Option<InboxError> {
 /// two statements and a statement journal each). If any write fails, or SQLite rolled the whole
 /// transaction back on its own (it may, on a full disk or an I/O error), the batch is undone and
 /// the caller runs each write again alone, so one failing write never takes the others with it.
-fn run_batch(conn: &Connection, writes: &mut [Box<dyn Pending>]) -> Result<(), InboxError> {
+fn run_batch(conn: &Connection, writes: &mut [Box<dyn Pending>]) -> Result<(), StoreError> {
     if let Some(e) = sql_error(conn, "BEGIN IMMEDIATE") {
         return Err(e);
     }
@@ -271,7 +271,7 @@ fn run_batch(conn: &Connection, writes: &mut [Box<dyn Pending>]) -> Result<(), I
 }
 
 /// One write in a transaction of its own: its outcome is its own, whatever the others do.
-fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<InboxError> {
+fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<StoreError> {
     if let Some(e) = sql_error(conn, "BEGIN IMMEDIATE") {
         return Some(e);
     }
@@ -411,27 +411,27 @@ fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     })
 }
 
-// ---------------------------------------------------------------- the inbox
+// ---------------------------------------------------------------- the store
 
-pub struct SqliteInbox {
+pub struct SqliteStore {
     db: Db,
     /// `max_store_mb` in bytes: new work is refused beyond it.
     max_bytes: Option<u64>,
     window: Window,
     /// Most jobs held in memory at once; the rest wait on disk.
     capacity: usize,
-    /// Wakes the loader: something was queued, a slot in the window freed up, or the inbox closed.
+    /// Wakes the loader: something was queued, a slot in the window freed up, or the store closed.
     loader: Notify,
     closed: AtomicBool,
     path: PathBuf,
     recovered: Recovered,
-    // Held for the life of the inbox: the OS releases it even on kill -9.
+    // Held for the life of the store: the OS releases it even on kill -9.
     _lock: Option<File>,
 }
 
-impl std::fmt::Debug for SqliteInbox {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteInbox")
+        f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .finish()
     }
@@ -449,7 +449,7 @@ struct Row {
 
 /// Create `data_dir` if needed and lock it for this process, for as long as the returned file is
 /// held (the OS releases it even on kill -9): two gateways on one directory would answer twice.
-pub fn lock_data_dir(data_dir: &Path) -> Result<File, InboxError> {
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
     let shown = data_dir.display();
     std::fs::create_dir_all(data_dir)
         .map_err(|e| storage(format!("cannot create data_dir {shown}: {e}")))?;
@@ -463,14 +463,14 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, InboxError> {
     Ok(lock)
 }
 
-impl SqliteInbox {
+impl SqliteStore {
     /// Open (creating if needed) the store in `data_dir`, migrate it, and take over what a previous
-    /// process left unfinished. Queued messages reach workers once [`Inbox::feed`] runs.
+    /// process left unfinished. Queued messages reach workers once [`Store::feed`] runs.
     pub fn open(
         data_dir: &Path,
         capacity: usize,
         max_store_bytes: Option<u64>,
-    ) -> Result<Arc<Self>, InboxError> {
+    ) -> Result<Arc<Self>, StoreError> {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&path)
@@ -479,7 +479,7 @@ impl SqliteInbox {
             .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
         let recovered = recover(&conn)
             .map_err(|e| storage(format!("cannot recover {}: {e}", path.display())))?;
-        Ok(Arc::new(SqliteInbox {
+        Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
             max_bytes: max_store_bytes,
             window: Window::new(OnClose::Stop),
@@ -494,7 +494,7 @@ impl SqliteInbox {
 
     /// The store of `data_dir` for the admin commands (`failed`, `retry`), beside a gateway that
     /// may be running on it: no lock taken, and nothing recovered (that is the gateway's).
-    pub fn open_beside(data_dir: &Path) -> Result<Arc<Self>, InboxError> {
+    pub fn open_beside(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
         let path = data_dir.join(DB_FILE);
         if !path.is_file() {
             return Err(storage(format!("no message store at {}", path.display())));
@@ -512,7 +512,7 @@ impl SqliteInbox {
                 MIGRATIONS.len()
             )));
         }
-        Ok(Arc::new(SqliteInbox {
+        Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
             max_bytes: None,
             window: Window::new(OnClose::Stop),
@@ -534,7 +534,7 @@ impl SqliteInbox {
     }
 
     /// Messages by state.
-    pub async fn counts(&self) -> Result<Counts, InboxError> {
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare("SELECT state, COUNT(*) FROM inbox GROUP BY state")?;
@@ -557,7 +557,7 @@ impl SqliteInbox {
     }
 
     /// Stamp one chunk of a job's reply with the time (`sql` sets ?3 on inbox_id ?1, seq ?2).
-    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &'static str) -> Result<(), InboxError> {
+    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &'static str) -> Result<(), StoreError> {
         let id = job.id as i64;
         self.db
             .write(move |c| {
@@ -569,7 +569,7 @@ impl SqliteInbox {
     }
 
     /// Messages that were given up, oldest first, with why: `(id, error)`.
-    pub async fn failures(&self) -> Result<Vec<(i64, String)>, InboxError> {
+    pub async fn failures(&self) -> Result<Vec<(i64, String)>, StoreError> {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare(
@@ -581,7 +581,7 @@ impl SqliteInbox {
             .await
     }
 
-    /// Keep the window topped up from disk, in arrival (id) order, until the inbox closes.
+    /// Keep the window topped up from disk, in arrival (id) order, until the store closes.
     async fn load_loop(&self) {
         let mut cursor: i64 = 0;
         loop {
@@ -692,10 +692,10 @@ fn finish_row(c: &Connection, id: i64, state: &str, error: Option<&str>) -> rusq
 }
 
 #[async_trait]
-impl Queue for SqliteInbox {
-    async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
+impl Queue for SqliteStore {
+    async fn push(&self, new: NewJob) -> Result<Pushed, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(InboxError::Closed);
+            return Err(StoreError::Closed);
         }
         let NewJob {
             app,
@@ -808,13 +808,13 @@ impl Queue for SqliteInbox {
         self.window.release(&job.user_key);
     }
 
-    async fn prune(&self, cutoff_ms: i64) -> Result<usize, InboxError> {
+    async fn prune(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
             let n = self
                 .db
                 .write(move |c| {
-                    let inbox = c
+                    let store = c
                         .prepare_cached(
                             "DELETE FROM inbox WHERE id IN (
                                  SELECT id FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?1 LIMIT ?2)",
@@ -832,7 +832,7 @@ impl Queue for SqliteInbox {
                                  SELECT sha256 FROM media WHERE updated_at < ?1 LIMIT ?2)",
                         )?
                         .execute(params![cutoff_ms, PRUNE_BATCH as i64])?;
-                    Ok((inbox, deliveries, media))
+                    Ok((store, deliveries, media))
                 })
                 .await?;
             total += n.0 + n.1 + n.2;
@@ -856,7 +856,7 @@ impl Queue for SqliteInbox {
         self.window.waiting() + self.window.in_progress()
     }
 
-    async fn ready(&self) -> Result<(), InboxError> {
+    async fn ready(&self) -> Result<(), StoreError> {
         // A real write, committed: a read-only or full disk fails it.
         self.db
             .write(|c| {
@@ -869,8 +869,8 @@ impl Queue for SqliteInbox {
 }
 
 #[async_trait]
-impl Outbox for SqliteInbox {
-    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), InboxError> {
+impl Outbox for SqliteStore {
+    async fn record_reply(&self, job: &Job, chunks: &[AppMessage]) -> Result<(), StoreError> {
         let id = job.id as i64;
         let chunks: Vec<_> = chunks.iter().map(Chunk::to_columns).collect();
         self.db
@@ -892,7 +892,7 @@ impl Outbox for SqliteInbox {
         job: &Job,
         seq: usize,
         message: &AppMessage,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let (id, (_, message)) = (job.id as i64, Chunk::to_columns(message));
         self.db
             .write(move |c| {
@@ -905,7 +905,7 @@ impl Outbox for SqliteInbox {
             .await
     }
 
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
         self.mark_chunk(
             job,
             seq,
@@ -914,7 +914,7 @@ impl Outbox for SqliteInbox {
         .await
     }
 
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), InboxError> {
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
         self.mark_chunk(
             job,
             seq,
@@ -923,7 +923,7 @@ impl Outbox for SqliteInbox {
         .await
     }
 
-    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), InboxError> {
+    async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
         let (id, msgid) = (job.id as i64, msgid.to_owned());
         self.db
             .write(move |c| {
@@ -936,8 +936,8 @@ impl Outbox for SqliteInbox {
 }
 
 #[async_trait]
-impl Routes for SqliteInbox {
-    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+impl Routes for SqliteStore {
+    async fn route(&self, user_key: &str) -> Result<Option<String>, StoreError> {
         let user_key = user_key.to_owned();
         self.db
             .read(move |c| {
@@ -953,8 +953,8 @@ impl Routes for SqliteInbox {
 }
 
 #[async_trait]
-impl Deliveries for SqliteInbox {
-    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+impl Deliveries for SqliteStore {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let rows = items
             .iter()
             .map(Push::to_columns)
@@ -978,7 +978,7 @@ impl Deliveries for SqliteInbox {
             .await
     }
 
-    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError> {
         let rows = self
             .db
             .read(|c| {
@@ -1000,7 +1000,7 @@ impl Deliveries for SqliteInbox {
         super::readable_deliveries(self, rows).await
     }
 
-    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+    async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
                 c.prepare_cached("UPDATE deliveries SET started_at = ?2 WHERE id = ?1")?
@@ -1015,7 +1015,7 @@ impl Deliveries for SqliteInbox {
         id: i64,
         attempts: u32,
         error: Option<String>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
                 let state = DeliveryState::finished(&error).as_str();
@@ -1028,7 +1028,7 @@ impl Deliveries for SqliteInbox {
             .await
     }
 
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, StoreError> {
         let row = self
             .db
             .read(move |c| {
@@ -1056,8 +1056,8 @@ impl Deliveries for SqliteInbox {
 }
 
 #[async_trait]
-impl History for SqliteInbox {
-    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+impl History for SqliteStore {
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let user_key = user_key.to_owned();
         self.db
             .read(move |c| {
@@ -1082,7 +1082,7 @@ impl History for SqliteInbox {
         user_key: &str,
         entries: Vec<HistoryEntry>,
         keep: usize,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let user_key = user_key.to_owned();
         self.db
             .write(move |c| {
@@ -1103,7 +1103,7 @@ impl History for SqliteInbox {
             .await
     }
 
-    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+    async fn clear_history(&self, user_key: &str) -> Result<(), StoreError> {
         let user_key = user_key.to_owned();
         self.db
             .write(move |c| {
@@ -1116,12 +1116,12 @@ impl History for SqliteInbox {
 }
 
 #[async_trait]
-impl Media for SqliteInbox {
+impl Media for SqliteStore {
     async fn put_media(
         &self,
         record: &MediaRecord,
         _bytes: Option<Vec<u8>>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let r = record.clone();
         self.db
             .write(move |c| {
@@ -1144,7 +1144,7 @@ impl Media for SqliteInbox {
             .await
     }
 
-    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, StoreError> {
         let sha256 = sha256.to_owned();
         self.db
             .read(move |c| {
@@ -1165,7 +1165,7 @@ impl Media for SqliteInbox {
             .await
     }
 
-    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+    async fn media_key(&self) -> Result<Vec<u8>, StoreError> {
         let fresh = super::new_media_key();
         self.db
             .write(move |c| {
@@ -1179,8 +1179,8 @@ impl Media for SqliteInbox {
 }
 
 #[async_trait]
-impl Failures for SqliteInbox {
-    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, InboxError> {
+impl Failures for SqliteStore {
+    async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, StoreError> {
         self.db
             .read(move |c| {
                 let retried = format!("{RETRIED}%");
@@ -1224,7 +1224,7 @@ impl Failures for SqliteInbox {
             .await
     }
 
-    async fn retry_job(&self, id: i64) -> Result<Option<i64>, InboxError> {
+    async fn retry_job(&self, id: i64) -> Result<Option<i64>, StoreError> {
         let retried = self
             .db
             .write(move |c| {
@@ -1271,7 +1271,7 @@ impl Failures for SqliteInbox {
         Ok(retried)
     }
 
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, InboxError> {
+    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
         let row = self
             .db
             .read(move |c| {
@@ -1289,11 +1289,11 @@ impl Failures for SqliteInbox {
             None => Ok(None),
             Some((target, payload)) => Push::from_columns(&target, &payload)
                 .map(Some)
-                .map_err(InboxError::Storage),
+                .map_err(StoreError::Storage),
         }
     }
 
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), InboxError> {
+    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
                 c.prepare_cached(

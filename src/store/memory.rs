@@ -1,5 +1,5 @@
-//! In-memory inbox: bounded, with a bounded memory of recent dedup keys. Lost on restart: use it for
-//! tests and throw-away setups; the SQLite inbox is the default.
+//! In-memory store: bounded, with a bounded memory of recent dedup keys. Lost on restart: use it for
+//! tests and throw-away setups; the SQLite store is the default.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,12 +10,12 @@ use tokio::sync::Semaphore;
 
 use super::schedule::{OnClose, Window};
 use super::{
-    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, InboxError, Job, Media,
-    MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoredDelivery,
+    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, Job, Media, MediaRecord,
+    NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
 };
 
 /// Nothing failed is kept in memory: the list is empty.
-impl super::Failures for MemoryInbox {}
+impl super::Failures for MemoryStore {}
 use crate::message::InboundMessage;
 use crate::outbound::dispatch::Push;
 use crate::wecom::AppMessage;
@@ -37,7 +37,7 @@ struct Seen {
     media_order: VecDeque<String>,
 }
 
-pub struct MemoryInbox {
+pub struct MemoryStore {
     seen: Mutex<Seen>,
     window: Window,
     capacity: usize,
@@ -49,9 +49,9 @@ pub struct MemoryInbox {
     media_key: Vec<u8>,
 }
 
-impl MemoryInbox {
+impl MemoryStore {
     pub fn new(capacity: usize, push_wait: Duration) -> Self {
-        MemoryInbox {
+        MemoryStore {
             seen: Mutex::new(Seen::default()),
             window: Window::new(OnClose::Drain),
             capacity,
@@ -67,14 +67,14 @@ impl MemoryInbox {
 }
 
 #[async_trait]
-impl Queue for MemoryInbox {
-    async fn push(&self, new: NewJob) -> Result<Pushed, InboxError> {
+impl Queue for MemoryStore {
+    async fn push(&self, new: NewJob) -> Result<Pushed, StoreError> {
         let message = InboundMessage::parse(&new.payload)
-            .map_err(|e| InboxError::Storage(format!("message cannot be parsed: {e}")))?;
+            .map_err(|e| StoreError::Storage(format!("message cannot be parsed: {e}")))?;
         {
             let seen = self.lock();
             if seen.closed {
-                return Err(InboxError::Closed);
+                return Err(StoreError::Closed);
             }
             if seen.keys.contains(&new.dedup_key) {
                 return Ok(Pushed::Duplicate);
@@ -82,15 +82,15 @@ impl Queue for MemoryInbox {
         }
         let permit = tokio::time::timeout(self.push_wait, self.room.clone().acquire_owned())
             .await
-            .map_err(|_| InboxError::Full {
+            .map_err(|_| StoreError::Full {
                 capacity: self.capacity,
             })?
-            .map_err(|_| InboxError::Closed)?;
+            .map_err(|_| StoreError::Closed)?;
         let job = {
             let mut seen = self.lock();
             // Checked again: a concurrent copy may have been queued while this one waited for room.
             if seen.closed {
-                return Err(InboxError::Closed);
+                return Err(StoreError::Closed);
             }
             if !seen.keys.insert(new.dedup_key.clone()) {
                 return Ok(Pushed::Duplicate);
@@ -138,34 +138,34 @@ impl Queue for MemoryInbox {
 }
 
 #[async_trait]
-impl Outbox for MemoryInbox {
-    async fn record_reply(&self, _job: &Job, _chunks: &[AppMessage]) -> Result<(), InboxError> {
+impl Outbox for MemoryStore {
+    async fn record_reply(&self, _job: &Job, _chunks: &[AppMessage]) -> Result<(), StoreError> {
         Ok(())
     }
 
-    async fn record_upload(&self, _: &Job, _: usize, _: &AppMessage) -> Result<(), InboxError> {
+    async fn record_upload(&self, _: &Job, _: usize, _: &AppMessage) -> Result<(), StoreError> {
         Ok(())
     }
 
-    async fn mark_started(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
+    async fn mark_started(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
         Ok(())
     }
 
-    async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), InboxError> {
+    async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
         Ok(())
     }
 }
 
 #[async_trait]
-impl Routes for MemoryInbox {
-    async fn route(&self, user_key: &str) -> Result<Option<String>, InboxError> {
+impl Routes for MemoryStore {
+    async fn route(&self, user_key: &str) -> Result<Option<String>, StoreError> {
         Ok(self.lock().routes.get(user_key).cloned())
     }
 }
 
 #[async_trait]
-impl Deliveries for MemoryInbox {
-    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, InboxError> {
+impl Deliveries for MemoryStore {
+    async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let mut seen = self.lock();
         let mut ids = Vec::new();
         for push in items {
@@ -189,7 +189,7 @@ impl Deliveries for MemoryInbox {
         Ok(ids)
     }
 
-    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, InboxError> {
+    async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError> {
         Ok(self
             .lock()
             .deliveries
@@ -199,7 +199,7 @@ impl Deliveries for MemoryInbox {
             .collect())
     }
 
-    async fn start_delivery(&self, id: i64) -> Result<(), InboxError> {
+    async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
         if let Some((stored, _)) = self.lock().deliveries.get_mut(&id) {
             stored.started = true;
         }
@@ -211,7 +211,7 @@ impl Deliveries for MemoryInbox {
         id: i64,
         attempts: u32,
         error: Option<String>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
             status.state = DeliveryState::finished(&error);
             status.attempts = attempts;
@@ -220,14 +220,14 @@ impl Deliveries for MemoryInbox {
         Ok(())
     }
 
-    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, InboxError> {
+    async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, StoreError> {
         Ok(self.lock().deliveries.get(&id).map(|(_, s)| s.clone()))
     }
 }
 
 #[async_trait]
-impl History for MemoryInbox {
-    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, InboxError> {
+impl History for MemoryStore {
+    async fn history(&self, user_key: &str, max: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let seen = self.lock();
         let entries = seen.history.get(user_key);
         Ok(entries
@@ -245,7 +245,7 @@ impl History for MemoryInbox {
         user_key: &str,
         entries: Vec<HistoryEntry>,
         keep: usize,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let mut seen = self.lock();
         let h = seen.history.entry(user_key.to_owned()).or_default();
         h.extend(entries);
@@ -255,19 +255,19 @@ impl History for MemoryInbox {
         Ok(())
     }
 
-    async fn clear_history(&self, user_key: &str) -> Result<(), InboxError> {
+    async fn clear_history(&self, user_key: &str) -> Result<(), StoreError> {
         self.lock().history.remove(user_key);
         Ok(())
     }
 }
 
 #[async_trait]
-impl Media for MemoryInbox {
+impl Media for MemoryStore {
     async fn put_media(
         &self,
         record: &MediaRecord,
         _bytes: Option<Vec<u8>>,
-    ) -> Result<(), InboxError> {
+    ) -> Result<(), StoreError> {
         let mut seen = self.lock();
         let mut record = record.clone();
         let old = seen.media.get(&record.sha256);
@@ -286,11 +286,11 @@ impl Media for MemoryInbox {
         Ok(())
     }
 
-    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, InboxError> {
+    async fn media(&self, sha256: &str) -> Result<Option<MediaRecord>, StoreError> {
         Ok(self.lock().media.get(sha256).cloned())
     }
 
-    async fn media_key(&self) -> Result<Vec<u8>, InboxError> {
+    async fn media_key(&self) -> Result<Vec<u8>, StoreError> {
         Ok(self.media_key.clone())
     }
 }

@@ -11,7 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::agent::AgentConfig;
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::live::Live;
-use crate::shared::SharedTokens;
+use crate::wecom::client::AppAccess;
+use crate::wecom::token::SharedTokens;
 use crate::wecom::token::TokenCache;
 
 /// One WeCom self-built application (自建应用).
@@ -132,6 +133,24 @@ impl App {
             verified: Default::default(),
             tokens,
         })
+    }
+}
+
+impl AppAccess for App {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn corp_id(&self) -> &str {
+        &self.config.corp_id
+    }
+    fn corp_secret(&self) -> &str {
+        self.config.corp_secret()
+    }
+    fn agent_id(&self) -> u64 {
+        self.config.agent_id
+    }
+    fn tokens(&self) -> &TokenCache {
+        &self.tokens
     }
 }
 

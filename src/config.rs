@@ -27,10 +27,10 @@ pub use crate::allowlist::Allowlist;
 pub use crate::app::AppConfig;
 use crate::bots::{webhook_key, Bot, REDACTED_WEBHOOK};
 use crate::crypto::{AesKey, CryptoError};
-pub use crate::http::api::ApiToken;
+pub use crate::http::state::ApiToken;
 use crate::logging::LogFormat;
-use crate::outbound::ratelimit::Limit;
-use crate::outbound::retry::RetryPolicy;
+use crate::ratelimit::Limit;
+use crate::retry::RetryPolicy;
 pub use crate::store::{PostgresUrl, StoreKind};
 
 pub use crate::agent::{

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wecom_gateway::bots::Alert;
 use wecom_gateway::config::{Config, ConfigErrors, Loaded, StoreKind};
+use wecom_gateway::dispatch::Retried;
 use wecom_gateway::logging::LogFormat;
-use wecom_gateway::outbound::dispatch::Retried;
 use wecom_gateway::simulate::{self, Simulation};
 use wecom_gateway::store::{postgres, FailedId, PostgresStore, SqliteStore, Store};
 use wecom_gateway::wecom::{BotMessage, WecomClient};
@@ -375,7 +375,7 @@ fn retry(path: Option<PathBuf>, all: bool, ids: Vec<String>) -> anyhow::Result<(
         let mut missing = Vec::new();
         for id in which {
             // The command line is the operator: it may retry a broadcast.
-            match wecom_gateway::outbound::dispatch::retry(&*store, None, id, true).await? {
+            match wecom_gateway::dispatch::retry(&*store, None, id, true).await? {
                 Retried::Queued(new) => println!("{id} queued again as {new}"),
                 _ => missing.push(id.to_string()),
             }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use crate::agent::Agent;
 use crate::app::Apps;
 use crate::config::{self, Config};
-use crate::outbound::Dispatcher;
+use crate::dispatch::Dispatcher;
+use crate::http;
 use crate::store::Store;
 use crate::worker::{Agents, Worker};
-use crate::{http, shared};
 
 /// Reads the configuration again, for a reload (the binary passes `Config::load` with the same
 /// file and the process environment).
@@ -23,7 +23,7 @@ pub(crate) struct Reloadable {
     pub(crate) running: Config,
     pub(crate) given: Option<Arc<dyn Agent>>,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) shared: Option<Arc<dyn shared::SharedTokens>>,
+    pub(crate) shared: Option<Arc<dyn crate::wecom::token::SharedTokens>>,
     pub(crate) apps: Apps,
     pub(crate) state: http::AppState,
     pub(crate) worker: Worker,

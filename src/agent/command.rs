@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{answer_from, is_answer, Agent, AgentError, Turn};
+use super::turn::{answer_from, is_answer, Agent, AgentError, Turn};
 use crate::wecom::AppMessage;
 
 /// Most reply bytes read from the program; more is an error rather than a memory problem.

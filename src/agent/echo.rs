@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Agent, AgentError, Turn};
+use super::turn::{Agent, AgentError, Turn};
 use crate::message::MessageKind;
 use crate::wecom::AppMessage;
 

@@ -11,8 +11,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::{answer_from, Agent, AgentError, Turn};
-use crate::outbound::retry::RetryPolicy;
+use super::turn::{answer_from, Agent, AgentError, Turn};
+use crate::retry::RetryPolicy;
 use crate::wecom::AppMessage;
 
 /// POST the turn as JSON to `url`.

@@ -10,23 +10,19 @@ pub mod echo;
 pub mod hermes;
 pub mod http;
 pub mod openai;
+pub mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde_json::{json, Value};
-
-use crate::message::{Event, InboundMessage, MessageKind};
-use crate::received::Fetched;
 use crate::store::History;
-use crate::wecom::AppMessage;
 
 pub use command::CommandAgentConfig;
 pub use echo::EchoAgent;
 pub use hermes::HermesConfig;
 pub use http::HttpAgentConfig;
 pub use openai::OpenAiConfig;
+pub use turn::{Agent, AgentError, Turn};
 
 pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
 pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
@@ -176,166 +172,6 @@ fn is_local(base_url: &str) -> bool {
         Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback(),
         Err(_) => host == "localhost" || !host.contains('.') || host.ends_with(".local"),
     }
-}
-
-/// One member's message, as an agent sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Turn<'a> {
-    /// Name of the app the member wrote to.
-    pub app: &'a str,
-    pub corp_id: &'a str,
-    pub user_id: &'a str,
-    /// `corp_id:user_id`: the key for per-user state such as conversation history.
-    pub user_key: &'a str,
-    pub message: &'a InboundMessage,
-    /// The file an image, voice, video or file message carried, as fetched from WeCom.
-    pub media: Option<&'a Fetched>,
-}
-
-impl Turn<'_> {
-    /// The turn as the JSON document the http and command agents receive.
-    pub fn to_json(&self) -> Value {
-        let m = self.message;
-        let mut doc = json!({
-            "app": self.app,
-            "corp_id": self.corp_id,
-            "user_id": self.user_id,
-            // App callbacks are one-to-one chats; the field is there for group sources.
-            "chat_id": Value::Null,
-            "msg_type": m.msg_type,
-            "message_id": m.msg_id,
-            "create_time": m.create_time,
-            "text": match &m.kind {
-                MessageKind::Text { content } => content.clone(),
-                _ => m.describe(),
-            },
-            "raw": m.raw,
-        });
-        let extra = match &m.kind {
-            MessageKind::Image { pic_url, media_id } => {
-                json!({ "media_id": media_id, "pic_url": pic_url })
-            }
-            MessageKind::Voice { media_id, format } => {
-                json!({ "media_id": media_id, "format": format })
-            }
-            MessageKind::Video {
-                media_id,
-                thumb_media_id,
-            } => {
-                json!({ "media_id": media_id, "thumb_media_id": thumb_media_id })
-            }
-            MessageKind::File {
-                media_id,
-                file_name,
-            } => json!({ "media_id": media_id, "file_name": file_name }),
-            MessageKind::Location {
-                latitude,
-                longitude,
-                scale,
-                label,
-            } => {
-                json!({ "location": { "latitude": latitude, "longitude": longitude, "scale": scale, "label": label } })
-            }
-            MessageKind::Link {
-                title,
-                description,
-                url,
-                pic_url,
-            } => {
-                json!({ "link": { "title": title, "description": description, "url": url, "pic_url": pic_url } })
-            }
-            MessageKind::Event(Event::Click { key }) => {
-                json!({ "event": "click", "event_key": key })
-            }
-            MessageKind::Event(Event::TemplateCard {
-                event_key,
-                task_id,
-                card_type,
-                response_code,
-            }) => json!({
-                "event": "template_card_event", "event_key": event_key, "task_id": task_id,
-                "card_type": card_type, "response_code": response_code,
-            }),
-            MessageKind::Event(other) => {
-                json!({ "event": other.name(), "event_key": m.raw.get("EventKey") })
-            }
-            _ => json!({}),
-        };
-        if let (Some(doc), Value::Object(extra)) = (doc.as_object_mut(), extra) {
-            doc.extend(extra);
-        }
-        if let Some(fetched) = self.media {
-            doc["media"] = json!(fetched.info);
-            doc["media_error"] = json!(fetched.error);
-        }
-        doc
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AgentError {
-    #[error("agent timed out after {0} s")]
-    Timeout(u64),
-    #[error("agent failed: {0}")]
-    Failed(String),
-}
-
-#[async_trait]
-pub trait Agent: Send + Sync + 'static {
-    /// A short name for logs.
-    fn name(&self) -> &str;
-    /// Whether this kind of agent can answer the event (`agent.events` chooses among these).
-    fn takes_event(&self, _event: &str) -> bool {
-        true
-    }
-    /// The replies to this turn, each sent as its own message (text split at WeCom's limit), in
-    /// order; empty for no reply. May take minutes.
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError>;
-}
-
-/// Whether `doc` is an answer document: an object with `messages`, `replies`, `reply` or
-/// `update_card`.
-pub(crate) fn is_answer(doc: &Value) -> bool {
-    let keys = ["messages", "replies", "reply", "update_card"];
-    keys.iter().any(|k| doc.get(k).is_some())
-}
-
-/// An answer document: `{"messages": [items]}` (see `AppMessage::from_item`),
-/// `{"replies": ["...", ...]}` or `{"reply": "..."}`; null or empty means no reply. A card click's
-/// answer may add `{"update_card": {...}}`, sent first. An item the agent got wrong fails the
-/// whole answer, naming it: the member gets the failure message.
-pub(crate) fn answer_from(doc: &Value) -> Result<Vec<AppMessage>, AgentError> {
-    let failed = |why: String| AgentError::Failed(format!("agent's answer: {why}"));
-    let update = doc.get("update_card").filter(|v| !v.is_null()).cloned();
-    let mut answer: Vec<AppMessage> = (update.into_iter())
-        .map(|update_card| AppMessage::UpdateCard { update_card })
-        .collect();
-    if let Some(items) = doc.get("messages").filter(|v| !v.is_null()) {
-        let items = items
-            .as_array()
-            .ok_or_else(|| failed("\"messages\" must be a list".into()))?;
-        for (i, item) in items.iter().enumerate() {
-            answer.push(
-                AppMessage::from_item(item).map_err(|e| failed(format!("messages[{i}].{e}")))?,
-            );
-        }
-    } else if let Some(list) = doc.get("replies").and_then(Value::as_array) {
-        let texts = list
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|s| !s.trim().is_empty());
-        answer.extend(texts.map(AppMessage::text));
-    } else {
-        match doc.get("reply") {
-            Some(Value::String(s)) if !s.trim().is_empty() => answer.push(AppMessage::text(s)),
-            Some(Value::String(_)) | Some(Value::Null) => {}
-            None if !answer.is_empty() => {}
-            _ => return Err(failed(
-                "has none of \"messages\" (a list), \"reply\" (a string), \"replies\" (a list of strings) or \"update_card\"".into(),
-            )),
-        }
-    }
-    Ok(answer)
 }
 
 /// The agent a configuration describes. `store` keeps per-user state (conversation history).

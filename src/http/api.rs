@@ -13,16 +13,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
-use super::AppState;
+use super::state::AppState;
 use crate::bots::{Alert, AlertmanagerPayload};
-use crate::outbound::dispatch::Push;
+use crate::conversation::Push;
 use crate::store::{FailedId, StoreError};
 use crate::wecom::{AppMessage, BotMessage, Recipients, TextCard};
 
@@ -36,23 +36,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/failed/{id}/retry", post(retry_failed))
         .fallback(|| async { ApiFailure(HttpError::NotFound("no such endpoint".into())) })
         .layer(middleware::from_fn_with_state(state, authenticate))
-}
-
-/// A bearer token for /api/v1, and what it may do beyond sending to members one by one.
-#[derive(Debug, Clone)]
-pub struct ApiToken {
-    pub token: SecretString,
-    /// May address departments, tags and `@all` (`scopes: [broadcast]`).
-    pub broadcast: bool,
-}
-
-impl From<SecretString> for ApiToken {
-    fn from(token: SecretString) -> Self {
-        ApiToken {
-            token,
-            broadcast: false,
-        }
-    }
 }
 
 /// What the caller's token allows, for the handlers.
@@ -526,7 +509,7 @@ async fn retry_failed(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    use crate::outbound::dispatch::{retry, Retried};
+    use crate::dispatch::{retry, Retried};
     let which = FailedId::parse(&id).map_err(bad_request)?;
     let dispatcher = Some(&*state.dispatcher);
     match retry(&*state.store, dispatcher, which, caller.broadcast).await? {

@@ -18,7 +18,7 @@ use percent_encoding::percent_decode_str;
 
 use super::error::HttpError;
 use super::retries::Recent;
-use super::AppState;
+use super::state::AppState;
 use crate::app::App;
 use crate::crypto::CryptoError;
 use crate::message::{Envelope, InboundMessage};
@@ -367,32 +367,5 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
             tracing::debug!(app = %app.config.name, user = ?user_key, "duplicate callback (a WeCom retry): acknowledged, ignored");
             Ok(Outcome::Duplicate)
         }
-    }
-}
-
-/// Envelope AgentIDs seen that are not the AgentId of the app whose token and key opened the
-/// callback. The signature proves which app it is, so the callback is accepted, but a mismatch
-/// usually means a mistyped `agent_id`: warned about once per app and AgentID.
-#[derive(Default)]
-pub struct AgentIds(std::sync::Mutex<std::collections::HashSet<(String, String)>>);
-
-/// Warnings are remembered for at most this many distinct AgentIDs.
-const AGENT_ID_MEMORY: usize = 1000;
-
-impl AgentIds {
-    fn check(&self, app: &App, seen: &str) {
-        let seen = seen.trim();
-        if seen == app.config.agent_id.to_string() {
-            return;
-        }
-        let mut warned = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.len() >= AGENT_ID_MEMORY
-            || !warned.insert((app.config.name.clone(), seen.to_owned()))
-        {
-            return;
-        }
-        tracing::warn!(app = %app.config.name, configured_agent_id = app.config.agent_id, callback_agent_id = ?seen,
-            "a callback for AgentID {seen:?} was opened with app {:?}'s token and key, whose agent_id is {}: accepted; check the app's agent_id in the configuration (this warning is shown once)",
-            app.config.name, app.config.agent_id);
     }
 }

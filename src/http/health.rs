@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::state::AppState;
 
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::ApiFailure;
 use super::error::HttpError;
-use super::AppState;
+use super::state::AppState;
 
 pub(super) async fn serve(
     State(state): State<AppState>,

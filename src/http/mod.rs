@@ -9,8 +9,7 @@ pub mod error;
 pub mod health;
 pub mod media;
 pub mod retries;
-
-use std::sync::Arc;
+pub mod state;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -19,34 +18,7 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::app::Apps;
-use crate::config::Allowlist;
-use crate::live::Live;
-use crate::outbound::Dispatcher;
-use crate::received::Received;
-use crate::store::Store;
-
-/// What every handler can see. Shared behind one `Arc`: axum clones the state for every request,
-/// and one reference count is cheaper than one per field.
-pub type AppState = Arc<Handlers>;
-
-/// The fields of [`AppState`].
-pub struct Handlers {
-    pub apps: Apps,
-    pub store: Arc<dyn Store>,
-    pub allowlist: Live<Allowlist>,
-    pub dispatcher: Arc<Dispatcher>,
-    /// Bearer tokens for /api; empty means the API is off.
-    pub api_tokens: Live<Vec<api::ApiToken>>,
-    /// Envelope AgentIDs already warned about.
-    pub agent_ids: Arc<callback::AgentIds>,
-    /// The files members sent, served by signed links.
-    pub received: Arc<Received>,
-    /// Callbacks signed further than this from now are refused (zero: no window).
-    pub replay_window: std::time::Duration,
-    /// Callbacks this process stored, so WeCom's retries of them skip the store.
-    pub recent: retries::Recent,
-}
+pub use state::{AppState, Handlers};
 
 pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {

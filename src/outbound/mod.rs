@@ -7,9 +7,6 @@
 //! Must never: drop a message to stay under a limit (it waits instead), retry a failure that will
 //! not heal, or log a webhook key or access token.
 
-pub mod dispatch;
-pub mod ratelimit;
-pub mod retry;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -24,17 +21,15 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::bots::Bot;
-use crate::shared::{Reserved, SharedWindows};
+use crate::ratelimit::{Limit, RateLimiter};
+use crate::ratelimit::{Reserved, SharedWindows};
+use crate::retry::RetryPolicy;
 use crate::wecom::client::Upload;
 use crate::wecom::media::MediaType;
 use crate::wecom::payload::{Media, BOT_IMAGE_MAX_BYTES};
 use crate::wecom::{ApiError, AppMessage, BotMessage, Recipients, SendReceipt, WecomClient};
 use base64::Engine as _;
 use md5::Digest as _;
-use ratelimit::{Limit, RateLimiter};
-use retry::RetryPolicy;
-
-pub use dispatch::Dispatcher;
 
 /// The limits WeCom enforces (and silently drops over): 30 a minute and 1000 an hour to one member
 /// from one app, 20 a minute per group robot.

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
 use crate::app::App;
+pub use crate::conversation::{Fetched, MediaInfo};
 use crate::message::{InboundMessage, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::store::{MediaRecord, Store, StoreError};
@@ -33,27 +33,6 @@ pub const MEDIA_DIR: &str = "media";
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// A partial download left by a crash is deleted after this long.
 const PART_MAX_AGE: Duration = Duration::from_secs(86_400);
-
-/// What the agent is told about a received file (`media` in its JSON). After a failed download
-/// only `kind` and the callback's `file_name` are known; `media_error` says why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MediaInfo {
-    pub kind: String,
-    pub content_type: Option<String>,
-    pub size: Option<u64>,
-    pub file_name: Option<String>,
-    pub sha256: Option<String>,
-    /// Absolute, on the gateway's host.
-    pub path: Option<PathBuf>,
-    pub url: Option<String>,
-}
-
-/// A received file as the agent gets it: its description, and why it could not be fetched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    pub info: MediaInfo,
-    pub error: Option<String>,
-}
 
 /// Received media: the directory, the store's records, and the links.
 pub struct Received {
@@ -362,7 +341,7 @@ impl Received {
             return Ok(None);
         };
         if bytes.len() as u64 != record.size {
-            return Err(StoreError::Storage(format!(
+            return Err(StoreError::found(format!(
                 "received file {sha256} has {} bytes in the store, not {}",
                 bytes.len(),
                 record.size
@@ -379,10 +358,8 @@ impl Received {
             tokio::fs::File::open(&path).await
         };
         let file = stored.await.map_err(|e| {
-            StoreError::Storage(format!(
-                "cannot keep a received file under {}: {e}",
-                self.dir.display()
-            ))
+            let context = format!("cannot keep a received file under {}", self.dir.display());
+            StoreError::failed(context, e)
         });
         if file.is_err() {
             let _ = tokio::fs::remove_file(&part).await;

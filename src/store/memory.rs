@@ -8,16 +8,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::schedule::{OnClose, Window};
-use super::{
+use super::model::{
     Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, Job, Media, MediaRecord,
     NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
 };
+use super::schedule::{OnClose, Window};
 
 /// Nothing failed is kept in memory: the list is empty.
-impl super::Failures for MemoryStore {}
+impl super::model::Failures for MemoryStore {}
+use crate::conversation::Push;
 use crate::message::InboundMessage;
-use crate::outbound::dispatch::Push;
 use crate::wecom::AppMessage;
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
@@ -57,7 +57,7 @@ impl MemoryStore {
             capacity,
             room: Arc::new(Semaphore::new(capacity)),
             push_wait,
-            media_key: super::new_media_key(),
+            media_key: super::model::new_media_key(),
         }
     }
 
@@ -70,7 +70,7 @@ impl MemoryStore {
 impl Queue for MemoryStore {
     async fn push(&self, new: NewJob) -> Result<Pushed, StoreError> {
         let message = InboundMessage::parse(&new.payload)
-            .map_err(|e| StoreError::Storage(format!("message cannot be parsed: {e}")))?;
+            .map_err(|e| StoreError::failed("message cannot be parsed", e))?;
         {
             let seen = self.lock();
             if seen.closed {

@@ -23,15 +23,16 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{
-    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
-    History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role,
-    Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
+use super::model::{
+    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem,
+    Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
+    Queue, Role, Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
 };
+use crate::conversation::Push;
 use crate::message::InboundMessage;
-use crate::outbound::dispatch::Push;
-use crate::outbound::ratelimit::Limit;
-use crate::shared::{Fetch, Reserved, SharedTokens, SharedWindows};
+use crate::ratelimit::Limit;
+use crate::ratelimit::{Reserved, SharedWindows};
+use crate::wecom::token::{Fetch, SharedTokens};
 use crate::wecom::{ApiError, AppMessage};
 
 /// Schema versions, applied in order; `wecom_gateway_schema` records how many ran.
@@ -186,7 +187,7 @@ impl PostgresUrl {
 
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut config = tokio_postgres::Config::from_str(self.0.expose_secret())
-            .map_err(|_| StoreError::Storage(format!("invalid store URL {self}")))?;
+            .map_err(|e| StoreError::failed(format!("invalid store URL {self}"), e))?;
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -215,27 +216,34 @@ impl std::fmt::Debug for PostgresUrl {
 /// What a failure of the server means to a caller: unreachable (try later), no room, or a fault.
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(Cause::new(None, e));
     };
     let code = db.code();
-    let text = format!("{}: {}", code.code(), db.message());
     if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
-        StoreError::StoreFull(text)
+        StoreError::StoreFull(format!("{}: {}", code.code(), db.message()))
     } else if code.code().starts_with("08")
         || code.code().starts_with("57P")
         || *code == SqlState::TOO_MANY_CONNECTIONS
         || *code == SqlState::CANNOT_CONNECT_NOW
     {
-        StoreError::Unavailable(text)
+        StoreError::Unavailable(Cause::new(None, e))
     } else {
-        StoreError::Storage(text)
+        StoreError::Storage(Cause::new(None, e))
     }
+}
+
+/// A serialization failure or deadlock (SQLSTATE class 40): the transaction may simply run again.
+fn is_conflict(cause: &Cause) -> bool {
+    let code = cause
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code());
+    code.is_some_and(|c| c.code().starts_with("40"))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_error(e),
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(Cause::new(None, other)),
     }
 }
 
@@ -277,7 +285,7 @@ async fn push_writer(pool: Pool, mut rx: mpsc::Receiver<PushRequest>) {
         // server breaks it by failing one, which simply runs again.
         for _ in 0..3 {
             match &result {
-                Err(StoreError::Storage(e)) if e.starts_with("40") => {
+                Err(StoreError::Storage(cause)) if is_conflict(cause) => {
                     result = insert_jobs(&pool, &jobs).await
                 }
                 _ => break,
@@ -404,7 +412,7 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_WAIT))
             .recycle_timeout(Some(CONNECT_WAIT))
             .build()
-            .map_err(|e| StoreError::Storage(format!("cannot set up the store: {e}")))?;
+            .map_err(|e| StoreError::failed("cannot set up the store", e))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         migrate(&mut client).await.map_err(pg_error)?;
         drop(client);
@@ -854,7 +862,8 @@ impl Deliveries for PostgresStore {
         let rows = items
             .iter()
             .map(Push::to_columns)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::failed("cannot encode a push", e))?;
         let (targets, payloads): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
         let client = self.client().await?;
         let now = now_ms();
@@ -895,7 +904,7 @@ impl Deliveries for PostgresStore {
             .collect();
         // RETURNING follows no order: deliveries go out in id order.
         rows.sort_by_key(|r| r.0);
-        super::readable_deliveries(self, rows).await
+        super::model::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
@@ -1083,7 +1092,7 @@ impl Media for PostgresStore {
         client
             .execute(
                 "INSERT INTO keys (name, value) VALUES ('media', $1) ON CONFLICT (name) DO NOTHING",
-                &[&super::new_media_key()],
+                &[&super::model::new_media_key()],
             )
             .await
             .map_err(pg_error)?;
@@ -1334,7 +1343,7 @@ impl Failures for PostgresStore {
             None => Ok(None),
             Some(r) => Push::from_columns(r.get(0), r.get(1))
                 .map(Some)
-                .map_err(StoreError::Storage),
+                .map_err(|e| StoreError::failed(format!("delivery {id}"), e)),
         }
     }
 

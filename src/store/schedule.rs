@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::Job;
+use super::model::Job;
 
 #[derive(Default)]
 struct Scheduler {

@@ -27,14 +27,14 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
-use super::schedule::{OnClose, Window};
-use super::{
-    now_ms, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem, Failures,
-    History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Role,
-    Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
+use super::model::{
+    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem,
+    Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
+    Queue, Role, Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
 };
+use super::schedule::{OnClose, Window};
+use crate::conversation::Push;
 use crate::message::InboundMessage;
-use crate::outbound::dispatch::Push;
 use crate::wecom::AppMessage;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
@@ -123,13 +123,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE inbox ADD COLUMN receipt TEXT;",
 ];
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(e.to_string())
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Storage(Cause::new(None, e))
 }
 
 /// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later); anything else
 /// is a failed write.
-fn store_error(e: &rusqlite::Error) -> StoreError {
+fn store_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => StoreError::StoreFull(e.to_string()),
         _ => storage(e),
@@ -172,10 +172,10 @@ where
 
     fn complete(self: Box<Self>, commit_error: Option<StoreError>) {
         let outcome = match (self.result, commit_error) {
-            (Some(Err(e)), _) => Err(store_error(&e)),
+            (Some(Err(e)), _) => Err(store_error(e)),
             (_, Some(e)) => Err(e),
             (Some(Ok(value)), None) => Ok(value),
-            (None, None) => Err(storage("statement was not run")),
+            (None, None) => Err(StoreError::found("statement was not run")),
         };
         let _ = self.tx.send(outcome);
     }
@@ -211,9 +211,9 @@ impl Db {
         });
         self.ops
             .send(op)
-            .map_err(|_| storage("the store's writer thread has stopped"))?;
+            .map_err(|_| StoreError::found("the store's writer thread has stopped"))?;
         rx.await
-            .map_err(|_| storage("the store's writer thread has stopped"))?
+            .map_err(|_| StoreError::found("the store's writer thread has stopped"))?
     }
 
     async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -240,7 +240,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn sql_error(conn: &Connection, sql: &str) -> Option<StoreError> {
-    exec(conn, sql).err().map(|e| store_error(&e))
+    exec(conn, sql).err().map(store_error)
 }
 
 /// Run the writes of one batch in one transaction. Optimistic: no savepoint per write (they cost
@@ -256,7 +256,7 @@ fn run_batch(conn: &Connection, writes: &mut [Box<dyn Pending>]) -> Result<(), S
             if !conn.is_autocommit() {
                 let _ = exec(conn, "ROLLBACK");
             }
-            return Err(storage("a write of the batch failed"));
+            return Err(StoreError::found("a write of the batch failed"));
         }
     }
     match sql_error(conn, "COMMIT") {
@@ -283,7 +283,7 @@ fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<StoreError>
         return None;
     }
     if conn.is_autocommit() {
-        return Some(storage("the transaction was rolled back"));
+        return Some(StoreError::found("the transaction was rolled back"));
     }
     let failed = sql_error(conn, "COMMIT");
     if failed.is_some() && !conn.is_autocommit() {
@@ -452,11 +452,11 @@ struct Row {
 pub fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
     let shown = data_dir.display();
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| storage(format!("cannot create data_dir {shown}: {e}")))?;
+        .map_err(|e| StoreError::failed(format!("cannot create data_dir {shown}"), e))?;
     let lock = File::create(data_dir.join(LOCK_FILE))
-        .map_err(|e| storage(format!("cannot write in data_dir {shown}: {e}")))?;
+        .map_err(|e| StoreError::failed(format!("cannot write in data_dir {shown}"), e))?;
     lock.try_lock().map_err(|_| {
-        storage(format!(
+        StoreError::found(format!(
             "data_dir {shown} is in use by another wecom-gateway process; give each instance its own data_dir"
         ))
     })?;
@@ -474,11 +474,11 @@ impl SqliteStore {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&path)
-            .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
         migrate(&mut conn)
-            .map_err(|e| storage(format!("cannot migrate {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot migrate {}", path.display()), e))?;
         let recovered = recover(&conn)
-            .map_err(|e| storage(format!("cannot recover {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot recover {}", path.display()), e))?;
         Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
             max_bytes: max_store_bytes,
@@ -497,16 +497,19 @@ impl SqliteStore {
     pub fn open_beside(data_dir: &Path) -> Result<Arc<Self>, StoreError> {
         let path = data_dir.join(DB_FILE);
         if !path.is_file() {
-            return Err(storage(format!("no message store at {}", path.display())));
+            return Err(StoreError::found(format!(
+                "no message store at {}",
+                path.display()
+            )));
         }
         let conn = open_connection(&path)
-            .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
         // Never migrate under a running gateway: only the same schema version is used.
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| storage(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot read {}", path.display()), e))?;
         if version != MIGRATIONS.len() as i64 {
-            return Err(storage(format!(
+            return Err(StoreError::found(format!(
                 "{} has schema version {version}, this wecom-gateway uses {}: run the same version as the gateway",
                 path.display(),
                 MIGRATIONS.len()
@@ -958,7 +961,8 @@ impl Deliveries for SqliteStore {
         let rows = items
             .iter()
             .map(Push::to_columns)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::failed("cannot encode a push", e))?;
         let max_bytes = self.max_bytes;
         self.db
             .write(move |c| {
@@ -997,7 +1001,7 @@ impl Deliveries for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        super::readable_deliveries(self, rows).await
+        super::model::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
@@ -1166,7 +1170,7 @@ impl Media for SqliteStore {
     }
 
     async fn media_key(&self) -> Result<Vec<u8>, StoreError> {
-        let fresh = super::new_media_key();
+        let fresh = super::model::new_media_key();
         self.db
             .write(move |c| {
                 c.prepare_cached("INSERT OR IGNORE INTO keys (name, value) VALUES ('media', ?1)")?
@@ -1289,7 +1293,7 @@ impl Failures for SqliteStore {
             None => Ok(None),
             Some((target, payload)) => Push::from_columns(&target, &payload)
                 .map(Some)
-                .map_err(StoreError::Storage),
+                .map_err(|e| StoreError::failed(format!("delivery {id}"), e)),
         }
     }
 

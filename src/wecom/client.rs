@@ -8,8 +8,7 @@ use serde_json::Value;
 use super::error::{ApiError, Call};
 use super::media::MediaType;
 use super::payload::{AppMessage, BotMessage, Recipients};
-use super::token::AccessToken;
-use crate::app::App;
+use super::token::{AccessToken, TokenCache};
 
 /// What WeCom said about an accepted message/send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +56,18 @@ fn media_id(answer: &serde_json::Map<String, Value>, call: &str) -> Result<Strin
         .ok_or_else(|| ApiError::Decode(format!("{call} answer has no media_id")))
 }
 
+/// What the client needs of one app to call the API for it: its names, its secret, its token
+/// cache. The runtime app (`crate::app::App`) implements it; the client knows nothing else of it.
+pub trait AppAccess: Send + Sync {
+    /// The app's name in the configuration, for logs and metrics.
+    fn name(&self) -> &str;
+    fn corp_id(&self) -> &str;
+    /// Sent to gettoken only.
+    fn corp_secret(&self) -> &str;
+    fn agent_id(&self) -> u64;
+    fn tokens(&self) -> &TokenCache;
+}
+
 /// A client for one WeCom API base URL (the real one, a proxy, or a test fake).
 #[derive(Clone)]
 pub struct WecomClient {
@@ -87,27 +98,27 @@ impl WecomClient {
     }
 
     /// The app's cached access token, fetching one (once, however many callers wait) if needed.
-    pub async fn access_token(&self, app: &App) -> Result<AccessToken, ApiError> {
-        app.tokens.get(|| self.fetch_token(app)).await
+    pub async fn access_token(&self, app: &dyn AppAccess) -> Result<AccessToken, ApiError> {
+        app.tokens().get(|| self.fetch_token(app)).await
     }
 
-    async fn fetch_token(&self, app: &App) -> Result<(String, u64), ApiError> {
+    async fn fetch_token(&self, app: &dyn AppAccess) -> Result<(String, u64), ApiError> {
         let url = format!("{}/cgi-bin/gettoken", self.base_url);
-        let request = self.http.get(url).query(&[
-            ("corpid", app.config.corp_id.as_str()),
-            ("corpsecret", app.config.corp_secret()),
-        ]);
+        let request = self
+            .http
+            .get(url)
+            .query(&[("corpid", app.corp_id()), ("corpsecret", app.corp_secret())]);
         let body = read(Call::GetToken, request.send().await).await;
         let result = if body.is_ok() { "ok" } else { "error" };
         crate::metrics::count(
             crate::metrics::TOKEN_FETCHES,
-            &[("app", &app.config.name), ("result", result)],
+            &[("app", app.name()), ("result", result)],
         );
         if let Err(e) = &body {
-            app.tokens.set_problem(Some(e.to_string()));
+            app.tokens().set_problem(Some(e.to_string()));
         }
         let body = body?;
-        app.tokens.set_problem(None);
+        app.tokens().set_problem(None);
         let token = body
             .rest
             .get("access_token")
@@ -119,14 +130,14 @@ impl WecomClient {
             .get("expires_in")
             .and_then(Value::as_u64)
             .unwrap_or(7200);
-        tracing::info!(app = %app.config.name, expires_in, "fetched a new access token");
+        tracing::info!(app = %app.name(), expires_in, "fetched a new access token");
         Ok((token.to_owned(), expires_in))
     }
 
     /// POST `body` to `path?access_token=...`.
     pub async fn post_json(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         path: &str,
         body: &Value,
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -138,7 +149,7 @@ impl WecomClient {
     /// Upload a file with media/upload; WeCom's `media_id` for it (valid for 3 days).
     pub async fn upload_media(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         kind: MediaType,
         file: &Upload,
     ) -> Result<String, ApiError> {
@@ -166,7 +177,7 @@ impl WecomClient {
     /// drops the token and retries once.
     async fn with_token(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
         let answer = |sent| async move { read(Call::WithToken, sent).await.map(|e| e.rest) };
@@ -177,7 +188,7 @@ impl WecomClient {
     /// read, so the caller can stream it. WeCom answers errors as JSON instead of the file.
     pub async fn get_media(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         media_id: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response, ApiError> {
@@ -211,7 +222,7 @@ impl WecomClient {
     /// response. A stale-token errcode drops the token and retries once.
     async fn token_loop<T, F, Fut>(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         request: impl Fn() -> reqwest::RequestBuilder,
         answer: F,
     ) -> Result<T, ApiError>
@@ -225,8 +236,8 @@ impl WecomClient {
             let sent = request().query(&[("access_token", token.expose())]).send();
             match answer(sent.await).await {
                 Err(e) if !retried && e.is_stale_token() => {
-                    tracing::warn!(app = %app.config.name, errcode = e.errcode(), "access token rejected; fetching a new one and retrying once");
-                    app.tokens.invalidate(&token).await;
+                    tracing::warn!(app = %app.name(), errcode = e.errcode(), "access token rejected; fetching a new one and retrying once");
+                    app.tokens().invalidate(&token).await;
                     retried = true;
                 }
                 other => return other,
@@ -239,12 +250,12 @@ impl WecomClient {
     /// delivered, so ask WeCom to drop an identical copy.
     pub async fn send_app(
         &self,
-        app: &App,
+        app: &dyn AppAccess,
         to: &Recipients,
         message: &AppMessage,
         resend: bool,
     ) -> Result<SendReceipt, ApiError> {
-        let body = message.body(to, app.config.agent_id, resend);
+        let body = message.body(to, app.agent_id(), resend);
         let rest = self.post_json(app, to.path(), &body).await?;
         let invalid_users = rest
             .get("invaliduser")
@@ -263,7 +274,7 @@ impl WecomClient {
     }
 
     /// Withdraw a message the app sent (message/recall; within 24 hours of sending).
-    pub async fn recall(&self, app: &App, msgid: &str) -> Result<(), ApiError> {
+    pub async fn recall(&self, app: &dyn AppAccess, msgid: &str) -> Result<(), ApiError> {
         let body = serde_json::json!({ "msgid": msgid });
         self.post_json(app, "/cgi-bin/message/recall", &body)
             .await

@@ -4,13 +4,37 @@
 //! Must never: expose the token in `Debug` or logs.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::ApiError;
-use crate::shared::SharedTokens;
+use super::error::ApiError;
+
+// ---- Shared by replicas ----
+//
+// One process keeps its token in memory. A store shared by replicas (PostgreSQL) implements
+// `SharedTokens`, so that N replicas fetch one token per app. It never hands a token to logs
+// or errors.
+
+/// A gettoken call: the token and WeCom's `expires_in` (seconds).
+pub type Fetch<'a> = Pin<Box<dyn Future<Output = Result<(String, u64), ApiError>> + Send + 'a>>;
+
+/// Access tokens shared by replicas: one gettoken per app, whoever needs it first.
+#[async_trait]
+pub trait SharedTokens: Send + Sync + 'static {
+    /// The shared token of `app` and how long it may still be used, unless it is `stale` (it was
+    /// just rejected) or about to expire: then `fetch` runs, while every other replica that wants
+    /// this app's token waits, and its result is shared.
+    async fn token(
+        &self,
+        app: &str,
+        stale: Option<String>,
+        fetch: Fetch<'_>,
+    ) -> Result<(String, Duration), ApiError>;
+}
 
 /// Refresh this long before WeCom's stated expiry, so a token never dies mid-request.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);

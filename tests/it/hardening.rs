@@ -11,10 +11,11 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::app::Apps;
+use wecom_gateway::conversation::Push;
+use wecom_gateway::dispatch::Dispatcher;
 use wecom_gateway::message::MessageKind;
-use wecom_gateway::outbound::dispatch::{Dispatcher, Push};
-use wecom_gateway::outbound::ratelimit::Limit;
 use wecom_gateway::outbound::{Outbound, Tracked};
+use wecom_gateway::ratelimit::Limit;
 use wecom_gateway::store::{MemoryStore, SqliteStore};
 use wecom_gateway::wecom::{AppMessage, Recipients, WecomClient};
 

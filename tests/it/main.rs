@@ -12,6 +12,7 @@ mod crypto;
 mod durable;
 mod hardening;
 mod hermes;
+mod layers;
 mod media;
 mod message;
 mod operator;

@@ -6,7 +6,7 @@ use crate::support::*;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use wecom_gateway::bots::Bot;
-use wecom_gateway::outbound::ratelimit::Limit;
+use wecom_gateway::ratelimit::Limit;
 
 const TOKEN: &str = "api-token-for-tests";
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::support::job;
 use crate::support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
-use wecom_gateway::outbound::dispatch::{Push, Target};
+use wecom_gateway::conversation::{Push, Target};
 use wecom_gateway::store::{
     ChunkState, DeliveryState, HistoryEntry, MediaRecord, MemoryStore, Outcome, PostgresStore,
     Pushed, Role, SqliteStore, Store, StoreError,
@@ -437,10 +437,8 @@ async fn retention_prunes_finished_messages_only(b: &Backend) {
 async fn a_closed_store_refuses_pushes(b: &Backend) {
     let s = b.open().await;
     s.store.close();
-    assert_eq!(
-        s.store.push(job("alice", 1, "a")).await,
-        Err(StoreError::Closed)
-    );
+    let pushed = s.store.push(job("alice", 1, "a")).await;
+    assert!(matches!(pushed, Err(StoreError::Closed)), "{pushed:?}");
     assert!(s.store.next().await.is_none());
     s.feeder.await.unwrap();
 }

@@ -796,7 +796,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         member_limits: wecom_gateway::outbound::default_member_limits(),
         bot_limits: wecom_gateway::outbound::default_bot_limits(),
         // Fast retries: tests script failures and should not wait seconds for them.
-        retry: wecom_gateway::outbound::retry::RetryPolicy {
+        retry: wecom_gateway::retry::RetryPolicy {
             max_attempts: 5,
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),

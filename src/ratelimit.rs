@@ -14,7 +14,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
+
+use crate::wecom::error::ApiError;
 
 /// At most `count` sends in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +192,31 @@ impl Windows {
             }
         }
     }
+}
+
+// ---- Shared by replicas ----
+//
+// One process keeps its windows in memory (`RateLimiter`). A store shared by replicas
+// (PostgreSQL) implements `SharedWindows`, so that N replicas together keep WeCom's limits. A
+// reservation that cannot be recorded is an error, never permission to send.
+
+/// What a reservation in a rate window came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// A place is held (`id`): send now, then [`SharedWindows::settle`] it.
+    Now(i64),
+    /// Every window is full: try again after this long.
+    Wait(Duration),
+}
+
+/// Rate windows shared by replicas: together they send at most N in any window.
+#[async_trait]
+pub trait SharedWindows: Send + Sync + 'static {
+    /// Hold a place in each of `key`'s windows now, if all of them have room.
+    async fn reserve(&self, key: &str, limits: &[Limit]) -> Result<Reserved, ApiError>;
+    /// The send is over. `counted`: it may have reached WeCom, so it counts from now (WeCom
+    /// counts a message when it arrives); otherwise the place is given back.
+    async fn settle(&self, id: i64, counted: bool);
 }
 
 #[cfg(test)]

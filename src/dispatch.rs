@@ -1,9 +1,9 @@
 //! Pushes from the API and alerting: stored before they are acknowledged, then delivered one target
 //! at a time, in order (one queue per robot, one per app member), through `Outbound`.
 //!
-//! Owns: what a push is ([`Push`]: a target and its message, typed), how it is written to a store's
-//! columns, the per-target queues (which end as soon as they are empty, so idle targets cost
-//! nothing), and resuming stored deliveries after a restart.
+//! Owns: the per-target queues (which end as soon as they are empty, so idle targets cost
+//! nothing), resuming stored deliveries after a restart, and retrying a failed one. What a push
+//! is ([`Push`]: a target and its message) is defined in `conversation`.
 //!
 //! Must never: acknowledge a push it has not stored, or send two messages to one target at once.
 
@@ -12,125 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::task::JoinSet;
 
-use super::{Outbound, Undelivered};
 use crate::app::Apps;
 use crate::bots::Bot;
+use crate::conversation::{Push, Target};
+use crate::outbound::{Outbound, Undelivered};
 use crate::store::{Deliveries, StoreError, StoredDelivery};
-use crate::wecom::{AppMessage, BotMessage, Recipients};
-
-/// Where a delivery goes. Its JSON form is the store's `target` column.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Target {
-    /// One member, through an app.
-    App {
-        app: String,
-        user: String,
-    },
-    /// Members, departments and tags at once (`@all`: everyone who can see the app).
-    Broadcast {
-        app: String,
-        touser: String,
-        toparty: String,
-        totag: String,
-    },
-    /// A group chat the app created (appchat/send).
-    Chat {
-        app: String,
-        chatid: String,
-    },
-    Bot {
-        bot: String,
-    },
-}
-
-/// One WeCom message to one target: the unit a push is stored and delivered as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Push {
-    App {
-        app: String,
-        to: Recipients,
-        message: AppMessage,
-    },
-    Bot {
-        bot: String,
-        message: BotMessage,
-    },
-}
-
-impl Push {
-    pub fn target(&self) -> Target {
-        match self {
-            Push::App { app, to, .. } => {
-                let app = app.clone();
-                match to.clone() {
-                    Recipients::Member(user) => Target::App { app, user },
-                    Recipients::Many {
-                        touser,
-                        toparty,
-                        totag,
-                    } => Target::Broadcast {
-                        app,
-                        touser,
-                        toparty,
-                        totag,
-                    },
-                    Recipients::Chat(chatid) => Target::Chat { app, chatid },
-                }
-            }
-            Push::Bot { bot, .. } => Target::Bot { bot: bot.clone() },
-        }
-    }
-
-    /// The (target, message) JSON columns a store keeps.
-    pub fn to_columns(&self) -> Result<(String, String), StoreError> {
-        let encode =
-            |e: serde_json::Error| StoreError::Storage(format!("cannot encode a push: {e}"));
-        let message = match self {
-            Push::App { message, .. } => serde_json::to_string(message),
-            Push::Bot { message, .. } => serde_json::to_string(message),
-        }
-        .map_err(encode)?;
-        Ok((
-            serde_json::to_string(&self.target()).map_err(encode)?,
-            message,
-        ))
-    }
-
-    /// Read back what [`Push::to_columns`] wrote.
-    pub fn from_columns(target: &str, message: &str) -> Result<Push, String> {
-        let target: Target = serde_json::from_str(target)
-            .map_err(|e| format!("stored target cannot be read: {e}"))?;
-        let unreadable = |e: serde_json::Error| format!("stored message cannot be read: {e}");
-        let (app, to) = match target {
-            Target::App { app, user } => (app, Recipients::Member(user)),
-            Target::Broadcast {
-                app,
-                touser,
-                toparty,
-                totag,
-            } => (
-                app,
-                Recipients::Many {
-                    touser,
-                    toparty,
-                    totag,
-                },
-            ),
-            Target::Chat { app, chatid } => (app, Recipients::Chat(chatid)),
-            Target::Bot { bot } => {
-                let message = serde_json::from_str(message).map_err(unreadable)?;
-                return Ok(Push::Bot { bot, message });
-            }
-        };
-        let message = serde_json::from_str(message).map_err(unreadable)?;
-        Ok(Push::App { app, to, message })
-    }
-}
 
 /// Robots by name, replaced by a reload.
 pub type Bots = crate::live::Live<HashMap<String, Bot>>;

@@ -826,10 +826,14 @@ impl Settings {
             port: c.get("port", s.port, 8645, num(0, u16::MAX)),
             // LOG_FORMAT too, as other tools spell it.
             log_format: match s.log_format {
-                Some(v) => c.get("log_format", Some(v), Default::default(), LogFormat::parse),
+                Some(v) => c.get("log_format", Some(v), Default::default(), |t| {
+                    LogFormat::parse(t).map_err(|e| e.to_string())
+                }),
                 None => {
                     let var = c.env.get("LOG_FORMAT").map(|v| Text(Ok(v.clone())));
-                    c.get("LOG_FORMAT", var, Default::default(), LogFormat::parse)
+                    c.get("LOG_FORMAT", var, Default::default(), |t| {
+                        LogFormat::parse(t).map_err(|e| e.to_string())
+                    })
                 }
             },
             metrics_listen: c.get(

@@ -197,7 +197,7 @@ impl QueueWorker {
             let id = delivery.id;
             let Some((attempts, error)) = self.deliver(delivery).await else {
                 let left = rx.len() + 1;
-                tracing::info!(target = ?self.target, left, "shutting down: WeCom's rate limit holds this target's next message past the grace period; {left} message(s) stay stored and are delivered after the next start");
+                tracing::info!(to = ?self.target, left, "shutting down: WeCom's rate limit holds this target's next message past the grace period; {left} message(s) stay stored and are delivered after the next start");
                 return;
             };
             if let Err(e) = self.store.finish_delivery(id, attempts, error).await {
@@ -210,7 +210,7 @@ impl QueueWorker {
     /// stopping and the delivery stays stored for the next start.
     async fn deliver(&self, d: StoredDelivery) -> Option<(u32, Option<String>)> {
         let fail = |why: String| {
-            tracing::error!(delivery = d.id, target = ?self.target, "delivery failed: {why}");
+            tracing::error!(delivery = d.id, to = ?self.target, "delivery failed: {why}");
             Some((0, Some(why)))
         };
         if let Err(e) = self.store.start_delivery(d.id).await {
@@ -256,11 +256,11 @@ impl QueueWorker {
         };
         match result {
             Ok(attempts) => {
-                tracing::info!(delivery = d.id, target = ?self.target, attempts, "delivered");
+                tracing::info!(delivery = d.id, to = ?self.target, attempts, "delivered");
                 Some((attempts, None))
             }
             Err(Undelivered::Failed(failure)) => {
-                tracing::error!(delivery = d.id, target = ?self.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");
+                tracing::error!(delivery = d.id, to = ?self.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");
                 Some((failure.attempts, Some(failure.to_string())))
             }
             Err(Undelivered::Stopped) => None,

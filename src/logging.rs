@@ -1,16 +1,25 @@
-//! Log output: human-readable text (the default) or one JSON object per line (`log_format: json`),
-//! with the same fields either way.
+//! Log output: human-readable text (the default) or one JSON object per line (`log_format: json`,
+//! `tracing-subscriber`'s JSON formatter), with the same fields either way.
+//!
+//! Owns: the choice of format and the JSON line's layout: `timestamp` (Unix seconds, as text with
+//! milliseconds), `level`, the event's fields (`message` among them) at the top level, `target`,
+//! and `spans` (root first, each span's fields and `name`) when the event is inside a span. So an
+//! event's field must not be named `timestamp`, `level`, `target` or `spans`, nor a span's `name`:
+//! the JSON object would hold that key twice.
 //!
 //! Must never: log anything the rest of the code did not pass as a field or message (secrets are
-//! kept out at the call sites; this only formats).
+//! kept out at the call sites; this only formats), or let a logged value start a new line (text:
+//! user-controlled values are logged with `?`, quoted and escaped; JSON: strings are escaped).
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::Subscriber;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -19,17 +28,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// A log format that is neither `text` nor `json` (the text is a setting, not a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFormatError {
+    #[error("must be text or json, got {0:?}")]
+    Unknown(String),
+}
+
 impl LogFormat {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, LogFormatError> {
         match text.trim().to_ascii_lowercase().as_str() {
             "text" | "" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("must be text or json, got {other:?}")),
+            other => Err(LogFormatError::Unknown(other.to_owned())),
         }
     }
 
     /// `WECOM_CALLBACK_LOG_FORMAT`, else `LOG_FORMAT`, else text.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, LogFormatError> {
         let var =
             std::env::var("WECOM_CALLBACK_LOG_FORMAT").or_else(|_| std::env::var("LOG_FORMAT"));
         var.map_or(Ok(LogFormat::Text), |v| LogFormat::parse(&v))
@@ -38,83 +54,111 @@ impl LogFormat {
 
 /// Log to stderr at `RUST_LOG` (default info) in `format`.
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match format {
-        LogFormat::Text => builder
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
-        LogFormat::Json => builder.event_format(Json).init(),
+        LogFormat::Json => json(filter, std::io::stderr).init(),
     }
 }
 
-/// One JSON object per event: `ts` (Unix seconds), `level`, `target`, `message`, the event's
-/// fields, and `spans` with the fields of the spans it is in.
-struct Json;
-
-#[derive(Default)]
-struct Fields(serde_json::Map<String, serde_json::Value>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}").into());
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), value.into());
-    }
-}
-
-impl<S, N> FormatEvent<S, N> for Json
+/// The JSON subscriber: one object per event, written to `writer`.
+fn json<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync + 'static
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let meta = event.metadata();
-        // The event's fields first: they cannot overwrite ts, level or target.
-        let mut line = fields.0;
-        line.insert("ts".into(), ((ts * 1000.0).round() / 1000.0).into());
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
-        if let Some(scope) = ctx.event_scope() {
-            let spans: Vec<serde_json::Value> = scope
-                .from_root()
-                .map(|span| {
-                    let ext = span.extensions();
-                    let fields = ext
-                        .get::<tracing_subscriber::fmt::FormattedFields<N>>()
-                        .map(|f| f.fields.to_string())
-                        .unwrap_or_default();
-                    serde_json::json!({ "name": span.name(), "fields": fields })
-                })
-                .collect();
-            if !spans.is_empty() {
-                line.insert("spans".into(), spans.into());
-            }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_timer(UnixSeconds)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(true)
+        .finish()
+}
+
+/// The time as Unix seconds with milliseconds, e.g. `1763856000.123`.
+struct UnixSeconds;
+
+impl FormatTime for UnixSeconds {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        write!(w, "{}.{:03}", now.as_secs(), now.subsec_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
         }
-        writeln!(w, "{}", serde_json::Value::Object(line))
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(log: impl FnOnce()) -> Vec<serde_json::Value> {
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = json(EnvFilter::new("trace"), move || writer.clone());
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_carry_time_level_target_fields_and_spans() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let lines = lines(|| {
+            let span = tracing::info_span!("http", method = "POST", path = ?"/wecom/callback");
+            span.in_scope(|| {
+                tracing::warn!(workers = 64, ratio = 0.5, ok = true, user = ?"corp:mallory\nINFO forged\u{1b}[2K",
+                    "listening on {}", "127.0.0.1:8645");
+            });
+            tracing::info!("outside any span");
+        });
+        assert_eq!(lines.len(), 2, "one object per event: {lines:?}");
+        let line = &lines[0];
+        let ts: f64 = line["timestamp"].as_str().unwrap().parse().unwrap();
+        assert!((ts - before.as_secs_f64()).abs() < 60.0, "{line}");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["target"], module_path!());
+        assert_eq!(line["message"], "listening on 127.0.0.1:8645");
+        assert_eq!(line["workers"], 64);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["user"], "\"corp:mallory\\nINFO forged\\u{1b}[2K\"");
+        assert_eq!(
+            line["spans"],
+            serde_json::json!([{"name": "http", "method": "POST", "path": "\"/wecom/callback\""}])
+        );
+        assert!(line.get("span").is_none(), "the list only: {line}");
+        assert!(lines[1].get("spans").is_none(), "{}", lines[1]);
+    }
+
+    #[test]
+    fn a_format_is_text_or_json() {
+        assert_eq!(LogFormat::parse(" JSON "), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::parse(""), Ok(LogFormat::Text));
+        assert_eq!(
+            LogFormat::parse("yaml").unwrap_err().to_string(),
+            "must be text or json, got \"yaml\""
+        );
     }
 }

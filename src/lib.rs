@@ -62,12 +62,21 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up the WeCom API client: {0}")]
+    Client(#[source] wecom::ApiError),
     #[error("app setup failed: {0}")]
-    App(String),
+    Keys(#[source] crypto::CryptoError),
+    #[error("app setup failed: {0}")]
+    Agent(#[source] agent::SetupError),
     #[error("{0}")]
-    Store(String),
+    Store(#[source] store::StoreError),
+    #[error("cannot open the PostgreSQL store {url}: {source}")]
+    Postgres {
+        url: String,
+        source: store::StoreError,
+    },
     #[error("server failed: {0}")]
-    Serve(std::io::Error),
+    Serve(#[source] std::io::Error),
 }
 
 /// What to do about a port that cannot be bound.
@@ -125,7 +134,7 @@ impl Application {
             &config.api_base_url,
             Duration::from_secs(config.http_timeout_secs),
         )
-        .map_err(|e| StartupError::App(e.to_string()))?;
+        .map_err(StartupError::Client)?;
         let mut data_dir_lock = None;
         let (store, shared): (Arc<dyn Store>, Option<Arc<PostgresStore>>) = match &config.store {
             StoreKind::Memory => (
@@ -136,7 +145,7 @@ impl Application {
                 let max_bytes =
                     (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
                 let store = SqliteStore::open(&config.data_dir, config.queue_capacity, max_bytes)
-                    .map_err(|e| StartupError::Store(e.to_string()))?;
+                    .map_err(StartupError::Store)?;
                 let recovered = store.recovered();
                 tracing::info!(path = %store.path().display(), resumed = recovered.resumed, given_up = recovered.given_up, "message store open");
                 if recovered.given_up > 0 {
@@ -147,19 +156,22 @@ impl Application {
             StoreKind::Postgres(url) => {
                 data_dir_lock = Some(
                     store::sqlite::lock_data_dir(&config.data_dir)
-                        .map_err(|e| StartupError::Store(e.to_string()))?,
+                        .map_err(StartupError::Store)?,
                 );
                 let lease = Duration::from_secs(config.lease_secs);
-                let store = PostgresStore::open(url, lease).await.map_err(|e| {
-                    StartupError::Store(format!("cannot open the PostgreSQL store {url}: {e}"))
-                })?;
+                let store = PostgresStore::open(url, lease)
+                    .await
+                    .map_err(|source| StartupError::Postgres {
+                        url: url.to_string(),
+                        source,
+                    })?;
                 tracing::info!(store = %url, lease_secs = config.lease_secs, "message store open (PostgreSQL, shared by replicas)");
                 (store.clone(), Some(store))
             }
         };
         let shared_tokens = shared.clone().map(|s| s as Arc<dyn SharedTokens>);
-        let apps = Apps::new(&config.apps, shared_tokens.clone())
-            .map_err(|e| StartupError::App(e.to_string()))?;
+        let apps =
+            Apps::new(&config.apps, shared_tokens.clone()).map_err(StartupError::Keys)?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -198,7 +210,7 @@ impl Application {
             apps.clone(),
             live::Live::new(bots),
         ));
-        let agents = Agents::build(&config, given.clone(), &store).map_err(StartupError::App)?;
+        let agents = Agents::build(&config, given.clone(), &store).map_err(StartupError::Agent)?;
         let public_url =
             (config.media.public_url.clone()).unwrap_or_else(|| default_public_url(local_addr));
         let received = Arc::new(Received::new(

@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     let env_files = match read_env_files(cli.env_file.as_deref()) {
         Ok(set) => set,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             return ExitCode::from(1);
         }
     };
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => match load(config.clone()) {
             Ok(loaded) => Some(loaded),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", report(&e));
                 return ExitCode::from(1);
             }
         },
@@ -221,10 +221,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, each said once: the library's messages often name their cause
+/// already (so a log line is whole), and `{:#}` would then repeat it.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 /// Where a reload reads the environment: the process's own variables as given at start, then the
@@ -235,12 +248,12 @@ struct Environment {
 }
 
 impl Environment {
-    fn now(&self) -> Result<Vec<(String, String)>, String> {
+    fn now(&self) -> Result<Vec<(String, String)>, wecom_gateway::dotenv::DotenvError> {
         let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| self.given.contains(k))
             .collect();
         for file in env_files(self.env_file.as_deref()) {
-            for (key, value) in wecom_gateway::dotenv::read(&file).map_err(|e| e.to_string())? {
+            for (key, value) in wecom_gateway::dotenv::read(&file)? {
                 env.entry(key).or_insert(value);
             }
         }
@@ -265,7 +278,7 @@ fn serve((config, loaded): (Config, Loaded), environment: Environment) -> anyhow
         // SIGHUP reads the same file (and the environment) again.
         let file = loaded.config_file.clone();
         let reload = move || {
-            let env = environment.now().map_err(|e| ConfigErrors(vec![e]))?;
+            let env = environment.now().map_err(|e| ConfigErrors(vec![e.to_string()]))?;
             let (config, loaded) = Config::load(file.as_deref(), env)?;
             for w in &loaded.warnings {
                 tracing::warn!("config: {w}");

@@ -14,7 +14,7 @@ use crate::xml::parse_fields;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     #[error("malformed XML: {0}")]
-    Xml(String),
+    Xml(#[from] crate::xml::XmlError),
     #[error("required field {0} is missing or empty")]
     Missing(&'static str),
     #[error("field {field} has an invalid value: {reason}")]

@@ -18,6 +18,15 @@ use crate::worker::{Agents, Worker};
 /// file and the process environment).
 pub type Reloader = Box<dyn Fn() -> Result<config::Config, config::ConfigErrors> + Send + Sync>;
 
+/// Why a configuration that validated could not be applied (the running one is kept).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("app setup failed: {0}")]
+    Agent(#[from] crate::agent::SetupError),
+    #[error("app setup failed: {0}")]
+    Keys(#[from] crate::crypto::CryptoError),
+}
+
 /// What a reload replaces while the gateway runs.
 pub(crate) struct Reloadable {
     pub(crate) running: Config,
@@ -34,12 +43,9 @@ impl Reloadable {
     /// Apply a new configuration: apps, robots, the allowlist, agents and API tokens are replaced;
     /// work in progress keeps what it started with. Settings of the process itself (address,
     /// store, workers...) are reported as taking effect at the next start.
-    fn apply(&mut self, new: Config) -> Result<(), String> {
-        let agents = Agents::build(&new, self.given.clone(), &self.store)
-            .map_err(|e| format!("app setup failed: {e}"))?;
-        self.apps
-            .reload(&new.apps, self.shared.clone())
-            .map_err(|e| e.to_string())?;
+    fn apply(&mut self, new: Config) -> Result<(), ReloadError> {
+        let agents = Agents::build(&new, self.given.clone(), &self.store)?;
+        self.apps.reload(&new.apps, self.shared.clone())?;
         self.state.allowlist.set(new.allowlist.clone());
         self.state.api_tokens.set(new.api_tokens.clone());
         let bots = new

@@ -56,7 +56,7 @@ impl Agents {
         config: &Config,
         given: Option<Arc<dyn Agent>>,
         store: &Arc<dyn Store>,
-    ) -> Result<Agents, String> {
+    ) -> Result<Agents, crate::agent::SetupError> {
         if let Some(agent) = given {
             return Ok(Agents {
                 default: Arc::new(AgentHandle::new(agent, &config.agent)),

@@ -12,8 +12,25 @@ use quick_xml::Reader;
 /// Documents deeper than this are not WeCom callbacks; refuse them rather than recurse.
 const MAX_DEPTH: usize = 8;
 
+/// Why a document is not a WeCom XML message (what was wrong, and where when known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct XmlError(String);
+
+impl From<String> for XmlError {
+    fn from(reason: String) -> Self {
+        XmlError(reason)
+    }
+}
+
+impl From<&str> for XmlError {
+    fn from(reason: &str) -> Self {
+        XmlError(reason.to_owned())
+    }
+}
+
 /// Parse a WeCom XML document whose root is `<xml>` into its fields, in document order.
-pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, XmlError> {
     let mut reader = Reader::from_str(input);
     let mut fields: Vec<(String, String)> = Vec::new();
     // The dotted path of the open elements below the root ("C.D"), with the length it had before
@@ -43,7 +60,7 @@ pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
                 if !seen_root {
                     let name = name_of(start.name().as_ref())?;
                     if name != "xml" {
-                        return Err(format!("root element must be <xml>, found <{name}>"));
+                        return Err(format!("root element must be <xml>, found <{name}>").into());
                     }
                     seen_root = true;
                     continue;
@@ -61,7 +78,7 @@ pub fn parse_fields(input: &str) -> Result<Vec<(String, String)>, String> {
             Event::Empty(empty) => {
                 let name = name_of(empty.name().as_ref())?;
                 if !seen_root {
-                    return Err(format!("root element must be <xml>, found <{name}/>"));
+                    return Err(format!("root element must be <xml>, found <{name}/>").into());
                 }
                 if !root_closed {
                     let full = match path.is_empty() {

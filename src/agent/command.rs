@@ -185,12 +185,25 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> (Vec<u8>
     (kept, dropped)
 }
 
+/// Why a command agent's `program` cannot run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotRunnable {
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    #[error("is not a file")]
+    NotAFile,
+    #[error("is not executable (chmod +x)")]
+    NotExecutable,
+    #[error("is not an executable found on PATH")]
+    NotOnPath,
+}
+
 /// Whether `program` names an executable file: a path (a relative one from `working_dir`, where
 /// the program runs), or a name found on `PATH`.
 pub(crate) fn executable(
     program: &str,
     working_dir: Option<&std::path::Path>,
-) -> Result<(), String> {
+) -> Result<(), NotRunnable> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |path: &std::path::Path| {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -202,15 +215,15 @@ pub(crate) fn executable(
         };
         let path = path.as_path();
         return match std::fs::metadata(path) {
-            Err(e) => Err(format!("cannot be read: {e}")),
-            Ok(m) if !m.is_file() => Err("is not a file".into()),
-            Ok(_) if !runnable(path) => Err("is not executable (chmod +x)".into()),
+            Err(e) => Err(NotRunnable::Unreadable(e)),
+            Ok(m) if !m.is_file() => Err(NotRunnable::NotAFile),
+            Ok(_) if !runnable(path) => Err(NotRunnable::NotExecutable),
             Ok(_) => Ok(()),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     match std::env::split_paths(&path).any(|dir| runnable(&dir.join(program))) {
         true => Ok(()),
-        false => Err("is not an executable found on PATH".into()),
+        false => Err(NotRunnable::NotOnPath),
     }
 }

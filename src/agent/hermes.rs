@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::openai::{api_client, api_lines, chat_completion, HELP, RESET_DONE};
-use super::turn::{Agent, AgentError, Turn};
+use super::turn::{SetupError, Agent, AgentError, Turn};
 use crate::message::MessageKind;
 use crate::store::{History, HistoryEntry, Role};
 use crate::wecom::AppMessage;
@@ -60,7 +60,7 @@ fn session_key(user_key: &str) -> String {
 }
 
 impl HermesAgent {
-    pub fn new(config: HermesConfig, store: Arc<dyn History>) -> Result<Self, String> {
+    pub fn new(config: HermesConfig, store: Arc<dyn History>) -> Result<Self, SetupError> {
         let http = api_client(config.timeout)?;
         Ok(HermesAgent {
             http,

@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::turn::{answer_from, Agent, AgentError, Turn};
+use super::turn::{SetupError, answer_from, Agent, AgentError, Turn};
 use crate::retry::RetryPolicy;
 use crate::wecom::AppMessage;
 
@@ -52,14 +52,13 @@ const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl HttpAgent {
-    pub fn new(config: HttpAgentConfig) -> Result<Self, String> {
+    pub fn new(config: HttpAgentConfig) -> Result<Self, SetupError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("agent.headers: {name:?} is not a valid header name"))?;
-            let mut value = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
-                format!("agent.headers.{name}: the value is not a valid header value")
-            })?;
+                .map_err(|_| SetupError::HeaderName(name.clone()))?;
+            let mut value = HeaderValue::from_str(value.expose_secret())
+                .map_err(|_| SetupError::HeaderValue(name.to_string()))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
@@ -68,7 +67,7 @@ impl HttpAgent {
             .default_headers(headers)
             .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))?;
+            .map_err(SetupError::Client)?;
         let retry = RetryPolicy {
             max_attempts: config.retries + 1,
             base: RETRY_BASE,

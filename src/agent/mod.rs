@@ -22,7 +22,7 @@ pub use echo::EchoAgent;
 pub use hermes::HermesConfig;
 pub use http::HttpAgentConfig;
 pub use openai::OpenAiConfig;
-pub use turn::{Agent, AgentError, Turn};
+pub use turn::{Agent, AgentError, SetupError, Turn};
 
 pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
 pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";
@@ -180,7 +180,7 @@ pub fn build(
     config: &AgentConfig,
     store: Arc<dyn History>,
     inline_text_bytes: u64,
-) -> Result<Arc<dyn Agent>, String> {
+) -> Result<Arc<dyn Agent>, SetupError> {
     Ok(match &config.kind {
         AgentKind::Echo => Arc::new(EchoAgent {
             delay: Duration::from_millis(config.delay_ms),

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::turn::{Agent, AgentError, Turn};
+use super::turn::{SetupError, Agent, AgentError, Turn};
 use crate::message::MessageKind;
 use crate::received::{Fetched, MediaInfo};
 use crate::store::{History, HistoryEntry, Role};
@@ -60,12 +60,12 @@ pub(crate) fn api_lines(
 }
 
 /// The HTTP client for a model API: the agent's timeout bounds a whole turn.
-pub(crate) fn api_client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub(crate) fn api_client(timeout: Duration) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .user_agent(concat!("wecom-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("agent: cannot build the HTTP client: {e}"))
+        .map_err(SetupError::Client)
 }
 
 impl OpenAiConfig {
@@ -154,7 +154,7 @@ impl OpenAiAgent {
         config: OpenAiConfig,
         store: Arc<dyn History>,
         inline_text_bytes: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let http = api_client(config.timeout)?;
         Ok(OpenAiAgent {
             http,

@@ -169,3 +169,14 @@ pub(crate) fn answer_from(doc: &Value) -> Result<Vec<AppMessage>, AgentError> {
     }
     Ok(answer)
 }
+
+/// Why an agent could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("agent.headers: {0:?} is not a valid header name")]
+    HeaderName(String),
+    #[error("agent.headers.{0}: the value is not a valid header value")]
+    HeaderValue(String),
+    #[error("agent: cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}

@@ -27,11 +27,54 @@ use crate::store::{NewJob, Pushed};
 /// A refused callback: which check refused it and why. WeCom sees the status alone; the log says
 /// which check and why (with no secrets in either).
 struct Reject {
-    check: &'static str,
+    check: Check,
     error: HttpError,
 }
 
-fn bad(check: &'static str, reason: impl Into<String>) -> Reject {
+/// The checks a callback passes, in order. Each names itself in the log (`check=`) and counts as
+/// one `result` of `wecom_gateway_callbacks_total`; the status and the log level come from the
+/// [`HttpError`] (the client's mistake is a 4xx and a warning, the server's a 5xx and an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Query,
+    Replay,
+    Signature,
+    Decrypt,
+    CorpId,
+    Body,
+    Envelope,
+    Message,
+    Store,
+}
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::Query => "query",
+            Check::Replay => "replay",
+            Check::Signature => "signature",
+            Check::Decrypt => "decrypt",
+            Check::CorpId => "corp_id",
+            Check::Body => "body",
+            Check::Envelope => "envelope",
+            Check::Message => "message",
+            Check::Store => "store",
+        }
+    }
+
+    /// What a refusal by this check counts as.
+    fn outcome(self) -> Outcome {
+        match self {
+            Check::Signature => Outcome::BadSignature,
+            Check::Decrypt | Check::CorpId => Outcome::DecryptError,
+            Check::Replay => Outcome::Replayed,
+            Check::Store => Outcome::StoreError,
+            Check::Query | Check::Body | Check::Envelope | Check::Message => Outcome::Malformed,
+        }
+    }
+}
+
+fn bad(check: Check, reason: impl Into<String>) -> Reject {
     Reject {
         check,
         error: HttpError::BadRequest(reason.into()),
@@ -39,15 +82,8 @@ fn bad(check: &'static str, reason: impl Into<String>) -> Reject {
 }
 
 impl Reject {
-    /// What this refusal counts as.
     fn outcome(&self) -> Outcome {
-        match self.check {
-            "signature" => Outcome::BadSignature,
-            "decrypt" | "corp_id" => Outcome::DecryptError,
-            "replay" => Outcome::Replayed,
-            "store" => Outcome::StoreError,
-            _ => Outcome::Malformed,
-        }
+        self.check.outcome()
     }
 }
 
@@ -118,7 +154,7 @@ pub async fn count_too_large(response: Response) -> Response {
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        self.error.log("callback", self.check);
+        self.error.log("callback", self.check.name());
         self.error.status().into_response()
     }
 }
@@ -151,7 +187,7 @@ fn signed_query(raw: Option<&str>) -> Result<Signed<'_>, Reject> {
         }
         let v = percent_decode_str(v).decode_utf8().map_err(|_| {
             bad(
-                "query",
+                Check::Query,
                 format!("query parameter {k:?} is not UTF-8 after percent-decoding"),
             )
         })?;
@@ -168,7 +204,7 @@ fn signed_query(raw: Option<&str>) -> Result<Signed<'_>, Reject> {
 fn required<'q>(value: Option<Cow<'q, str>>, name: &'static str) -> Result<Cow<'q, str>, Reject> {
     value
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| bad("query", format!("missing query parameter {name}")))
+        .ok_or_else(|| bad(Check::Query, format!("missing query parameter {name}")))
 }
 
 /// Refuse a callback whose signed timestamp is further than `window` from the gateway's clock
@@ -180,7 +216,7 @@ fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Rejec
     let sent: i64 = timestamp
         .trim()
         .parse()
-        .map_err(|_| bad("replay", format!("timestamp {timestamp:?} is not a number")))?;
+        .map_err(|_| bad(Check::Replay, format!("timestamp {timestamp:?} is not a number")))?;
     let skew = crate::outbound::upload::unix_now().saturating_sub(sent);
     if skew.unsigned_abs() > window.as_secs() {
         let (by, way) = match skew > 0 {
@@ -188,7 +224,7 @@ fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Rejec
             false => (skew.saturating_neg(), "ahead of"),
         };
         return Err(Reject {
-            check: "replay",
+            check: Check::Replay,
             error: HttpError::Forbidden(format!(
                 "the callback's timestamp is {by} s {way} this server's clock, outside replay_window ({} s): a replayed callback, or a server clock that is off (check NTP)",
                 window.as_secs()
@@ -200,8 +236,8 @@ fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Rejec
 
 fn crypto_reject(e: &CryptoError) -> Reject {
     let check = match e {
-        CryptoError::ValidateCorpId => "corp_id",
-        _ => "decrypt",
+        CryptoError::ValidateCorpId => Check::CorpId,
+        _ => Check::Decrypt,
     };
     bad(check, e.to_string())
 }
@@ -246,7 +282,7 @@ fn open(
     Err(match decrypt_error {
         Some(e) => crypto_reject(&e),
         None => Reject {
-            check: "signature",
+            check: Check::Signature,
             error: HttpError::Forbidden(
                 "msg_signature does not match any configured app's token (-40001)".into(),
             ),
@@ -261,18 +297,18 @@ pub async fn verify_url(State(state): State<AppState>, RawQuery(raw): RawQuery) 
         Err(r) => return r.into_response(),
     };
     let Some(echostr) = signed.echostr.as_deref().filter(|e| !e.is_empty()) else {
-        return bad("query", "missing query parameter echostr").into_response();
+        return bad(Check::Query, "missing query parameter echostr").into_response();
     };
     let opened = open(state.apps.candidates(None, None), &signed, echostr, None)
         .and_then(|opened| check_fresh(&signed.timestamp, state.replay_window).map(|()| opened));
     match opened {
-        Ok(Opened::Stored(_)) => bad("decrypt", "echostr was not decrypted").into_response(),
+        Ok(Opened::Stored(_)) => bad(Check::Decrypt, "echostr was not decrypted").into_response(),
         Ok(Opened::Plain(app, plain)) => match String::from_utf8(plain) {
             Ok(text) => {
                 tracing::info!(app = %app.config.name, "callback URL verified");
                 (StatusCode::OK, text).into_response()
             }
-            Err(_) => bad("decrypt", "echostr plaintext is not UTF-8").into_response(),
+            Err(_) => bad(Check::Decrypt, "echostr plaintext is not UTF-8").into_response(),
         },
         Err(r) => r.into_response(),
     }
@@ -302,9 +338,9 @@ pub async fn receive(
 /// Queue the callback; `Ok`, `Duplicate` or `Denied` (acknowledged, not for the agent).
 async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Result<Outcome, Reject> {
     let signed = signed_query(raw_query)?;
-    let body = std::str::from_utf8(body).map_err(|_| bad("body", "body is not UTF-8"))?;
+    let body = std::str::from_utf8(body).map_err(|_| bad(Check::Body, "body is not UTF-8"))?;
     let envelope = Envelope::parse(body)
-        .map_err(|e| bad("envelope", format!("callback XML (-40002): {e}")))?;
+        .map_err(|e| bad(Check::Envelope, format!("callback XML (-40002): {e}")))?;
     let candidates = state.apps.candidates(
         envelope.to_user_name.as_deref(),
         envelope.agent_id.as_deref(),
@@ -322,9 +358,9 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
         state.agent_ids.check(&app, agent_id);
     }
     let xml = std::str::from_utf8(&plain)
-        .map_err(|_| bad("message", "decrypted message is not UTF-8"))?;
+        .map_err(|_| bad(Check::Message, "decrypted message is not UTF-8"))?;
     let message = InboundMessage::parse(xml)
-        .map_err(|e| bad("message", format!("decrypted message: {e}")))?;
+        .map_err(|e| bad(Check::Message, format!("decrypted message: {e}")))?;
 
     let corp_id = &app.config.corp_id;
     let user_id = &message.from_user_name;
@@ -349,7 +385,7 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
             // Not the client's fault, and WeCom retries a non-200: 503 (full, busy) or 500 (a
             // write failed), never a 200 for something not recorded.
             let pushed = state.store.push(job).await.map_err(|e| Reject {
-                check: "store",
+                check: Check::Store,
                 error: e.into(),
             })?;
             state.recent.stored(&signed.msg_signature, dedup_key);

@@ -9,6 +9,8 @@
 
 pub mod upload;
 
+pub use upload::Unsendable;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,7 +323,7 @@ impl Outbound {
         if upload::reusable(media, now) {
             return Ok(false);
         }
-        let file = (upload::load(media, kind, &self.agent_dirs).await).map_err(Some)?;
+        let file = (upload::load(media, kind, &self.agent_dirs).await).map_err(|e| Some(e.to_string()))?;
         let bytes = file.bytes.len();
         match upload(file).await {
             Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),
@@ -335,7 +337,7 @@ impl Outbound {
     /// A robot message from an item of the flat schema (`AppMessage::from_item`): an image is
     /// read now and carried inline (base64 and md5, at most 2 MB); a file is checked now and
     /// uploaded with the robot's upload_media when delivered.
-    pub async fn bot_message(&self, item: AppMessage) -> Result<BotMessage, String> {
+    pub async fn bot_message(&self, item: AppMessage) -> Result<BotMessage, Unsendable> {
         Ok(match item {
             AppMessage::Text { content } => BotMessage::Text {
                 content,
@@ -353,7 +355,8 @@ impl Outbound {
                     let got = file.bytes.len();
                     return Err(format!(
                         "a robot's image is at most {BOT_IMAGE_MAX_BYTES} bytes, got {got}"
-                    ));
+                    )
+                    .into());
                 }
                 BotMessage::Image {
                     base64: base64::engine::general_purpose::STANDARD.encode(&file.bytes),
@@ -364,7 +367,7 @@ impl Outbound {
                 upload::load(&media, MediaType::File, &self.agent_dirs).await?;
                 BotMessage::File(media)
             }
-            other => return Err(format!("a group robot cannot send {}", other.msgtype())),
+            other => return Err(format!("a group robot cannot send {}", other.msgtype()).into()),
         })
     }
 
@@ -392,7 +395,7 @@ impl Outbound {
 
     /// Whether a media message's file can be sent (readable, allowed, within WeCom's limits),
     /// without uploading it: for the push API, which answers 400 before storing a bad request.
-    pub async fn check_media(&self, message: &AppMessage) -> Result<(), String> {
+    pub async fn check_media(&self, message: &AppMessage) -> Result<(), Unsendable> {
         match (message.media_type(), message.media()) {
             (Some(kind), Some(media)) => {
                 upload::load(media, kind, &self.agent_dirs).await.map(drop)

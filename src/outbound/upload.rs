@@ -11,8 +11,31 @@ use base64::Engine as _;
 use tokio::io::AsyncReadExt;
 
 use crate::wecom::client::Upload;
-use crate::wecom::media::MediaType;
+use crate::wecom::media::{MediaRefused, MediaType};
 use crate::wecom::payload::Media;
+
+/// Why an item's file cannot be sent: not allowed, not readable, or refused by WeCom's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsendable(String);
+
+impl From<String> for Unsendable {
+    fn from(reason: String) -> Self {
+        Unsendable(reason)
+    }
+}
+
+impl From<&str> for Unsendable {
+    fn from(reason: &str) -> Self {
+        Unsendable(reason.to_owned())
+    }
+}
+
+impl From<MediaRefused> for Unsendable {
+    fn from(e: MediaRefused) -> Self {
+        Unsendable(e.to_string())
+    }
+}
 
 /// A media_id is reused for a resend while younger than this: WeCom keeps uploads for 3 days,
 /// and an hour's margin keeps a slow resend from using one that just expired.
@@ -35,7 +58,7 @@ pub async fn load(
     media: &Media,
     kind: MediaType,
     agent_dirs: &[PathBuf],
-) -> Result<Upload, String> {
+) -> Result<Upload, Unsendable> {
     let (bytes, name) = match (&media.path, &media.base64) {
         (Some(path), _) => (
             read_allowed(Path::new(path), kind, agent_dirs).await?,
@@ -55,7 +78,7 @@ pub async fn load(
     })
 }
 
-async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<Vec<u8>, String> {
+async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<Vec<u8>, Unsendable> {
     let outside = || {
         match dirs.is_empty() {
         true => format!("{path:?} is refused: no directory is allowed (set media.agent_dirs to let agents send files by path; base64 always works)"),
@@ -66,18 +89,18 @@ async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<
     // told; then by where it really is, with symlinks followed.
     let roots = roots(dirs).await;
     if !path.is_absolute() || !within(&lexical(path), &roots) {
-        return Err(outside());
+        return Err(outside().into());
     }
     let cannot = |e: std::io::Error| format!("cannot read {path:?}: {e}");
     let real = tokio::fs::canonicalize(path).await.map_err(cannot)?;
     if !within(&real, &roots) {
-        return Err(outside());
+        return Err(outside().into());
     }
     // Opened once: the size is the opened file's, and no more than the limit is read.
     let file = tokio::fs::File::open(&real).await.map_err(cannot)?;
     let meta = file.metadata().await.map_err(cannot)?;
     if !meta.is_file() {
-        return Err(format!("{path:?} is not a regular file"));
+        return Err(format!("{path:?} is not a regular file").into());
     }
     kind.check_size(meta.len())?;
     let mut bytes = Vec::new();
@@ -120,7 +143,7 @@ fn lexical(path: &Path) -> PathBuf {
 }
 
 /// Standard base64, optionally as a data URL (`data:image/png;base64,...`).
-fn decode(text: &str, kind: MediaType) -> Result<Vec<u8>, String> {
+fn decode(text: &str, kind: MediaType) -> Result<Vec<u8>, Unsendable> {
     // Wrapped base64 (as `base64` and most libraries write it by default) is fine too.
     let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let text = match text.strip_prefix("data:") {
@@ -134,7 +157,7 @@ fn decode(text: &str, kind: MediaType) -> Result<Vec<u8>, String> {
     }
     base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| format!("base64 is not valid: {e}"))
+        .map_err(|e| format!("base64 is not valid: {e}").into())
 }
 
 fn file_name(path: &str) -> Option<String> {

@@ -59,19 +59,17 @@ impl MediaType {
     }
 
     /// The size rule alone, for a file whose length is known before it is read.
-    pub fn check_size(self, len: u64) -> Result<(), String> {
+    pub fn check_size(self, len: u64) -> Result<(), MediaRefused> {
         let max = self.max_bytes();
         if len <= MIN_BYTES as u64 || len > max as u64 {
-            return Err(format!(
-                "{} of {len} bytes is outside WeCom's limits (more than {MIN_BYTES} bytes, at most {max})",
-                self.as_str()
-            ));
+            let kind = self.as_str();
+            return Err(MediaRefused::Size { kind, len, max });
         }
         Ok(())
     }
 
     /// Size and format; the content type to upload with.
-    pub fn check(self, bytes: &[u8]) -> Result<&'static str, String> {
+    pub fn check(self, bytes: &[u8]) -> Result<&'static str, MediaRefused> {
         self.check_size(bytes.len() as u64)?;
         self.content_type(bytes).ok_or_else(|| {
             let wanted = match self {
@@ -79,9 +77,28 @@ impl MediaType {
                 MediaType::Voice => "AMR",
                 _ => "MP4",
             };
-            format!("WeCom takes {} only as {wanted}", self.as_str())
+            MediaRefused::Format {
+                kind: self.as_str(),
+                wanted,
+            }
         })
     }
+}
+
+/// Why WeCom would refuse a file: its size or its format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaRefused {
+    #[error("{kind} of {len} bytes is outside WeCom's limits (more than {MIN_BYTES} bytes, at most {max})")]
+    Size {
+        kind: &'static str,
+        len: u64,
+        max: usize,
+    },
+    #[error("WeCom takes {kind} only as {wanted}")]
+    Format {
+        kind: &'static str,
+        wanted: &'static str,
+    },
 }
 
 #[cfg(test)]

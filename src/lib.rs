@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod allowlist;
+pub mod api_token;
 pub mod app;
 pub mod bots;
 pub mod config;

@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
 use super::AppState;
+pub use crate::api_token::ApiToken;
 use crate::bots::{Alert, AlertmanagerPayload};
 use crate::inbox::{FailedId, InboxError};
 use crate::outbound::dispatch::Push;
@@ -36,23 +37,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/failed/{id}/retry", post(retry_failed))
         .fallback(|| async { ApiFailure(HttpError::NotFound("no such endpoint".into())) })
         .layer(middleware::from_fn_with_state(state, authenticate))
-}
-
-/// A bearer token for /api/v1, and what it may do beyond sending to members one by one.
-#[derive(Debug, Clone)]
-pub struct ApiToken {
-    pub token: SecretString,
-    /// May address departments, tags and `@all` (`scopes: [broadcast]`).
-    pub broadcast: bool,
-}
-
-impl From<SecretString> for ApiToken {
-    fn from(token: SecretString) -> Self {
-        ApiToken {
-            token,
-            broadcast: false,
-        }
-    }
 }
 
 /// What the caller's token allows, for the handlers.

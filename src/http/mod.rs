@@ -19,8 +19,8 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::allowlist::Allowlist;
 use crate::app::Apps;
-use crate::config::Allowlist;
 use crate::inbox::Inbox;
 use crate::live::Live;
 use crate::outbound::Dispatcher;

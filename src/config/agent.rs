@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::keys::AGENT;
-use super::read::{About, At, Key, Reader};
+use super::keys::{names, About, Key, AGENT};
+use super::read::{At, Reader};
 use super::rules::{self, num, secs, HttpUrl, Invalid};
 use crate::agent::hermes::{self, HermesConfig};
 use crate::agent::{
@@ -90,7 +90,7 @@ pub(crate) fn read<T, O>(
     let Some(s) = r.section(at, key, "a mapping such as {kind: echo}") else {
         return at.given(key).then_some(inherited);
     };
-    r.unknown(&s, &super::keys::names(AGENT_KEYS));
+    r.unknown(&s, &names(AGENT_KEYS));
     // Read by the kinds that use it, so an echo agent's stray timeout_secs stays harmless.
     let timeout = |r: &mut Reader<'_>, default| r.get(&s, &TIMEOUT_SECS).unwrap_or(default);
     let kind = match r.get(&s, &KIND).as_deref().unwrap_or("echo") {

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 
 use super::agent;
 use super::keys::*;
-use super::read::{About, At, Reader};
+use super::read::{At, Reader};
 use super::rules::Invalid;
 use super::types::{Config, MediaConfig};
 use crate::agent::AgentConfig;
@@ -142,7 +142,7 @@ fn apps(r: &mut Reader<'_>, root: &At<'_>, global: &AgentConfig) -> Vec<AppConfi
             "no WeCom app configured: running for group robots and the push API only (callbacks are refused)",
         ),
         None => {
-            let mut vars: Vec<String> = SINGLE_APP.iter().map(|k| k.env()).collect();
+            let mut vars: Vec<String> = SINGLE_APP.iter().map(|k| env_var(k.name())).collect();
             let last = vars.pop().unwrap_or_default();
             let set = format!("{} and {last}", vars.join(", "));
             r.err(APPS.name, Invalid::NoApp(set));

@@ -14,7 +14,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::build;
-use super::read::{At, Reader, ENV_PREFIX, ENV_SOURCE};
+use super::keys::ENV_PREFIX;
+use super::read::{At, Reader, ENV_SOURCE};
 use super::types::{Config, ConfigErrors, Loaded};
 
 /// Existing deployments keep the keys under this nesting; it is read as if it were the top level.

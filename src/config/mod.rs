@@ -3,10 +3,10 @@
 //! variable.
 //!
 //! This file only declares the parts and re-exports what the rest of the crate uses. Each part
-//! imports the ones below it, never this file: `types` (the shapes) < `rules` (text to value) <
-//! `read` (key definitions, the reader) < `keys` (every key, once; check-config's output and the
-//! reload report derive from it) < `agent` (the agent section's keys) < `build` (keys into a
-//! [`Config`]) < `load` (the sources).
+//! imports only the ones before it, never this file: `types` (the shapes), `rules` (text to
+//! value, and why not), `keys` (what a key is, and every key once: check-config's output and the
+//! reload report derive from it), `read` (the reader over the merged sources), `agent` (the agent
+//! section's keys), `build` (keys into a [`Config`]), `load` (the sources).
 //!
 //! Configuration sits at the top of the crate: it reads types from lower modules (agent, app,
 //! bots, crypto, allowlist, api_token, logging, outbound, inbox) and never from http, worker,
@@ -16,14 +16,14 @@
 
 mod agent;
 mod build;
+#[rustfmt::skip] // a table, laid out by hand
 mod keys;
 mod load;
 mod read;
 mod rules;
 mod types;
 
-pub use self::keys::{keys, DEFAULT_API_BASE_URL};
-pub use self::read::{Reload, ENV_PREFIX};
+pub use self::keys::{keys, Reload, DEFAULT_API_BASE_URL, ENV_PREFIX};
 pub use self::types::{Config, ConfigErrors, Loaded, MediaConfig};
 pub use crate::agent::{
     AgentConfig, AgentKind, CommandAgentConfig, HermesConfig, HttpAgentConfig, OpenAiConfig,

@@ -1,5 +1,5 @@
-//! Reading keys out of the merged sources: what a key definition is, and a reader that walks
-//! figment's merged value tree by those definitions and collects every problem.
+//! Reading keys out of the merged sources: a reader that walks figment's merged value tree by the
+//! key definitions (`keys.rs`) and collects every problem.
 //!
 //! Owns: text conversion (values stay text; YAML numbers become their digits), empty meaning
 //! absent, lists as YAML lists or comma-separated text, unknown-key warnings with the nearest known
@@ -12,152 +12,11 @@ use std::fmt::Display;
 use figment::value::{Dict, Value};
 use figment::{Figment, Profile};
 
-use super::rules::{Invalid, Ruled};
-use super::types::Config;
+use super::keys::{env_var, Absent, Key};
+use super::rules::Invalid;
 
-pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
 /// The figment metadata name of the environment provider, by which values from there are found.
 pub(crate) const ENV_SOURCE: &str = "WECOM_CALLBACK_* environment";
-
-/// Whether a reload (SIGHUP) applies a key's new value, or only names it as taking effect at the
-/// next start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
-    Applied,
-    Restart,
-}
-
-/// What a key is when it is not given (or given empty).
-#[derive(Clone, Copy)]
-pub(crate) enum Absent {
-    Optional,
-    Required,
-    /// Text read by the key's rule like a given value, so a default is written as a user would.
-    Default(&'static str),
-}
-
-/// How check-config shows a key of an `O` (the configuration, an app, a robot...).
-pub(crate) enum Show<O> {
-    /// Not by itself: shown by another key, or folded into one (`api_tokens` into `api.tokens`).
-    Within,
-    /// `key: value`.
-    Value(fn(&O) -> String),
-    /// `key:` over lines of its own, each starting with the indent given; `None` leaves it out.
-    Lines(fn(&O, &str) -> Option<String>),
-    /// A secret: `key: '****'` when it is set, never its value.
-    Secret(fn(&O) -> bool),
-}
-
-/// One configuration key, defined once: its name (dotted inside a section: `retry.base_ms`), its
-/// rule (and so its type), what it is when absent, a variable read when it is given nowhere, how
-/// check-config shows it (which is what hides a secret), and whether a reload applies it. Its
-/// environment variable is derived from its name.
-pub(crate) struct Key<T, O = Config> {
-    pub(crate) name: &'static str,
-    pub(crate) rule: fn(&str) -> Ruled<T>,
-    pub(crate) absent: Absent,
-    pub(crate) fallback: Option<&'static str>,
-    pub(crate) show: Show<O>,
-    pub(crate) reload: Reload,
-}
-
-impl<T, O> Key<T, O> {
-    /// An optional key that a reload applies and that is shown within another.
-    pub(crate) const fn new(name: &'static str, rule: fn(&str) -> Ruled<T>) -> Self {
-        let (absent, fallback, show) = (Absent::Optional, None, Show::Within);
-        let reload = Reload::Applied;
-        Key {
-            name,
-            rule,
-            absent,
-            fallback,
-            show,
-            reload,
-        }
-    }
-    pub(crate) const fn or(self, default: &'static str) -> Self {
-        Key {
-            absent: Absent::Default(default),
-            ..self
-        }
-    }
-    pub(crate) const fn required(self) -> Self {
-        Key {
-            absent: Absent::Required,
-            ..self
-        }
-    }
-    pub(crate) const fn fallback(self, var: &'static str) -> Self {
-        Key {
-            fallback: Some(var),
-            ..self
-        }
-    }
-    pub(crate) const fn without_fallback(self) -> Self {
-        Key {
-            fallback: None,
-            ..self
-        }
-    }
-    pub(crate) const fn restart(self) -> Self {
-        Key {
-            reload: Reload::Restart,
-            ..self
-        }
-    }
-    pub(crate) const fn show(self, show: Show<O>) -> Self {
-        Key { show, ..self }
-    }
-    /// The default by the key's rule; None without one (or with one the rule refuses, which a
-    /// test rules out).
-    pub(crate) fn default_value(&self) -> Option<T> {
-        match self.absent {
-            Absent::Default(text) => (self.rule)(text).ok(),
-            _ => None,
-        }
-    }
-}
-
-/// A key without its type, for the lists derived from the definitions.
-pub(crate) trait About<O> {
-    fn name(&self) -> &'static str;
-    fn reload(&self) -> Reload;
-    fn show(&self) -> &Show<O>;
-    /// Whether the key has no default, or one its rule accepts (each item, for a list).
-    #[cfg(test)]
-    fn default_is_valid(&self) -> bool;
-    /// `WECOM_CALLBACK_` and the name, upper case, `__` between a section and its key.
-    fn env(&self) -> String {
-        env_var(self.name())
-    }
-}
-
-impl<T, O> About<O> for Key<T, O> {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn reload(&self) -> Reload {
-        self.reload
-    }
-    fn show(&self) -> &Show<O> {
-        &self.show
-    }
-    #[cfg(test)]
-    fn default_is_valid(&self) -> bool {
-        // Item by item: a list key's default is written as its environment variable would be.
-        match self.absent {
-            Absent::Default(text) => text.split(',').all(|t| (self.rule)(t.trim()).is_ok()),
-            _ => true,
-        }
-    }
-}
-
-pub(crate) fn env_var(name: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        name.replace('.', "__").to_ascii_uppercase()
-    )
-}
 
 /// A mapping being read, and how its keys are named in messages (`apps[1].`; empty at the top).
 #[derive(Clone)]

@@ -170,17 +170,20 @@ pub(crate) fn read<T, O>(
 fn api_key(r: &mut Reader<'_>, s: &At<'_>, default_env: &str) -> Option<SecretString> {
     let env = r.env;
     let from_env = |var: &str| env.get(var).filter(|v| !v.is_empty()).cloned();
-    let named = r.get(s, &API_KEY_ENV).map(|var| match from_env(&var) {
-        Some(key) => Some(key),
-        None => {
-            r.err(&format!("{}api_key_env", s.prefix), Invalid::Unset(var));
-            None
+    if let Some(key) = r.get(s, &API_KEY) {
+        return Some(key);
+    }
+    if let Some(var) = r.get(s, &API_KEY_ENV) {
+        let key = from_env(&var).map(SecretString::from);
+        if key.is_none() {
+            r.err(
+                &format!("{}{}", s.prefix, API_KEY_ENV.name),
+                Invalid::Unset(var),
+            );
         }
-    });
-    let key = r
-        .get(s, &API_KEY)
-        .or_else(|| Some(SecretString::from(named.flatten()?)));
-    key.or_else(|| from_env(default_env).map(SecretString::from))
+        return key;
+    }
+    from_env(default_env).map(SecretString::from)
 }
 
 /// The global `agent:` section of the top level.

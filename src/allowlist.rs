@@ -22,11 +22,16 @@ impl Allowlist {
     }
 }
 
+/// An allowlist entry that is neither `user` nor `corp_id:user`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be user or corp_id:user, got {0:?}")]
+pub struct InvalidEntry(pub String);
+
 impl Allowlist {
     /// One entry as configured: `user` or `corp_id:user`.
-    pub(crate) fn entry(text: &str) -> Result<String, String> {
+    pub(crate) fn entry(text: &str) -> Result<String, InvalidEntry> {
         match text.split(':').count() > 2 || text.starts_with(':') || text.ends_with(':') {
-            true => Err(format!("must be user or corp_id:user, got {text:?}")),
+            true => Err(InvalidEntry(text.to_owned())),
             false => Ok(text.to_owned()),
         }
     }

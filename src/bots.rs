@@ -42,18 +42,25 @@ impl Bot {
     }
 }
 
+/// Why a robot's webhook URL was refused; never the URL itself, whose key is the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookUrlError {
+    #[error(
+        "must be the robot's webhook URL, https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=..."
+    )]
+    NotAUrl,
+    #[error("has no key=... parameter; copy the whole webhook URL from the robot's settings")]
+    NoKey,
+}
+
 /// Pull the `key` out of a robot's webhook URL (`.../cgi-bin/webhook/send?key=...`).
-pub fn webhook_key(webhook_url: &str) -> Result<String, String> {
-    let url = url::Url::parse(webhook_url.trim())
-        .map_err(|_| "must be the robot's webhook URL, https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...".to_owned())?;
+pub fn webhook_key(webhook_url: &str) -> Result<String, WebhookUrlError> {
+    let url = url::Url::parse(webhook_url.trim()).map_err(|_| WebhookUrlError::NotAUrl)?;
     url.query_pairs()
         .find(|(k, _)| k == "key")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            "has no key=... parameter; copy the whole webhook URL from the robot's settings"
-                .to_owned()
-        })
+        .ok_or(WebhookUrlError::NoKey)
 }
 
 /// A notification for a group: `[SEVERITY] subject` / body / `source: ...` / `dedupe: ...`.
@@ -245,6 +252,7 @@ mod tests {
         assert!(
             webhook_key("https://qyapi.weixin.qq.com/cgi-bin/webhook/send")
                 .unwrap_err()
+                .to_string()
                 .contains("key=")
         );
         assert!(webhook_key("not a url").is_err());

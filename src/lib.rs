@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod allowlist;
+pub mod api_token;
 pub mod app;
 pub mod bots;
 pub mod config;
@@ -155,23 +156,21 @@ impl Application {
             }
             StoreKind::Postgres(url) => {
                 data_dir_lock = Some(
-                    store::sqlite::lock_data_dir(&config.data_dir)
-                        .map_err(StartupError::Store)?,
+                    store::sqlite::lock_data_dir(&config.data_dir).map_err(StartupError::Store)?,
                 );
                 let lease = Duration::from_secs(config.lease_secs);
-                let store = PostgresStore::open(url, lease)
-                    .await
-                    .map_err(|source| StartupError::Postgres {
+                let store = PostgresStore::open(url, lease).await.map_err(|source| {
+                    StartupError::Postgres {
                         url: url.to_string(),
                         source,
-                    })?;
+                    }
+                })?;
                 tracing::info!(store = %url, lease_secs = config.lease_secs, "message store open (PostgreSQL, shared by replicas)");
                 (store.clone(), Some(store))
             }
         };
         let shared_tokens = shared.clone().map(|s| s as Arc<dyn SharedTokens>);
-        let apps =
-            Apps::new(&config.apps, shared_tokens.clone()).map_err(StartupError::Keys)?;
+        let apps = Apps::new(&config.apps, shared_tokens.clone()).map_err(StartupError::Keys)?;
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await

@@ -278,7 +278,9 @@ fn serve((config, loaded): (Config, Loaded), environment: Environment) -> anyhow
         // SIGHUP reads the same file (and the environment) again.
         let file = loaded.config_file.clone();
         let reload = move || {
-            let env = environment.now().map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+            let env = environment
+                .now()
+                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
             let (config, loaded) = Config::load(file.as_deref(), env)?;
             for w in &loaded.warnings {
                 tracing::warn!("config: {w}");

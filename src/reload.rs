@@ -55,74 +55,9 @@ impl Reloadable {
             .collect();
         self.dispatcher.set_bots(bots);
         self.worker.agents.set(agents);
-        let old = &self.running;
-        let restart_only = [
-            ("host", old.host.to_string(), new.host.to_string()),
-            ("port", old.port.to_string(), new.port.to_string()),
-            ("path", old.path.clone(), new.path.clone()),
-            (
-                "store",
-                format!("{:?}", old.store),
-                format!("{:?}", new.store),
-            ),
-            (
-                "data_dir",
-                old.data_dir.display().to_string(),
-                new.data_dir.display().to_string(),
-            ),
-            ("workers", old.workers.to_string(), new.workers.to_string()),
-            (
-                "api_base_url",
-                old.api_base_url.clone(),
-                new.api_base_url.clone(),
-            ),
-            (
-                "metrics_listen",
-                format!("{:?}", old.metrics_listen),
-                format!("{:?}", new.metrics_listen),
-            ),
-        ];
-        // Read once at start as well: named, not applied.
-        let debug = |c: &Config| {
-            [
-                c.shutdown_grace_secs.to_string(),
-                c.http_timeout_secs.to_string(),
-                c.max_store_mb.to_string(),
-                c.lease_secs.to_string(),
-                format!("{:?}", c.log_format),
-                c.queue_capacity.to_string(),
-                c.max_body_bytes.to_string(),
-                format!("{:?}", c.replay_window),
-                c.retention_days.to_string(),
-                format!("{:?}{:?}", c.member_limits, c.bot_limits),
-                format!("{:?}", c.retry),
-                format!("{:?}", c.media),
-            ]
-        };
-        let also = [
-            "shutdown_grace_secs",
-            "http_timeout_secs",
-            "max_store_mb",
-            "lease_secs",
-            "log_format",
-            "queue_capacity",
-            "max_body_bytes",
-            "replay_window",
-            "retention_days",
-            "limits",
-            "retry",
-            "media",
-        ];
-        let restart_only = restart_only.into_iter().chain(
-            (also
-                .into_iter()
-                .zip(debug(old).into_iter().zip(debug(&new))))
-            .map(|(key, (was, now))| (key, was, now)),
-        );
-        for (key, was, now) in restart_only {
-            if was != now {
-                tracing::warn!(key, "{key} changed: it takes effect at the next start");
-            }
+        // The keys defined as taking effect at the next start (config's key list), if changed.
+        for key in self.running.not_applied(&new) {
+            tracing::warn!(key, "{key} changed: it takes effect at the next start");
         }
         let names: Vec<String> = new.apps.iter().map(|a| a.name.clone()).collect();
         tracing::info!(apps = ?names, bots = new.bots.len(), api_tokens = new.api_tokens.len(), "configuration reloaded");

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::openai::{api_client, api_lines, chat_completion, HELP, RESET_DONE};
-use super::turn::{SetupError, Agent, AgentError, Turn};
+use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::message::MessageKind;
 use crate::store::{History, HistoryEntry, Role};
 use crate::wecom::AppMessage;

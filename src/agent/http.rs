@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::turn::{SetupError, answer_from, Agent, AgentError, Turn};
+use super::turn::{answer_from, Agent, AgentError, SetupError, Turn};
 use crate::retry::RetryPolicy;
 use crate::wecom::AppMessage;
 

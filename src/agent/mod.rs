@@ -5,7 +5,6 @@
 //! the gateway's secrets to an agent.
 
 pub mod command;
-pub mod config;
 pub mod echo;
 pub mod hermes;
 pub mod http;

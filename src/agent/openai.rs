@@ -14,7 +14,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::turn::{SetupError, Agent, AgentError, Turn};
+use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::message::MessageKind;
 use crate::received::{Fetched, MediaInfo};
 use crate::store::{History, HistoryEntry, Role};

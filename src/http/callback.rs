@@ -213,10 +213,12 @@ fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Rejec
     if window.is_zero() {
         return Ok(());
     }
-    let sent: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| bad(Check::Replay, format!("timestamp {timestamp:?} is not a number")))?;
+    let sent: i64 = timestamp.trim().parse().map_err(|_| {
+        bad(
+            Check::Replay,
+            format!("timestamp {timestamp:?} is not a number"),
+        )
+    })?;
     let skew = crate::outbound::upload::unix_now().saturating_sub(sent);
     if skew.unsigned_abs() > window.as_secs() {
         let (by, way) = match skew > 0 {

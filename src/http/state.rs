@@ -1,14 +1,13 @@
 //! What every HTTP handler can see: the apps, the store, the allowlist, the dispatcher, the API
 //! tokens and the memory of recent callbacks.
 //!
-//! Must never: print a token (`ApiToken`'s secret stays a `SecretString`).
+//! Must never: print a token.
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
-
 use super::retries::Recent;
 use crate::allowlist::Allowlist;
+use crate::api_token::ApiToken;
 use crate::app::{App, Apps};
 use crate::dispatch::Dispatcher;
 use crate::live::Live;
@@ -35,23 +34,6 @@ pub struct Handlers {
     pub replay_window: std::time::Duration,
     /// Callbacks this process stored, so WeCom's retries of them skip the store.
     pub recent: Recent,
-}
-
-/// A bearer token for /api/v1, and what it may do beyond sending to members one by one.
-#[derive(Debug, Clone)]
-pub struct ApiToken {
-    pub token: SecretString,
-    /// May address departments, tags and `@all` (`scopes: [broadcast]`).
-    pub broadcast: bool,
-}
-
-impl From<SecretString> for ApiToken {
-    fn from(token: SecretString) -> Self {
-        ApiToken {
-            token,
-            broadcast: false,
-        }
-    }
 }
 
 /// Envelope AgentIDs seen that are not the AgentId of the app whose token and key opened the

@@ -323,7 +323,8 @@ impl Outbound {
         if upload::reusable(media, now) {
             return Ok(false);
         }
-        let file = (upload::load(media, kind, &self.agent_dirs).await).map_err(|e| Some(e.to_string()))?;
+        let file =
+            (upload::load(media, kind, &self.agent_dirs).await).map_err(|e| Some(e.to_string()))?;
         let bytes = file.bytes.len();
         match upload(file).await {
             Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),

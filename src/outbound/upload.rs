@@ -78,7 +78,11 @@ pub async fn load(
     })
 }
 
-async fn read_allowed(path: &Path, kind: MediaType, dirs: &[PathBuf]) -> Result<Vec<u8>, Unsendable> {
+async fn read_allowed(
+    path: &Path,
+    kind: MediaType,
+    dirs: &[PathBuf],
+) -> Result<Vec<u8>, Unsendable> {
     let outside = || {
         match dirs.is_empty() {
         true => format!("{path:?} is refused: no directory is allowed (set media.agent_dirs to let agents send files by path; base64 always works)"),

@@ -26,42 +26,52 @@ pub struct Limit {
     pub window: Duration,
 }
 
+/// Why a limit's text is not `N/DURATION`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLimit {
+    #[error("expected COUNT/DURATION such as 20/1m, got {0:?}")]
+    Shape(String),
+    #[error("count must be a whole number above 0, got {0:?}")]
+    Count(String),
+    #[error("duration must start with a whole number above 0, got {0:?}")]
+    Number(String),
+    #[error("duration unit must be ms, s, m or h, got {0:?}")]
+    Unit(String),
+    #[error("duration is too long, got {0:?}")]
+    TooLong(String),
+}
+
 impl Limit {
     /// Parse `N/DURATION`, such as `20/1m`, `30/60s`, `1000/1h` or `5/500ms`.
-    pub fn parse(text: &str) -> Result<Limit, String> {
+    pub fn parse(text: &str) -> Result<Limit, BadLimit> {
         let (count, window) = text
             .trim()
             .split_once('/')
-            .ok_or_else(|| format!("expected COUNT/DURATION such as 20/1m, got {text:?}"))?;
+            .ok_or_else(|| BadLimit::Shape(text.to_owned()))?;
         let count: usize = count
             .trim()
             .parse()
             .ok()
             .filter(|c| *c > 0)
-            .ok_or_else(|| format!("count must be a whole number above 0, got {count:?}"))?;
+            .ok_or_else(|| BadLimit::Count(count.to_owned()))?;
         let window = window.trim();
         let split = window
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(window.len());
         let (number, unit) = window.split_at(split);
-        let number: u64 = number.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!("duration must start with a whole number above 0, got {window:?}")
-        })?;
+        let number: u64 = (number.parse().ok().filter(|n| *n > 0))
+            .ok_or_else(|| BadLimit::Number(window.to_owned()))?;
         let millis_per = match unit {
             "ms" => 1,
             "s" => 1000,
             "m" => 60_000,
             "h" => 3_600_000,
-            _ => {
-                return Err(format!(
-                    "duration unit must be ms, s, m or h, got {window:?}"
-                ))
-            }
+            _ => return Err(BadLimit::Unit(window.to_owned())),
         };
         // Checked: the number comes from a config file and must not overflow into a panic.
         let millis = number
             .checked_mul(millis_per)
-            .ok_or_else(|| format!("duration is too long, got {window:?}"))?;
+            .ok_or_else(|| BadLimit::TooLong(window.to_owned()))?;
         Ok(Limit {
             count,
             window: Duration::from_millis(millis),

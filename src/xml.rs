@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn rejects_doctype_and_custom_entities() {
         let xxe = r#"<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><A>&x;</A></xml>"#;
-        assert!(parse_fields(xxe).unwrap_err().to_string().contains("DOCTYPE"));
+        assert!(parse_fields(xxe)
+            .unwrap_err()
+            .to_string()
+            .contains("DOCTYPE"));
         assert!(parse_fields("<xml><A>&x;</A></xml>").is_err());
     }
 

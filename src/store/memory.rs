@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::model::{
-    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, Job, Media, MediaRecord,
-    NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
+    ChunkState, Deliveries, DeliveryState, DeliveryStatus, Failure, History, HistoryEntry, Job,
+    Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
 };
 use super::schedule::{OnClose, Window};
 
-/// Nothing failed is kept in memory: the list is empty.
+/// Nothing failed is kept to list or retry: the list is empty, and nothing is found to retry.
 impl super::model::Failures for MemoryStore {}
 use crate::conversation::Push;
 use crate::message::InboundMessage;
@@ -147,11 +147,7 @@ impl Outbox for MemoryStore {
         Ok(())
     }
 
-    async fn mark_started(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
+    async fn mark_chunk(&self, _: &Job, _: usize, _: ChunkState) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -210,12 +206,12 @@ impl Deliveries for MemoryStore {
         &self,
         id: i64,
         attempts: u32,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<(), StoreError> {
         if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
-            status.state = DeliveryState::finished(&error);
+            status.state = DeliveryState::finished(failure.as_ref());
             status.attempts = attempts;
-            status.error = error;
+            status.error = failure.map(|f| f.reason);
         }
         Ok(())
     }

@@ -1,5 +1,11 @@
 //! In-memory store: bounded, with a bounded memory of recent dedup keys. Lost on restart: use it for
 //! tests and throw-away setups; the SQLite store is the default.
+//!
+//! Owns: the bounded queue and its dedup memory, routes, history, deliveries and media records
+//! for as long as the process lives. Keeps no failures (nothing to list or retry) and no replies.
+//!
+//! Must never: grow without bound (a full store refuses pushes after `push_wait`), or restate a
+//! rule `rules.rs` holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,6 +179,7 @@ impl Deliveries for MemoryStore {
                 state: DeliveryState::Queued,
                 attempts: 0,
                 error: None,
+                retried_as: None,
             };
             let stored = StoredDelivery {
                 id,

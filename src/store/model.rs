@@ -136,6 +136,9 @@ pub struct DeliveryStatus {
     pub state: DeliveryState,
     pub attempts: u32,
     pub error: Option<String>,
+    /// The delivery a failed one was retried as (`delivery-9`), once it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<String>,
 }
 
 impl DeliveryStatus {
@@ -144,8 +147,8 @@ impl DeliveryStatus {
         id: i64,
         target: &str,
         state: &str,
-        attempts: u32,
-        error: Option<String>,
+        (attempts, error): (u32, Option<String>),
+        retried_as: Option<i64>,
     ) -> Result<Self, StoreError> {
         let target: Target = serde_json::from_str(target).map_err(|e| {
             StoreError::failed(format!("delivery {id} has an unreadable target"), e)
@@ -159,6 +162,7 @@ impl DeliveryStatus {
             state,
             attempts,
             error,
+            retried_as: retried_as.map(|n| format!("delivery-{n}")),
         })
     }
 }
@@ -502,10 +506,14 @@ pub enum FailedId {
     Delivery(i64),
 }
 
+/// Text that names no failed item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a failed item's id: they look like job-12 or delivery-7")]
+pub struct NotAFailedId(String);
+
 impl FailedId {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{text:?} is not a failed item's id: they look like job-12 or delivery-7");
+    pub fn parse(text: &str) -> Result<Self, NotAFailedId> {
+        let bad = || NotAFailedId(text.to_owned());
         let (kind, n) = text.trim().split_once('-').ok_or_else(bad)?;
         let n: i64 = n.parse().map_err(|_| bad())?;
         match kind {

@@ -8,7 +8,8 @@
 //! commit of acknowledgements, and what an unreachable server means (503: WeCom retries).
 //!
 //! Must never: answer a push before its commit, show the connection password (see
-//! [`PostgresUrl`]), or let two replicas hold one user's lane at once.
+//! [`PostgresUrl`]), let two replicas hold one user's lane at once, or restate a rule of
+//! `rules.rs` (finishing, failures, retries): this file holds its SQL and transactions only.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -941,7 +942,7 @@ impl Deliveries for PostgresStore {
         let client = self.client().await?;
         let Some(row) = client
             .query_opt(
-                "SELECT target, state, attempts, error FROM deliveries WHERE id = $1",
+                "SELECT target, state, attempts, error, retried_as FROM deliveries WHERE id = $1",
                 &[&id],
             )
             .await
@@ -950,7 +951,8 @@ impl Deliveries for PostgresStore {
             return Ok(None);
         };
         let attempts = row.get::<_, i32>(2) as u32;
-        DeliveryStatus::from_columns(id, row.get(0), row.get(1), attempts, row.get(3)).map(Some)
+        let (outcome, retried_as) = ((attempts, row.get(3)), row.get(4));
+        DeliveryStatus::from_columns(id, row.get(0), row.get(1), outcome, retried_as).map(Some)
     }
 }
 

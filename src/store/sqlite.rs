@@ -16,7 +16,8 @@
 //! never refused.
 //!
 //! Must never: answer a push before its commit, run two gateways on one data directory (a lock
-//! file prevents it), or block the async runtime on disk I/O.
+//! file prevents it), block the async runtime on disk I/O, or restate a rule of `rules.rs`
+//! (finishing, failures, retries): this file holds its SQL and transactions only.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -1055,7 +1056,7 @@ impl Deliveries for SqliteStore {
             .db
             .read(move |c| {
                 c.query_row(
-                    "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
+                    "SELECT id, target, state, attempts, error, retried_as FROM deliveries WHERE id = ?1",
                     [id],
                     |r| {
                         Ok((
@@ -1064,16 +1065,17 @@ impl Deliveries for SqliteStore {
                             r.get::<_, String>(2)?,
                             r.get::<_, u32>(3)?,
                             r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<i64>>(5)?,
                         ))
                     },
                 )
                 .optional()
             })
             .await?;
-        let Some((id, target, state, attempts, error)) = row else {
+        let Some((id, target, state, attempts, error, retried_as)) = row else {
             return Ok(None);
         };
-        DeliveryStatus::from_columns(id, &target, &state, attempts, error).map(Some)
+        DeliveryStatus::from_columns(id, &target, &state, (attempts, error), retried_as).map(Some)
     }
 }
 

@@ -316,6 +316,8 @@ async fn two_retries_of_one_failed_delivery_store_it_once(b: &Backend) {
     );
     let new = store.delivery(queued[0].id).await.unwrap().unwrap();
     assert_eq!(new.state, DeliveryState::Queued);
+    let old = store.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(old.retried_as, Some(format!("delivery-{}", queued[0].id)));
     assert!(
         store.failed(10).await.unwrap().is_empty(),
         "retried: no longer listed"

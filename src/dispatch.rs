@@ -19,7 +19,7 @@ use crate::app::Apps;
 use crate::bots::Bot;
 use crate::conversation::{Push, Target};
 use crate::outbound::{Outbound, Undelivered};
-use crate::store::{Deliveries, StoreError, StoredDelivery};
+use crate::store::{Deliveries, DeliveryRetry, Failure, StoreError, StoredDelivery};
 
 /// Robots by name, replaced by a reload.
 pub type Bots = crate::live::Live<HashMap<String, Bot>>;
@@ -208,10 +208,10 @@ impl QueueWorker {
 
     /// Returns the attempts made and the error, if it failed for good; `None` if the gateway is
     /// stopping and the delivery stays stored for the next start.
-    async fn deliver(&self, d: StoredDelivery) -> Option<(u32, Option<String>)> {
+    async fn deliver(&self, d: StoredDelivery) -> Option<(u32, Option<Failure>)> {
         let fail = |why: String| {
             tracing::error!(delivery = d.id, to = ?self.target, "delivery failed: {why}");
-            Some((0, Some(why)))
+            Some((0, Some(Failure::from(why))))
         };
         if let Err(e) = self.store.start_delivery(d.id).await {
             // Send anyway: a lost notification is worse than a rare double after a crash.
@@ -261,7 +261,8 @@ impl QueueWorker {
             }
             Err(Undelivered::Failed(failure)) => {
                 tracing::error!(delivery = d.id, to = ?self.target, errcode = failure.error.errcode(), error = %failure, "delivery failed");
-                Some((failure.attempts, Some(failure.to_string())))
+                let stored = Failure::wecom(failure.to_string(), failure.error.errcode());
+                Some((failure.attempts, Some(stored)))
             }
             Err(Undelivered::Stopped) => None,
         }
@@ -280,9 +281,9 @@ pub enum Retried {
 }
 
 /// Queue failed work again: a job as a new job (see `Failures::retry_job`), a delivery as a new
-/// delivery (sent now through `dispatcher` when the gateway runs in this process; else taken up
-/// by the gateway at its next start, or by a replica within `lease_secs`). The old one is marked
-/// retried only once the new one is stored, so a failure on the way loses nothing.
+/// delivery (`Failures::retry_delivery`: stored and the old one marked in one transaction, so two
+/// retries at once push once), sent now through `dispatcher` when the gateway runs in this
+/// process; else taken up by the gateway at its next start, or by a replica within `lease_secs`.
 pub async fn retry(
     store: &dyn crate::store::Store,
     dispatcher: Option<&Dispatcher>,
@@ -295,22 +296,16 @@ pub async fn retry(
             Some(new) => Retried::Queued(format!("job-{new}")),
             None => Retried::NotFound,
         }),
-        FailedId::Delivery(id) => {
-            let Some(push) = store.failed_delivery(id).await? else {
-                return Ok(Retried::NotFound);
-            };
-            if matches!(push.target(), Target::Broadcast { .. }) && !may_broadcast {
-                return Ok(Retried::NeedsBroadcast);
+        FailedId::Delivery(id) => Ok(match store.retry_delivery(id, may_broadcast).await? {
+            DeliveryRetry::Queued(delivery) => {
+                let new = delivery.id;
+                if let Some(d) = dispatcher {
+                    d.enqueue(*delivery);
+                }
+                Retried::Queued(format!("delivery-{new}"))
             }
-            let ids = match dispatcher {
-                Some(d) => d.submit(vec![push]).await?,
-                None => store.add_deliveries(vec![push]).await?,
-            };
-            let Some(new) = ids.first().copied() else {
-                return Ok(Retried::NotFound);
-            };
-            store.mark_delivery_retried(id, new).await?;
-            Ok(Retried::Queued(format!("delivery-{new}")))
-        }
+            DeliveryRetry::NotFound => Retried::NotFound,
+            DeliveryRetry::NeedsBroadcast => Retried::NeedsBroadcast,
+        }),
     }
 }

@@ -113,7 +113,7 @@ impl Worker {
                 Err(e) if e.is_panic() => {
                     let why = panic_message(e.into_panic());
                     tracing::error!(job = job.id, user = ?job.user_key, "handling the message panicked: {why}; it is marked failed");
-                    Outcome::Failed(format!("panicked: {why}"))
+                    Outcome::Failed(format!("panicked: {why}").into())
                 }
                 Err(_) => Outcome::Interrupted,
             };
@@ -136,7 +136,7 @@ impl Worker {
         let Some(app) = self.apps.by_name(&job.app) else {
             let error = format!("app {:?} is no longer configured", job.app);
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
-            return Outcome::Failed(error);
+            return Outcome::Failed(error.into());
         };
         let app: &App = &app;
         let sorry = AppMessage::text(&handle.failure_message);
@@ -276,10 +276,10 @@ impl Worker {
                     // Later pieces are not sent: a reply with a hole in the middle reads worse than
                     // one that stops.
                     tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
-                    return Outcome::Failed(format!(
-                        "{}{} of {total}: {failure}",
-                        crate::store::SEND_FAILED,
-                        chunk.seq + 1
+                    // The reply stays recorded: a retry resends what is left of it.
+                    return Outcome::Failed(crate::store::Failure::send_failed(
+                        format!("piece {} of {total}: {failure}", chunk.seq + 1),
+                        failure.error.errcode(),
                     ));
                 }
             }
@@ -288,7 +288,7 @@ impl Worker {
         match failure {
             Some(cause) => {
                 tracing::info!(job = job.id, user = ?job.user_key, "failure message sent");
-                Outcome::Failed(cause)
+                Outcome::Failed(cause.into())
             }
             None => {
                 tracing::info!(job = job.id, app = %app.config.name, user = ?job.user_key, pieces = total, "reply sent");

@@ -510,7 +510,7 @@ async fn retry_failed(
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
     use crate::dispatch::{retry, Retried};
-    let which = FailedId::parse(&id).map_err(bad_request)?;
+    let which = FailedId::parse(&id).map_err(|e| bad_request(e.to_string()))?;
     let dispatcher = Some(&*state.dispatcher);
     match retry(&*state.store, dispatcher, which, caller.broadcast).await? {
         Retried::Queued(new) => Ok((

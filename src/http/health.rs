@@ -22,7 +22,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             let problem = app.tokens.problem()?;
             // On a public port: the errcode and what to check, not WeCom's message (60020's
             // names this server's IP).
-            let why = match crate::wecom::error::errcode_in(&problem) {
+            let why = match problem.errcode() {
                 Some(code) => match crate::wecom::error::hint(code) {
                     Some(hint) => format!("WeCom errcode {code} ({hint})"),
                     None => format!("WeCom errcode {code}"),

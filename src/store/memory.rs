@@ -1,5 +1,11 @@
 //! In-memory store: bounded, with a bounded memory of recent dedup keys. Lost on restart: use it for
 //! tests and throw-away setups; the SQLite store is the default.
+//!
+//! Owns: the bounded queue and its dedup memory, routes, history, deliveries and media records
+//! for as long as the process lives. Keeps no failures (nothing to list or retry) and no replies.
+//!
+//! Must never: grow without bound (a full store refuses pushes after `push_wait`), or restate a
+//! rule `rules.rs` holds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,12 +15,12 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::model::{
-    Deliveries, DeliveryState, DeliveryStatus, History, HistoryEntry, Job, Media, MediaRecord,
-    NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
+    ChunkState, Deliveries, DeliveryState, DeliveryStatus, Failure, History, HistoryEntry, Job,
+    Media, MediaRecord, NewJob, Outbox, Outcome, Pushed, Queue, Routes, StoreError, StoredDelivery,
 };
 use super::schedule::{OnClose, Window};
 
-/// Nothing failed is kept in memory: the list is empty.
+/// Nothing failed is kept to list or retry: the list is empty, and nothing is found to retry.
 impl super::model::Failures for MemoryStore {}
 use crate::conversation::Push;
 use crate::message::InboundMessage;
@@ -147,11 +153,7 @@ impl Outbox for MemoryStore {
         Ok(())
     }
 
-    async fn mark_started(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn mark_sent(&self, _job: &Job, _seq: usize) -> Result<(), StoreError> {
+    async fn mark_chunk(&self, _: &Job, _: usize, _: ChunkState) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -177,6 +179,7 @@ impl Deliveries for MemoryStore {
                 state: DeliveryState::Queued,
                 attempts: 0,
                 error: None,
+                retried_as: None,
             };
             let stored = StoredDelivery {
                 id,
@@ -210,12 +213,12 @@ impl Deliveries for MemoryStore {
         &self,
         id: i64,
         attempts: u32,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<(), StoreError> {
         if let Some((_, status)) = self.lock().deliveries.get_mut(&id) {
-            status.state = DeliveryState::finished(&error);
+            status.state = DeliveryState::finished(failure.as_ref());
             status.attempts = attempts;
-            status.error = error;
+            status.error = failure.map(|f| f.reason);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 pub mod memory;
 pub mod model;
 pub mod postgres;
+mod rules;
 pub mod schedule;
 pub mod sqlite;
 

@@ -104,9 +104,9 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    /// The state a finished delivery is stored with.
-    pub fn finished(error: &Option<String>) -> Self {
-        if error.is_some() {
+    /// The state a finished delivery is stored with: failed if it carries a failure, else sent.
+    pub fn finished(failure: Option<&Failure>) -> Self {
+        if failure.is_some() {
             DeliveryState::Failed
         } else {
             DeliveryState::Sent
@@ -136,6 +136,9 @@ pub struct DeliveryStatus {
     pub state: DeliveryState,
     pub attempts: u32,
     pub error: Option<String>,
+    /// The delivery a failed one was retried as (`delivery-9`), once it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<String>,
 }
 
 impl DeliveryStatus {
@@ -144,8 +147,8 @@ impl DeliveryStatus {
         id: i64,
         target: &str,
         state: &str,
-        attempts: u32,
-        error: Option<String>,
+        (attempts, error): (u32, Option<String>),
+        retried_as: Option<i64>,
     ) -> Result<Self, StoreError> {
         let target: Target = serde_json::from_str(target).map_err(|e| {
             StoreError::failed(format!("delivery {id} has an unreadable target"), e)
@@ -159,27 +162,9 @@ impl DeliveryStatus {
             state,
             attempts,
             error,
+            retried_as: retried_as.map(|n| format!("delivery-{n}")),
         })
     }
-}
-
-/// Stored rows `(id, target, payload, started)` as deliveries to resume. A row that cannot be
-/// read would fail at every start: it is marked failed, with the reason, and left out.
-pub(super) async fn readable_deliveries(
-    store: &dyn Deliveries,
-    rows: Vec<(i64, String, String, bool)>,
-) -> Result<Vec<StoredDelivery>, StoreError> {
-    let mut queued = Vec::with_capacity(rows.len());
-    for (id, target, payload, started) in rows {
-        match Push::from_columns(&target, &payload) {
-            Ok(push) => queued.push(StoredDelivery { id, push, started }),
-            Err(why) => {
-                tracing::error!(delivery = id, "{why}; marked failed");
-                store.finish_delivery(id, 0, Some(why.to_string())).await?;
-            }
-        }
-    }
-    Ok(queued)
 }
 
 /// Who said a line of a conversation, as chat-completion APIs name the roles.
@@ -212,13 +197,63 @@ pub struct HistoryEntry {
     pub content: String,
 }
 
+/// Why a job or a delivery failed for good, as facts the store keeps in columns of their own
+/// (nothing is parsed back out of the text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What the operator reads (`wecom-gateway failed`, `/api/v1/failed`).
+    pub reason: String,
+    /// The agent's reply was recorded, and WeCom refused a piece of it: a retry resends what is
+    /// left of the recorded reply instead of asking the agent again.
+    pub send_failed: bool,
+    /// WeCom's errcode, when WeCom is who refused.
+    pub errcode: Option<i64>,
+}
+
+impl Failure {
+    /// WeCom refused a piece of a recorded reply (see [`Failure::send_failed`]).
+    pub fn send_failed(reason: impl Into<String>, errcode: Option<i64>) -> Self {
+        Failure {
+            reason: reason.into(),
+            send_failed: true,
+            errcode,
+        }
+    }
+
+    /// A failure WeCom answered with `errcode` (a push it refused, say).
+    pub fn wecom(reason: impl Into<String>, errcode: Option<i64>) -> Self {
+        Failure {
+            errcode,
+            ..Failure::from(reason.into())
+        }
+    }
+}
+
+/// Any other failure (the agent failed or timed out, nothing to send it through): no errcode, and
+/// a retry asks the agent again.
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure {
+            reason,
+            send_failed: false,
+            errcode: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        Failure::from(reason.to_owned())
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Replied in full, or nothing to reply.
     Done,
-    /// Gave up; the reason is kept with the message.
-    Failed(String),
+    /// Gave up; the failure is kept with the message.
+    Failed(Failure),
     /// Cut short by the gateway stopping: a durable backend takes it up again at the next start.
     Interrupted,
 }
@@ -337,10 +372,17 @@ pub trait Outbox: Send + Sync + 'static {
         seq: usize,
         message: &AppMessage,
     ) -> Result<(), StoreError>;
+    /// Stamp chunk `seq` of the job's reply with how far it got, now: `Started` or `Sent`
+    /// (`Unsent` is where every chunk begins; there is nothing to stamp).
+    async fn mark_chunk(&self, job: &Job, seq: usize, state: ChunkState) -> Result<(), StoreError>;
     /// Chunk `seq` of the job's reply is about to be handed to WeCom.
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError>;
+    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
+        self.mark_chunk(job, seq, ChunkState::Started).await
+    }
     /// WeCom accepted chunk `seq` of the job's reply.
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError>;
+    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
+        self.mark_chunk(job, seq, ChunkState::Sent).await
+    }
     /// The receipt sent while the agent worked has this msgid, withdrawn once the reply is out. A
     /// backend that keeps nothing across restarts may ignore it.
     async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
@@ -365,12 +407,12 @@ pub trait Deliveries: Send + Sync + 'static {
     async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError>;
     /// A delivery is about to be handed to WeCom.
     async fn start_delivery(&self, id: i64) -> Result<(), StoreError>;
-    /// A delivery is over: sent (`error` None) or failed.
+    /// A delivery is over: sent (`failure` None) or failed.
     async fn finish_delivery(
         &self,
         id: i64,
         attempts: u32,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<(), StoreError>;
     async fn delivery(&self, id: i64) -> Result<Option<DeliveryStatus>, StoreError>;
 }
@@ -399,12 +441,28 @@ pub struct FailedItem {
     /// `corp_id:user_id`, or the push's target.
     pub member: String,
     pub error: String,
+    /// WeCom's errcode, when WeCom refused it (a column of its own, not read from `error`).
+    pub errcode: Option<i64>,
     /// When it failed, Unix ms.
     pub at_ms: i64,
 }
 
-/// Failed work, listed and queued again. Retrying makes a new job (or delivery) that carries the
-/// old one's recorded reply, so the agent is not asked again; the old one is marked as retried.
+/// What became of a request to retry a failed delivery (one store operation: checked, copied and
+/// marked in one transaction, so two retries at once push it once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryRetry {
+    /// Stored again as this new delivery, to be handed to a delivery queue.
+    Queued(Box<StoredDelivery>),
+    /// No such failed delivery, or it was retried already.
+    NotFound,
+    /// A push to departments, tags or @all, and the caller may not broadcast: nothing changed.
+    NeedsBroadcast,
+}
+
+/// Failed work, listed and queued again (the rules are in `rules.rs`). Retrying a job makes a new
+/// job that carries the old one's recorded reply when WeCom refused a piece of it, so the agent is
+/// not asked again; retrying a delivery makes a new delivery. The old one is marked as retried,
+/// in the same transaction, so it is retried once however many ask at once.
 #[async_trait]
 pub trait Failures: Send + Sync + 'static {
     /// The most recent failures, newest first, not yet retried.
@@ -417,43 +475,22 @@ pub trait Failures: Send + Sync + 'static {
         let _ = id;
         Ok(None)
     }
-    /// Failed delivery `id` as stored, if it is failed and not retried yet.
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
-        let _ = id;
-        Ok(None)
-    }
-    /// Failed delivery `id` was submitted again as delivery `new`: no longer listed.
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
-        let _ = (id, new);
-        Ok(())
-    }
-}
-
-impl FailedItem {
-    /// A failed delivery from its stored columns; its member is the push's target, as text.
-    pub(crate) fn delivery(id: i64, target: &str, error: String, at_ms: i64) -> Self {
-        let target: Option<Target> = serde_json::from_str(target).ok();
-        let (app, member) = match target {
-            Some(Target::App { app, user }) => (Some(app), user),
-            Some(Target::Broadcast { app, .. }) => (Some(app), "(broadcast)".into()),
-            Some(Target::Chat { app, chatid }) => (Some(app), format!("chat {chatid}")),
-            Some(Target::Bot { bot }) => (None, format!("robot {bot}")),
-            None => (None, "(unreadable target)".into()),
-        };
-        FailedItem {
-            id: format!("delivery-{id}"),
-            app,
-            member,
-            error,
-            at_ms,
-        }
+    /// Store failed delivery `id` again as a new delivery and mark it retried, in one transaction;
+    /// a broadcast only if `may_broadcast`.
+    async fn retry_delivery(
+        &self,
+        id: i64,
+        may_broadcast: bool,
+    ) -> Result<DeliveryRetry, StoreError> {
+        let _ = (id, may_broadcast);
+        Ok(DeliveryRetry::NotFound)
     }
 }
 
 impl FailedItem {
-    /// As reported (CLI and API): with the WeCom errcode its error names, and what to check.
+    /// As reported (CLI and API): with WeCom's errcode, and what to check.
     pub fn report(&self) -> serde_json::Value {
-        let errcode = crate::wecom::error::errcode_in(&self.error);
+        let errcode = self.errcode;
         let hint = errcode.and_then(crate::wecom::error::hint);
         serde_json::json!({
             "id": self.id, "app": self.app, "member": self.member, "error": self.error,
@@ -469,10 +506,14 @@ pub enum FailedId {
     Delivery(i64),
 }
 
+/// Text that names no failed item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a failed item's id: they look like job-12 or delivery-7")]
+pub struct NotAFailedId(String);
+
 impl FailedId {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{text:?} is not a failed item's id: they look like job-12 or delivery-7");
+    pub fn parse(text: &str) -> Result<Self, NotAFailedId> {
+        let bad = || NotAFailedId(text.to_owned());
         let (kind, n) = text.trim().split_once('-').ok_or_else(bad)?;
         let n: i64 = n.parse().map_err(|_| bad())?;
         match kind {
@@ -491,14 +532,6 @@ impl std::fmt::Display for FailedId {
         }
     }
 }
-
-/// How a job's error begins when WeCom refused a piece of a reply that was otherwise fine: a retry
-/// then resends what is left of the recorded reply. Any other failure (the agent failed or timed
-/// out, an item could not be sent) is retried by asking the agent again.
-pub(crate) const SEND_FAILED: &str = "piece ";
-
-/// The error a retried failure keeps, so it is no longer listed.
-pub(crate) const RETRIED: &str = "retried as ";
 
 /// A file a member sent (image, voice, video, file), downloaded from WeCom and kept under
 /// `data_dir/media/` by its content hash. The record is what the store keeps about it.

@@ -8,7 +8,8 @@
 //! commit of acknowledgements, and what an unreachable server means (503: WeCom retries).
 //!
 //! Must never: answer a push before its commit, show the connection password (see
-//! [`PostgresUrl`]), or let two replicas hold one user's lane at once.
+//! [`PostgresUrl`]), let two replicas hold one user's lane at once, or restate a rule of
+//! `rules.rs` (finishing, failures, retries): this file holds its SQL and transactions only.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -24,10 +25,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::model::{
-    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem,
-    Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
+    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryRetry, DeliveryState, DeliveryStatus,
+    FailedItem, Failure, Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox,
+    Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
+use super::rules::{self, RetryCheck};
 use crate::conversation::Push;
 use crate::message::InboundMessage;
 use crate::ratelimit::Limit;
@@ -128,6 +130,27 @@ const MIGRATIONS: &[&str] = &[
     "
     -- 4: the msgid of the receipt sent while the agent worked, withdrawn once the reply is out.
     ALTER TABLE inbox ADD COLUMN receipt TEXT;
+",
+    "
+    -- 5: a failure's facts in columns of their own, no longer prefixes of its error text: which
+    -- job or delivery it was retried as ('retried as job-7: '), whether WeCom refused a piece of
+    -- a recorded reply ('piece 2 of 3: ...'), and WeCom's errcode ('WeCom errcode 81013').
+    -- Rows of earlier versions are moved over, so an upgraded store lists and retries the same.
+    ALTER TABLE inbox ADD COLUMN retried_as BIGINT,
+        ADD COLUMN send_failed BOOLEAN NOT NULL DEFAULT FALSE,
+        ADD COLUMN errcode BIGINT;
+    ALTER TABLE deliveries ADD COLUMN retried_as BIGINT, ADD COLUMN errcode BIGINT;
+    UPDATE inbox SET retried_as = substring(error from '^retried as job-([0-9]+): ')::bigint,
+        error = NULLIF(substring(error from '^retried as job-[0-9]+: (.*)$'), '')
+    WHERE error ~ '^retried as job-[0-9]+: ';
+    UPDATE deliveries SET retried_as = substring(error from '^retried as delivery-([0-9]+): ')::bigint,
+        error = NULLIF(substring(error from '^retried as delivery-[0-9]+: (.*)$'), '')
+    WHERE error ~ '^retried as delivery-[0-9]+: ';
+    UPDATE inbox SET send_failed = TRUE WHERE state = 'failed' AND starts_with(error, 'piece ');
+    UPDATE inbox SET errcode = substring(error from 'WeCom errcode (-?[0-9]+)')::bigint
+    WHERE error ~ 'WeCom errcode -?[0-9]';
+    UPDATE deliveries SET errcode = substring(error from 'WeCom errcode (-?[0-9]+)')::bigint
+    WHERE error ~ 'WeCom errcode -?[0-9]';
 ",
 ];
 
@@ -493,7 +516,7 @@ impl PostgresStore {
                 Err(e) => {
                     let error = format!("stored message cannot be parsed: {e}");
                     tracing::error!(id, "{error}; marked failed");
-                    self.finish_row(id, "failed", Some(&error)).await?;
+                    self.finish_row(id, "failed", Some(&error.into())).await?;
                     return Ok(None);
                 }
             },
@@ -502,12 +525,9 @@ impl PostgresStore {
             receipt: row.get(5),
         };
         if attempts > MAX_ATTEMPTS {
-            let error = format!(
-                "gave up: the gateway stopped {} times while handling this message",
-                attempts - 1
-            );
+            let error = rules::gave_up(i64::from(attempts - 1));
             tracing::warn!(id, "{error}");
-            self.finish_row(id, "failed", Some(&error)).await?;
+            self.finish_row(id, "failed", Some(&error.into())).await?;
             return Ok(None);
         }
         if attempts > 1 {
@@ -540,15 +560,16 @@ impl PostgresStore {
         &self,
         id: i64,
         state: &str,
-        error: Option<&str>,
+        failure: Option<&Failure>,
     ) -> Result<(), StoreError> {
+        let (error, send_failed, errcode) = rules::failure_columns(failure);
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE inbox SET state = $2, error = $3, updated_at = $4,
-                     lease_owner = NULL, lease_until = NULL
+                "UPDATE inbox SET state = $2, error = $3, send_failed = $4, errcode = $5,
+                     updated_at = $6, lease_owner = NULL, lease_until = NULL
                  WHERE id = $1",
-                &[&id, &state, &error, &now_ms()],
+                &[&id, &state, &error, &send_failed, &errcode, &now_ms()],
             )
             .await
             .map_err(pg_error)?;
@@ -591,15 +612,6 @@ impl PostgresStore {
                 "UPDATE deliveries SET lease_until = $1 WHERE state = 'queued' AND lease_owner = $2",
                 &[&until, &self.me],
             )
-            .await
-            .map_err(pg_error)?;
-        Ok(())
-    }
-
-    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(sql, &[&(job.id as i64), &(seq as i32), &now_ms()])
             .await
             .map_err(pg_error)?;
         Ok(())
@@ -684,27 +696,22 @@ impl Queue for PostgresStore {
 
     async fn finish(&self, job: &Job, outcome: Outcome) {
         let id = job.id as i64;
-        let (state, error) = match outcome {
-            Outcome::Done => ("done", None),
-            Outcome::Failed(e) => ("failed", Some(e)),
-            Outcome::Interrupted => {
-                // Handed back now rather than when the lease lapses; if even that fails, the
-                // lease lapses and another replica takes it.
-                if let Err(e) = self.release_row(id).await {
-                    tracing::warn!(id, error = %e, "cannot hand a message back; another replica takes it over once its lease lapses");
-                }
-                return;
+        let Some((state, failure)) = rules::finished(outcome) else {
+            // Handed back now rather than when the lease lapses; if even that fails, the
+            // lease lapses and another replica takes it.
+            if let Err(e) = self.release_row(id).await {
+                tracing::warn!(id, error = %e, "cannot hand a message back; another replica takes it over once its lease lapses");
             }
+            return;
         };
         // The lane stays held (the lease is renewed) until the end is recorded.
-        while let Err(e) = self.finish_row(id, state, error.as_deref()).await {
-            if self.closed.load(Ordering::SeqCst) {
-                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again once its lease lapses");
-                self.held().remove(&id);
-                return;
-            }
-            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
-            tokio::time::sleep(RETRY).await;
+        let unrecorded = "it is taken up again once its lease lapses";
+        let recorded = rules::record_until_closed(id, &self.closed, unrecorded, || {
+            self.finish_row(id, state, failure.as_ref())
+        })
+        .await;
+        if !recorded {
+            self.held().remove(&id);
         }
     }
 
@@ -813,22 +820,17 @@ impl Outbox for PostgresStore {
         Ok(())
     }
 
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
-        self.mark_chunk(
-            job,
-            seq,
-            "UPDATE outbox SET started_at = $3 WHERE inbox_id = $1 AND seq = $2",
-        )
-        .await
-    }
-
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
-        self.mark_chunk(
-            job,
-            seq,
-            "UPDATE outbox SET sent_at = $3 WHERE inbox_id = $1 AND seq = $2",
-        )
-        .await
+    async fn mark_chunk(&self, job: &Job, seq: usize, state: ChunkState) -> Result<(), StoreError> {
+        let Some(column) = rules::chunk_stamp(state) else {
+            return Ok(());
+        };
+        let sql = format!("UPDATE outbox SET {column} = $3 WHERE inbox_id = $1 AND seq = $2");
+        let client = self.client().await?;
+        client
+            .execute(&sql, &[&(job.id as i64), &(seq as i32), &now_ms()])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
     }
 
     async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
@@ -859,11 +861,7 @@ impl Routes for PostgresStore {
 #[async_trait]
 impl Deliveries for PostgresStore {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
-        let rows = items
-            .iter()
-            .map(Push::to_columns)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::failed("cannot encode a push", e))?;
+        let rows = rules::push_columns(&items)?;
         let (targets, payloads): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
         let client = self.client().await?;
         let now = now_ms();
@@ -904,7 +902,7 @@ impl Deliveries for PostgresStore {
             .collect();
         // RETURNING follows no order: deliveries go out in id order.
         rows.sort_by_key(|r| r.0);
-        super::model::readable_deliveries(self, rows).await
+        rules::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
@@ -923,16 +921,17 @@ impl Deliveries for PostgresStore {
         &self,
         id: i64,
         attempts: u32,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<(), StoreError> {
-        let state = DeliveryState::finished(&error).as_str();
+        let state = DeliveryState::finished(failure.as_ref()).as_str();
+        let (error, _, errcode) = rules::failure_columns(failure.as_ref());
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE deliveries SET state = $2, attempts = $3, error = $4, updated_at = $5,
-                     lease_owner = NULL, lease_until = NULL
+                "UPDATE deliveries SET state = $2, attempts = $3, error = $4, errcode = $5,
+                     updated_at = $6, lease_owner = NULL, lease_until = NULL
                  WHERE id = $1",
-                &[&id, &state, &(attempts as i32), &error, &now_ms()],
+                &[&id, &state, &(attempts as i32), &error, &errcode, &now_ms()],
             )
             .await
             .map_err(pg_error)?;
@@ -943,7 +942,7 @@ impl Deliveries for PostgresStore {
         let client = self.client().await?;
         let Some(row) = client
             .query_opt(
-                "SELECT target, state, attempts, error FROM deliveries WHERE id = $1",
+                "SELECT target, state, attempts, error, retried_as FROM deliveries WHERE id = $1",
                 &[&id],
             )
             .await
@@ -952,7 +951,8 @@ impl Deliveries for PostgresStore {
             return Ok(None);
         };
         let attempts = row.get::<_, i32>(2) as u32;
-        DeliveryStatus::from_columns(id, row.get(0), row.get(1), attempts, row.get(3)).map(Some)
+        let (outcome, retried_as) = ((attempts, row.get(3)), row.get(4));
+        DeliveryStatus::from_columns(id, row.get(0), row.get(1), outcome, retried_as).map(Some)
     }
 }
 
@@ -1230,82 +1230,69 @@ impl SharedWindows for PostgresStore {
 impl Failures for PostgresStore {
     async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, StoreError> {
         let client = self.client().await?;
-        let (retried, limit) = (format!("{RETRIED}%"), limit as i64);
+        let most = limit as i64;
         let jobs = client
             .query(
-                "SELECT id, app, user_key, COALESCE(error, ''), updated_at FROM inbox
-                 WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE $1
-                 ORDER BY updated_at DESC LIMIT $2",
-                &[&retried, &limit],
+                "SELECT id, app, user_key, error, errcode, updated_at FROM inbox
+                 WHERE state = 'failed' AND retried_as IS NULL
+                 ORDER BY updated_at DESC LIMIT $1",
+                &[&most],
             )
             .await
             .map_err(pg_error)?;
-        let mut items: Vec<FailedItem> = jobs
-            .iter()
-            .map(|r| FailedItem {
-                id: format!("job-{}", r.get::<_, i64>(0)),
-                app: Some(r.get(1)),
-                member: r.get(2),
-                error: r.get(3),
-                at_ms: r.get(4),
-            })
+        let jobs = (jobs.iter())
+            .map(|r| rules::failed_job(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
             .collect();
         let pushes = client
             .query(
-                "SELECT id, target, COALESCE(error, ''), updated_at FROM deliveries
-                 WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE $1
-                 ORDER BY updated_at DESC LIMIT $2",
-                &[&retried, &limit],
+                "SELECT id, target, error, errcode, updated_at FROM deliveries
+                 WHERE state = 'failed' AND retried_as IS NULL
+                 ORDER BY updated_at DESC LIMIT $1",
+                &[&most],
             )
             .await
             .map_err(pg_error)?;
-        items.extend(
-            (pushes.iter()).map(|r| FailedItem::delivery(r.get(0), r.get(1), r.get(2), r.get(3))),
-        );
-        items.sort_by_key(|i| std::cmp::Reverse(i.at_ms));
-        items.truncate(limit as usize);
-        Ok(items)
+        let pushes = (pushes.iter())
+            .map(|r| rules::failed_delivery(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        Ok(rules::newest_failures(jobs, pushes, limit))
     }
 
+    /// Under the old row's lock (`FOR UPDATE`): of two retries at once (CLI and API, two
+    /// replicas), the second waits, then finds it retried.
     async fn retry_job(&self, id: i64) -> Result<Option<i64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let now = now_ms();
-        // Marked first, under the row's lock: of two retries at once (CLI and API, two
-        // replicas), one finds it failed and not yet retried.
         let old = tx
             .query_opt(
-                "UPDATE inbox SET error = $2 || COALESCE(error, ''), updated_at = $3
-                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $4
-                 RETURNING dedup_key, app, user_key, payload, starts_with(substr(error, length($2) + 1), $5)",
-                &[&id, &format!("{RETRIED}a new job: "), &now, &format!("{RETRIED}%"), &SEND_FAILED],
+                "SELECT dedup_key, app, user_key, payload, send_failed FROM inbox
+                 WHERE id = $1 AND state = 'failed' AND retried_as IS NULL FOR UPDATE",
+                &[&id],
             )
             .await
             .map_err(pg_error)?;
         let Some(old) = old else {
             return Ok(None);
         };
-        // A refused send resends the rest of the recorded reply (attempts 1: a replica takes it
-        // up as handled before); anything else asks the agent again.
-        let resend: bool = old.get(4);
-        let dedup_key: String = old.get(0);
+        let retry = rules::job_retry(old.get(0), old.get(4), now);
         let row = tx
             .query_one(
                 "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
                  VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6) RETURNING id",
                 &[
-                    &format!("{dedup_key}:retry:{now}"),
+                    &retry.dedup_key,
                     &old.get::<_, String>(1),
                     &old.get::<_, String>(2),
                     &old.get::<_, String>(3),
-                    &i32::from(resend),
+                    &retry.attempts,
                     &now,
                 ],
             )
             .await
             .map_err(pg_error)?;
         let new: i64 = row.get(0);
-        if resend {
+        if retry.copy_reply {
             tx.execute(
                 "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
                  SELECT $1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = $2",
@@ -1315,12 +1302,8 @@ impl Failures for PostgresStore {
             .map_err(pg_error)?;
         }
         tx.execute(
-            "UPDATE inbox SET error = replace(error, $2, $3) WHERE id = $1",
-            &[
-                &id,
-                &format!("{RETRIED}a new job: "),
-                &format!("{RETRIED}job-{new}: "),
-            ],
+            "UPDATE inbox SET retried_as = $2, updated_at = $3 WHERE id = $1",
+            &[&id, &new, &now],
         )
         .await
         .map_err(pg_error)?;
@@ -1329,33 +1312,49 @@ impl Failures for PostgresStore {
         Ok(Some(new))
     }
 
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
-        let client = self.client().await?;
-        let row = client
+    /// As `retry_job`, under the old row's lock. The new delivery is leased to this replica,
+    /// whose dispatcher sends it; if nothing here sends it, another replica takes it once the
+    /// lease lapses.
+    async fn retry_delivery(
+        &self,
+        id: i64,
+        may_broadcast: bool,
+    ) -> Result<DeliveryRetry, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let row = tx
             .query_opt(
                 "SELECT target, payload FROM deliveries
-                 WHERE id = $1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE $2",
-                &[&id, &format!("{RETRIED}%")],
+                 WHERE id = $1 AND state = 'failed' AND retried_as IS NULL FOR UPDATE",
+                &[&id],
             )
             .await
             .map_err(pg_error)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Push::from_columns(r.get(0), r.get(1))
-                .map(Some)
-                .map_err(|e| StoreError::failed(format!("delivery {id}"), e)),
-        }
-    }
-
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE deliveries SET error = $2 || COALESCE(error, ''), updated_at = $3 WHERE id = $1",
-                &[&id, &format!("{RETRIED}delivery-{new}: "), &now_ms()],
+        let Some(row) = row else {
+            return Ok(DeliveryRetry::NotFound);
+        };
+        let (target, payload): (String, String) = (row.get(0), row.get(1));
+        let push = match rules::delivery_retry(id, &target, &payload, may_broadcast)? {
+            RetryCheck::Retry(push) => push,
+            RetryCheck::Answer(answer) => return Ok(answer),
+        };
+        let now = now_ms();
+        let row = tx
+            .query_one(
+                "INSERT INTO deliveries (target, payload, state, lease_owner, lease_until, created_at, updated_at)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $5) RETURNING id",
+                &[&target, &payload, &self.me, &self.lease_until(), &now],
             )
             .await
             .map_err(pg_error)?;
-        Ok(())
+        let new: i64 = row.get(0);
+        tx.execute(
+            "UPDATE deliveries SET retried_as = $2, updated_at = $3 WHERE id = $1",
+            &[&id, &new, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(rules::delivery_retried(new, push))
     }
 }

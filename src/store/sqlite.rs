@@ -16,7 +16,8 @@
 //! never refused.
 //!
 //! Must never: answer a push before its commit, run two gateways on one data directory (a lock
-//! file prevents it), or block the async runtime on disk I/O.
+//! file prevents it), block the async runtime on disk I/O, or restate a rule of `rules.rs`
+//! (finishing, failures, retries): this file holds its SQL and transactions only.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,10 +29,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
 use super::model::{
-    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryState, DeliveryStatus, FailedItem,
-    Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox, Outcome, Pushed,
-    Queue, Role, Routes, StoreError, StoredDelivery, RETRIED, SEND_FAILED,
+    now_ms, Cause, Chunk, ChunkState, Deliveries, DeliveryRetry, DeliveryState, DeliveryStatus,
+    FailedItem, Failure, Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox,
+    Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
+use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
 use crate::conversation::Push;
 use crate::message::InboundMessage;
@@ -121,6 +123,28 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 7: the msgid of the receipt sent while the agent worked, withdrawn once the reply is out.
     "ALTER TABLE inbox ADD COLUMN receipt TEXT;",
+    // 8: a failure's facts in columns of their own, no longer prefixes of its error text: which
+    // job or delivery it was retried as ("retried as job-7: "), whether WeCom refused a piece of
+    // a recorded reply ("piece 2 of 3: ..."), and WeCom's errcode ("WeCom errcode 81013").
+    // Rows of earlier versions are moved over, so an upgraded store lists and retries the same.
+    "ALTER TABLE inbox ADD COLUMN retried_as INTEGER;
+    ALTER TABLE inbox ADD COLUMN send_failed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN errcode INTEGER;
+    ALTER TABLE deliveries ADD COLUMN retried_as INTEGER;
+    ALTER TABLE deliveries ADD COLUMN errcode INTEGER;
+    UPDATE inbox SET retried_as = CAST(substr(error, 16) AS INTEGER),
+        error = NULLIF(substr(error, instr(error, ': ') + 2), '')
+    WHERE substr(error, 1, 15) = 'retried as job-';
+    UPDATE deliveries SET retried_as = CAST(substr(error, 21) AS INTEGER),
+        error = NULLIF(substr(error, instr(error, ': ') + 2), '')
+    WHERE substr(error, 1, 20) = 'retried as delivery-';
+    UPDATE inbox SET send_failed = 1 WHERE state = 'failed' AND substr(error, 1, 6) = 'piece ';
+    UPDATE inbox SET errcode = CAST(substr(error, instr(error, 'WeCom errcode ') + 14) AS INTEGER)
+    WHERE substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9-]'
+      AND instr(error, 'WeCom errcode ') > 0;
+    UPDATE deliveries SET errcode = CAST(substr(error, instr(error, 'WeCom errcode ') + 14) AS INTEGER)
+    WHERE substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9-]'
+      AND instr(error, 'WeCom errcode ') > 0;",
 ];
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -390,12 +414,18 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     let now = now_ms();
-    let given_up = conn.execute(
-        "UPDATE inbox SET state = 'failed', updated_at = ?1,
-             error = 'gave up: the gateway stopped ' || attempts || ' times while handling this message'
-         WHERE state IN ('queued', 'processing') AND attempts >= ?2",
-        params![now, MAX_ATTEMPTS],
-    )?;
+    let doomed: Vec<(i64, i64)> = conn
+        .prepare(
+            "SELECT id, attempts FROM inbox
+             WHERE state IN ('queued', 'processing') AND attempts >= ?1",
+        )?
+        .query_map([MAX_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, attempts) in &doomed {
+        let failure = Failure::from(rules::gave_up(*attempts));
+        finish_row(conn, *id, "failed", Some(&failure))?;
+    }
+    let given_up = doomed.len();
     conn.execute(
         "UPDATE inbox SET state = 'queued', updated_at = ?1 WHERE state = 'processing'",
         params![now],
@@ -559,18 +589,6 @@ impl SqliteStore {
             .await
     }
 
-    /// Stamp one chunk of a job's reply with the time (`sql` sets ?3 on inbox_id ?1, seq ?2).
-    async fn mark_chunk(&self, job: &Job, seq: usize, sql: &'static str) -> Result<(), StoreError> {
-        let id = job.id as i64;
-        self.db
-            .write(move |c| {
-                c.prepare_cached(sql)?
-                    .execute(params![id, seq as i64, now_ms()])?;
-                Ok(())
-            })
-            .await
-    }
-
     /// Messages that were given up, oldest first, with why: `(id, error)`.
     pub async fn failures(&self) -> Result<Vec<(i64, String)>, StoreError> {
         self.db
@@ -633,10 +651,11 @@ impl SqliteStore {
             }),
             Err(e) => {
                 tracing::error!(id = row.id, error = %e, "stored message cannot be parsed; marked failed");
-                let (id, error) = (row.id, format!("stored message cannot be parsed: {e}"));
+                let id = row.id;
+                let failure = Failure::from(format!("stored message cannot be parsed: {e}"));
                 let _ = self
                     .db
-                    .write(move |c| finish_row(c, id, "failed", Some(&error)))
+                    .write(move |c| finish_row(c, id, "failed", Some(&failure)))
                     .await;
             }
         }
@@ -688,9 +707,18 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
     Ok(rows)
 }
 
-fn finish_row(c: &Connection, id: i64, state: &str, error: Option<&str>) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE inbox SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
-        .execute(params![id, state, error, now_ms()])?;
+fn finish_row(
+    c: &Connection,
+    id: i64,
+    state: &str,
+    failure: Option<&Failure>,
+) -> rusqlite::Result<()> {
+    let (error, send_failed, errcode) = rules::failure_columns(failure);
+    c.prepare_cached(
+        "UPDATE inbox SET state = ?2, error = ?3, send_failed = ?4, errcode = ?5, updated_at = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![id, state, error, send_failed, errcode, now_ms()])?;
     Ok(())
 }
 
@@ -785,28 +813,16 @@ impl Queue for SqliteStore {
 
     async fn finish(&self, job: &Job, outcome: Outcome) {
         let id = job.id as i64;
-        let (state, error) = match outcome {
-            Outcome::Done => ("done", None),
-            Outcome::Failed(e) => ("failed", Some(e)),
-            // Left 'processing': recovery at the next start queues it again.
-            Outcome::Interrupted => return self.window.release(&job.user_key),
-        };
-        // The user's lane stays busy until the end is recorded, so their next message waits its
-        // turn; once the store takes writes again, this goes through on its own.
-        let error = Arc::new(error);
-        while let Err(e) = {
-            let error = error.clone();
-            self.db
-                .write(move |c| finish_row(c, id, state, error.as_deref()))
-                .await
-        } {
-            if self.closed.load(Ordering::SeqCst) {
-                // It stays 'processing' and is taken up again at the next start.
-                tracing::error!(id, error = %e, "cannot record the end of a message; it is taken up again at the next start");
-                break;
-            }
-            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
-            tokio::time::sleep(WRITE_RETRY).await;
+        // Interrupted: left 'processing', and recovery at the next start queues it again.
+        if let Some((state, failure)) = rules::finished(outcome) {
+            let failure = Arc::new(failure);
+            let unrecorded = "it stays 'processing' and is taken up again at the next start";
+            rules::record_until_closed(id, &self.closed, unrecorded, || {
+                let failure = failure.clone();
+                self.db
+                    .write(move |c| finish_row(c, id, state, failure.as_ref().as_ref()))
+            })
+            .await;
         }
         self.window.release(&job.user_key);
     }
@@ -908,22 +924,19 @@ impl Outbox for SqliteStore {
             .await
     }
 
-    async fn mark_started(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
-        self.mark_chunk(
-            job,
-            seq,
-            "UPDATE outbox SET started_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
-        )
-        .await
-    }
-
-    async fn mark_sent(&self, job: &Job, seq: usize) -> Result<(), StoreError> {
-        self.mark_chunk(
-            job,
-            seq,
-            "UPDATE outbox SET sent_at = ?3 WHERE inbox_id = ?1 AND seq = ?2",
-        )
-        .await
+    async fn mark_chunk(&self, job: &Job, seq: usize, state: ChunkState) -> Result<(), StoreError> {
+        let Some(column) = rules::chunk_stamp(state) else {
+            return Ok(());
+        };
+        let sql = format!("UPDATE outbox SET {column} = ?3 WHERE inbox_id = ?1 AND seq = ?2");
+        let id = job.id as i64;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(&sql)?
+                    .execute(params![id, seq as i64, now_ms()])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn record_receipt(&self, job: &Job, msgid: &str) -> Result<(), StoreError> {
@@ -958,11 +971,7 @@ impl Routes for SqliteStore {
 #[async_trait]
 impl Deliveries for SqliteStore {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
-        let rows = items
-            .iter()
-            .map(Push::to_columns)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::failed("cannot encode a push", e))?;
+        let rows = rules::push_columns(&items)?;
         let max_bytes = self.max_bytes;
         self.db
             .write(move |c| {
@@ -1001,7 +1010,7 @@ impl Deliveries for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        super::model::readable_deliveries(self, rows).await
+        rules::readable_deliveries(self, rows).await
     }
 
     async fn start_delivery(&self, id: i64) -> Result<(), StoreError> {
@@ -1018,15 +1027,25 @@ impl Deliveries for SqliteStore {
         &self,
         id: i64,
         attempts: u32,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
-                let state = DeliveryState::finished(&error).as_str();
+                let state = DeliveryState::finished(failure.as_ref()).as_str();
+                let (error, _, errcode) = rules::failure_columns(failure.as_ref());
                 c.prepare_cached(
-                    "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, error = ?4, errcode = ?5,
+                         updated_at = ?6
+                     WHERE id = ?1",
                 )?
-                .execute(params![id, state, attempts, error, now_ms()])?;
+                .execute(params![
+                    id,
+                    state,
+                    attempts,
+                    error,
+                    errcode,
+                    now_ms()
+                ])?;
                 Ok(())
             })
             .await
@@ -1037,7 +1056,7 @@ impl Deliveries for SqliteStore {
             .db
             .read(move |c| {
                 c.query_row(
-                    "SELECT id, target, state, attempts, error FROM deliveries WHERE id = ?1",
+                    "SELECT id, target, state, attempts, error, retried_as FROM deliveries WHERE id = ?1",
                     [id],
                     |r| {
                         Ok((
@@ -1046,16 +1065,17 @@ impl Deliveries for SqliteStore {
                             r.get::<_, String>(2)?,
                             r.get::<_, u32>(3)?,
                             r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<i64>>(5)?,
                         ))
                     },
                 )
                 .optional()
             })
             .await?;
-        let Some((id, target, state, attempts, error)) = row else {
+        let Some((id, target, state, attempts, error, retried_as)) = row else {
             return Ok(None);
         };
-        DeliveryStatus::from_columns(id, &target, &state, attempts, error).map(Some)
+        DeliveryStatus::from_columns(id, &target, &state, (attempts, error), retried_as).map(Some)
     }
 }
 
@@ -1185,49 +1205,52 @@ impl Media for SqliteStore {
 #[async_trait]
 impl Failures for SqliteStore {
     async fn failed(&self, limit: usize) -> Result<Vec<FailedItem>, StoreError> {
-        self.db
+        let (jobs, deliveries) = self
+            .db
             .read(move |c| {
-                let retried = format!("{RETRIED}%");
                 let mut jobs = c.prepare_cached(
-                    "SELECT id, app, user_key, COALESCE(error, ''), updated_at FROM inbox
-                     WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE ?1
-                     ORDER BY updated_at DESC LIMIT ?2",
+                    "SELECT id, app, user_key, error, errcode, updated_at FROM inbox
+                     WHERE state = 'failed' AND retried_as IS NULL
+                     ORDER BY updated_at DESC LIMIT ?1",
                 )?;
-                let mut items: Vec<FailedItem> = jobs
-                    .query_map(params![retried, limit as i64], |r| {
-                        Ok(FailedItem {
-                            id: format!("job-{}", r.get::<_, i64>(0)?),
-                            app: Some(r.get(1)?),
-                            member: r.get(2)?,
-                            error: r.get(3)?,
-                            at_ms: r.get(4)?,
-                        })
+                let jobs = jobs
+                    .query_map([limit as i64], |r| {
+                        let (id, app, user, error) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                        Ok(rules::failed_job(
+                            id,
+                            app,
+                            user,
+                            error,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
                     })?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
                 let mut pushes = c.prepare_cached(
-                    "SELECT id, target, COALESCE(error, ''), updated_at FROM deliveries
-                     WHERE state = 'failed' AND COALESCE(error, '') NOT LIKE ?1
-                     ORDER BY updated_at DESC LIMIT ?2",
+                    "SELECT id, target, error, errcode, updated_at FROM deliveries
+                     WHERE state = 'failed' AND retried_as IS NULL
+                     ORDER BY updated_at DESC LIMIT ?1",
                 )?;
-                let rows = pushes.query_map(params![retried, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (id, target, error, at_ms) = row?;
-                    items.push(FailedItem::delivery(id, &target, error, at_ms));
-                }
-                items.sort_by_key(|i| std::cmp::Reverse(i.at_ms));
-                items.truncate(limit);
-                Ok(items)
+                let pushes = pushes
+                    .query_map([limit as i64], |r| {
+                        let (id, target) = (r.get(0)?, r.get::<_, String>(1)?);
+                        Ok(rules::failed_delivery(
+                            id,
+                            &target,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((jobs, pushes))
             })
-            .await
+            .await?;
+        Ok(rules::newest_failures(jobs, deliveries, limit))
     }
 
+    /// One write on the writer thread (BEGIN IMMEDIATE, which an admin command beside the
+    /// gateway takes too): checked, copied and marked with no other write in between.
     async fn retry_job(&self, id: i64) -> Result<Option<i64>, StoreError> {
         let retried = self
             .db
@@ -1235,37 +1258,33 @@ impl Failures for SqliteStore {
                 let now = now_ms();
                 let old = c
                     .prepare_cached(
-                        "SELECT dedup_key, app, user_key, payload, COALESCE(error, '') FROM inbox
-                         WHERE id = ?1 AND state = 'failed' AND COALESCE(error, '') NOT LIKE ?2",
+                        "SELECT dedup_key, app, user_key, payload, send_failed FROM inbox
+                         WHERE id = ?1 AND state = 'failed' AND retried_as IS NULL",
                     )?
-                    .query_row(params![id, format!("{RETRIED}%")], |r| {
+                    .query_row([id], |r| {
                         let text = |i| r.get::<_, String>(i);
-                        Ok((text(0)?, text(1)?, text(2)?, text(3)?, text(4)?))
+                        Ok((text(0)?, text(1)?, text(2)?, text(3)?, r.get::<_, bool>(4)?))
                     })
                     .optional()?;
-                let Some((dedup_key, app, user_key, payload, error)) = old else {
+                let Some((dedup_key, app, user_key, payload, send_failed)) = old else {
                     return Ok(None);
                 };
-                // A refused send resends the rest of the recorded reply (attempts 1: taken up as
-                // handled before); anything else asks the agent again (attempts 0, no reply).
-                let resend = error.starts_with(SEND_FAILED);
+                let retry = rules::job_retry(&dedup_key, send_failed, now);
                 c.prepare_cached(
                     "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?6, ?5, ?5)",
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6)",
                 )?
-                .execute(params![format!("{dedup_key}:retry:{now}"), app, user_key, payload, now, i64::from(resend)])?;
+                .execute(params![retry.dedup_key, app, user_key, payload, retry.attempts, now])?;
                 let new = c.last_insert_rowid();
-                if resend {
+                if retry.copy_reply {
                     c.prepare_cached(
                         "INSERT INTO outbox (inbox_id, seq, content, sent_at, started_at, message)
                          SELECT ?1, seq, content, sent_at, started_at, message FROM outbox WHERE inbox_id = ?2",
                     )?
                     .execute(params![new, id])?;
                 }
-                c.prepare_cached(
-                    "UPDATE inbox SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, format!("{RETRIED}job-{new}: "), now])?;
+                c.prepare_cached("UPDATE inbox SET retried_as = ?2, updated_at = ?3 WHERE id = ?1")?
+                    .execute(params![id, new, now])?;
                 Ok(Some(new))
             })
             .await?;
@@ -1275,37 +1294,45 @@ impl Failures for SqliteStore {
         Ok(retried)
     }
 
-    async fn failed_delivery(&self, id: i64) -> Result<Option<Push>, StoreError> {
-        let row = self
-            .db
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT target, payload FROM deliveries WHERE id = ?1 AND state = 'failed'
-                     AND COALESCE(error, '') NOT LIKE ?2",
-                )?
-                .query_row(params![id, format!("{RETRIED}%")], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()
-            })
-            .await?;
-        match row {
-            None => Ok(None),
-            Some((target, payload)) => Push::from_columns(&target, &payload)
-                .map(Some)
-                .map_err(|e| StoreError::failed(format!("delivery {id}"), e)),
-        }
-    }
-
-    async fn mark_delivery_retried(&self, id: i64, new: i64) -> Result<(), StoreError> {
+    async fn retry_delivery(
+        &self,
+        id: i64,
+        may_broadcast: bool,
+    ) -> Result<DeliveryRetry, StoreError> {
+        let max_bytes = self.max_bytes;
         self.db
             .write(move |c| {
+                let row = c
+                    .prepare_cached(
+                        "SELECT target, payload FROM deliveries
+                         WHERE id = ?1 AND state = 'failed' AND retried_as IS NULL",
+                    )?
+                    .query_row([id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?;
+                let Some((target, payload)) = row else {
+                    return Ok(Ok(DeliveryRetry::NotFound));
+                };
+                let push = match rules::delivery_retry(id, &target, &payload, may_broadcast) {
+                    Ok(RetryCheck::Retry(push)) => push,
+                    Ok(RetryCheck::Answer(answer)) => return Ok(Ok(answer)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                check_room(c, max_bytes)?;
+                let now = now_ms();
                 c.prepare_cached(
-                    "UPDATE deliveries SET error = ?2 || COALESCE(error, ''), updated_at = ?3 WHERE id = ?1",
+                    "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
+                     VALUES (?1, ?2, 'queued', ?3, ?3)",
                 )?
-                .execute(params![id, format!("{RETRIED}delivery-{new}: "), now_ms()])?;
-                Ok(())
+                .execute(params![target, payload, now])?;
+                let new = c.last_insert_rowid();
+                c.prepare_cached(
+                    "UPDATE deliveries SET retried_as = ?2, updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, new, now])?;
+                Ok(Ok(rules::delivery_retried(new, push)))
             })
-            .await
+            .await?
     }
 }

@@ -115,7 +115,7 @@ impl WecomClient {
             &[("app", app.name()), ("result", result)],
         );
         if let Err(e) = &body {
-            app.tokens().set_problem(Some(e.to_string()));
+            app.tokens().set_problem(Some(e.clone()));
         }
         let body = body?;
         app.tokens().set_problem(None);

@@ -121,15 +121,6 @@ pub fn classify(call: Call, errcode: i64) -> ErrcodeClass {
     }
 }
 
-/// The errcode an error's text names (`WeCom errcode 60020: ...`), for reports of failed work.
-pub fn errcode_in(text: &str) -> Option<i64> {
-    let rest = text.split("WeCom errcode ").nth(1)?;
-    let digits: String = (rest.chars())
-        .take_while(|c| c.is_ascii_digit() || *c == '-')
-        .collect();
-    digits.parse().ok()
-}
-
 /// What an operator should check for the errcodes people actually hit.
 pub fn hint(errcode: i64) -> Option<&'static str> {
     lookup(errcode).map(|e| e.hint)

@@ -74,9 +74,10 @@ pub struct TokenCache {
     shared: Option<(Arc<dyn SharedTokens>, String)>,
     /// The token last rejected, so the shared store replaces it rather than handing it back.
     stale: std::sync::Mutex<Option<String>>,
-    /// Why the last gettoken failed, until one succeeds (for `/ready`'s warnings). No secrets:
-    /// `ApiError`'s text never carries one.
-    problem: std::sync::Mutex<Option<String>>,
+    /// Why the last gettoken failed, until one succeeds (for `/ready`'s warnings), kept as the
+    /// error itself so its errcode is read, not parsed out of text. No secrets: `ApiError`'s
+    /// text never carries one.
+    problem: std::sync::Mutex<Option<ApiError>>,
 }
 
 impl TokenCache {
@@ -90,12 +91,12 @@ impl TokenCache {
 }
 
 impl TokenCache {
-    pub fn set_problem(&self, problem: Option<String>) {
+    pub fn set_problem(&self, problem: Option<ApiError>) {
         *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     /// Why the last gettoken failed, if the last one did.
-    pub fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<ApiError> {
         self.problem
             .lock()
             .unwrap_or_else(|p| p.into_inner())

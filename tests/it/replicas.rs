@@ -11,6 +11,7 @@ use crate::support::postgres::Postgres;
 use crate::support::process::*;
 use crate::support::*;
 use tokio::process::Command;
+use wecom_gateway::store::postgres::SCHEMA_VERSION;
 
 const API_TOKEN: &str = "replica-api-token";
 
@@ -257,7 +258,9 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("empty: the schema (version 4) is created at the first start"),
+        stdout.contains(&format!(
+            "empty: the schema (version {SCHEMA_VERSION}) is created at the first start"
+        )),
         "{stdout}"
     );
 
@@ -276,7 +279,9 @@ async fn check_config_reaches_the_database_and_never_shows_its_password() {
     let out = check(pg.url()).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        stdout.contains("PostgreSQL store reachable; schema version 4"),
+        stdout.contains(&format!(
+            "PostgreSQL store reachable; schema version {SCHEMA_VERSION}"
+        )),
         "{stdout}"
     );
 

@@ -1,8 +1,11 @@
-//! One set of store tests, run once per backend: memory, SQLite and PostgreSQL (a throwaway
-//! server; skipped with a notice when PostgreSQL is not installed, unless
-//! `WECOM_GATEWAY_REQUIRE_POSTGRES=1` makes that a failure, as in CI).
+//! One set of store tests, each case run once per backend as a test of its own
+//! (`store_suite::sqlite::history_keeps_the_last_entries`, ...): memory, SQLite and PostgreSQL (a
+//! throwaway server per test; skipped with a notice when PostgreSQL is not installed, unless
+//! `WECOM_GATEWAY_REQUIRE_POSTGRES=1` makes that a failure, as in CI). A case that does not apply
+//! to a backend says so on stderr ("not applicable to memory: ...") instead of passing silently.
 
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +15,20 @@ use crate::support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
 use wecom_gateway::conversation::{Push, Target};
 use wecom_gateway::store::{
-    ChunkState, DeliveryState, HistoryEntry, MediaRecord, MemoryStore, Outcome, PostgresStore,
-    Pushed, Role, SqliteStore, Store, StoreError,
+    ChunkState, DeliveryRetry, DeliveryState, Failure, HistoryEntry, MediaRecord, MemoryStore,
+    Outcome, PostgresStore, Pushed, Role, SqliteStore, Store, StoreError,
 };
 use wecom_gateway::wecom::payload::Media;
 use wecom_gateway::wecom::{AppMessage, BotMessage};
 
 fn content(job: &wecom_gateway::store::Job) -> String {
     job.message.describe()
+}
+
+/// Straight to stderr: the test harness hides what a passing test prints with `eprintln!`, and a
+/// case (or part of one) that did not run must not read as a plain "ok".
+fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// Where a case's store lives; `open` may be called again to play a new process (or replica)
@@ -64,35 +73,264 @@ impl Backend {
         Open { store, feeder }
     }
 
-    fn durable(&self) -> bool {
-        !matches!(self, Backend::Memory)
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
     }
+
+    /// Whether what a store kept outlives it (a new process, a new replica). Memory's does not:
+    /// the part of a case after a restart is skipped, and said so.
+    fn durable(&self, part: &str) -> bool {
+        let durable = !matches!(self, Backend::Memory);
+        if !durable {
+            say(&format!(
+                "not applicable to {}: {part} (it keeps nothing across restarts)",
+                self.name()
+            ));
+        }
+        durable
+    }
+}
+
+/// What a case needs of a backend; a backend without it is reported, not tested.
+#[derive(Clone, Copy)]
+enum Needs {
+    Nothing,
+    /// What is kept outlives the process.
+    Durable,
+    /// Failures are kept, to list and retry.
+    Failures,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Memory,
+    Sqlite,
+    Postgres,
 }
 
 type Case = fn(&Backend) -> Pin<Box<dyn Future<Output = ()> + '_>>;
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        const CASES: &[(&str, Case)] = &[$((stringify!($name), |b| Box::pin($name(b)))),*];
+/// Run `case` on a fresh store of `kind`, or say why it does not apply.
+async fn run(kind: Kind, needs: Needs, case: Case) {
+    let lacks = match (kind, needs) {
+        (Kind::Memory, Needs::Durable) => Some("it keeps nothing across restarts"),
+        (Kind::Memory, Needs::Failures) => Some("it keeps no failures to list or retry"),
+        _ => None,
+    };
+    if let Some(why) = lacks {
+        return say(&format!("not applicable to memory: {why}"));
+    }
+    match kind {
+        Kind::Memory => case(&Backend::Memory).await,
+        Kind::Sqlite => case(&Backend::Sqlite(tempfile::tempdir().unwrap())).await,
+        Kind::Postgres => {
+            // `start` says why when it skips, or panics when PostgreSQL is required.
+            let Some(pg) = Postgres::start().await else {
+                return;
+            };
+            case(&Backend::Postgres(pg.url())).await;
+        }
+    }
+}
+
+/// One module per backend, one test per case in each.
+macro_rules! backend {
+    ($kind:ident, $module:ident, [$($case:ident: $needs:ident),*]) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::run(super::Kind::$kind, super::Needs::$needs, |b| {
+                        Box::pin(super::$case(b))
+                    })
+                    .await;
+                }
+            )*
+        }
     };
 }
 
-cases!(
-    a_retry_is_a_duplicate_and_the_route_follows_the_last_app,
-    one_user_at_a_time_in_arrival_order,
-    a_recorded_reply_is_taken_up_with_its_sent_chunks,
-    deliveries_are_kept_in_order_until_finished,
-    history_keeps_the_last_entries,
-    retention_prunes_finished_messages_only,
-    a_closed_store_refuses_pushes,
-    received_media_is_recorded_and_its_key_kept,
-    a_failed_job_is_listed_and_retried_with_its_recorded_reply,
+macro_rules! suite {
+    ($($case:ident: $needs:ident),* $(,)?) => {
+        backend!(Memory, memory, [$($case: $needs),*]);
+        backend!(Sqlite, sqlite, [$($case: $needs),*]);
+        backend!(Postgres, postgres, [$($case: $needs),*]);
+    };
+}
+
+suite!(
+    a_retry_is_a_duplicate_and_the_route_follows_the_last_app: Nothing,
+    one_user_at_a_time_in_arrival_order: Nothing,
+    a_recorded_reply_is_taken_up_with_its_sent_chunks: Durable,
+    deliveries_are_kept_in_order_until_finished: Nothing,
+    history_keeps_the_last_entries: Nothing,
+    retention_prunes_finished_messages_only: Durable,
+    a_closed_store_refuses_pushes: Nothing,
+    received_media_is_recorded_and_its_key_kept: Nothing,
+    a_failed_job_is_listed_and_retried_with_its_recorded_reply: Failures,
+    two_retries_of_one_failed_delivery_store_it_once: Failures,
+    an_upgraded_store_reads_the_old_error_prefixes_as_columns: Failures,
 );
 
-async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend) {
-    if !b.durable() {
-        return;
+/// What the version before failures had columns wrote: a schema without them, and state as
+/// prefixes of the error text. Job 1 was refused by WeCom at its second piece (one piece sent),
+/// job 2 was retried already; delivery 1 was retried already, delivery 2 refused by WeCom.
+const OLD_ROWS: &str = "
+    INSERT INTO inbox (id, dedup_key, app, user_key, payload, state, attempts, error, received_at, updated_at)
+    VALUES (1, 'k1', 'sales', 'ww1:dora', 'PAYLOAD', 'failed', 1,
+            'piece 2 of 2: WeCom errcode 81013: invalid', 10, 20),
+           (2, 'k2', 'sales', 'ww1:dora', 'PAYLOAD', 'failed', 1,
+            'retried as job-99: agent timed out after 120 s', 10, 30);
+    INSERT INTO outbox (inbox_id, seq, content, sent_at) VALUES (1, 0, 'one', 15), (1, 1, 'two', NULL);
+    INSERT INTO deliveries (id, target, payload, state, attempts, error, created_at, updated_at)
+    VALUES (1, 'TARGET', 'MESSAGE', 'failed', 1, 'retried as delivery-98: WeCom errcode 93000: x', 10, 40),
+           (2, 'TARGET', 'MESSAGE', 'failed', 1, 'WeCom errcode 93000: invalid webhook url', 10, 50);
+";
+
+impl Backend {
+    /// Put the store back to the schema before failures had columns, holding `OLD_ROWS`.
+    async fn downgrade(&self, payload: &str) {
+        let (target, message) = bot_push(1).to_columns().unwrap();
+        let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
+        let rows = OLD_ROWS
+            .replace("'PAYLOAD'", &quote(payload))
+            .replace("'TARGET'", &quote(&target))
+            .replace("'MESSAGE'", &quote(&message));
+        let drop_columns = "
+            ALTER TABLE inbox DROP COLUMN retried_as;
+            ALTER TABLE inbox DROP COLUMN send_failed;
+            ALTER TABLE inbox DROP COLUMN errcode;
+            ALTER TABLE deliveries DROP COLUMN retried_as;
+            ALTER TABLE deliveries DROP COLUMN errcode;";
+        match self {
+            Backend::Memory => unreachable!("memory keeps nothing to upgrade"),
+            Backend::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("wecom-gateway.db")).unwrap();
+                c.execute_batch(drop_columns).unwrap();
+                c.execute_batch(&rows).unwrap();
+                c.pragma_update(None, "user_version", 7).unwrap();
+            }
+            Backend::Postgres(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(conn);
+                client.batch_execute(drop_columns).await.unwrap();
+                client.batch_execute(&rows).await.unwrap();
+                client
+                    .batch_execute(
+                        "UPDATE wecom_gateway_schema SET version = 4;
+                         SELECT setval('inbox_id_seq', 100); SELECT setval('deliveries_id_seq', 100);",
+                    )
+                    .await
+                    .unwrap();
+                task.abort();
+            }
+        }
     }
+}
+
+async fn an_upgraded_store_reads_the_old_error_prefixes_as_columns(b: &Backend) {
+    // A store of this version, made old, with what the old version wrote.
+    b.open().await.close().await;
+    b.downgrade(&job("erin", 1, "sales").payload).await;
+
+    let s = b.open().await;
+    let failed = s.store.failed(10).await.unwrap();
+    let listed: Vec<(String, String, Option<i64>)> = (failed.iter())
+        .map(|f| (f.id.clone(), f.error.clone(), f.errcode))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                "delivery-2".into(),
+                "WeCom errcode 93000: invalid webhook url".into(),
+                Some(93000)
+            ),
+            (
+                "job-1".into(),
+                "piece 2 of 2: WeCom errcode 81013: invalid".into(),
+                Some(81013)
+            ),
+        ],
+        "retried ones are not listed; errcodes are read into their column"
+    );
+    assert_eq!(s.store.retry_job(2).await.unwrap(), None, "retried already");
+    assert_eq!(
+        s.store.retry_delivery(1, false).await.unwrap(),
+        DeliveryRetry::NotFound
+    );
+    // The refused send is retried as a resend of its recorded reply, not a new question.
+    let new = s.store.retry_job(1).await.unwrap().expect("retried");
+    let again = loop {
+        let j = s.store.next().await.unwrap();
+        if j.id == new as u64 {
+            break j;
+        }
+        s.store.finish(&j, Outcome::Done).await;
+    };
+    let state: Vec<ChunkState> = (again.reply.clone().expect("the recorded reply"))
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(state, vec![ChunkState::Sent, ChunkState::Unsent]);
+    s.store.finish(&again, Outcome::Done).await;
+    s.close().await;
+}
+
+async fn two_retries_of_one_failed_delivery_store_it_once(b: &Backend) {
+    let s = b.open().await;
+    let store = &s.store;
+    let ids = store.add_deliveries(vec![bot_push(1)]).await.unwrap();
+    let refused = Failure::wecom("WeCom errcode 93000: invalid webhook url", Some(93000));
+    store
+        .finish_delivery(ids[0], 1, Some(refused))
+        .await
+        .unwrap();
+    let failed = store.failed(10).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].id, format!("delivery-{}", ids[0]));
+    assert_eq!(failed[0].report()["errcode"], 93000);
+    // Two operators (or two replicas' APIs) retry it at once: one new delivery.
+    let (x, y) = tokio::join!(
+        store.retry_delivery(ids[0], false),
+        store.retry_delivery(ids[0], false)
+    );
+    let answers = [x.unwrap(), y.unwrap()];
+    let queued: Vec<_> = (answers.iter())
+        .filter_map(|a| match a {
+            DeliveryRetry::Queued(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), 1, "{answers:?}");
+    assert!(answers.contains(&DeliveryRetry::NotFound), "{answers:?}");
+    assert_eq!(
+        (queued[0].push.clone(), queued[0].started),
+        (bot_push(1), false)
+    );
+    let new = store.delivery(queued[0].id).await.unwrap().unwrap();
+    assert_eq!(new.state, DeliveryState::Queued);
+    let old = store.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(old.retried_as, Some(format!("delivery-{}", queued[0].id)));
+    assert!(
+        store.failed(10).await.unwrap().is_empty(),
+        "retried: no longer listed"
+    );
+    assert_eq!(
+        store.retry_delivery(ids[0], false).await.unwrap(),
+        DeliveryRetry::NotFound,
+        "once"
+    );
+    s.close().await;
+}
+
+async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend) {
     let s = b.open().await;
     s.store.push(job("dora", 11, "sales")).await.unwrap();
     let j = s.store.next().await.unwrap();
@@ -103,7 +341,10 @@ async fn a_failed_job_is_listed_and_retried_with_its_recorded_reply(b: &Backend)
     s.store
         .finish(
             &j,
-            Outcome::Failed("piece 2 of 2: WeCom errcode 81013: invalid".into()),
+            Outcome::Failed(Failure::send_failed(
+                "piece 2 of 2: WeCom errcode 81013: invalid",
+                Some(81013),
+            )),
         )
         .await;
     let failed = s.store.failed(10).await.unwrap();
@@ -192,7 +433,7 @@ async fn received_media_is_recorded_and_its_key_kept(b: &Backend) {
     assert_eq!(key.len(), 32);
     assert_eq!(store.media_key().await.unwrap(), key, "one key, kept");
     s.close().await;
-    if b.durable() {
+    if b.durable("the key and the record after a restart") {
         // The next process (or another replica) signs with the same key...
         let s = b.open().await;
         assert_eq!(s.store.media_key().await.unwrap(), key);
@@ -270,9 +511,6 @@ async fn one_user_at_a_time_in_arrival_order(b: &Backend) {
 }
 
 async fn a_recorded_reply_is_taken_up_with_its_sent_chunks(b: &Backend) {
-    if !b.durable() {
-        return;
-    }
     let s = b.open().await;
     s.store.push(job("bob", 7, "sales")).await.unwrap();
     let j = s.store.next().await.unwrap();
@@ -356,7 +594,7 @@ async fn deliveries_are_kept_in_order_until_finished(b: &Backend) {
     assert_eq!(failed.error.as_deref(), Some("errcode 93000"));
     assert_eq!(store.delivery(ids[2] + 1000).await.unwrap(), None);
     s.close().await;
-    if b.durable() {
+    if b.durable("deliveries left to the next process") {
         // What the previous process left undelivered is handed to the next one.
         // (On PostgreSQL, once the previous replica's lease has lapsed.)
         let s = b.open().await;
@@ -406,9 +644,6 @@ async fn history_keeps_the_last_entries(b: &Backend) {
 }
 
 async fn retention_prunes_finished_messages_only(b: &Backend) {
-    if !b.durable() {
-        return;
-    }
     let s = b.open().await;
     let store = &s.store;
     store.push(job("alice", 1, "a")).await.unwrap();
@@ -441,45 +676,4 @@ async fn a_closed_store_refuses_pushes(b: &Backend) {
     assert!(matches!(pushed, Err(StoreError::Closed)), "{pushed:?}");
     assert!(s.store.next().await.is_none());
     s.feeder.await.unwrap();
-}
-
-async fn run_all(make: impl AsyncFn(usize) -> Backend) {
-    for (i, (name, case)) in CASES.iter().enumerate() {
-        eprintln!("case {name}");
-        let backend = make(i).await;
-        case(&backend).await;
-    }
-}
-
-#[tokio::test]
-async fn suite_on_memory() {
-    run_all(async |_| Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn suite_on_sqlite() {
-    run_all(async |_| Backend::Sqlite(tempfile::tempdir().unwrap())).await;
-}
-
-#[tokio::test]
-async fn suite_on_postgres() {
-    let Some(pg) = Postgres::start().await else {
-        return;
-    };
-    // A schema per case: each starts from an empty store on the one server.
-    run_all(async |i| Backend::Postgres(fresh_schema(&pg, &format!("case{i}")).await)).await;
-}
-
-/// A new empty schema on `pg`, and a URL whose connections use it.
-pub async fn fresh_schema(pg: &Postgres, name: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let task = tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {name}"))
-        .await
-        .expect("create schema");
-    task.abort();
-    format!("{}?options=-c%20search_path%3D{name}", pg.url())
 }

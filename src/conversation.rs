@@ -1,6 +1,7 @@
-//! The values the layers hand one another: what a member sent as the agent gets it (a received
-//! file's description), and what the gateway sends out (a push and its target). The receiving
-//! side (http), the store, the worker, the agents and outbound all speak these.
+//! The values the layers hand one another: where a conversation happens (its [`Channel`]), what a
+//! member sent as the agent gets it (a received file's description), and what the gateway sends
+//! out (a push and its target). The receiving side (http), the store, the worker, the agents and
+//! outbound all speak these.
 //!
 //! Must never: import any of those layers (it sits below them all, beside `wecom`'s payload
 //! types, which are the reply items themselves), or do I/O.
@@ -9,7 +10,63 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::{InboundMessage, MessageError};
 use crate::wecom::payload::{AppMessage, BotMessage, Recipients};
+
+/// Where a conversation happens, and so how what a member sent is read and how the reply leaves:
+/// a value every job carries. Today one kind, the self-built app (自建应用) the member wrote to;
+/// WeCom's AI bot (智能机器人) is to be the second, beside it in the same store, lanes and agents.
+/// The store keeps a channel in two columns: `channel` (the kind) and `app` (the name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// A self-built app, by its configured name: encrypted XML callbacks in, message/send out.
+    App(String),
+}
+
+impl Channel {
+    /// The kind as stored (`channel` column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Channel::App(_) => "app",
+        }
+    }
+
+    /// The configured name of the app (or, later, bot) within its kind (`app` column).
+    pub fn name(&self) -> &str {
+        match self {
+            Channel::App(name) => name,
+        }
+    }
+
+    /// The app a push to this member leaves through from now on (the store's `routes`): the app
+    /// they last wrote to.
+    pub fn route(&self) -> Option<&str> {
+        match self {
+            Channel::App(name) => Some(name),
+        }
+    }
+
+    /// Read back what [`Channel::kind`] and [`Channel::name`] wrote.
+    pub fn from_columns(kind: &str, name: String) -> Result<Channel, UnknownChannel> {
+        match kind {
+            "app" => Ok(Channel::App(name)),
+            other => Err(UnknownChannel(other.to_owned())),
+        }
+    }
+
+    /// A stored message of this channel, as the worker and the agents get it. Each kind stores
+    /// what it received in its own form: a self-built app, the decrypted callback XML.
+    pub fn received(&self, payload: &str) -> Result<InboundMessage, MessageError> {
+        match self {
+            Channel::App(_) => InboundMessage::parse(payload),
+        }
+    }
+}
+
+/// A stored job whose channel this version does not know (written by a newer one).
+#[derive(Debug, thiserror::Error)]
+#[error("channel {0:?} is not one this wecom-gateway knows: run the same version as the gateway that stored it")]
+pub struct UnknownChannel(String);
 
 /// What the agent is told about a received file (`media` in its JSON). After a failed download
 /// only `kind` and the callback's `file_name` are known; `media_error` says why.

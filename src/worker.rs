@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::agent::{Agent, AgentError, Events, Turn};
 use crate::app::{App, Apps};
 use crate::config::{AgentConfig, Config};
+use crate::conversation::Channel;
 use crate::message::{Event, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::received::Received;
@@ -79,8 +80,11 @@ impl Agents {
         })
     }
 
-    pub fn for_app(&self, app: &str) -> &AgentHandle {
-        self.by_app.get(app).unwrap_or(&self.default)
+    /// The agent that answers in `channel`: an app's own, or the default.
+    pub fn for_channel(&self, channel: &Channel) -> &AgentHandle {
+        match channel {
+            Channel::App(app) => self.by_app.get(app).unwrap_or(&self.default),
+        }
     }
 }
 
@@ -125,7 +129,7 @@ impl Worker {
     async fn handle(&self, job: &Job) -> Outcome {
         let msg = &job.message;
         let agents = self.agents.get();
-        let handle = agents.for_app(&job.app);
+        let handle = agents.for_channel(&job.channel);
         if let (false, MessageKind::Event(event)) = (msg.is_chat_turn(), &msg.kind) {
             let name = event.name();
             if !handle.events.allows(name) || !handle.agent.takes_event(name) {
@@ -133,8 +137,11 @@ impl Worker {
                 return Outcome::Done;
             }
         }
-        let Some(app) = self.apps.by_name(&job.app) else {
-            let error = format!("app {:?} is no longer configured", job.app);
+        // Where the reply leaves: the app the member wrote to. (A second kind of channel makes
+        // this pattern refutable, and the compiler points here to deliver through it.)
+        let Channel::App(name) = &job.channel;
+        let Some(app) = self.apps.by_name(name) else {
+            let error = format!("app {name:?} is no longer configured");
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
             return Outcome::Failed(error.into());
         };
@@ -330,7 +337,7 @@ impl Worker {
         let answer = async {
             let media = self.received.fetch(&self.outbound, app, msg).await?;
             let turn = Turn {
-                app: &app.config.name,
+                channel: &job.channel,
                 corp_id: &app.config.corp_id,
                 user_id: &msg.from_user_name,
                 user_key: &job.user_key,

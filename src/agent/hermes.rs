@@ -118,7 +118,7 @@ impl Agent for HermesAgent {
         };
         match text.trim() {
             "/reset" | "/new" => {
-                self.new_session(turn.app, turn.user_key).await?;
+                self.new_session(turn.channel.name(), turn.user_key).await?;
                 return Ok(vec![AppMessage::text(RESET_DONE)]);
             }
             "/help" => return Ok(vec![AppMessage::text(HELP)]),
@@ -133,7 +133,7 @@ impl Agent for HermesAgent {
                 text.push_str(&format!("\n(url: {url})"));
             }
         }
-        let session = self.session(turn.app, turn.user_key).await?;
+        let session = self.session(turn.channel.name(), turn.user_key).await?;
         let body = json!({
             "model": self.config.model,
             "messages": [{ "role": "user", "content": text }],

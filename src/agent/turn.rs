@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use crate::conversation::Channel;
 use crate::message::{Event, InboundMessage, MessageKind};
 use crate::received::Fetched;
 use crate::wecom::AppMessage;
@@ -13,8 +14,9 @@ use crate::wecom::AppMessage;
 /// One member's message, as an agent sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Turn<'a> {
-    /// Name of the app the member wrote to.
-    pub app: &'a str,
+    /// Where the member wrote (the app, by name); per-member state such as a session is kept per
+    /// channel and member.
+    pub channel: &'a Channel,
     pub corp_id: &'a str,
     pub user_id: &'a str,
     /// `corp_id:user_id`: the key for per-user state such as conversation history.
@@ -29,7 +31,8 @@ impl Turn<'_> {
     pub fn to_json(&self) -> Value {
         let m = self.message;
         let mut doc = json!({
-            "app": self.app,
+            "app": self.channel.name(),
+            "channel": self.channel.kind(),
             "corp_id": self.corp_id,
             "user_id": self.user_id,
             // App callbacks are one-to-one chats; the field is there for group sources.

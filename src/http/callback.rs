@@ -20,6 +20,7 @@ use super::error::HttpError;
 use super::retries::Recent;
 use super::state::AppState;
 use crate::app::App;
+use crate::conversation::Channel;
 use crate::crypto::CryptoError;
 use crate::message::{Envelope, InboundMessage};
 use crate::store::{NewJob, Pushed};
@@ -379,7 +380,7 @@ async fn accept(state: &AppState, raw_query: Option<&str>, body: &[u8]) -> Resul
         true => Pushed::Duplicate,
         false => {
             let job = NewJob {
-                app: app.config.name.clone(),
+                channel: Channel::App(app.config.name.clone()),
                 dedup_key: dedup_key.clone(),
                 user_key: user_key.clone(),
                 payload: xml.to_owned(),

@@ -23,7 +23,6 @@ use super::schedule::{OnClose, Window};
 /// Nothing failed is kept to list or retry: the list is empty, and nothing is found to retry.
 impl super::model::Failures for MemoryStore {}
 use crate::conversation::Push;
-use crate::message::InboundMessage;
 use crate::wecom::AppMessage;
 
 /// How many recent dedup keys are remembered. WeCom retries within seconds, so this is plenty.
@@ -75,7 +74,7 @@ impl MemoryStore {
 #[async_trait]
 impl Queue for MemoryStore {
     async fn push(&self, new: NewJob) -> Result<Pushed, StoreError> {
-        let message = InboundMessage::parse(&new.payload)
+        let message = (new.channel.received(&new.payload))
             .map_err(|e| StoreError::failed("message cannot be parsed", e))?;
         {
             let seen = self.lock();
@@ -107,11 +106,13 @@ impl Queue for MemoryStore {
                 }
             }
             seen.order.push_back(new.dedup_key);
-            seen.routes.insert(new.user_key.clone(), new.app.clone());
+            if let Some(app) = new.channel.route() {
+                seen.routes.insert(new.user_key.clone(), app.to_owned());
+            }
             seen.next_id += 1;
             Job {
                 id: seen.next_id,
-                app: new.app,
+                channel: new.channel,
                 user_key: new.user_key,
                 message,
                 attempts: 1,

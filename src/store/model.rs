@@ -6,20 +6,21 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::conversation::{Push, Target};
+use crate::conversation::{Channel, Push, Target};
 use crate::message::InboundMessage;
 use crate::wecom::AppMessage;
 
 /// A message to be queued: which app it came through and whose turn it is.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    /// Name of the app the user wrote to; the reply leaves through it.
-    pub app: String,
+    /// Where the member wrote (the app, by name); the reply leaves the same way.
+    pub channel: Channel,
     /// `corp_id:user_id`: the unit of ordering.
     pub user_key: String,
     /// The callback's identity across WeCom's retries (`InboundMessage::dedup_key`).
     pub dedup_key: String,
-    /// The decrypted XML: what is stored, and parsed into the job's message when it is handed out.
+    /// What the channel received (a self-built app: the decrypted XML): what is stored, and read
+    /// into the job's message by [`Channel::received`] when it is handed out.
     pub payload: String,
 }
 
@@ -66,7 +67,8 @@ impl Chunk {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: u64,
-    pub app: String,
+    /// Where the member wrote; the reply leaves the same way.
+    pub channel: Channel,
     pub user_key: String,
     pub message: InboundMessage,
     /// 1 on the first try; more when a previous process died while handling it.

@@ -11,7 +11,7 @@
 //! [`PostgresUrl`]), let two replicas hold one user's lane at once, or restate a rule of
 //! `rules.rs` (finishing, failures, retries): this file holds its SQL and transactions only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,6 @@ use super::model::{
 };
 use super::rules::{self, RetryCheck};
 use crate::conversation::Push;
-use crate::message::InboundMessage;
 use crate::ratelimit::Limit;
 use crate::ratelimit::{Reserved, SharedWindows};
 use crate::wecom::token::{Fetch, SharedTokens};
@@ -151,6 +150,11 @@ const MIGRATIONS: &[&str] = &[
     WHERE error ~ 'WeCom errcode -?[0-9]';
     UPDATE deliveries SET errcode = substring(error from 'WeCom errcode (-?[0-9]+)')::bigint
     WHERE error ~ 'WeCom errcode -?[0-9]';
+",
+    "
+    -- 6: the channel a job came through (its kind; `app` holds the name), so a second kind of
+    -- channel can share the queue. Every earlier job came through a self-built app.
+    ALTER TABLE inbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'app';
 ",
 ];
 
@@ -342,23 +346,29 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, S
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
     let column = |f: fn(&NewJob) -> &str| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
-    let (keys, apps) = (column(|j| &j.dedup_key), column(|j| &j.app));
+    let (keys, apps) = (column(|j| &j.dedup_key), column(|j| j.channel.name()));
     let (users, payloads) = (column(|j| &j.user_key), column(|j| &j.payload));
+    let kinds = column(|j| j.channel.kind());
+    // The member's route: the app of the last job of theirs inserted that sets one.
+    let routes_of: HashMap<&str, &str> = (jobs.iter())
+        .filter_map(|j| Some((j.dedup_key.as_str(), j.channel.route()?)))
+        .collect();
     let now = now_ms();
     // Prepared once per connection: a plain `query(&str)` costs one more round trip (and a parse)
     // on every batch, on the path every acknowledgement waits for.
     let insert = tx
         .prepare_cached(
-            "INSERT INTO inbox (dedup_key, app, user_key, payload, state, received_at, updated_at)
-             SELECT k, a, u, p, 'queued', $5, $5
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(k, a, u, p, n)
+            "INSERT INTO inbox (dedup_key, channel, app, user_key, payload, state, received_at, updated_at)
+             SELECT k, c, a, u, p, 'queued', $5, $5
+             FROM UNNEST($1::text[], $6::text[], $2::text[], $3::text[], $4::text[])
+                  WITH ORDINALITY AS t(k, c, a, u, p, n)
              ORDER BY n
-             ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, user_key, app",
+             ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, user_key",
         )
         .await
         .map_err(pg_error)?;
     let rows = tx
-        .query(&insert, &[&keys, &apps, &users, &payloads, &now])
+        .query(&insert, &[&keys, &apps, &users, &payloads, &now, &kinds])
         .await
         .map_err(pg_error)?;
     let inserted: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -366,9 +376,12 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, S
     // wait on each other in a circle.
     let mut routes: Vec<(String, String)> = Vec::new();
     for row in rows.iter().rev() {
-        let user: String = row.get(1);
+        let (key, user): (&str, String) = (row.get(0), row.get(1));
+        let Some(app) = routes_of.get(key) else {
+            continue;
+        };
         if !routes.iter().any(|(u, _)| *u == user) {
-            routes.push((user, row.get(2)));
+            routes.push((user, (*app).to_owned()));
         }
     }
     routes.sort();
@@ -496,7 +509,7 @@ impl PostgresStore {
                              AND p.state IN ('queued', 'processing'))
                      ORDER BY i.id LIMIT 1
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, app, user_key, payload, attempts, receipt",
+                 RETURNING id, channel, app, user_key, payload, attempts, receipt",
                 &[&self.me, &self.lease_until(), &now],
             )
             .await
@@ -506,23 +519,23 @@ impl PostgresStore {
         };
         let id: i64 = row.get(0);
         self.held().insert(id);
-        let attempts: i32 = row.get(4);
+        let attempts: i32 = row.get(5);
+        let (channel, message) = match rules::stored_message(row.get(1), row.get(2), row.get(4)) {
+            Ok(read) => read,
+            Err(failure) => {
+                tracing::error!(id, "{}; marked failed", failure.reason);
+                self.finish_row(id, "failed", Some(&failure)).await?;
+                return Ok(None);
+            }
+        };
         let mut job = Job {
             id: id as u64,
-            app: row.get(1),
-            user_key: row.get(2),
-            message: match InboundMessage::parse(row.get::<_, &str>(3)) {
-                Ok(message) => message,
-                Err(e) => {
-                    let error = format!("stored message cannot be parsed: {e}");
-                    tracing::error!(id, "{error}; marked failed");
-                    self.finish_row(id, "failed", Some(&error.into())).await?;
-                    return Ok(None);
-                }
-            },
+            channel,
+            user_key: row.get(3),
+            message,
             attempts: attempts.max(1) as u32,
             reply: None,
-            receipt: row.get(5),
+            receipt: row.get(6),
         };
         if attempts > MAX_ATTEMPTS {
             let error = rules::gave_up(i64::from(attempts - 1));
@@ -1266,7 +1279,7 @@ impl Failures for PostgresStore {
         let now = now_ms();
         let old = tx
             .query_opt(
-                "SELECT dedup_key, app, user_key, payload, send_failed FROM inbox
+                "SELECT dedup_key, channel, app, user_key, payload, send_failed FROM inbox
                  WHERE id = $1 AND state = 'failed' AND retried_as IS NULL FOR UPDATE",
                 &[&id],
             )
@@ -1275,16 +1288,18 @@ impl Failures for PostgresStore {
         let Some(old) = old else {
             return Ok(None);
         };
-        let retry = rules::job_retry(old.get(0), old.get(4), now);
+        let retry = rules::job_retry(old.get(0), old.get(5), now);
+        let text = |i| old.get::<_, String>(i);
         let row = tx
             .query_one(
-                "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6) RETURNING id",
+                "INSERT INTO inbox (dedup_key, channel, app, user_key, payload, state, attempts, received_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $7) RETURNING id",
                 &[
                     &retry.dedup_key,
-                    &old.get::<_, String>(1),
-                    &old.get::<_, String>(2),
-                    &old.get::<_, String>(3),
+                    &text(1),
+                    &text(2),
+                    &text(3),
+                    &text(4),
                     &retry.attempts,
                     &now,
                 ],

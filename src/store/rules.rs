@@ -15,7 +15,8 @@ use std::time::Duration;
 use super::model::{
     ChunkState, Deliveries, DeliveryRetry, FailedItem, Failure, Outcome, StoreError, StoredDelivery,
 };
-use crate::conversation::{Push, Target};
+use crate::conversation::{Channel, Push, Target};
+use crate::message::InboundMessage;
 
 /// How long to wait before trying again to record the end of a job the store refused (a full
 /// disk, an unreachable server).
@@ -72,6 +73,20 @@ where
         tokio::time::sleep(RECORD_RETRY).await;
     }
     true
+}
+
+/// A stored job's channel and message, read back from its columns; the failure to record when
+/// they cannot be read (a damaged row, or one a newer version wrote), so it is marked failed.
+pub(super) fn stored_message(
+    kind: &str,
+    name: String,
+    payload: &str,
+) -> Result<(Channel, InboundMessage), Failure> {
+    let unreadable =
+        |e: &dyn std::fmt::Display| Failure::from(format!("stored message cannot be parsed: {e}"));
+    let channel = Channel::from_columns(kind, name).map_err(|e| unreadable(&e))?;
+    let message = channel.received(payload).map_err(|e| unreadable(&e))?;
+    Ok((channel, message))
 }
 
 /// Why a message is given up: the gateway stopped `times` times while handling it.

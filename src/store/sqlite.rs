@@ -36,7 +36,6 @@ use super::model::{
 use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
 use crate::conversation::Push;
-use crate::message::InboundMessage;
 use crate::wecom::AppMessage;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
@@ -145,6 +144,9 @@ const MIGRATIONS: &[&str] = &[
     UPDATE deliveries SET errcode = CAST(substr(error, instr(error, 'WeCom errcode ') + 14) AS INTEGER)
     WHERE substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9-]'
       AND instr(error, 'WeCom errcode ') > 0;",
+    // 9: the channel a job came through (its kind; `app` holds the name), so a second kind of
+    // channel can share the queue. Every earlier job came through a self-built app.
+    "ALTER TABLE inbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'app';",
 ];
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -469,6 +471,7 @@ impl std::fmt::Debug for SqliteStore {
 
 struct Row {
     id: i64,
+    channel: String,
     app: String,
     user_key: String,
     payload: String,
@@ -639,20 +642,19 @@ impl SqliteStore {
 
     /// Turn a stored row back into a job, or fail it if it can no longer be read.
     async fn admit(&self, row: Row) {
-        match InboundMessage::parse(&row.payload) {
-            Ok(message) => self.window.add(Job {
+        match rules::stored_message(&row.channel, row.app, &row.payload) {
+            Ok((channel, message)) => self.window.add(Job {
                 id: row.id as u64,
-                app: row.app,
+                channel,
                 user_key: row.user_key,
                 message,
                 attempts: row.attempts,
                 reply: row.reply,
                 receipt: row.receipt,
             }),
-            Err(e) => {
-                tracing::error!(id = row.id, error = %e, "stored message cannot be parsed; marked failed");
+            Err(failure) => {
+                tracing::error!(id = row.id, "{}; marked failed", failure.reason);
                 let id = row.id;
-                let failure = Failure::from(format!("stored message cannot be parsed: {e}"));
                 let _ = self
                     .db
                     .write(move |c| finish_row(c, id, "failed", Some(&failure)))
@@ -664,19 +666,20 @@ impl SqliteStore {
 
 fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, app, user_key, payload, attempts, receipt FROM inbox
+        "SELECT id, channel, app, user_key, payload, attempts, receipt FROM inbox
          WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let mut rows = stmt
         .query_map(params![after, limit as i64], |r| {
             Ok(Row {
                 id: r.get(0)?,
-                app: r.get(1)?,
-                user_key: r.get(2)?,
-                payload: r.get(3)?,
-                attempts: r.get(4)?,
+                channel: r.get(1)?,
+                app: r.get(2)?,
+                user_key: r.get(3)?,
+                payload: r.get(4)?,
+                attempts: r.get(5)?,
                 reply: None,
-                receipt: r.get(5)?,
+                receipt: r.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -729,7 +732,7 @@ impl Queue for SqliteStore {
             return Err(StoreError::Closed);
         }
         let NewJob {
-            app,
+            channel,
             user_key,
             dedup_key,
             payload,
@@ -752,11 +755,11 @@ impl Queue for SqliteStore {
                 }
                 let inserted = c
                     .prepare_cached(
-                        "INSERT INTO inbox (dedup_key, app, user_key, payload, state, received_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5) ON CONFLICT (dedup_key) DO NOTHING",
+                        "INSERT INTO inbox (dedup_key, channel, app, user_key, payload, state, received_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6) ON CONFLICT (dedup_key) DO NOTHING",
                     )?
-                    .execute(params![dedup_key, app, user_key, payload, now])?;
-                if inserted == 1 {
+                    .execute(params![dedup_key, channel.kind(), channel.name(), user_key, payload, now])?;
+                if let Some(app) = channel.route().filter(|_| inserted == 1) {
                     // A route that did not change is not rewritten (updated_at: when it was set).
                     c.prepare_cached(
                         "INSERT INTO routes (user_key, app, updated_at) VALUES (?1, ?2, ?3)
@@ -1258,23 +1261,24 @@ impl Failures for SqliteStore {
                 let now = now_ms();
                 let old = c
                     .prepare_cached(
-                        "SELECT dedup_key, app, user_key, payload, send_failed FROM inbox
+                        "SELECT dedup_key, channel, app, user_key, payload, send_failed FROM inbox
                          WHERE id = ?1 AND state = 'failed' AND retried_as IS NULL",
                     )?
                     .query_row([id], |r| {
                         let text = |i| r.get::<_, String>(i);
-                        Ok((text(0)?, text(1)?, text(2)?, text(3)?, r.get::<_, bool>(4)?))
+                        let columns = (text(0)?, text(1)?, text(2)?, text(3)?, text(4)?);
+                        Ok((columns, r.get::<_, bool>(5)?))
                     })
                     .optional()?;
-                let Some((dedup_key, app, user_key, payload, send_failed)) = old else {
+                let Some(((dedup_key, channel, app, user_key, payload), send_failed)) = old else {
                     return Ok(None);
                 };
                 let retry = rules::job_retry(&dedup_key, send_failed, now);
                 c.prepare_cached(
-                    "INSERT INTO inbox (dedup_key, app, user_key, payload, state, attempts, received_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6)",
+                    "INSERT INTO inbox (dedup_key, channel, app, user_key, payload, state, attempts, received_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7)",
                 )?
-                .execute(params![retry.dedup_key, app, user_key, payload, retry.attempts, now])?;
+                .execute(params![retry.dedup_key, channel, app, user_key, payload, retry.attempts, now])?;
                 let new = c.last_insert_rowid();
                 if retry.copy_reply {
                     c.prepare_cached(

@@ -133,6 +133,10 @@ async fn http_agent_gets_the_turn_as_json_and_its_reply_goes_back() {
     let (headers, first) = &seen[0];
     assert_eq!(headers["authorization"], "Bearer agent-secret");
     assert_eq!(first["app"], "alpha");
+    assert_eq!(
+        first["channel"], "app",
+        "the kind of channel the member wrote through"
+    );
     assert_eq!(first["corp_id"], APP_A.corp_id);
     assert_eq!(first["user_id"], "zhangsan");
     assert_eq!(first["msg_type"], "text");

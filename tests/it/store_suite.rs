@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::job;
 use crate::support::postgres::Postgres;
 use wecom_gateway::config::PostgresUrl;
-use wecom_gateway::conversation::{Push, Target};
+use wecom_gateway::conversation::{Channel, Push, Target};
 use wecom_gateway::store::{
     ChunkState, DeliveryRetry, DeliveryState, Failure, HistoryEntry, MediaRecord, MemoryStore,
     Outcome, PostgresStore, Pushed, Role, SqliteStore, Store, StoreError,
@@ -174,6 +174,7 @@ suite!(
     a_failed_job_is_listed_and_retried_with_its_recorded_reply: Failures,
     two_retries_of_one_failed_delivery_store_it_once: Failures,
     an_upgraded_store_reads_the_old_error_prefixes_as_columns: Failures,
+    a_job_keeps_its_channel_and_an_unknown_one_fails_it: Failures,
 );
 
 /// What the version before failures had columns wrote: a schema without them, and state as
@@ -192,7 +193,27 @@ const OLD_ROWS: &str = "
 ";
 
 impl Backend {
-    /// Put the store back to the schema before failures had columns, holding `OLD_ROWS`.
+    /// Run `sql` on the store's database directly, as another program (or version) would.
+    async fn execute(&self, sql: &str) {
+        match self {
+            Backend::Memory => unreachable!("memory has no database"),
+            Backend::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("wecom-gateway.db")).unwrap();
+                c.execute_batch(sql).unwrap();
+            }
+            Backend::Postgres(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(conn);
+                client.batch_execute(sql).await.unwrap();
+                task.abort();
+            }
+        }
+    }
+
+    /// Put the store back to the schema before failures had columns (and jobs a channel),
+    /// holding `OLD_ROWS`.
     async fn downgrade(&self, payload: &str) {
         let (target, message) = bot_push(1).to_columns().unwrap();
         let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
@@ -205,7 +226,8 @@ impl Backend {
             ALTER TABLE inbox DROP COLUMN send_failed;
             ALTER TABLE inbox DROP COLUMN errcode;
             ALTER TABLE deliveries DROP COLUMN retried_as;
-            ALTER TABLE deliveries DROP COLUMN errcode;";
+            ALTER TABLE deliveries DROP COLUMN errcode;
+            ALTER TABLE inbox DROP COLUMN channel;";
         match self {
             Backend::Memory => unreachable!("memory keeps nothing to upgrade"),
             Backend::Sqlite(dir) => {
@@ -279,7 +301,52 @@ async fn an_upgraded_store_reads_the_old_error_prefixes_as_columns(b: &Backend) 
         .map(|c| c.state)
         .collect();
     assert_eq!(state, vec![ChunkState::Sent, ChunkState::Unsent]);
+    assert_eq!(
+        again.channel,
+        Channel::App("sales".into()),
+        "a job an older version stored came through a self-built app"
+    );
     s.store.finish(&again, Outcome::Done).await;
+    s.close().await;
+}
+
+/// Each job carries its channel back out of the store; a stored job whose channel this version
+/// does not know (a newer one wrote it) is marked failed and named, never handed to a worker.
+async fn a_job_keeps_its_channel_and_an_unknown_one_fails_it(b: &Backend) {
+    let s = b.open().await;
+    assert_eq!(
+        s.store.push(job("frank", 1, "sales")).await.unwrap(),
+        Pushed::Queued
+    );
+    let j = s.store.next().await.unwrap();
+    assert_eq!(j.channel, Channel::App("sales".into()));
+    s.store.finish(&j, Outcome::Done).await;
+    s.close().await;
+
+    let (first, second) = (job("grace", 2, "sales"), job("grace", 3, "sales"));
+    let set_kind = "UPDATE inbox SET channel = 'aibot' WHERE dedup_key = ";
+    let sql = format!("{set_kind}'{}'", first.dedup_key.replace('\'', "''"));
+    let s = b.open().await;
+    s.store.push(first).await.unwrap();
+    s.close().await;
+    b.execute(&sql).await;
+    let s = b.open().await;
+    s.store.push(second.clone()).await.unwrap();
+    let j = s.store.next().await.unwrap();
+    assert_eq!(
+        j.message.dedup_key("ww1", 5),
+        second.dedup_key,
+        "the unknown one was skipped"
+    );
+    let failed = s.store.failed(10).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]
+            .error
+            .contains("channel \"aibot\" is not one this wecom-gateway knows"),
+        "{failed:?}"
+    );
+    s.store.finish(&j, Outcome::Done).await;
     s.close().await;
 }
 

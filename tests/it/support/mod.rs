@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::{AgentConfig, Allowlist, AppConfig, Config, StoreKind};
+use wecom_gateway::conversation::Channel;
 use wecom_gateway::crypto::MsgCrypt;
 use wecom_gateway::message::InboundMessage;
 use wecom_gateway::store::NewJob;
@@ -940,7 +941,7 @@ pub fn job(user: &str, msg_id: u64, app: &str) -> NewJob {
     );
     let message = InboundMessage::parse(&xml).unwrap();
     NewJob {
-        app: app.into(),
+        channel: Channel::App(app.into()),
         user_key: format!("ww1:{user}"),
         dedup_key: message.dedup_key("ww1", 5),
         payload: xml,

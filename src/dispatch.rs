@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::app::Apps;
 use crate::bots::Bot;
 use crate::conversation::{Push, Target};
-use crate::outbound::{Outbound, Undelivered};
+use crate::outbound::{NotAttached, Outbound, Undelivered};
 use crate::store::{Deliveries, DeliveryRetry, Failure, StoreError, StoredDelivery};
 
 /// Robots by name, replaced by a reload.
@@ -209,9 +209,9 @@ impl QueueWorker {
     /// Returns the attempts made and the error, if it failed for good; `None` if the gateway is
     /// stopping and the delivery stays stored for the next start.
     async fn deliver(&self, d: StoredDelivery) -> Option<(u32, Option<Failure>)> {
-        let fail = |why: String| {
-            tracing::error!(delivery = d.id, to = ?self.target, "delivery failed: {why}");
-            Some((0, Some(Failure::from(why))))
+        let fail = |why: String, errcode: Option<i64>| {
+            tracing::error!(delivery = d.id, to = ?self.target, errcode, "delivery failed: {why}");
+            Some((0, Some(Failure::wecom(why, errcode))))
         };
         if let Err(e) = self.store.start_delivery(d.id).await {
             // Send anyway: a lost notification is worse than a rare double after a crash.
@@ -220,7 +220,7 @@ impl QueueWorker {
         let result = match &d.push {
             Push::App { app, to, message } => {
                 let Some(app) = self.apps.by_name(app) else {
-                    return fail(format!("app {app:?} is not configured"));
+                    return fail(format!("app {app:?} is not configured"), None);
                 };
                 let app: &crate::app::App = &app;
                 let _turn = self.outbound.lock(&Outbound::recipients_key(app, to)).await;
@@ -230,8 +230,8 @@ impl QueueWorker {
                 let mut message = message.clone();
                 match self.outbound.attach_media(app, &mut message).await {
                     Ok(_) => {}
-                    Err(Some(why)) => return fail(why),
-                    Err(None) => return None,
+                    Err(NotAttached::Stopped) => return None,
+                    Err(e) => return fail(e.to_string(), e.errcode()),
                 }
                 self.outbound.send_app(app, to, &message, d.started).await.map(|(receipt, attempts)| {
                     if !receipt.invalid_users.is_empty() {
@@ -242,14 +242,14 @@ impl QueueWorker {
             }
             Push::Bot { bot, message } => {
                 let Some(bot) = self.bots.get().get(bot).cloned() else {
-                    return fail(format!("robot {bot:?} is not configured"));
+                    return fail(format!("robot {bot:?} is not configured"), None);
                 };
                 let bot = &bot;
                 let mut message = message.clone();
                 match self.outbound.attach_bot_media(bot, &mut message).await {
                     Ok(()) => {}
-                    Err(Some(why)) => return fail(why),
-                    Err(None) => return None,
+                    Err(NotAttached::Stopped) => return None,
+                    Err(e) => return fail(e.to_string(), e.errcode()),
                 }
                 self.outbound.send_bot(bot, &message).await
             }

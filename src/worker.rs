@@ -13,9 +13,9 @@ use crate::app::{App, Apps};
 use crate::config::{AgentConfig, Config};
 use crate::conversation::Channel;
 use crate::message::{Event, MessageKind};
-use crate::outbound::{Outbound, Undelivered};
+use crate::outbound::{NotAttached, Outbound, Undelivered};
 use crate::received::Received;
-use crate::store::{Chunk, ChunkState, Job, Outcome, Store};
+use crate::store::{Chunk, ChunkState, Failure, Job, Outcome, Store};
 use crate::wecom::{AppMessage, Recipients};
 
 /// An agent with the chat settings around it.
@@ -152,7 +152,7 @@ impl Worker {
         let mut receipt = job.receipt.clone().filter(|_| handle.ack_recall);
         // Set when the agent or one of its messages failed: the member gets the failure message,
         // the job is marked failed.
-        let mut failure: Option<String> = None;
+        let mut failure: Option<Failure> = None;
         let chunks = match &job.reply {
             Some(recorded) => {
                 let left = recorded
@@ -168,7 +168,7 @@ impl Worker {
                     None => return Outcome::Interrupted,
                     Some(Ok(replies)) => replies,
                     Some(Err(cause)) => {
-                        failure = Some(cause);
+                        failure = Some(Failure::from(cause.to_string()));
                         vec![sorry.clone()]
                     }
                 };
@@ -181,7 +181,7 @@ impl Worker {
                         Err(_) if msgtype == "text" => {}
                         Err(e) => {
                             tracing::error!(job = job.id, user = ?job.user_key, error = %e, "the agent's {msgtype} message is not within WeCom's limits; the member gets the failure message in its place");
-                            failure.get_or_insert_with(|| e.to_string());
+                            failure.get_or_insert_with(|| Failure::from(e.to_string()));
                             if !pieces.contains(&sorry) {
                                 pieces.push(sorry.clone());
                             }
@@ -220,7 +220,7 @@ impl Worker {
         for chunk in chunks.iter().filter(|c| c.state != ChunkState::Sent) {
             let mut message = chunk.message.clone();
             // Why this item cannot be sent; the failure message goes in its place.
-            let mut failed: Option<String> = None;
+            let mut failed: Option<Failure> = None;
             if let AppMessage::UpdateCard { update_card } = &message {
                 let why = match &msg.kind {
                     MessageKind::Event(Event::TemplateCard { response_code, .. }) => self
@@ -233,21 +233,23 @@ impl Worker {
                         None
                     }
                 };
-                let why = match why {
+                failed = match why {
                     None => None,
                     Some(Undelivered::Stopped) => return Outcome::Interrupted,
-                    Some(Undelivered::Failed(f)) => Some(format!("update_template_card: {f}")),
+                    Some(Undelivered::Failed(f)) => Some(Failure::wecom(
+                        format!("update_template_card: {f}"),
+                        f.error.errcode(),
+                    )),
                 };
-                failed = why;
             } else if message.media_type().is_some() {
                 match self.upload(app, job, chunk.seq, &mut message).await {
                     Ok(()) => {}
-                    Err(None) => return Outcome::Interrupted,
-                    Err(Some(why)) => failed = Some(why),
+                    Err(NotAttached::Stopped) => return Outcome::Interrupted,
+                    Err(e) => failed = Some(Failure::wecom(e.to_string(), e.errcode())),
                 }
             }
             if let Some(why) = failed {
-                tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, error = %why, "cannot send the agent's {} message; the member gets the failure message in its place", message.msgtype());
+                tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = why.errcode, error = %why.reason, "cannot send the agent's {} message; the member gets the failure message in its place", message.msgtype());
                 failure.get_or_insert(why);
                 message = sorry.clone();
             }
@@ -284,7 +286,7 @@ impl Worker {
                     // one that stops.
                     tracing::error!(job = job.id, app = %app.config.name, user = ?job.user_key, piece = chunk.seq + 1, of = total, errcode = failure.error.errcode(), error = %failure, "message/send failed");
                     // The reply stays recorded: a retry resends what is left of it.
-                    return Outcome::Failed(crate::store::Failure::send_failed(
+                    return Outcome::Failed(Failure::send_failed(
                         format!("piece {} of {total}: {failure}", chunk.seq + 1),
                         failure.error.errcode(),
                     ));
@@ -295,7 +297,7 @@ impl Worker {
         match failure {
             Some(cause) => {
                 tracing::info!(job = job.id, user = ?job.user_key, "failure message sent");
-                Outcome::Failed(cause.into())
+                Outcome::Failed(cause)
             }
             None => {
                 tracing::info!(job = job.id, app = %app.config.name, user = ?job.user_key, pieces = total, "reply sent");
@@ -305,14 +307,14 @@ impl Worker {
     }
 
     /// Give a media message its media_id, recording a new upload so that a send after a crash
-    /// does not upload again. Fails with why the file cannot be sent, or None when stopping.
+    /// does not upload again.
     async fn upload(
         &self,
         app: &App,
         job: &Job,
         seq: usize,
         message: &mut AppMessage,
-    ) -> Result<(), Option<String>> {
+    ) -> Result<(), NotAttached> {
         if self.outbound.attach_media(app, message).await? {
             if let Err(e) = self.store.record_upload(job, seq, message).await {
                 tracing::warn!(job = job.id, seq, error = %e, "cannot record an upload's media_id; a resend would upload again");
@@ -332,7 +334,7 @@ impl Worker {
         app: &App,
         job: &Job,
         receipt: &mut Option<String>,
-    ) -> Option<Result<Vec<AppMessage>, String>> {
+    ) -> Option<Result<Vec<AppMessage>, AgentError>> {
         let msg = &job.message;
         let answer = async {
             let media = self.received.fetch(&self.outbound, app, msg).await?;
@@ -375,9 +377,8 @@ impl Worker {
                 }
             },
         };
-        Some(result?.map_err(|e| {
+        Some(result?.inspect_err(|e| {
             tracing::error!(job = job.id, user = ?job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
-            e.to_string()
         }))
     }
 

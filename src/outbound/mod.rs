@@ -77,6 +77,33 @@ pub enum Undelivered {
     Stopped,
 }
 
+/// Why a media item did not get its media_id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAttached {
+    /// Its file cannot be sent: not allowed, unreadable, or outside WeCom's rules.
+    #[error("{0}")]
+    Unsendable(#[from] Unsendable),
+    /// WeCom refused the upload (`call`), for good.
+    #[error("{call}: {failure}")]
+    Refused {
+        call: &'static str,
+        failure: Failure,
+    },
+    /// The gateway is stopping: the item stays for the next start.
+    #[error("the gateway is stopping")]
+    Stopped,
+}
+
+impl NotAttached {
+    /// WeCom's errcode, when WeCom refused.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            NotAttached::Refused { failure, .. } => failure.error.errcode(),
+            _ => None,
+        }
+    }
+}
+
 /// One attempt's failure, inside the retry loop.
 enum Tried {
     Api(ApiError),
@@ -292,12 +319,11 @@ impl Outbound {
 
     /// Give a media message its media_id: the one it carries while fresh, else its file is read
     /// (see [`upload::load`]) and uploaded. `Ok(true)`: uploaded now, for the caller to record.
-    /// Fails with why the file cannot be sent, or with None when the gateway is stopping.
     pub async fn attach_media(
         &self,
         app: &App,
         message: &mut AppMessage,
-    ) -> Result<bool, Option<String>> {
+    ) -> Result<bool, NotAttached> {
         let (Some(kind), Some(media)) = (message.media_type(), message.media_mut()) else {
             return Ok(false);
         };
@@ -312,9 +338,9 @@ impl Outbound {
         &self,
         media: &mut Media,
         kind: MediaType,
-        call: &str,
+        call: &'static str,
         upload: F,
-    ) -> Result<bool, Option<String>>
+    ) -> Result<bool, NotAttached>
     where
         F: FnOnce(Upload) -> Fut,
         Fut: std::future::Future<Output = Result<String, Undelivered>>,
@@ -323,13 +349,14 @@ impl Outbound {
         if upload::reusable(media, now) {
             return Ok(false);
         }
-        let file =
-            (upload::load(media, kind, &self.agent_dirs).await).map_err(|e| Some(e.to_string()))?;
+        let file = upload::load(media, kind, &self.agent_dirs).await?;
         let bytes = file.bytes.len();
         match upload(file).await {
             Ok(id) => (media.media_id, media.uploaded_at) = (Some(id), Some(now)),
-            Err(Undelivered::Stopped) => return Err(None),
-            Err(Undelivered::Failed(f)) => return Err(Some(format!("{call}: {f}"))),
+            Err(Undelivered::Stopped) => return Err(NotAttached::Stopped),
+            Err(Undelivered::Failed(failure)) => {
+                return Err(NotAttached::Refused { call, failure })
+            }
         }
         tracing::debug!(call, kind = kind.as_str(), bytes, "uploaded");
         Ok(true)
@@ -373,12 +400,12 @@ impl Outbound {
     }
 
     /// Give a robot's file message its media_id (uploaded with the robot's key) unless it carries
-    /// a fresh one. Fails with why, or with None when the gateway is stopping.
+    /// a fresh one.
     pub async fn attach_bot_media(
         &self,
         bot: &Bot,
         message: &mut BotMessage,
-    ) -> Result<(), Option<String>> {
+    ) -> Result<(), NotAttached> {
         let BotMessage::File(media) = message else {
             return Ok(());
         };

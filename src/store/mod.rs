@@ -17,7 +17,7 @@ pub mod sqlite;
 
 pub use memory::MemoryStore;
 pub use model::*;
-pub use postgres::{PostgresStore, PostgresUrl};
+pub use postgres::{BadStore, PostgresStore, PostgresUrl};
 pub use sqlite::SqliteStore;
 
 /// Where acknowledged messages are kept until answered.
@@ -33,7 +33,7 @@ pub enum StoreKind {
 
 impl StoreKind {
     /// `sqlite`, `memory` or a `postgres://` URL.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, BadStore> {
         match text.to_ascii_lowercase().as_str() {
             "sqlite" => Ok(StoreKind::Sqlite),
             "memory" => Ok(StoreKind::Memory),

@@ -179,21 +179,30 @@ const RETRY: Duration = Duration::from_secs(1);
 const PRUNE_BATCH: i64 = 1000;
 
 /// A `postgres://` URL. Its password is a secret: `Display` and `Debug` show `****` instead.
+/// Why a `store` value names no store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadStore {
+    #[error("must be sqlite, memory or a postgres:// URL")]
+    Kind,
+    /// The URL as shown, its password hidden.
+    #[error("is not a valid PostgreSQL URL (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), got {0}")]
+    Url(String),
+}
+
 #[derive(Clone)]
 pub struct PostgresUrl(SecretString);
 
 impl PostgresUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, BadStore> {
         let lower = text.to_ascii_lowercase();
         if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
-            return Err("must be sqlite, memory or a postgres:// URL".into());
+            return Err(BadStore::Kind);
         }
         match tokio_postgres::Config::from_str(text) {
             Ok(_) => Ok(PostgresUrl(SecretString::from(text))),
             // The parser's message may quote the URL, password included: say only where to look.
-            Err(_) => Err(format!(
-                "is not a valid PostgreSQL URL (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), got {}",
-                PostgresUrl(SecretString::from(text))
+            Err(_) => Err(BadStore::Url(
+                PostgresUrl(SecretString::from(text)).redacted(),
             )),
         }
     }

@@ -201,6 +201,44 @@ async fn a_file_wecom_or_the_operator_would_refuse_gives_the_failure_message_and
     gw.stop().await;
 }
 
+/// WeCom refusing an upload fails the job like a refused send does: listed with WeCom's errcode
+/// (so its hint shows), while the member gets the failure message in the image's place.
+#[tokio::test]
+async fn an_upload_wecom_refuses_is_listed_with_its_errcode() {
+    let fake = FakeWecom::start().await;
+    let (url, _) = agent(vec![
+        json!({"messages": [{"msgtype": "image", "base64": b64(&png(3))}]}),
+        json!({"reply": "second"}),
+    ])
+    .await;
+    let mut cfg = with_http_agent(&fake, url);
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token").into()];
+    let gw = TestApp::spawn(cfg).await;
+    fake.script([json!({"errcode": 40005, "errmsg": "invalid file type"})]);
+    gw.send_text(&APP_A, "zhangsan", "a picture, please", 1)
+        .await;
+    // The member's next message is handled once the first is finished (one at a time).
+    gw.send_text(&APP_A, "zhangsan", "and then?", 2).await;
+    let sends = fake.wait_for_sends(2).await;
+    assert_eq!(sends[0].content(), FAILURE);
+    assert_eq!(sends[1].content(), "second");
+    let response = (gw.http.get(gw.url("/api/v1/failed")))
+        .bearer_auth("api-token")
+        .send()
+        .await
+        .unwrap();
+    let list: Value = response.json().await.unwrap();
+    let failed = list["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{list}");
+    assert_eq!(failed[0]["errcode"], 40005, "{list}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("media/upload: WeCom errcode 40005"),
+        "{list}"
+    );
+    gw.stop().await;
+}
+
 /// kill -9 after the upload and before the send: after the restart the image goes out exactly once,
 /// with the recorded media_id (no second upload), and the agent is not asked again.
 #[tokio::test]

@@ -360,11 +360,17 @@ async fn media_upload(
     State(s): State<Arc<FakeState>>,
     Query(q): Query<UploadQuery>,
     form: axum::extract::Multipart,
-) -> Json<Value> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     if let Err(refused) = s.check_token(q.access_token) {
-        return refused;
+        return refused.into_response();
     }
-    record_upload(&s, q.kind.unwrap_or_default(), form).await
+    if let Some(answer) = scripted(&s) {
+        return answer;
+    }
+    record_upload(&s, q.kind.unwrap_or_default(), form)
+        .await
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -1,6 +1,8 @@
 //! When to try a failed call again: exponential backoff with jitter, a bounded number of attempts.
-//! The one retry loop of the gateway ([`RetryPolicy::run`]): sends to WeCom and calls to agents use
-//! it. Which failures are worth retrying is the caller's to say (for WeCom: `wecom::error`).
+//! The backoff loop ([`RetryPolicy::run`]) that sends to WeCom and calls to agents go through.
+//! Which failures are worth retrying is the caller's to say (for WeCom: `wecom::error`). (Two other
+//! loops try again for reasons of their own: a stale access token, once, in `wecom/client.rs`; the
+//! end of a job, until recorded, in `store/rules.rs`.)
 
 use std::future::Future;
 use std::time::Duration;

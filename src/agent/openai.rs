@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::turn::{Agent, AgentError, SetupError, Turn};
+use crate::conversation::{Fetched, MediaInfo};
 use crate::message::MessageKind;
-use crate::received::{Fetched, MediaInfo};
 use crate::store::{History, HistoryEntry, Role};
 use crate::wecom::AppMessage;
 

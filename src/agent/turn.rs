@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::conversation::Channel;
+use crate::conversation::Fetched;
 use crate::message::{Event, InboundMessage, MessageKind};
-use crate::received::Fetched;
 use crate::wecom::AppMessage;
 
 /// One member's message, as an agent sees it.

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
 use crate::app::App;
-pub use crate::conversation::{Fetched, MediaInfo};
+use crate::conversation::{Fetched, MediaInfo};
 use crate::message::{InboundMessage, MessageKind};
 use crate::outbound::{Outbound, Undelivered};
 use crate::store::{MediaRecord, Store, StoreError};

@@ -24,6 +24,10 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every kind this version knows, as stored. Replicas of different versions share a
+    /// PostgreSQL store during an upgrade; each takes only jobs of kinds it knows.
+    pub const KINDS: &'static [&'static str] = &["app"];
+
     /// The kind as stored (`channel` column).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@
 //! section's keys), `build` (keys into a [`Config`]), `load` (the sources).
 //!
 //! Configuration sits at the top of the crate: it reads types from lower modules (agent, app,
-//! bots, crypto, allowlist, api_token, logging, outbound, inbox) and never from http, worker,
+//! bots, crypto, allowlist, api_token, logging, ratelimit, retry, store) and never from http, worker,
 //! reload or the crate root, and nothing below it imports it. Must never: print or `Debug` a
 //! secret (corp_secret, token, encoding_aes_key, robot keys, API tokens, agent keys), or invent
 //! rules WeCom does not have (legacy `wx` corp ids and short tokens are valid).

@@ -11,7 +11,7 @@
 //! [`PostgresUrl`]), let two replicas hold one user's lane at once, or restate a rule of
 //! `rules.rs` (finishing, failures, retries): this file holds its SQL and transactions only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use super::model::{
     Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
 use super::rules::{self, RetryCheck};
-use crate::conversation::Push;
+use crate::conversation::{Channel, Push};
 use crate::ratelimit::Limit;
 use crate::ratelimit::{Reserved, SharedWindows};
 use crate::wecom::token::{Fetch, SharedTokens};
@@ -145,7 +145,7 @@ const MIGRATIONS: &[&str] = &[
     UPDATE deliveries SET retried_as = substring(error from '^retried as delivery-([0-9]+): ')::bigint,
         error = NULLIF(substring(error from '^retried as delivery-[0-9]+: (.*)$'), '')
     WHERE error ~ '^retried as delivery-[0-9]+: ';
-    UPDATE inbox SET send_failed = TRUE WHERE state = 'failed' AND starts_with(error, 'piece ');
+    UPDATE inbox SET send_failed = TRUE WHERE state = 'failed' AND error LIKE 'piece %';
     UPDATE inbox SET errcode = substring(error from 'WeCom errcode (-?[0-9]+)')::bigint
     WHERE error ~ 'WeCom errcode -?[0-9]';
     UPDATE deliveries SET errcode = substring(error from 'WeCom errcode (-?[0-9]+)')::bigint
@@ -178,7 +178,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Finished rows deleted per statement while pruning.
 const PRUNE_BATCH: i64 = 1000;
 
-/// A `postgres://` URL. Its password is a secret: `Display` and `Debug` show `****` instead.
 /// Why a `store` value names no store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadStore {
@@ -189,6 +188,7 @@ pub enum BadStore {
     Url(String),
 }
 
+/// A `postgres://` URL. Its password is a secret: `Display` and `Debug` show `****` instead.
 #[derive(Clone)]
 pub struct PostgresUrl(SecretString);
 
@@ -207,15 +207,32 @@ impl PostgresUrl {
         }
     }
 
-    /// The URL with its password replaced by `****`.
+    /// The URL with its password replaced by `****`, whether it is given before the host or as
+    /// a `password=` parameter.
     pub fn redacted(&self) -> String {
         let text = self.0.expose_secret();
         match url::Url::parse(text) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("****"));
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("****"));
+                }
+                let hidden = |(k, v): (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)| {
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "****".into()
+                    } else {
+                        v
+                    };
+                    (k.into_owned(), v.into_owned())
+                };
+                let pairs: Vec<(String, String)> = url.query_pairs().map(hidden).collect();
+                if pairs
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+                {
+                    url.query_pairs_mut().clear().extend_pairs(pairs);
+                }
                 url.to_string()
             }
-            Ok(url) => url.to_string(),
             // Unparseable by `url` (several hosts, say): hide everything after the scheme.
             Err(_) => "postgres://****".into(),
         }
@@ -223,7 +240,8 @@ impl PostgresUrl {
 
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut config = tokio_postgres::Config::from_str(self.0.expose_secret())
-            .map_err(|e| StoreError::failed(format!("invalid store URL {self}"), e))?;
+            // Not the parser's error: it may quote part of the URL, password included.
+            .map_err(|_| StoreError::found(format!("invalid store URL {self}")))?;
         if config.get_password().is_none() {
             if let Ok(password) = std::env::var("PGPASSWORD") {
                 config.password(password);
@@ -358,10 +376,6 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, S
     let (keys, apps) = (column(|j| &j.dedup_key), column(|j| j.channel.name()));
     let (users, payloads) = (column(|j| &j.user_key), column(|j| &j.payload));
     let kinds = column(|j| j.channel.kind());
-    // The member's route: the app of the last job of theirs inserted that sets one.
-    let routes_of: HashMap<&str, &str> = (jobs.iter())
-        .filter_map(|j| Some((j.dedup_key.as_str(), j.channel.route()?)))
-        .collect();
     let now = now_ms();
     // Prepared once per connection: a plain `query(&str)` costs one more round trip (and a parse)
     // on every batch, on the path every acknowledgement waits for.
@@ -372,7 +386,7 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, S
              FROM UNNEST($1::text[], $6::text[], $2::text[], $3::text[], $4::text[])
                   WITH ORDINALITY AS t(k, c, a, u, p, n)
              ORDER BY n
-             ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, user_key",
+             ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
         )
         .await
         .map_err(pg_error)?;
@@ -381,16 +395,19 @@ async fn insert_jobs(pool: &Pool, jobs: &[&NewJob]) -> Result<HashSet<String>, S
         .await
         .map_err(pg_error)?;
     let inserted: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-    // The last app each user wrote through; rows locked in user order, so replicas never
-    // wait on each other in a circle.
+    // The last app each user wrote through, from the jobs in arrival order (RETURNING follows
+    // no order); rows locked in user order, so replicas never wait on each other in a circle.
     let mut routes: Vec<(String, String)> = Vec::new();
-    for row in rows.iter().rev() {
-        let (key, user): (&str, String) = (row.get(0), row.get(1));
-        let Some(app) = routes_of.get(key) else {
+    for job in jobs
+        .iter()
+        .rev()
+        .filter(|j| inserted.contains(&j.dedup_key))
+    {
+        let Some(app) = job.channel.route() else {
             continue;
         };
-        if !routes.iter().any(|(u, _)| *u == user) {
-            routes.push((user, (*app).to_owned()));
+        if !routes.iter().any(|(u, _)| *u == job.user_key) {
+            routes.push((job.user_key.clone(), app.to_owned()));
         }
     }
     routes.sort();
@@ -512,6 +529,7 @@ impl PostgresStore {
                      SELECT i.id FROM inbox i
                      WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3
                                                    AND i.lease_owner <> $1))
+                       AND i.channel = ANY($4)
                        AND NOT EXISTS (
                            SELECT 1 FROM inbox p
                            WHERE p.user_key = i.user_key AND p.id < i.id
@@ -519,7 +537,7 @@ impl PostgresStore {
                      ORDER BY i.id LIMIT 1
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, channel, app, user_key, payload, attempts, receipt",
-                &[&self.me, &self.lease_until(), &now],
+                &[&self.me, &self.lease_until(), &now, &Channel::KINDS],
             )
             .await
             .map_err(pg_error)?;

@@ -139,11 +139,13 @@ const MIGRATIONS: &[&str] = &[
     WHERE substr(error, 1, 20) = 'retried as delivery-';
     UPDATE inbox SET send_failed = 1 WHERE state = 'failed' AND substr(error, 1, 6) = 'piece ';
     UPDATE inbox SET errcode = CAST(substr(error, instr(error, 'WeCom errcode ') + 14) AS INTEGER)
-    WHERE substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9-]'
-      AND instr(error, 'WeCom errcode ') > 0;
+    WHERE instr(error, 'WeCom errcode ') > 0
+      AND (substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9]'
+           OR substr(error, instr(error, 'WeCom errcode ') + 14, 2) GLOB '-[0-9]');
     UPDATE deliveries SET errcode = CAST(substr(error, instr(error, 'WeCom errcode ') + 14) AS INTEGER)
-    WHERE substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9-]'
-      AND instr(error, 'WeCom errcode ') > 0;",
+    WHERE instr(error, 'WeCom errcode ') > 0
+      AND (substr(error, instr(error, 'WeCom errcode ') + 14, 1) GLOB '[0-9]'
+           OR substr(error, instr(error, 'WeCom errcode ') + 14, 2) GLOB '-[0-9]');",
     // 9: the channel a job came through (its kind; `app` holds the name), so a second kind of
     // channel can share the queue. Every earlier job came through a self-built app.
     "ALTER TABLE inbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'app';",

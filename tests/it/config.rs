@@ -873,3 +873,27 @@ fn agent_events_all_none_or_a_list() {
         "card clicks only, by default"
     );
 }
+
+#[test]
+fn a_store_url_never_shows_its_password_in_either_place_it_may_be_given() {
+    use wecom_gateway::config::PostgresUrl;
+    for (given, shown) in [
+        (
+            "postgres://gw:s3cret@db:5432/gw",
+            "postgres://gw:****@db:5432/gw",
+        ),
+        (
+            "postgres://gw@db/gw?sslmode=disable&password=s3cret",
+            "postgres://gw@db/gw?sslmode=disable&password=****",
+        ),
+    ] {
+        let url = PostgresUrl::parse(given).unwrap();
+        assert_eq!(url.redacted(), shown);
+        assert!(!format!("{url} {url:?}").contains("s3cret"), "{url:?}");
+    }
+    // Refused for another option: the error shows the URL, its password hidden.
+    let refused = PostgresUrl::parse("postgres://gw@db/gw?password=s3cret&connect_timeout=x");
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("password=****"), "{why}");
+    assert!(!why.contains("s3cret"), "{why}");
+}

@@ -23,15 +23,18 @@ pub enum Channel {
     App(String),
 }
 
+/// The stored kind of [`Channel::App`].
+const APP: &str = "app";
+
 impl Channel {
     /// Every kind this version knows, as stored. Replicas of different versions share a
     /// PostgreSQL store during an upgrade; each takes only jobs of kinds it knows.
-    pub const KINDS: &'static [&'static str] = &["app"];
+    pub const KINDS: &'static [&'static str] = &[APP];
 
     /// The kind as stored (`channel` column).
     pub fn kind(&self) -> &'static str {
         match self {
-            Channel::App(_) => "app",
+            Channel::App(_) => APP,
         }
     }
 
@@ -53,7 +56,7 @@ impl Channel {
     /// Read back what [`Channel::kind`] and [`Channel::name`] wrote.
     pub fn from_columns(kind: &str, name: String) -> Result<Channel, UnknownChannel> {
         match kind {
-            "app" => Ok(Channel::App(name)),
+            APP => Ok(Channel::App(name)),
             other => Err(UnknownChannel(other.to_owned())),
         }
     }

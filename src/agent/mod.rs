@@ -9,6 +9,7 @@ pub mod echo;
 pub mod hermes;
 pub mod http;
 pub mod openai;
+pub mod stream;
 pub mod turn;
 
 use std::sync::Arc;

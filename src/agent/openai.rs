@@ -14,6 +14,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use super::stream::{join, Deltas, StreamError, MAX_ANSWER_BYTES};
 use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::conversation::{Fetched, MediaInfo};
 use crate::message::MessageKind;
@@ -103,8 +104,14 @@ fn is_text(media: &MediaInfo) -> bool {
         })
 }
 
-/// One `/chat/completions` call: the answer's `choices[0].message.content`, trimmed. Shared by the
-/// openai and hermes agents; the key and headers are never logged.
+/// One `/chat/completions` call, streamed (`stream: true` is added to `body`): the answer's text,
+/// trimmed. A server that ignores `stream` and answers `application/json` is read as a whole
+/// answer (`choices[0].message.content`). Shared by the openai and hermes agents; the key and
+/// headers are never logged.
+///
+/// The client's timeout bounds the whole call, body included: when it strikes, the response is
+/// dropped and its connection closed, which is what makes a streaming server (Hermes) stop the
+/// run instead of finishing it into the member's session.
 pub(crate) async fn chat_completion(
     http: &reqwest::Client,
     url: &str,
@@ -113,40 +120,72 @@ pub(crate) async fn chat_completion(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<String, AgentError> {
-    let mut request = http.post(url).json(body);
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let mut request = http.post(url).json(&body);
     if let Some(key) = key {
         request = request.bearer_auth(key.expose_secret());
     }
     for (name, value) in headers {
         request = request.header(*name, value);
     }
+    let timed_out = || AgentError::Timeout(timeout.as_secs());
     let response = request.send().await.map_err(|e| {
         if e.is_timeout() {
-            AgentError::Timeout(timeout.as_secs())
+            timed_out()
         } else {
             AgentError::Failed(format!("cannot reach the model API: {}", e.without_url()))
         }
     })?;
     let status = response.status();
-    let doc: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        let message = doc["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect::<String>();
+        // An error page may be anything: its message is shown only when it is JSON.
+        let doc = whole_json(response, ERROR_BYTES)
+            .await
+            .unwrap_or(Value::Null);
+        let message = doc["error"]["message"].as_str().unwrap_or("");
+        let message = message.chars().take(200).collect::<String>();
         return Err(AgentError::Failed(format!(
             "model API answered HTTP {}: {message}",
             status.as_u16()
         )));
     }
-    let answer = doc["choices"][0]["message"]["content"]
-        .as_str()
-        .ok_or_else(|| {
+    let unread = |e: StreamError| match e.is_timeout() {
+        true => timed_out(),
+        false => AgentError::Failed(format!("model API answer: {e}")),
+    };
+    let streamed = (response.headers().get(reqwest::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let answer = if streamed {
+        let deltas = Deltas::new(response, MAX_ANSWER_BYTES);
+        join(deltas, MAX_ANSWER_BYTES).await.map_err(unread)?
+    } else {
+        let doc = whole_json(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(unread)?;
+        let content = doc["choices"][0]["message"]["content"].as_str();
+        content.map(str::to_owned).ok_or_else(|| {
             AgentError::Failed("model API answer has no choices[0].message.content".into())
-        })?;
+        })?
+    };
     Ok(answer.trim().to_owned())
+}
+
+/// How much of an error answer is read for its message.
+const ERROR_BYTES: usize = 64 << 10;
+
+/// A body that is not a stream, as JSON (`Null` when it is not JSON: an error page), read up to
+/// `limit` bytes.
+async fn whole_json(mut response: reqwest::Response, limit: usize) -> Result<Value, StreamError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(StreamError::body)? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(StreamError::TooLarge(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 impl OpenAiAgent {

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::model::{self, delta, ModelStub, DONE};
 use crate::support::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -335,6 +336,8 @@ async fn openai_agent_keeps_per_user_history_and_reset_clears_it() {
         assert_eq!(body["model"], "test-model");
         assert_eq!(body["temperature"], 0.2);
         assert_eq!(body["max_tokens"], 256);
+        // Asked to stream; this server answers whole JSON anyway, which is read as it is.
+        assert_eq!(body["stream"], true);
     }
     let system = pair("system", "You are helpful.");
     assert_eq!(messages(0), vec![system.clone(), pair("user", "hello")]);
@@ -359,6 +362,39 @@ async fn openai_agent_keeps_per_user_history_and_reset_clears_it() {
         "/reset emptied alice's history"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn openai_reads_a_streamed_answer_whole_and_keeps_it_in_history() {
+    let fake = FakeWecom::start().await;
+    let model = ModelStub::start(|n, _| match n {
+        1 => model::Answer::Stream(vec![
+            delta("Hel"),
+            delta("lo, "),
+            delta("alice"),
+            DONE.into(),
+        ]),
+        _ => model::Answer::Json("whole".into()),
+    })
+    .await;
+    let app = TestApp::spawn(with_agent(
+        &fake,
+        openai(model.url.trim_end_matches("/v1").to_owned()),
+    ))
+    .await;
+    app.send_text(&APP_A, "alice", "hi", 1).await;
+    fake.wait_for_sends(1).await;
+    app.send_text(&APP_A, "alice", "and?", 2).await;
+    let sends = fake.wait_for_sends(2).await;
+    app.stop().await;
+    let contents: Vec<&str> = sends.iter().map(|s| s.content()).collect();
+    assert_eq!(contents, ["Hello, alice", "whole"]);
+    let calls = model.calls();
+    assert_eq!(calls[0].1["stream"], true);
+    let history: Vec<&str> = (calls[1].1["messages"].as_array().unwrap().iter())
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["You are helpful.", "hi", "Hello, alice", "and?"]);
 }
 
 #[tokio::test]

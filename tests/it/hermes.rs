@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::model::{delta, Answer, ModelStub, DONE};
 use crate::support::process::*;
 use crate::support::*;
 use axum::http::HeaderMap;
@@ -202,4 +203,140 @@ async fn env_file_is_read_and_a_bad_line_is_named() {
     );
     let out = run(&["--env-file", "missing.env", "check-config"]);
     assert!(!out.status.success(), "an --env-file named must exist");
+}
+
+fn hermes_agent(url: String, timeout: Duration) -> AgentConfig {
+    AgentConfig {
+        kind: AgentKind::Hermes(HermesConfig {
+            base_url: url,
+            model: "hermes-agent".into(),
+            api_key: Some(SecretString::from("hermes-key")),
+            timeout,
+        }),
+        failure_message: "gave up".into(),
+        ..AgentConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_hermes_answer_reaches_the_member_as_one_reply() {
+    let fake = FakeWecom::start().await;
+    let line = delta(" streamed");
+    let (head, tail) = line.split_at(line.len() / 2);
+    let pieces = vec![
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n".to_owned(),
+        // Hermes's tool progress: a named event, not part of the answer.
+        "event: hermes.tool.progress\ndata: {\"tool\":\"terminal\",\"status\":\"running\"}\n\n"
+            .into(),
+        ": keep-alive\n\n".into(),
+        delta("你好，"),
+        // One event split across two writes.
+        head.into(),
+        tail.into(),
+        delta(" answer"),
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n".into(),
+        DONE.into(),
+    ];
+    let model = ModelStub::start(move |_, _| Answer::Stream(pieces.clone())).await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.allowlist.allow_all = true;
+    cfg.agent = hermes_agent(model.url.clone(), Duration::from_secs(10));
+    let gw = TestApp::spawn(cfg).await;
+    gw.send_text(&APP_A, "zhangsan", "stream it", 1).await;
+    let sends = fake.wait_for_sends(1).await;
+    gw.stop().await;
+    assert_eq!(sends.len(), 1, "one reply: {sends:?}");
+    assert_eq!(sends[0].content(), "你好， streamed answer");
+    let calls = model.calls();
+    assert_eq!(calls[0].1["stream"], true, "{}", calls[0].1);
+    assert!(calls[0].0.contains_key("x-hermes-session-id"));
+}
+
+/// Hermes stops a streamed run when its client goes away; without a stream it cannot tell and
+/// finishes the turn into the session.
+#[tokio::test]
+async fn a_turn_the_gateway_gives_up_on_is_dropped_so_hermes_stops_it() {
+    let fake = FakeWecom::start().await;
+    let model = ModelStub::start(|_, _| Answer::Stall(delta("thinking"))).await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.allowlist.allow_all = true;
+    cfg.agent = hermes_agent(model.url.clone(), Duration::from_secs(1));
+    let gw = TestApp::spawn(cfg).await;
+    gw.send_text(&APP_A, "zhangsan", "a long task", 1).await;
+    let sends = fake.wait_for_sends(1).await;
+    assert_eq!(sends[0].content(), "gave up");
+    let calls = model.calls();
+    assert_eq!(
+        calls[0].1["stream"], true,
+        "only a streamed run is stopped: {}",
+        calls[0].1
+    );
+    model.wait_for_closed(1).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_or_a_broken_stream_gives_the_failure_message_and_names_it() {
+    let fake = FakeWecom::start().await;
+    let model = ModelStub::start(|n, _| match n {
+        1 => Answer::Stream(vec![
+            delta("half an answer"),
+            "data: {\"error\":{\"message\":\"model overloaded\",\"type\":\"server_error\"}}\n\n"
+                .into(),
+        ]),
+        2 => Answer::Stream(vec![delta("cut off")]),
+        3 => Answer::Stream(vec![
+            delta("fine"),
+            "data: {\"choices\": [\n\n".into(),
+            DONE.into(),
+        ]),
+        // A runaway: more than the gateway keeps of an answer (16 MiB), never ending.
+        4 => Answer::Stream(vec![delta(&"x".repeat(1 << 20)); 17]),
+        _ => Answer::Stream(vec![delta("whole"), DONE.into()]),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "agent:\n  kind: hermes\n  base_url: {}\n  api_key: hermes-key\n  failure_message: gave up\n",
+            model.url
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    gateway_env(&mut cmd, &fake.base_url(), &dir.path().join("data"));
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config", "config.yaml"]);
+    let gw = Gateway::start(&mut cmd).await;
+    for n in 1..=5 {
+        let (q, body) = APP_A.callback(&APP_A.text_xml("zhangsan", &format!("turn {n}"), n));
+        let status = reqwest::Client::new()
+            .post(gw.callback_url(&q))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        fake.wait_for_sends(n as usize).await;
+    }
+    let contents: Vec<String> = fake
+        .sends()
+        .iter()
+        .map(|s| s.content().to_owned())
+        .collect();
+    assert_eq!(
+        contents,
+        ["gave up", "gave up", "gave up", "gave up", "whole"]
+    );
+    let log = gw.terminate().await;
+    for why in [
+        "the stream carried an error: model overloaded",
+        "the stream ended before data: [DONE]",
+        "line 3 of the stream is broken",
+        "the streamed answer is over 16777216 bytes",
+    ] {
+        assert!(log.contains(why), "{why}: {log}");
+    }
 }

@@ -1,0 +1,285 @@
+//! A chat completions answer streamed as Server-Sent Events (`stream: true`), read as the text
+//! deltas it carries: the openai and hermes agents join them into one answer; a streamed reply
+//! can pass them on as they come.
+//!
+//! Owns: SSE framing (lines, `event:` and `data:` fields, comments), which events carry text (the
+//! unnamed ones; Hermes's `hermes.tool.progress` and other named events are skipped), the end
+//! marker `data: [DONE]`, and how much of a stream is held in memory.
+//!
+//! Must never: hold more than its bound (a line, or the joined text) in memory, take a stream that
+//! stopped before `[DONE]` for a whole answer, or keep the connection once its reader is dropped
+//! (dropping it is how the gateway tells the server to stop the run).
+
+use std::collections::VecDeque;
+
+use serde_json::Value;
+
+/// How much text an answer may hold, and how long one SSE line may be. Generous: a Hermes answer
+/// can carry an image as a data URL of up to 5 MB (about 6.7 MB of base64).
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// What went wrong reading a stream, named for the failure message's log line.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The body could not be read (the connection broke, or the client's timeout struck).
+    #[error("reading the stream: {0}")]
+    Body(#[source] reqwest::Error),
+    #[error("the stream ended before data: [DONE]")]
+    Truncated,
+    #[error("the stream carried an error: {0}")]
+    Server(String),
+    #[error("line {line} of the stream is broken: {why}")]
+    Broken { line: usize, why: String },
+    #[error("the streamed answer is over {0} bytes")]
+    TooLarge(usize),
+}
+
+impl StreamError {
+    /// A body error, without the URL (which may carry a key in its query).
+    pub fn body(e: reqwest::Error) -> Self {
+        StreamError::Body(e.without_url())
+    }
+
+    /// Whether the client's timeout ended the stream (the gateway gave up, the server did not fail).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StreamError::Body(e) if e.is_timeout())
+    }
+}
+
+/// SSE framing over bytes as they arrive: complete lines become fields, a blank line ends an
+/// event. Pure, so chunk boundaries anywhere (mid-line, mid-character) read the same.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The current line's bytes so far (decoded once whole: a character may span two chunks).
+    line: Vec<u8>,
+    /// Lines read, for naming a broken one.
+    lines: usize,
+    /// The current event's `event:` name and `data:` lines (joined by `\n`, as SSE says).
+    event: Option<String>,
+    data: Option<String>,
+    /// The line the current event's data began on.
+    started: usize,
+}
+
+/// One complete SSE event that carries data.
+#[derive(Debug, PartialEq)]
+struct Event {
+    name: Option<String>,
+    data: String,
+    /// The line its data began on, for errors.
+    line: usize,
+}
+
+impl Framing {
+    fn push(&mut self, bytes: &[u8], limit: usize) -> Result<Vec<Event>, StreamError> {
+        let mut events = Vec::new();
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            if self.line.len() + piece.len() > limit {
+                return Err(StreamError::TooLarge(limit));
+            }
+            self.line.extend_from_slice(piece);
+            if self.line.last() != Some(&b'\n') {
+                continue;
+            }
+            let raw = std::mem::take(&mut self.line);
+            self.lines += 1;
+            let line = std::str::from_utf8(&raw).map_err(|_| StreamError::Broken {
+                line: self.lines,
+                why: "not UTF-8".into(),
+            })?;
+            let line = line.trim_end_matches('\n').trim_end_matches('\r');
+            if let Some(event) = self.field(line, limit)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// One line: a field of the current event, a comment, or the blank line that ends the event.
+    fn field(&mut self, line: &str, limit: usize) -> Result<Option<Event>, StreamError> {
+        if line.is_empty() {
+            let name = self.event.take();
+            return Ok(self.data.take().map(|data| Event {
+                name,
+                data,
+                line: self.started,
+            }));
+        }
+        if line.starts_with(':') {
+            return Ok(None); // a comment: keep-alives
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match name {
+            "data" => match &mut self.data {
+                Some(data) if data.len() + value.len() + 1 > limit => {
+                    return Err(StreamError::TooLarge(limit))
+                }
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => {
+                    self.data = Some(value.to_owned());
+                    self.started = self.lines;
+                }
+            },
+            "event" => self.event = Some(value.to_owned()),
+            _ => {} // id, retry, and fields SSE does not know
+        }
+        Ok(None)
+    }
+}
+
+/// What one event means for the answer.
+#[derive(Debug, PartialEq)]
+enum Meaning {
+    Text(String),
+    Done,
+    Nothing,
+}
+
+/// An event's meaning: a chunk's `choices[0].delta.content`, the end marker, or an error the
+/// server reported inside the stream.
+fn meaning(event: Event) -> Result<Meaning, StreamError> {
+    match event.name.as_deref() {
+        None | Some("message") => {}
+        Some("error") => return Err(StreamError::Server(excerpt(&event.data))),
+        Some(_) => return Ok(Meaning::Nothing), // hermes.tool.progress and the like
+    }
+    if event.data.trim() == "[DONE]" {
+        return Ok(Meaning::Done);
+    }
+    let chunk: Value = serde_json::from_str(&event.data).map_err(|e| StreamError::Broken {
+        line: event.line,
+        why: format!("not a JSON chunk ({e})"),
+    })?;
+    if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        let message = error["message"].as_str().map(excerpt);
+        return Err(StreamError::Server(
+            message.unwrap_or_else(|| excerpt(&error.to_string())),
+        ));
+    }
+    // Choice 0 only (a request asks for one); a usage chunk has no choices.
+    let choices = chunk["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let first = choices
+        .iter()
+        .find(|c| c["index"].as_u64().unwrap_or(0) == 0);
+    Ok(match first.and_then(|c| c["delta"]["content"].as_str()) {
+        Some(text) if !text.is_empty() => Meaning::Text(text.to_owned()),
+        _ => Meaning::Nothing,
+    })
+}
+
+/// At most 200 characters of what a server said, for an error.
+fn excerpt(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The text deltas of a streamed answer, in order, read as the body arrives. Dropping it drops
+/// the response, which closes the connection: a server that watches it stops the run.
+pub struct Deltas {
+    response: reqwest::Response,
+    framing: Framing,
+    ready: VecDeque<String>,
+    done: bool,
+    limit: usize,
+}
+
+impl Deltas {
+    /// Reads `response` (a `text/event-stream` body); no line may be longer than `limit` bytes.
+    pub fn new(response: reqwest::Response, limit: usize) -> Self {
+        Deltas {
+            response,
+            framing: Framing::default(),
+            ready: VecDeque::new(),
+            done: false,
+            limit,
+        }
+    }
+
+    /// The next piece of text; `None` once `data: [DONE]` has come. A stream that closes before
+    /// it is [`StreamError::Truncated`].
+    pub async fn next(&mut self) -> Result<Option<String>, StreamError> {
+        loop {
+            if let Some(text) = self.ready.pop_front() {
+                return Ok(Some(text));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let Some(bytes) = self.response.chunk().await.map_err(StreamError::body)? else {
+                return Err(StreamError::Truncated);
+            };
+            for event in self.framing.push(&bytes, self.limit)? {
+                match meaning(event)? {
+                    Meaning::Text(text) => self.ready.push_back(text),
+                    // What follows [DONE] is not read: the answer is whole.
+                    Meaning::Done => {
+                        self.done = true;
+                        break;
+                    }
+                    Meaning::Nothing => {}
+                }
+            }
+        }
+    }
+}
+
+/// The whole answer: every delta joined, at most `limit` bytes.
+pub async fn join(mut deltas: Deltas, limit: usize) -> Result<String, StreamError> {
+    let mut answer = String::new();
+    while let Some(text) = deltas.next().await? {
+        if answer.len() + text.len() > limit {
+            return Err(StreamError::TooLarge(limit));
+        }
+        answer.push_str(&text);
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(chunks: &[&[u8]]) -> Result<(Vec<Meaning>, bool), StreamError> {
+        let mut framing = Framing::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for event in framing.push(chunk, 64)? {
+                out.push(meaning(event)?);
+            }
+        }
+        Ok((out, framing.line.is_empty()))
+    }
+
+    #[test]
+    fn chunk_boundaries_anywhere_read_the_same() {
+        let stream = "event: hermes.tool.progress\ndata: {\"tool\":\"x\"}\n\n: keep-alive\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"你好\"}}]}\r\n\r\ndata: [DONE]\n\n";
+        let whole = read(&[stream.as_bytes()]).unwrap();
+        assert_eq!(
+            whole.0,
+            vec![
+                Meaning::Nothing,
+                Meaning::Text("你好".into()),
+                Meaning::Done
+            ]
+        );
+        for cut in 1..stream.len() {
+            let (a, b) = stream.as_bytes().split_at(cut);
+            assert_eq!(read(&[a, b]).unwrap().0, whole.0, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_bound_is_refused() {
+        let long = format!("data: {}", "x".repeat(100));
+        assert!(matches!(
+            read(&[long.as_bytes()]),
+            Err(StreamError::TooLarge(64))
+        ));
+    }
+}

@@ -1,11 +1,13 @@
 //! The openai agent: an OpenAI-compatible `/chat/completions` endpoint (OpenAI, DeepSeek, Qwen, vLLM,
 //! Ollama, ...), with per-user conversation history kept in the gateway's store.
 //!
-//! Owns: the chat commands (/reset, /new, /help), how history is bounded (turns and characters), and
-//! how non-text messages become text for the model.
+//! Owns: the chat commands (/reset, /new, /help), how history is bounded (turns and characters),
+//! how non-text messages become text for the model, and the `/chat/completions` call the hermes
+//! agent shares. What an answer's text becomes (text and images) is `answer_text`'s.
 //!
 //! Must never: log or echo the API key, or mix one user's history into another's.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use super::answer_text;
 use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::conversation::{Fetched, MediaInfo};
 use crate::message::MessageKind;
@@ -88,6 +91,8 @@ pub struct OpenAiAgent {
     store: Arc<dyn History>,
     /// Text-like files up to this size go to the model inline (`media.inline_text_bytes`).
     inline_text_bytes: u64,
+    /// An answer's images by path are sent from these (`media.agent_dirs`).
+    agent_dirs: Vec<PathBuf>,
 }
 
 /// Whether a received file is text the model can read inline.
@@ -103,8 +108,16 @@ fn is_text(media: &MediaInfo) -> bool {
         })
 }
 
-/// One `/chat/completions` call: the answer's `choices[0].message.content`, trimmed. Shared by the
-/// openai and hermes agents; the key and headers are never logged.
+/// A `/chat/completions` answer: its text and the response's headers (Hermes names the session
+/// it used in one).
+pub(crate) struct Completion {
+    /// `choices[0].message.content`, trimmed.
+    pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// One `/chat/completions` call. Shared by the openai and hermes agents; the key and headers are
+/// never logged.
 pub(crate) async fn chat_completion(
     http: &reqwest::Client,
     url: &str,
@@ -112,7 +125,7 @@ pub(crate) async fn chat_completion(
     body: &Value,
     headers: &[(&str, String)],
     timeout: Duration,
-) -> Result<String, AgentError> {
+) -> Result<Completion, AgentError> {
     let mut request = http.post(url).json(body);
     if let Some(key) = key {
         request = request.bearer_auth(key.expose_secret());
@@ -128,6 +141,7 @@ pub(crate) async fn chat_completion(
         }
     })?;
     let status = response.status();
+    let headers = response.headers().clone();
     let doc: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let message = doc["error"]["message"]
@@ -146,7 +160,10 @@ pub(crate) async fn chat_completion(
         .ok_or_else(|| {
             AgentError::Failed("model API answer has no choices[0].message.content".into())
         })?;
-    Ok(answer.trim().to_owned())
+    Ok(Completion {
+        text: answer.trim().to_owned(),
+        headers,
+    })
 }
 
 impl OpenAiAgent {
@@ -154,6 +171,7 @@ impl OpenAiAgent {
         config: OpenAiConfig,
         store: Arc<dyn History>,
         inline_text_bytes: u64,
+        agent_dirs: Vec<PathBuf>,
     ) -> Result<Self, SetupError> {
         let http = api_client(config.timeout)?;
         Ok(OpenAiAgent {
@@ -161,6 +179,7 @@ impl OpenAiAgent {
             config,
             store,
             inline_text_bytes,
+            agent_dirs,
         })
     }
 
@@ -261,11 +280,13 @@ impl Agent for OpenAiAgent {
         }
         let url = format!("{}/chat/completions", self.config.base_url);
         let key = self.config.api_key.as_ref();
-        let answer =
-            chat_completion(&self.http, &url, key, &body, &[], self.config.timeout).await?;
+        let answer = chat_completion(&self.http, &url, key, &body, &[], self.config.timeout)
+            .await?
+            .text;
         if answer.is_empty() {
             return Ok(Vec::new());
         }
+        let replies = answer_text::messages(&answer, &self.agent_dirs);
         self.store
             .append_history(
                 turn.user_key,
@@ -276,13 +297,13 @@ impl Agent for OpenAiAgent {
                     },
                     HistoryEntry {
                         role: Role::Assistant,
-                        content: answer.clone(),
+                        content: answer_text::history_text(&replies),
                     },
                 ],
                 self.config.history_turns * 2,
             )
             .await
             .map_err(Self::storage)?;
-        Ok(vec![AppMessage::text(answer)])
+        Ok(replies)
     }
 }

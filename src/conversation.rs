@@ -6,7 +6,7 @@
 //! Must never: import any of those layers (it sits below them all, beside `wecom`'s payload
 //! types, which are the reply items themselves), or do I/O.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +94,27 @@ pub struct MediaInfo {
 pub struct Fetched {
     pub info: MediaInfo,
     pub error: Option<String>,
+}
+
+/// Whether `path` names a file inside one of `dirs` (`media.agent_dirs`) by its name alone: absolute,
+/// with `..` and `.` resolved without touching the filesystem. The one judgment by name: agents
+/// use it to tell a file they may send from a path that is only text, and outbound uses it before
+/// it looks at the file (then judges again where the file really is, with symlinks followed).
+pub fn names_a_file_within(path: &Path, dirs: &[PathBuf]) -> bool {
+    if !path.is_absolute() {
+        return false;
+    }
+    let mut resolved = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::CurDir => {}
+            other => resolved.push(other),
+        }
+    }
+    dirs.iter().any(|dir| resolved.starts_with(dir))
 }
 
 /// Where a delivery goes. Its JSON form is the store's `target` column.

@@ -65,7 +65,9 @@ impl Agents {
             });
         }
         let build = |settings: &AgentConfig| {
-            crate::agent::build(settings, store.clone(), config.media.inline_text_bytes)
+            let media = &config.media;
+            let (inline, dirs) = (media.inline_text_bytes, &media.agent_dirs);
+            crate::agent::build(settings, store.clone(), inline, dirs)
                 .map(|a| Arc::new(AgentHandle::new(a, settings)))
         };
         let mut by_app = HashMap::new();

@@ -1,12 +1,17 @@
 //! The hermes agent: Hermes Agent's OpenAI-compatible API server, which keeps each conversation
 //! (and its memory and tools) itself. Only the new message is sent, with `X-Hermes-Session-Id`
-//! naming the member's session, so Hermes threads every WeCom member separately.
+//! naming the member's session, so Hermes threads every WeCom member separately, and
+//! `X-Hermes-Session-Key` naming the member, so Hermes's long-term memory outlives sessions.
 //!
-//! Owns: the session id of each member (stable, derived from `corp_id:user_id`, until `/reset`
-//! starts a new one, kept in the store so it survives restarts and is shared by replicas).
+//! Owns: the session id of each member (derived from the app and `corp_id:user_id` until `/reset`
+//! starts a new one or Hermes answers with another, after compressing the session into a new one;
+//! kept in the store so it survives restarts and is shared by replicas), and the member's session
+//! key (derived from the same, never changed).
 //!
-//! Must never: log or echo the API key, or send one member's session id with another's message.
+//! Must never: log or echo the API key, or send one member's session id or key with another's
+//! message.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +20,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::answer_text;
 use super::openai::{api_client, api_lines, chat_completion, HELP, RESET_DONE};
 use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::message::MessageKind;
@@ -29,6 +35,9 @@ pub const DEFAULT_API_KEY_ENV: &str = "API_SERVER_KEY";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_ACK_AFTER: Duration = Duration::from_secs(10);
 const SESSION_HEADER: &str = "X-Hermes-Session-Id";
+const SESSION_KEY_HEADER: &str = "X-Hermes-Session-Key";
+/// Hermes refuses longer session headers; a longer id in its answer is not one to send back.
+const SESSION_HEADER_MAX: usize = 256;
 
 /// Hermes's API server.
 #[derive(Debug, Clone)]
@@ -52,20 +61,45 @@ pub struct HermesAgent {
     http: reqwest::Client,
     config: HermesConfig,
     store: Arc<dyn History>,
+    /// An answer's images by path are sent from these (`media.agent_dirs`).
+    agent_dirs: Vec<PathBuf>,
+}
+
+/// One member of one app: two apps of one corp are two conversations.
+fn member(app: &str, user_key: &str) -> String {
+    format!("{app}/{user_key}")
 }
 
 /// Where a member's current session id is kept (one entry, in the conversation store).
-fn session_key(user_key: &str) -> String {
-    format!("hermes-session:{user_key}")
+fn stored_session(member: &str) -> String {
+    format!("hermes-session:{member}")
+}
+
+/// `wecom-` and 32 hex digits of a hash of `what`: stable, a valid header value whatever the app
+/// and member are called, and naming no one.
+fn derived(what: &str) -> String {
+    let hash = hex::encode(Sha256::digest(what.as_bytes()));
+    format!("wecom-{}", &hash[..32])
+}
+
+/// The member's session key: the same for every session of theirs, so a Hermes memory provider
+/// keeps what it learns across `/reset` and compression.
+fn session_key(member: &str) -> String {
+    derived(&format!("memory:{member}"))
 }
 
 impl HermesAgent {
-    pub fn new(config: HermesConfig, store: Arc<dyn History>) -> Result<Self, SetupError> {
+    pub fn new(
+        config: HermesConfig,
+        store: Arc<dyn History>,
+        agent_dirs: Vec<PathBuf>,
+    ) -> Result<Self, SetupError> {
         let http = api_client(config.timeout)?;
         Ok(HermesAgent {
             http,
             config,
             store,
+            agent_dirs,
         })
     }
 
@@ -73,31 +107,33 @@ impl HermesAgent {
         AgentError::Failed(format!("hermes session: {e}"))
     }
 
-    /// The member's session: the one `/reset` last started, else one derived from who they are.
-    /// Per app and member: two apps of one corp are two conversations.
-    async fn session(&self, app: &str, user_key: &str) -> Result<String, AgentError> {
-        let key = format!("{app}/{user_key}");
-        let stored = self.store.history(&session_key(&key), 1).await;
+    /// The member's session: the one last kept (by `/reset`, or from Hermes's answer), else one
+    /// derived from who they are.
+    async fn session(&self, member: &str) -> Result<String, AgentError> {
+        let stored = self.store.history(&stored_session(member), 1).await;
         let stored = stored.map_err(Self::storage)?.pop().map(|e| e.content);
-        Ok(stored.unwrap_or_else(|| {
-            let hash = hex::encode(Sha256::digest(key.as_bytes()));
-            format!("wecom-{}", &hash[..32])
-        }))
+        Ok(stored.unwrap_or_else(|| derived(member)))
     }
 
-    async fn new_session(&self, app: &str, user_key: &str) -> Result<(), AgentError> {
-        let user_key = &format!("{app}/{user_key}");
-        let id = format!("wecom-{}", hex::encode(rand::random::<[u8; 16]>()));
+    /// Use `id` for the member's next turns.
+    async fn keep_session(&self, member: &str, id: String) -> Result<(), AgentError> {
         let entry = HistoryEntry {
             role: Role::Assistant,
             content: id,
         };
-        let key = session_key(user_key);
         self.store
-            .append_history(&key, vec![entry], 1)
+            .append_history(&stored_session(member), vec![entry], 1)
             .await
             .map_err(Self::storage)
     }
+}
+
+/// The session Hermes says it used, when it is not the one asked for (it compressed that one into
+/// a new session) and is one that can be sent back.
+fn rotated(headers: &reqwest::header::HeaderMap, sent: &str) -> Option<String> {
+    let id = headers.get(SESSION_HEADER)?.to_str().ok()?.trim();
+    let usable = !id.is_empty() && id.len() <= SESSION_HEADER_MAX;
+    (usable && id != sent).then(|| id.to_owned())
 }
 
 #[async_trait]
@@ -112,13 +148,15 @@ impl Agent for HermesAgent {
     }
 
     async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+        let member = member(turn.channel.name(), turn.user_key);
         let mut text = match &turn.message.kind {
             MessageKind::Text { content } => content.clone(),
             _ => turn.message.describe(),
         };
         match text.trim() {
             "/reset" | "/new" => {
-                self.new_session(turn.channel.name(), turn.user_key).await?;
+                let id = format!("wecom-{}", hex::encode(rand::random::<[u8; 16]>()));
+                self.keep_session(&member, id).await?;
                 return Ok(vec![AppMessage::text(RESET_DONE)]);
             }
             "/help" => return Ok(vec![AppMessage::text(HELP)]),
@@ -133,19 +171,22 @@ impl Agent for HermesAgent {
                 text.push_str(&format!("\n(url: {url})"));
             }
         }
-        let session = self.session(turn.channel.name(), turn.user_key).await?;
+        let session = self.session(&member).await?;
         let body = json!({
             "model": self.config.model,
             "messages": [{ "role": "user", "content": text }],
         });
         let url = format!("{}/chat/completions", self.config.base_url);
         let key = self.config.api_key.as_ref();
-        let headers = [(SESSION_HEADER, session)];
+        let headers = [
+            (SESSION_HEADER, session.clone()),
+            (SESSION_KEY_HEADER, session_key(&member)),
+        ];
         let answer =
             chat_completion(&self.http, &url, key, &body, &headers, self.config.timeout).await?;
-        Ok(match answer.is_empty() {
-            true => Vec::new(),
-            false => vec![AppMessage::text(answer)],
-        })
+        if let Some(id) = rotated(&answer.headers, &session) {
+            self.keep_session(&member, id).await?;
+        }
+        Ok(answer_text::messages(&answer.text, &self.agent_dirs))
     }
 }

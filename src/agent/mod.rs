@@ -4,6 +4,7 @@
 //! Must never: send to WeCom itself (the worker does), see messages that are not chat turns, or pass
 //! the gateway's secrets to an agent.
 
+pub mod answer_text;
 pub mod command;
 pub mod echo;
 pub mod hermes;
@@ -12,6 +13,7 @@ pub mod openai;
 pub mod stream;
 pub mod turn;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,11 +177,13 @@ fn is_local(base_url: &str) -> bool {
 }
 
 /// The agent a configuration describes. `store` keeps per-user state (conversation history).
-/// `inline_text_bytes` is `media.inline_text_bytes`, for agents that read received text files.
+/// `inline_text_bytes` is `media.inline_text_bytes`, for agents that read received text files;
+/// `agent_dirs` is `media.agent_dirs`, for model agents whose answers name images there.
 pub fn build(
     config: &AgentConfig,
     store: Arc<dyn History>,
     inline_text_bytes: u64,
+    agent_dirs: &[PathBuf],
 ) -> Result<Arc<dyn Agent>, SetupError> {
     Ok(match &config.kind {
         AgentKind::Echo => Arc::new(EchoAgent {
@@ -191,7 +195,12 @@ pub fn build(
             c.clone(),
             store,
             inline_text_bytes,
+            agent_dirs.to_vec(),
         )?),
-        AgentKind::Hermes(c) => Arc::new(hermes::HermesAgent::new(c.clone(), store)?),
+        AgentKind::Hermes(c) => Arc::new(hermes::HermesAgent::new(
+            c.clone(),
+            store,
+            agent_dirs.to_vec(),
+        )?),
     })
 }

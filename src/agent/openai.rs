@@ -1,11 +1,13 @@
 //! The openai agent: an OpenAI-compatible `/chat/completions` endpoint (OpenAI, DeepSeek, Qwen, vLLM,
 //! Ollama, ...), with per-user conversation history kept in the gateway's store.
 //!
-//! Owns: the chat commands (/reset, /new, /help), how history is bounded (turns and characters), and
-//! how non-text messages become text for the model.
+//! Owns: the chat commands (/reset, /new, /help), how history is bounded (turns and characters),
+//! how non-text messages become text for the model, and the `/chat/completions` call the hermes
+//! agent shares. What an answer's text becomes (text and images) is `answer_text`'s.
 //!
 //! Must never: log or echo the API key, or mix one user's history into another's.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use super::answer_text;
 use super::stream::{join, Deltas, StreamError, MAX_ANSWER_BYTES};
 use super::turn::{Agent, AgentError, SetupError, Turn};
 use crate::conversation::{Fetched, MediaInfo};
@@ -89,6 +92,8 @@ pub struct OpenAiAgent {
     store: Arc<dyn History>,
     /// Text-like files up to this size go to the model inline (`media.inline_text_bytes`).
     inline_text_bytes: u64,
+    /// An answer's images by path are sent from these (`media.agent_dirs`).
+    agent_dirs: Vec<PathBuf>,
 }
 
 /// Whether a received file is text the model can read inline.
@@ -104,10 +109,18 @@ fn is_text(media: &MediaInfo) -> bool {
         })
 }
 
+/// A `/chat/completions` answer: its text and the response's headers (Hermes names the session
+/// it used in one).
+pub(crate) struct Completion {
+    /// The answer's text (`choices[0].message.content`, or the streamed deltas joined), trimmed.
+    pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
 /// One `/chat/completions` call, streamed (`stream: true` is added to `body`): the answer's text,
-/// trimmed. A server that ignores `stream` and answers `application/json` is read as a whole
-/// answer (`choices[0].message.content`). Shared by the openai and hermes agents; the key and
-/// headers are never logged.
+/// trimmed, and the response's headers. A server that ignores `stream` and answers
+/// `application/json` is read as a whole answer (`choices[0].message.content`). Shared by the
+/// openai and hermes agents; the key and headers are never logged.
 ///
 /// The client's timeout bounds the whole call, body included: when it strikes, the response is
 /// dropped and its connection closed, which is what makes a streaming server (Hermes) stop the
@@ -119,7 +132,7 @@ pub(crate) async fn chat_completion(
     body: &Value,
     headers: &[(&str, String)],
     timeout: Duration,
-) -> Result<String, AgentError> {
+) -> Result<Completion, AgentError> {
     let mut body = body.clone();
     body["stream"] = json!(true);
     let mut request = http.post(url).json(&body);
@@ -138,6 +151,7 @@ pub(crate) async fn chat_completion(
         }
     })?;
     let status = response.status();
+    let headers = response.headers().clone();
     if !status.is_success() {
         // An error page may be anything: its message is shown only when it is JSON.
         let doc = whole_json(response, ERROR_BYTES)
@@ -169,7 +183,10 @@ pub(crate) async fn chat_completion(
             AgentError::Failed("model API answer has no choices[0].message.content".into())
         })?
     };
-    Ok(answer.trim().to_owned())
+    Ok(Completion {
+        text: answer.trim().to_owned(),
+        headers,
+    })
 }
 
 /// How much of an error answer is read for its message.
@@ -193,6 +210,7 @@ impl OpenAiAgent {
         config: OpenAiConfig,
         store: Arc<dyn History>,
         inline_text_bytes: u64,
+        agent_dirs: Vec<PathBuf>,
     ) -> Result<Self, SetupError> {
         let http = api_client(config.timeout)?;
         Ok(OpenAiAgent {
@@ -200,6 +218,7 @@ impl OpenAiAgent {
             config,
             store,
             inline_text_bytes,
+            agent_dirs,
         })
     }
 
@@ -300,11 +319,13 @@ impl Agent for OpenAiAgent {
         }
         let url = format!("{}/chat/completions", self.config.base_url);
         let key = self.config.api_key.as_ref();
-        let answer =
-            chat_completion(&self.http, &url, key, &body, &[], self.config.timeout).await?;
+        let answer = chat_completion(&self.http, &url, key, &body, &[], self.config.timeout)
+            .await?
+            .text;
         if answer.is_empty() {
             return Ok(Vec::new());
         }
+        let replies = answer_text::messages(&answer, &self.agent_dirs);
         self.store
             .append_history(
                 turn.user_key,
@@ -315,13 +336,13 @@ impl Agent for OpenAiAgent {
                     },
                     HistoryEntry {
                         role: Role::Assistant,
-                        content: answer.clone(),
+                        content: answer_text::history_text(&replies),
                     },
                 ],
                 self.config.history_turns * 2,
             )
             .await
             .map_err(Self::storage)?;
-        Ok(vec![AppMessage::text(answer)])
+        Ok(replies)
     }
 }

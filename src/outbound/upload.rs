@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use tokio::io::AsyncReadExt;
 
+use crate::conversation::names_a_file_within;
 use crate::wecom::client::Upload;
 use crate::wecom::media::{MediaRefused, MediaType};
 use crate::wecom::payload::Media;
@@ -92,12 +93,12 @@ async fn read_allowed(
     // Judged by its name first, so that nothing about files elsewhere (whether they exist) is
     // told; then by where it really is, with symlinks followed.
     let roots = roots(dirs).await;
-    if !path.is_absolute() || !within(&lexical(path), &roots) {
+    if !names_a_file_within(path, &roots) {
         return Err(outside().into());
     }
     let cannot = |e: std::io::Error| format!("cannot read {path:?}: {e}");
     let real = tokio::fs::canonicalize(path).await.map_err(cannot)?;
-    if !within(&real, &roots) {
+    if !names_a_file_within(&real, &roots) {
         return Err(outside().into());
     }
     // Opened once: the size is the opened file's, and no more than the limit is read.
@@ -125,25 +126,6 @@ async fn roots(dirs: &[PathBuf]) -> Vec<PathBuf> {
         roots.extend(tokio::fs::canonicalize(dir).await.ok());
     }
     roots
-}
-
-fn within(path: &Path, roots: &[PathBuf]) -> bool {
-    roots.iter().any(|root| path.starts_with(root))
-}
-
-/// `..` and `.` resolved by name alone, without touching the filesystem.
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Standard base64, optionally as a data URL (`data:image/png;base64,...`).

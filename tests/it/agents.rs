@@ -398,6 +398,38 @@ async fn openai_reads_a_streamed_answer_whole_and_keeps_it_in_history() {
 }
 
 #[tokio::test]
+async fn an_image_in_a_model_answer_is_sent_as_an_image_and_kept_short_in_history() {
+    let fake = FakeWecom::start().await;
+    let model = serve("/v1/chat/completions", |n, _| {
+        let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\n-a-plot");
+        let content = match n {
+            1 => format!("The plot: ![plot](data:image/png;base64,{png})"),
+            _ => "ok".to_owned(),
+        };
+        (
+            StatusCode::OK,
+            json!({"choices": [{"message": {"role": "assistant", "content": content}}]}),
+        )
+    })
+    .await;
+    let app = TestApp::spawn(with_agent(&fake, openai(model.url.clone()))).await;
+    app.send_text(&APP_A, "alice", "plot it", 1).await;
+    let sends = fake.wait_for_sends(2).await;
+    app.send_text(&APP_A, "alice", "thanks", 2).await;
+    fake.wait_for_sends(3).await;
+    assert_eq!(sends[0].content(), "The plot:");
+    assert_eq!(sends[1].body["msgtype"], "image");
+    assert_eq!(fake.uploads()[0].bytes, b"\x89PNG\r\n\x1a\n-a-plot");
+    let history = &model.seen()[1].1["messages"];
+    assert_eq!(
+        history[2],
+        json!({"role": "assistant", "content": "The plot:\n\n[image]"}),
+        "the history keeps the text, not the base64: {history}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn openai_history_survives_a_restart_and_non_text_is_described() {
     let fake = FakeWecom::start().await;
     let model = serve("/v1/chat/completions", |n, _| {

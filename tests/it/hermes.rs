@@ -2,6 +2,7 @@
 //! the real binary unchanged, and the hermes agent talks to Hermes's API server (a local stand-in
 //! here) with one message per call and a session per WeCom member.
 
+use base64::Engine as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,9 +18,17 @@ use tokio::process::Command;
 use wecom_gateway::config::{AgentConfig, AgentKind, HermesConfig};
 
 type Calls = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+/// The stand-in's answer to call `n` (from 1) with this text: the content, and the session id it
+/// names in `X-Hermes-Session-Id` (Hermes names the one it used: by default the one asked for).
+type Script = fn(usize, &str) -> (String, Option<String>);
 
-/// Hermes's API server, as far as the gateway uses it: `/v1/chat/completions`.
+/// Hermes's API server, as far as the gateway uses it: `/v1/chat/completions`, answering
+/// `hermes N: <the message>`.
 async fn hermes_stand_in() -> (String, Calls) {
+    hermes_answering(|n, text| (format!("hermes {n}: {text}"), None)).await
+}
+
+async fn hermes_answering(script: Script) -> (String, Calls) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
     let router = Router::new().route(
@@ -27,11 +36,17 @@ async fn hermes_stand_in() -> (String, Calls) {
         post(move |headers: HeaderMap, Json(body): Json<Value>| async move {
             let n = {
                 let mut calls = seen.lock().unwrap();
-                calls.push((headers, body.clone()));
+                calls.push((headers.clone(), body.clone()));
                 calls.len()
             };
             let text = body["messages"][0]["content"].as_str().unwrap_or("").to_owned();
-            Json(json!({"choices": [{"message": {"role": "assistant", "content": format!("hermes {n}: {text}")}}]}))
+            let (content, session) = script(n, &text);
+            let asked = headers.get("x-hermes-session-id").cloned();
+            let mut answer = HeaderMap::new();
+            if let Some(id) = session.map(|s| s.parse().unwrap()).or(asked) {
+                answer.insert("x-hermes-session-id", id);
+            }
+            (answer, Json(json!({"choices": [{"message": {"role": "assistant", "content": content}}]})))
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -40,14 +55,8 @@ async fn hermes_stand_in() -> (String, Calls) {
     (format!("http://{addr}/v1"), calls)
 }
 
-fn session_of(call: &(HeaderMap, Value)) -> String {
-    call.0["x-hermes-session-id"].to_str().unwrap().to_owned()
-}
-
-#[tokio::test]
-async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member() {
-    let fake = FakeWecom::start().await;
-    let (url, calls) = hermes_stand_in().await;
+/// A gateway whose agent is hermes at `url`.
+fn hermes_config(fake: &FakeWecom, url: String) -> wecom_gateway::config::Config {
     let mut cfg = config(&[APP_A], &fake.base_url());
     cfg.allowlist.allow_all = true;
     cfg.agent = AgentConfig {
@@ -59,7 +68,22 @@ async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member()
         }),
         ..AgentConfig::default()
     };
-    let gw = TestApp::spawn(cfg).await;
+    cfg
+}
+
+fn session_of(call: &(HeaderMap, Value)) -> String {
+    call.0["x-hermes-session-id"].to_str().unwrap().to_owned()
+}
+
+fn key_of(call: &(HeaderMap, Value)) -> String {
+    call.0["x-hermes-session-key"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member() {
+    let fake = FakeWecom::start().await;
+    let (url, calls) = hermes_stand_in().await;
+    let gw = TestApp::spawn(hermes_config(&fake, url)).await;
     let turns = [
         ("zhangsan", "first"),
         ("zhangsan", "second"),
@@ -89,6 +113,12 @@ async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member()
         sessions.iter().all(|s| s.starts_with("wecom-")),
         "{sessions:?}"
     );
+    // The session key names the member for Hermes's long-term memory: /reset keeps it.
+    let keys: Vec<String> = calls.iter().map(key_of).collect();
+    assert_eq!(keys[0], keys[1]);
+    assert_eq!(keys[3], keys[0], "/reset keeps the member's session key");
+    assert_ne!(keys[2], keys[0], "another member, another key");
+    assert!(!sessions.contains(&keys[0]), "a key is not a session id");
     let replies: Vec<String> = fake
         .sends()
         .iter()
@@ -96,6 +126,73 @@ async fn the_hermes_agent_sends_one_message_per_call_with_a_session_per_member()
         .collect();
     assert_eq!(replies[1], "hermes 2: second");
     assert!(replies[3].contains("Conversation cleared"), "{replies:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_hermes_compressed_into_a_new_one_is_continued() {
+    let fake = FakeWecom::start().await;
+    // Hermes compresses the session during the first turn and answers with the new id.
+    let (url, calls) = hermes_answering(|n, text| {
+        let compressed = (n == 1).then(|| "compressed-session-2".to_owned());
+        (format!("hermes {n}: {text}"), compressed)
+    })
+    .await;
+    let gw = TestApp::spawn(hermes_config(&fake, url)).await;
+    for (n, text) in ["a long one", "next", "and next"].iter().enumerate() {
+        gw.send_text(&APP_A, "zhangsan", text, n as u64 + 1).await;
+        fake.wait_for_sends(n + 1).await;
+    }
+    let calls = calls.lock().unwrap().clone();
+    let sessions: Vec<String> = calls.iter().map(session_of).collect();
+    assert_ne!(sessions[0], "compressed-session-2");
+    assert_eq!(
+        sessions[1..],
+        ["compressed-session-2", "compressed-session-2"],
+        "the turns after carry the session Hermes named"
+    );
+    let keys: Vec<String> = calls.iter().map(key_of).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key: {keys:?}");
+    gw.stop().await;
+}
+
+const CHART: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-a-chart-hermes-drew";
+
+#[tokio::test]
+async fn an_image_in_a_hermes_answer_is_sent_as_an_image() {
+    let fake = FakeWecom::start().await;
+    // What Hermes's API server answers when a tool made an image: a markdown data URL.
+    let (url, _calls) = hermes_answering(|_, _| {
+        let png = base64::engine::general_purpose::STANDARD.encode(CHART);
+        let content = format!(
+            "Here is the chart:\n\n![image](data:image/png;base64,{png})\n\nAnything else?"
+        );
+        (content, None)
+    })
+    .await;
+    let gw = TestApp::spawn(hermes_config(&fake, url)).await;
+    gw.send_text(&APP_A, "zhangsan", "draw the chart", 1).await;
+    let sends = fake.wait_for_sends(3).await;
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1, "one image uploaded");
+    assert_eq!(uploads[0].kind, "image");
+    assert_eq!(uploads[0].bytes, CHART, "the image's exact bytes");
+    let sent: Vec<(&str, Value)> = sends
+        .iter()
+        .map(|s| {
+            let t = s.body["msgtype"].as_str().unwrap_or("");
+            (t, s.body[t].clone())
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("text", json!({"content": "Here is the chart:"})),
+            ("image", json!({"media_id": uploads[0].media_id})),
+            ("text", json!({"content": "Anything else?"})),
+        ],
+        "text, the image in its place, text; no base64 as text"
+    );
     gw.stop().await;
 }
 

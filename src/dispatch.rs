@@ -201,7 +201,9 @@ impl QueueWorker {
                 return;
             };
             if let Err(e) = self.store.finish_delivery(id, attempts, error).await {
-                tracing::error!(delivery = id, error = %e, "cannot record the delivery's outcome; it will be sent again at the next start");
+                if !e.logged_by_store() {
+                    tracing::error!(delivery = id, error = %e, "cannot record the delivery's outcome; it will be sent again at the next start");
+                }
             }
         }
     }
@@ -215,7 +217,9 @@ impl QueueWorker {
         };
         if let Err(e) = self.store.start_delivery(d.id).await {
             // Send anyway: a lost notification is worse than a rare double after a crash.
-            tracing::warn!(delivery = d.id, error = %e, "cannot record that the delivery started");
+            if !e.logged_by_store() {
+                tracing::warn!(delivery = d.id, error = %e, "cannot record that the delivery started");
+            }
         }
         let result = match &d.push {
             Push::App { app, to, message } => {

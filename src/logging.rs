@@ -7,14 +7,23 @@
 //! event's field must not be named `timestamp`, `level`, `target` or `spans`, nor a span's `name`:
 //! the JSON object would hold that key twice.
 //!
+//! Text lines are written as `tracing-subscriber`'s default does (`message` bare, other fields as
+//! `name=value` with Debug), except that every control character in a message or a field (a
+//! newline, a carriage return, ESC, C1 codes) and the Unicode line and bidi controls are written
+//! escaped (`\n`, `\u{1b}`). This is the one place that keeps client text (a UserID, a `touser`, a
+//! robot's name, serde's error naming an unknown field) from starting a forged log line or
+//! steering a terminal, whatever the call site passed and however it formatted it.
+//!
 //! Must never: log anything the rest of the code did not pass as a field or message (secrets are
 //! kept out at the call sites; this only formats), or let a logged value start a new line (text:
-//! user-controlled values are logged with `?`, quoted and escaped; JSON: strings are escaped).
+//! escaped here; JSON: strings are escaped by the JSON encoder).
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::field::{Field, Visit};
 use tracing::Subscriber;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::MakeWriter;
@@ -56,12 +65,118 @@ impl LogFormat {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        LogFormat::Text => text(filter, std::io::stderr, is_terminal()).init(),
         LogFormat::Json => json(filter, std::io::stderr).init(),
+    }
+}
+
+fn is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// The text subscriber: one line per event, fields escaped ([`TextFields`]), colours on a terminal.
+fn text<W>(filter: EnvFilter, writer: W, ansi: bool) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .fmt_fields(TextFields)
+        .finish()
+}
+
+/// How the text format writes an event's or a span's fields: `message` bare, every other field as
+/// `name=value` (Debug, so text is quoted), and in both every character that could end the line or
+/// steer a terminal escaped.
+struct TextFields;
+
+impl<'w> MakeVisitor<Writer<'w>> for TextFields {
+    type Visitor = TextVisitor<'w>;
+
+    fn make_visitor(&self, writer: Writer<'w>) -> TextVisitor<'w> {
+        TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        }
+    }
+}
+
+struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.record_debug(field, &format_args!("{value}")),
+            _ => self.record_debug(field, &value),
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // The error and its sources, `outer: inner`.
+        let mut text = value.to_string();
+        let mut source = value.source();
+        while let Some(e) = source {
+            text = format!("{text}: {e}");
+            source = e.source();
+        }
+        self.record_debug(field, &format_args!("{text}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        // `log.*` fields carry a `log` record's metadata, which the line already shows.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let value = Escaped(format!("{value:?}"));
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = match name {
+            "message" => write!(self.writer, "{sep}{value}"),
+            _ => write!(self.writer, "{sep}{name}={value}"),
+        };
+    }
+}
+
+impl VisitOutput<fmt::Result> for TextVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for TextVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// Text with control characters (C0, DEL, C1), the Unicode line and paragraph separators and the
+/// bidi controls written as Rust escapes: `\n`, `\r`, `\u{1b}`, `\u{2028}`.
+struct Escaped(String);
+
+impl fmt::Display for Escaped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for c in self.0.chars() {
+            let unsafe_char = c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            match unsafe_char {
+                true => write!(f, "{}", c.escape_default())?,
+                false => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +265,36 @@ mod tests {
         );
         assert!(line.get("span").is_none(), "the list only: {line}");
         assert!(lines[1].get("spans").is_none(), "{}", lines[1]);
+    }
+
+    #[test]
+    fn text_lines_escape_whatever_a_call_site_passed() {
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = text(EnvFilter::new("trace"), move || writer.clone(), false);
+        let evil = "x\nINFO forged\u{1b}[2K\r\u{2028}";
+        let error = std::io::Error::other(evil);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("http", path = %evil);
+            span.in_scope(|| {
+                tracing::warn!(shown = %evil, debug = ?evil, n = 3, error = &error as &dyn std::error::Error, "rejected: {evil}");
+            });
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+        assert!(
+            !text
+                .trim_end_matches('\n')
+                .contains(['\n', '\r', '\u{1b}', '\u{2028}']),
+            "{text:?}"
+        );
+        let escaped = r"x\nINFO forged\u{1b}[2K\r\u{2028}";
+        for part in [
+            format!("http{{path={escaped}}}"),
+            format!("rejected: {escaped} shown={escaped} debug=\"{escaped}\" n=3 error={escaped}"),
+        ] {
+            assert!(text.contains(&part), "{part} in {text}");
+        }
     }
 
     #[test]

@@ -197,7 +197,9 @@ impl Worker {
                 }
                 if let Err(e) = self.store.record_reply(job, &pieces).await {
                     // Deliver anyway: a lost answer is worse than a rare double after a crash.
-                    tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
+                    if !e.logged_by_store() {
+                        tracing::error!(job = job.id, error = %e, "cannot record the reply; sending it unrecorded");
+                    }
                 }
                 (pieces.into_iter().enumerate())
                     .map(|(seq, message)| Chunk {
@@ -259,7 +261,9 @@ impl Worker {
                 matches!(message, AppMessage::UpdateCard { .. }) || (message == sorry && told);
             if done {
                 if let Err(e) = self.store.mark_sent(job, chunk.seq).await {
-                    tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
+                    if !e.logged_by_store() {
+                        tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
+                    }
                 }
                 continue;
             }
@@ -267,7 +271,9 @@ impl Worker {
             // Recorded before WeCom is called: if the process dies before the answer is recorded,
             // the next try knows this chunk may have arrived and asks WeCom to drop a duplicate.
             if let Err(e) = self.store.mark_started(job, chunk.seq).await {
-                tracing::warn!(job = job.id, seq = chunk.seq, error = %e, "cannot record that a chunk is being sent");
+                if !e.logged_by_store() {
+                    tracing::warn!(job = job.id, seq = chunk.seq, error = %e, "cannot record that a chunk is being sent");
+                }
             }
             let resend = chunk.state == ChunkState::Started;
             match self.outbound.send_app(app, &member, &message, resend).await {
@@ -276,7 +282,9 @@ impl Worker {
                         tracing::warn!(job = job.id, app = %app.config.name, invalid_users = ?receipt.invalid_users, "WeCom could not deliver to some recipients");
                     }
                     if let Err(e) = self.store.mark_sent(job, chunk.seq).await {
-                        tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
+                        if !e.logged_by_store() {
+                            tracing::error!(job = job.id, seq = chunk.seq, error = %e, "cannot record a sent chunk");
+                        }
                     }
                 }
                 Err(Undelivered::Stopped) => {
@@ -319,7 +327,9 @@ impl Worker {
     ) -> Result<(), NotAttached> {
         if self.outbound.attach_media(app, message).await? {
             if let Err(e) = self.store.record_upload(job, seq, message).await {
-                tracing::warn!(job = job.id, seq, error = %e, "cannot record an upload's media_id; a resend would upload again");
+                if !e.logged_by_store() {
+                    tracing::warn!(job = job.id, seq, error = %e, "cannot record an upload's media_id; a resend would upload again");
+                }
             }
         }
         Ok(())
@@ -414,7 +424,9 @@ impl Worker {
                 tracing::debug!(job = job.id, user = ?job.user_key, "receipt sent: the agent is taking a while");
                 let msgid = sent.msgid.filter(|_| handle.ack_recall)?;
                 if let Err(e) = self.store.record_receipt(job, &msgid).await {
-                    tracing::warn!(job = job.id, error = %e, "cannot record the receipt; it is withdrawn unless the gateway restarts first");
+                    if !e.logged_by_store() {
+                        tracing::warn!(job = job.id, error = %e, "cannot record the receipt; it is withdrawn unless the gateway restarts first");
+                    }
                 }
                 Some(msgid)
             }

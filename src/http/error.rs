@@ -6,7 +6,8 @@
 //! - a write that failed → 500.
 //!
 //! The API answers `{"error": reason}`; the callback answers with an empty body (WeCom reads only
-//! the status) and the reason goes to the log.
+//! the status) and the reason goes to the log, except no room in the store, which the store logs
+//! itself without a line per refusal (`store/refusals.rs`).
 //!
 //! Must never: put a secret in a reason, or answer 5xx for the client's mistake.
 
@@ -37,6 +38,9 @@ pub enum HttpError {
     TooLarge,
     #[error("{0}")]
     Unavailable(String),
+    /// No room in the store: 503, and not logged here (the store logs it without flooding).
+    #[error("{0}")]
+    NoRoom(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,7 +55,7 @@ impl HttpError {
             HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Unavailable(_) | HttpError::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +74,9 @@ impl HttpError {
 
     /// Log it at the level it deserves: the server's trouble is an error, the client's a notice.
     pub fn log(&self, surface: &str, check: &str) {
+        if let HttpError::NoRoom(_) = self {
+            return;
+        }
         let status = self.status().as_u16();
         if self.status().is_server_error() {
             tracing::error!(check, status, "{surface} not accepted: {self}");
@@ -86,6 +93,7 @@ impl From<StoreError> for HttpError {
             | StoreError::StoreFull(_)
             | StoreError::Closed
             | StoreError::Unavailable(_) => HttpError::Unavailable(e.to_string()),
+            StoreError::NoRoom(_) => HttpError::NoRoom(e.to_string()),
             StoreError::Storage(_) => HttpError::Internal(e.to_string()),
         }
     }

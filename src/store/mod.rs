@@ -11,6 +11,7 @@
 pub mod memory;
 pub mod model;
 pub mod postgres;
+pub mod refusals;
 mod rules;
 pub mod schedule;
 pub mod sqlite;

@@ -267,6 +267,11 @@ pub enum StoreError {
     /// No room for new work: `max_store_mb` reached, or the disk is full.
     #[error("message store is full: {0}")]
     StoreFull(String),
+    /// No room, as [`StoreError::StoreFull`], and the store logs it itself (`refusals.rs`: the
+    /// first refusal, one line a minute, and when writes succeed again): callers answer 503 or try
+    /// again without logging it.
+    #[error("message store is full: {0}")]
+    NoRoom(String),
     #[error("store is closed: the gateway is shutting down")]
     Closed,
     /// The store's server cannot be reached (a PostgreSQL store that is down): try later.
@@ -277,6 +282,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the store logged this already, so a caller must not log it again (a full disk
+    /// refuses every write, and a line per refusal floods the log).
+    pub fn logged_by_store(&self) -> bool {
+        matches!(self, StoreError::NoRoom(_))
+    }
+
     /// A failure of the backend (`e`), doing what `context` says.
     pub fn failed(
         context: impl Into<String>,

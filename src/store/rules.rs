@@ -69,7 +69,9 @@ where
             tracing::error!(id, error = %e, "cannot record the end of a message; {unrecorded}");
             return false;
         }
-        tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
+        if !e.logged_by_store() {
+            tracing::error!(id, error = %e, "cannot record the end of a message; trying again shortly");
+        }
         tokio::time::sleep(RECORD_RETRY).await;
     }
     true

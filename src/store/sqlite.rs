@@ -33,6 +33,7 @@ use super::model::{
     FailedItem, Failure, Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox,
     Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
+use super::refusals::Refusals;
 use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
 use crate::conversation::Push;
@@ -155,12 +156,60 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Storage(Cause::new(None, e))
 }
 
-/// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later); anything else
-/// is a failed write.
+/// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later, logged by the
+/// store's [`Room`]); anything else is a failed write.
 fn store_error(e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::StoreFull(e.to_string()),
-        _ => storage(e),
+    match no_room(&e) {
+        Some(_) => StoreError::NoRoom(e.to_string()),
+        None => storage(e),
+    }
+}
+
+/// New work refused at `max_store_mb` (MiB): an error of its own, so a full disk and the cap are
+/// told apart (finishing work is never refused by the cap, so its writes do not end it). It rides
+/// in rusqlite's one variant that carries an error of ours.
+#[derive(Debug, thiserror::Error)]
+#[error("the store reached max_store_mb ({0} MiB); new messages are refused until finished ones are pruned (retention_days) or the limit is raised")]
+struct OverCap(u64);
+
+/// Why there was no room for a write, if that is what `e` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    Disk,
+    Cap,
+}
+
+fn no_room(e: &rusqlite::Error) -> Option<NoRoom> {
+    if let rusqlite::Error::ToSqlConversionFailure(inner) = e {
+        return inner.is::<OverCap>().then_some(NoRoom::Cap);
+    }
+    (e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)).then_some(NoRoom::Disk)
+}
+
+/// The store's refusals for lack of room, as the log tells them (`refusals.rs`): a full disk
+/// refuses every write and ends when one succeeds; the cap refuses new work and ends when new
+/// work fits again.
+#[derive(Debug)]
+struct Room {
+    disk: Refusals,
+    cap: Refusals,
+}
+
+impl Room {
+    fn new() -> Self {
+        Room {
+            disk: Refusals::new("refuses writes", "takes writes again"),
+            cap: Refusals::new("refuses new work", "takes new work again"),
+        }
+    }
+
+    /// The outcome of a write: refused for lack of room, or done.
+    fn saw(&self, refused: Option<(NoRoom, &dyn std::fmt::Display)>) {
+        match refused {
+            Some((NoRoom::Disk, why)) => self.disk.refused(why),
+            Some((NoRoom::Cap, why)) => self.cap.refused(why),
+            None => self.disk.cleared(),
+        }
     }
 }
 
@@ -171,8 +220,8 @@ trait Pending: Send {
     fn is_read(&self) -> bool;
     /// Run against the connection; false if it failed. May run again if its transaction was lost.
     fn run(&mut self, conn: &Connection) -> bool;
-    /// Tell the caller, once the outcome of the commit is known.
-    fn complete(self: Box<Self>, commit_error: Option<StoreError>);
+    /// Tell the caller, once the outcome of the commit is known (and `room`, for a write).
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &Room);
 }
 
 struct Call<F, R> {
@@ -198,11 +247,27 @@ where
         ok
     }
 
-    fn complete(self: Box<Self>, commit_error: Option<StoreError>) {
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &Room) {
+        let write = !self.read;
         let outcome = match (self.result, commit_error) {
-            (Some(Err(e)), _) => Err(store_error(e)),
-            (_, Some(e)) => Err(e),
-            (Some(Ok(value)), None) => Ok(value),
+            (Some(Err(e)), _) => {
+                if let Some(why) = no_room(&e).filter(|_| write) {
+                    room.saw(Some((why, &e)));
+                }
+                Err(store_error(e))
+            }
+            (_, Some(e)) => {
+                if write && e.logged_by_store() {
+                    room.saw(Some((NoRoom::Disk, &e)));
+                }
+                Err(e)
+            }
+            (Some(Ok(value)), None) => {
+                if write {
+                    room.saw(None);
+                }
+                Ok(value)
+            }
             (None, None) => Err(StoreError::found("statement was not run")),
         };
         let _ = self.tx.send(outcome);
@@ -213,16 +278,20 @@ where
 #[derive(Clone)]
 struct Db {
     ops: mpsc::Sender<Box<dyn Pending>>,
+    /// What the writer found of the room: it hears every write's outcome.
+    room: Arc<Room>,
 }
 
 impl Db {
     fn spawn(conn: Connection) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
+        let room = Arc::new(Room::new());
+        let writer_room = room.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_room))
             .map_err(storage)?;
-        Ok(Db { ops: tx })
+        Ok(Db { ops: tx, room })
     }
 
     async fn call<R, F>(&self, read: bool, f: F) -> Result<R, StoreError>
@@ -320,7 +389,7 @@ fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<StoreError>
     failed
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>, room: &Room) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -332,29 +401,30 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
         let (mut writes, reads): (Vec<_>, Vec<_>) = batch.into_iter().partition(|op| !op.is_read());
         if !writes.is_empty() {
             match run_batch(&conn, &mut writes) {
-                Ok(()) => writes.into_iter().for_each(|op| op.complete(None)),
+                Ok(()) => writes.into_iter().for_each(|op| op.complete(None, room)),
                 // Nothing of the batch stands. Run each write again on its own, so only the
                 // ones the store really refuses fail, and each caller hears its own outcome.
                 Err(_) if writes.len() > 1 => {
                     for mut op in writes {
                         let error = run_alone(&conn, &mut op);
-                        op.complete(error);
+                        op.complete(error, room);
                     }
                 }
                 Err(e) => writes
                     .into_iter()
-                    .for_each(|op| op.complete(Some(e.clone()))),
+                    .for_each(|op| op.complete(Some(e.clone()), room)),
             }
         }
         for mut op in reads {
             op.run(&conn);
-            op.complete(None);
+            op.complete(None, room);
         }
     }
 }
 
-/// Refuse new work once the store holds `max_bytes` (pages in use, free pages not counted).
-fn check_room(c: &Connection, max_bytes: Option<u64>) -> rusqlite::Result<()> {
+/// Refuse new work once the store holds `max_bytes` (pages in use, free pages not counted); below
+/// it, a refusal at the cap is over (`room`).
+fn check_room(c: &Connection, max_bytes: Option<u64>, room: &Room) -> rusqlite::Result<()> {
     let Some(max) = max_bytes else {
         return Ok(());
     };
@@ -363,14 +433,11 @@ fn check_room(c: &Connection, max_bytes: Option<u64>) -> rusqlite::Result<()> {
     let size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
     let used = (pages - free).max(0).saturating_mul(size) as u64;
     if used >= max {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            Some(format!(
-                "the store reached max_store_mb ({} MiB); new messages are refused until finished ones are pruned (retention_days) or the limit is raised",
-                max / (1024 * 1024)
-            )),
-        ));
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(OverCap(
+            max / (1024 * 1024),
+        ))));
     }
+    room.cap.cleared();
     Ok(())
 }
 
@@ -739,7 +806,7 @@ impl Queue for SqliteStore {
             dedup_key,
             payload,
         } = new;
-        let max_bytes = self.max_bytes;
+        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
         let inserted = self
             .db
             .write(move |c| {
@@ -753,7 +820,7 @@ impl Queue for SqliteStore {
                     if known {
                         return Ok(false);
                     }
-                    check_room(c, max_bytes)?;
+                    check_room(c, max_bytes, &room)?;
                 }
                 let inserted = c
                     .prepare_cached(
@@ -808,7 +875,9 @@ impl Queue for SqliteStore {
                 Err(e) => {
                     // Not handled unrecorded: it goes back to the front of its user's queue, and
                     // this worker waits a moment before taking work again.
-                    tracing::error!(id, error = %e, "cannot mark message as processing; trying again shortly");
+                    if !e.logged_by_store() {
+                        tracing::error!(id, error = %e, "cannot mark message as processing; trying again shortly");
+                    }
                     self.window.put_back(job);
                     tokio::time::sleep(WRITE_RETRY).await;
                 }
@@ -977,10 +1046,10 @@ impl Routes for SqliteStore {
 impl Deliveries for SqliteStore {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let rows = rules::push_columns(&items)?;
-        let max_bytes = self.max_bytes;
+        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
         self.db
             .write(move |c| {
-                check_room(c, max_bytes)?;
+                check_room(c, max_bytes, &room)?;
                 let now = now_ms();
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
@@ -1305,7 +1374,7 @@ impl Failures for SqliteStore {
         id: i64,
         may_broadcast: bool,
     ) -> Result<DeliveryRetry, StoreError> {
-        let max_bytes = self.max_bytes;
+        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
         self.db
             .write(move |c| {
                 let row = c
@@ -1325,7 +1394,7 @@ impl Failures for SqliteStore {
                     Ok(RetryCheck::Answer(answer)) => return Ok(Ok(answer)),
                     Err(e) => return Ok(Err(e)),
                 };
-                check_room(c, max_bytes)?;
+                check_room(c, max_bytes, &room)?;
                 let now = now_ms();
                 c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)

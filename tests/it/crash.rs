@@ -230,6 +230,11 @@ async fn at_max_store_mb_new_callbacks_get_503_and_every_acknowledged_one_is_ans
     let gw = Gateway::start(&mut serve(&fake, dir.path(), &env)).await;
     let (accepted, status) = fill_until_refused(&gw, 20_000).await;
     assert_eq!(status, 503, "a full store means: try later");
+    // Every new callback is refused while the cap holds, and logged once, not once each.
+    let http = reqwest::Client::new();
+    for n in 50_000..50_040 {
+        assert_eq!(post_numbered(&gw, &http, n).await.1, 503);
+    }
     assert!(
         accepted.len() > 100,
         "{} accepted before the cap",
@@ -246,10 +251,14 @@ async fn at_max_store_mb_new_callbacks_get_503_and_every_acknowledged_one_is_ans
         "every acknowledged message answered once"
     );
     let log = gw.kill9().await;
-    assert!(log.contains("max_store_mb"), "the log says why:\n{log}");
+    let refusals: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("max_store_mb") || l.contains("not accepted"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "41 refusals, one line:\n{refusals:#?}");
     assert!(
-        log.contains("check=\"store\"") && log.contains("status=503"),
-        "{log}"
+        refusals[0].contains("ERROR") && refusals[0].contains("refuses new work"),
+        "the log says why: {}",
+        refusals[0]
     );
 }
 
@@ -348,7 +357,36 @@ async fn a_full_disk_refuses_new_callbacks_and_everything_resumes_when_space_ret
     );
     // Every acknowledged message is answered, once, without a restart.
     assert_each_answered_once(&fake, accepted).await;
-    gw.kill9().await;
+    // The refusals (callbacks, and the workers' writes retried each second) are one line, and
+    // one more says when writes succeeded again.
+    // (Writes end the condition once none was refused for a few seconds: /ready writes.)
+    let ready = format!("http://{}/ready", gw.addr);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !gw.log().contains("takes writes again") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery line:\n{}",
+            gw.log()
+        );
+        http.get(&ready).send().await.unwrap();
+        let settled = gw.wait_for_log(&["takes writes again"]);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), settled).await;
+    }
+    let log = gw.kill9().await;
+    let full: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("disk is full") || l.contains("not accepted"))
+        .collect();
+    assert_eq!(full.len(), 1, "{refused} refusals, one line:\n{full:#?}");
+    assert!(
+        full[0].contains("ERROR") && full[0].contains("refuses writes"),
+        "{}",
+        full[0]
+    );
+    let again: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("takes writes again"))
+        .collect();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert!(again[0].contains("refused"), "with the count: {}", again[0]);
 }
 
 #[tokio::test]

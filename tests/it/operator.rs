@@ -83,6 +83,96 @@ async fn a_user_id_with_newlines_and_escapes_cannot_forge_log_lines() {
     );
 }
 
+/// Client text with a newline, a forged log line after it and a terminal escape: through the push
+/// API, the robot API and the Alertmanager receiver (with a valid token), refused with 4xx, and
+/// logged only escaped.
+#[tokio::test]
+async fn pushed_text_with_newlines_and_escapes_cannot_forge_log_lines() {
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "bots:\n  - name: ops\n    webhook_url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=robot-key-ops\napi:\n  tokens: [t0ken]\n",
+    )
+    .unwrap();
+    let mut cmd = serve(&fake, dir.path());
+    cmd.arg("--config").arg(&config);
+    let gw = Gateway::start(&mut cmd).await;
+    let forged = |n: u32| format!("1999-12-31T23:59:5{n}.000000Z ERROR wecom_gateway: forged {n}");
+    let evil = |n: u32| format!("x\n{}\u{1b}[31m\r", forged(n));
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: String| {
+        http.post(format!("http://{}/api/v1/{path}", gw.addr))
+            .bearer_auth("t0ken")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let requests = [
+        // The push API: a corp part that is not the app's.
+        (
+            "send",
+            serde_json::json!({"touser": format!("{}:bob", evil(1)), "text": "hi"}),
+        ),
+        // The robot API: a field it does not know, and an item of a type it does not know.
+        (
+            "notify/ops",
+            serde_json::json!({"subject": "s", evil(2): 1}),
+        ),
+        (
+            "notify/ops",
+            serde_json::json!({"messages": [{"msgtype": evil(3)}]}),
+        ),
+        // A robot name that is not configured, through either robot endpoint.
+        (
+            &*format!("notify/{}", urlencode(&evil(4))),
+            serde_json::json!({"subject": "s"}),
+        ),
+        // The Alertmanager receiver: a field of the wrong type, and a robot it does not know.
+        ("alertmanager/ops", serde_json::json!({"alerts": evil(5)})),
+        (
+            &*format!("alertmanager/{}", urlencode(&evil(6))),
+            serde_json::json!({"alerts": [{"status": "firing"}]}),
+        ),
+    ];
+    for (path, body) in &requests {
+        let resp = post(path, body.to_string()).await.unwrap();
+        let status = resp.status().as_u16();
+        assert!((400..500).contains(&status), "{path}: {status}");
+    }
+    let log = gw.terminate().await;
+    let rejected = log
+        .lines()
+        .filter(|l| l.contains("api request rejected"))
+        .count();
+    assert_eq!(rejected, requests.len(), "each refusal is logged:\n{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("1999-12-31")),
+        "a forged line:\n{log}"
+    );
+    for n in 1..=6 {
+        let escaped = format!(r"x\n{}\u{{1b}}[31m\r", forged(n));
+        assert!(log.contains(&escaped), "request {n}, escaped:\n{log}");
+    }
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\r'),
+        "raw control characters:\n{log}"
+    );
+}
+
+/// `text` with every byte that is not unreserved percent-encoded (for a path segment).
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_stop_with_robot_messages_held_by_the_rate_limit_says_so_and_does_not_wait() {
     let fake = FakeWecom::start().await;

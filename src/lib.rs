@@ -44,7 +44,7 @@ use crate::config::{Config, StoreKind};
 use crate::dispatch::Dispatcher;
 use crate::outbound::Outbound;
 use crate::received::Received;
-use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store};
+use crate::store::{MemoryStore, PostgresStore, Room, SqliteStore, Store};
 use crate::wecom::token::SharedTokens;
 use crate::wecom::WecomClient;
 use crate::worker::{Agents, Worker};
@@ -143,9 +143,8 @@ impl Application {
                 None,
             ),
             StoreKind::Sqlite => {
-                let max_bytes =
-                    (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
-                let store = SqliteStore::open(&config.data_dir, config.queue_capacity, max_bytes)
+                let room = Room::new(config.max_store_mb, config.min_free_mb, &config.data_dir);
+                let store = SqliteStore::open(&config.data_dir, config.queue_capacity, room)
                     .map_err(StartupError::Store)?;
                 let recovered = store.recovered();
                 tracing::info!(path = %store.path().display(), resumed = recovered.resumed, given_up = recovered.given_up, "message store open");

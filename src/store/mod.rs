@@ -11,6 +11,7 @@
 pub mod memory;
 pub mod model;
 pub mod postgres;
+mod room;
 mod rules;
 pub mod schedule;
 pub mod sqlite;
@@ -18,6 +19,7 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 pub use model::*;
 pub use postgres::{BadStore, PostgresStore, PostgresUrl};
+pub use room::Room;
 pub use sqlite::SqliteStore;
 
 /// Where acknowledged messages are kept until answered.

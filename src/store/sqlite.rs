@@ -12,8 +12,8 @@
 //! A write that fails (a full disk, say) fails only the operations it belongs to, and everything
 //! resumes by itself once writes succeed again: a job that cannot be marked as started goes back to
 //! the front of its user's queue, and the end of a job is recorded as soon as the store takes it.
-//! `max_store_mb` limits new work only (new messages and pushes); finishing acknowledged work is
-//! never refused.
+//! `max_store_mb` and `min_free_mb` (`room.rs`) limit new work only (new messages and pushes);
+//! finishing acknowledged work is never refused.
 //!
 //! Must never: answer a push before its commit, run two gateways on one data directory (a lock
 //! file prevents it), block the async runtime on disk I/O, or restate a rule of `rules.rs`
@@ -33,6 +33,7 @@ use super::model::{
     FailedItem, Failure, Failures, History, HistoryEntry, Job, Media, MediaRecord, NewJob, Outbox,
     Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
+use super::room::Room;
 use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
 use crate::conversation::Push;
@@ -155,7 +156,7 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Storage(Cause::new(None, e))
 }
 
-/// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later); anything else
+/// A full disk, or a limit of `room.rs`, is "no room for new work" (try later); anything else
 /// is a failed write.
 fn store_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -353,27 +354,6 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>) {
     }
 }
 
-/// Refuse new work once the store holds `max_bytes` (pages in use, free pages not counted).
-fn check_room(c: &Connection, max_bytes: Option<u64>) -> rusqlite::Result<()> {
-    let Some(max) = max_bytes else {
-        return Ok(());
-    };
-    let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
-    let free: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-    let size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
-    let used = (pages - free).max(0).saturating_mul(size) as u64;
-    if used >= max {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            Some(format!(
-                "the store reached max_store_mb ({} MiB); new messages are refused until finished ones are pruned (retention_days) or the limit is raised",
-                max / (1024 * 1024)
-            )),
-        ));
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------- opening and recovery
 
 /// What start-up found in the store.
@@ -449,8 +429,8 @@ fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
 
 pub struct SqliteStore {
     db: Db,
-    /// `max_store_mb` in bytes: new work is refused beyond it.
-    max_bytes: Option<u64>,
+    /// `max_store_mb` and `min_free_mb`: new work is refused beyond them.
+    room: Arc<Room>,
     window: Window,
     /// Most jobs held in memory at once; the rest wait on disk.
     capacity: usize,
@@ -501,11 +481,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
 impl SqliteStore {
     /// Open (creating if needed) the store in `data_dir`, migrate it, and take over what a previous
     /// process left unfinished. Queued messages reach workers once [`Store::feed`] runs.
-    pub fn open(
-        data_dir: &Path,
-        capacity: usize,
-        max_store_bytes: Option<u64>,
-    ) -> Result<Arc<Self>, StoreError> {
+    pub fn open(data_dir: &Path, capacity: usize, room: Room) -> Result<Arc<Self>, StoreError> {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&path)
@@ -516,7 +492,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed(format!("cannot recover {}", path.display()), e))?;
         Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
-            max_bytes: max_store_bytes,
+            room: Arc::new(room),
             window: Window::new(OnClose::Stop),
             capacity,
             loader: Notify::new(),
@@ -552,7 +528,7 @@ impl SqliteStore {
         }
         Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
-            max_bytes: None,
+            room: Arc::default(),
             window: Window::new(OnClose::Stop),
             capacity: 0,
             loader: Notify::new(),
@@ -739,21 +715,21 @@ impl Queue for SqliteStore {
             dedup_key,
             payload,
         } = new;
-        let max_bytes = self.max_bytes;
+        let room = self.room.clone();
         let inserted = self
             .db
             .write(move |c| {
                 let now = now_ms();
-                // With a size limit, a duplicate is answered before the limit is checked (a retry
-                // of a stored message is never refused); without one, the insert itself finds it.
-                if max_bytes.is_some() {
+                // A retry of a stored message is answered as a duplicate, never refused; looked
+                // up only when there is no room (otherwise the insert itself finds it).
+                if let Err(no_room) = room.check(c) {
                     let known = c
                         .prepare_cached("SELECT 1 FROM inbox WHERE dedup_key = ?1")?
                         .exists([&dedup_key])?;
                     if known {
                         return Ok(false);
                     }
-                    check_room(c, max_bytes)?;
+                    return Err(no_room);
                 }
                 let inserted = c
                     .prepare_cached(
@@ -977,10 +953,10 @@ impl Routes for SqliteStore {
 impl Deliveries for SqliteStore {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let rows = rules::push_columns(&items)?;
-        let max_bytes = self.max_bytes;
+        let room = self.room.clone();
         self.db
             .write(move |c| {
-                check_room(c, max_bytes)?;
+                room.check(c)?;
                 let now = now_ms();
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
@@ -1305,7 +1281,7 @@ impl Failures for SqliteStore {
         id: i64,
         may_broadcast: bool,
     ) -> Result<DeliveryRetry, StoreError> {
-        let max_bytes = self.max_bytes;
+        let room = self.room.clone();
         self.db
             .write(move |c| {
                 let row = c
@@ -1325,7 +1301,7 @@ impl Failures for SqliteStore {
                     Ok(RetryCheck::Answer(answer)) => return Ok(Ok(answer)),
                     Err(e) => return Ok(Err(e)),
                 };
-                check_room(c, max_bytes)?;
+                room.check(c)?;
                 let now = now_ms();
                 c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)

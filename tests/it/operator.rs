@@ -582,6 +582,7 @@ const RESTART_ONLY: &[(&str, &str, &str)] = &[
     ("shutdown_grace_secs", "30", "31"),
     ("http_timeout_secs", "10", "11"),
     ("max_store_mb", "0", "100"),
+    ("min_free_mb", "64", "65"),
     ("lease_secs", "30", "31"),
     ("log_format", "text", "json"),
     ("queue_capacity", "1024", "1000"),

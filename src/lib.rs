@@ -44,7 +44,7 @@ use crate::config::{Config, StoreKind};
 use crate::dispatch::Dispatcher;
 use crate::outbound::Outbound;
 use crate::received::Received;
-use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store};
+use crate::store::{MemoryStore, PostgresStore, Room, SqliteStore, Store};
 use crate::wecom::token::SharedTokens;
 use crate::wecom::WecomClient;
 use crate::worker::{Agents, Worker};
@@ -58,10 +58,12 @@ const PUSH_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source, *hermes))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+        /// The agent is Hermes, whose own wecom_callback listener is then the likely holder.
+        hermes: bool,
     },
     #[error("cannot set up the WeCom API client: {0}")]
     Client(#[source] wecom::ApiError),
@@ -81,13 +83,27 @@ pub enum StartupError {
 }
 
 /// What to do about a port that cannot be bound.
-fn bind_hint(e: &std::io::Error) -> &'static str {
+fn bind_hint(e: &std::io::Error, hermes: bool) -> &'static str {
     match e.kind() {
+        // Hermes starts its own wecom_callback listener on this port whenever the WeCom variables
+        // are in its environment (a shared .env), and takes the port back every 30 s.
+        std::io::ErrorKind::AddrInUse if hermes => " (another process uses this port; with the hermes agent it is most likely Hermes's own wecom_callback listener, which Hermes starts whenever WECOM_CALLBACK_CORP_ID and WECOM_CALLBACK_CORP_SECRET are in its environment: move the WECOM_CALLBACK_* lines out of Hermes's .env into the gateway's own .env (or --env-file) and restart Hermes; otherwise stop the other process, or choose another port with `port` / WECOM_CALLBACK_PORT)",
         std::io::ErrorKind::AddrInUse => " (another process uses this port: stop it, or choose another with `port` / WECOM_CALLBACK_PORT)",
         std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose another with `port` / WECOM_CALLBACK_PORT)",
         std::io::ErrorKind::AddrNotAvailable => " (this host has no such address: check `host` / WECOM_CALLBACK_HOST)",
         _ => "",
     }
+}
+
+/// Whether any app talks to Hermes (the `agent:` section's kind, or an app's own).
+fn uses_hermes(config: &Config) -> bool {
+    let hermes = |a: &agent::AgentConfig| matches!(a.kind, agent::AgentKind::Hermes(_));
+    hermes(&config.agent)
+        || config
+            .apps
+            .iter()
+            .filter_map(|a| a.agent.as_ref())
+            .any(hermes)
 }
 
 /// The assembled service, bound and ready to run.
@@ -143,9 +159,8 @@ impl Application {
                 None,
             ),
             StoreKind::Sqlite => {
-                let max_bytes =
-                    (config.max_store_mb > 0).then(|| config.max_store_mb * 1024 * 1024);
-                let store = SqliteStore::open(&config.data_dir, config.queue_capacity, max_bytes)
+                let room = Room::new(config.max_store_mb, config.min_free_mb, &config.data_dir);
+                let store = SqliteStore::open(&config.data_dir, config.queue_capacity, room)
                     .map_err(StartupError::Store)?;
                 let recovered = store.recovered();
                 tracing::info!(path = %store.path().display(), resumed = recovered.resumed, given_up = recovered.given_up, "message store open");
@@ -174,7 +189,11 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+            .map_err(|source| StartupError::Bind {
+                addr,
+                source,
+                hermes: uses_hermes(&config),
+            })?;
         let local_addr = listener.local_addr().map_err(StartupError::Serve)?;
         // A second gateway on the host must still start: without metrics, said loudly.
         let metrics = match config.metrics_listen {

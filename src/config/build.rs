@@ -55,6 +55,7 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
     let (store, data_dir) = (r.get(root, &STORE), r.get(root, &DATA_DIR));
     let retention_days = r.get(root, &RETENTION_DAYS);
     let (max_store_mb, lease_secs) = (r.get(root, &MAX_STORE_MB), r.get(root, &LEASE_SECS));
+    let min_free_mb = r.get(root, &MIN_FREE_MB);
     let (member_limits, bot_limits) = (r.list(root, &MEMBER_LIMITS), r.list(root, &BOT_LIMITS));
     let max_attempts = r.get(root, &RETRY_ATTEMPTS);
     let (base, max) = (r.get(root, &RETRY_BASE_MS), r.get(root, &RETRY_MAX_MS));
@@ -82,6 +83,7 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
         data_dir: data_dir?,
         retention_days: retention_days?,
         max_store_mb: max_store_mb?,
+        min_free_mb: min_free_mb?,
         lease_secs: lease_secs?,
         agent,
         bots,

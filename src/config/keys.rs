@@ -176,6 +176,9 @@ pub const RETENTION_DAYS: Key<u64> = Key::new("retention_days", |t| num(t, 1, 36
     .restart().value(|c| c.retention_days.to_string());
 pub const MAX_STORE_MB: Key<u64> = Key::new("max_store_mb", |t| num(t, 0, 1 << 30)).or("0")
     .restart().value(|c| c.max_store_mb.to_string());
+/// Free space kept on data_dir's filesystem for accepted work (SQLite store); `0`: off.
+pub const MIN_FREE_MB: Key<u64> = Key::new("min_free_mb", |t| num(t, 0, 1 << 30)).or("64")
+    .restart().value(|c| c.min_free_mb.to_string());
 pub const LEASE_SECS: Key<u64> = Key::new("lease_secs", |t| num(t, 5, 3600)).or("30").restart()
     .value(|c| c.lease_secs.to_string());
 /// The `agent:` section, whose keys are in `agent.rs`.
@@ -229,9 +232,10 @@ pub const KEYS: &[&dyn About<Config>] = &[
     &HOST, &PORT, &PATH, &METRICS_LISTEN, &LOG_FORMAT, &API_BASE_URL, &ALLOW_ALL_USERS,
     &ALLOWED_USERS, &WORKERS, &QUEUE_CAPACITY, &MAX_BODY_BYTES, &SHUTDOWN_GRACE_SECS,
     &REPLAY_WINDOW, &HTTP_TIMEOUT_SECS, &STORE, &DATA_DIR, &RETENTION_DAYS, &MAX_STORE_MB,
-    &LEASE_SECS, &AGENT, &API_TOKENS, &API_TOKENS_PLAIN, &MEMBER_LIMITS, &BOT_LIMITS,
-    &RETRY_ATTEMPTS, &RETRY_BASE_MS, &RETRY_MAX_MS, &MEDIA_AGENT_DIRS, &MEDIA_MAX_BYTES,
-    &MEDIA_PUBLIC_URL, &MEDIA_INLINE_TEXT_BYTES, &MEDIA_URL_EXPIRES, &BOTS, &APPS,
+    &MIN_FREE_MB, &LEASE_SECS, &AGENT, &API_TOKENS, &API_TOKENS_PLAIN, &MEMBER_LIMITS,
+    &BOT_LIMITS, &RETRY_ATTEMPTS, &RETRY_BASE_MS, &RETRY_MAX_MS, &MEDIA_AGENT_DIRS,
+    &MEDIA_MAX_BYTES, &MEDIA_PUBLIC_URL, &MEDIA_INLINE_TEXT_BYTES, &MEDIA_URL_EXPIRES, &BOTS,
+    &APPS,
 ];
 
 fn limit(text: &str) -> Ruled<Limit> {

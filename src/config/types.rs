@@ -57,6 +57,9 @@ pub struct Config {
     pub retention_days: u64,
     /// Largest size of the message store in MiB; 0 = no limit. When full, callbacks get 503.
     pub max_store_mb: u64,
+    /// SQLite store: new callbacks and pushes get 503 while data_dir's filesystem has less than
+    /// this many MiB free, so accepted work can finish; 0 = off.
+    pub min_free_mb: u64,
     /// PostgreSQL store: a job held by a replica that stopped renewing its lease this long is
     /// taken over by another.
     pub lease_secs: u64,

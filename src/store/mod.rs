@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod postgres;
 pub mod refusals;
+mod room;
 mod rules;
 pub mod schedule;
 pub mod sqlite;
@@ -19,6 +20,7 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 pub use model::*;
 pub use postgres::{BadStore, PostgresStore, PostgresUrl};
+pub use room::Room;
 pub use sqlite::SqliteStore;
 
 /// Where acknowledged messages are kept until answered.

@@ -12,8 +12,8 @@
 //! A write that fails (a full disk, say) fails only the operations it belongs to, and everything
 //! resumes by itself once writes succeed again: a job that cannot be marked as started goes back to
 //! the front of its user's queue, and the end of a job is recorded as soon as the store takes it.
-//! `max_store_mb` limits new work only (new messages and pushes); finishing acknowledged work is
-//! never refused.
+//! `max_store_mb` and `min_free_mb` (`room.rs`) limit new work only (new messages and pushes);
+//! finishing acknowledged work is never refused.
 //!
 //! Must never: answer a push before its commit, run two gateways on one data directory (a lock
 //! file prevents it), block the async runtime on disk I/O, or restate a rule of `rules.rs`
@@ -34,6 +34,7 @@ use super::model::{
     Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
 use super::refusals::Refusals;
+use super::room::{Limited, Room};
 use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
 use crate::conversation::Push;
@@ -156,8 +157,8 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Storage(Cause::new(None, e))
 }
 
-/// A full disk, or the `max_store_mb` cap, is "no room for new work" (try later, logged by the
-/// store's [`Room`]); anything else is a failed write.
+/// A full disk, or a limit of `room.rs` (`max_store_mb`, `min_free_mb`), is "no room for new
+/// work" (try later, logged by the store's [`RefusalLog`]); anything else is a failed write.
 fn store_error(e: rusqlite::Error) -> StoreError {
     match no_room(&e) {
         Some(_) => StoreError::NoRoom(e.to_string()),
@@ -165,39 +166,34 @@ fn store_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// New work refused at `max_store_mb` (MiB): an error of its own, so a full disk and the cap are
-/// told apart (finishing work is never refused by the cap, so its writes do not end it). It rides
-/// in rusqlite's one variant that carries an error of ours.
-#[derive(Debug, thiserror::Error)]
-#[error("the store reached max_store_mb ({0} MiB); new messages are refused until finished ones are pruned (retention_days) or the limit is raised")]
-struct OverCap(u64);
-
 /// Why there was no room for a write, if that is what `e` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NoRoom {
+    /// The disk itself is full: every write is refused.
     Disk,
-    Cap,
+    /// A limit on new work (`room.rs`): finishing work is still written.
+    Limit,
 }
 
 fn no_room(e: &rusqlite::Error) -> Option<NoRoom> {
     if let rusqlite::Error::ToSqlConversionFailure(inner) = e {
-        return inner.is::<OverCap>().then_some(NoRoom::Cap);
+        return inner.is::<Limited>().then_some(NoRoom::Limit);
     }
     (e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)).then_some(NoRoom::Disk)
 }
 
 /// The store's refusals for lack of room, as the log tells them (`refusals.rs`): a full disk
-/// refuses every write and ends when one succeeds; the cap refuses new work and ends when new
+/// refuses every write and ends when one succeeds; a limit refuses new work and ends when new
 /// work fits again.
 #[derive(Debug)]
-struct Room {
+struct RefusalLog {
     disk: Refusals,
     cap: Refusals,
 }
 
-impl Room {
+impl RefusalLog {
     fn new() -> Self {
-        Room {
+        RefusalLog {
             disk: Refusals::new("refuses writes", "takes writes again"),
             cap: Refusals::new("refuses new work", "takes new work again"),
         }
@@ -207,7 +203,7 @@ impl Room {
     fn saw(&self, refused: Option<(NoRoom, &dyn std::fmt::Display)>) {
         match refused {
             Some((NoRoom::Disk, why)) => self.disk.refused(why),
-            Some((NoRoom::Cap, why)) => self.cap.refused(why),
+            Some((NoRoom::Limit, why)) => self.cap.refused(why),
             None => self.disk.cleared(),
         }
     }
@@ -221,7 +217,7 @@ trait Pending: Send {
     /// Run against the connection; false if it failed. May run again if its transaction was lost.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Tell the caller, once the outcome of the commit is known (and `room`, for a write).
-    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &Room);
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &RefusalLog);
 }
 
 struct Call<F, R> {
@@ -247,7 +243,7 @@ where
         ok
     }
 
-    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &Room) {
+    fn complete(self: Box<Self>, commit_error: Option<StoreError>, room: &RefusalLog) {
         let write = !self.read;
         let outcome = match (self.result, commit_error) {
             (Some(Err(e)), _) => {
@@ -279,19 +275,19 @@ where
 struct Db {
     ops: mpsc::Sender<Box<dyn Pending>>,
     /// What the writer found of the room: it hears every write's outcome.
-    room: Arc<Room>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl Db {
     fn spawn(conn: Connection) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Pending>>();
-        let room = Arc::new(Room::new());
-        let writer_room = room.clone();
+        let refusals = Arc::new(RefusalLog::new());
+        let writer_room = refusals.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, &writer_room))
             .map_err(storage)?;
-        Ok(Db { ops: tx, room })
+        Ok(Db { ops: tx, refusals })
     }
 
     async fn call<R, F>(&self, read: bool, f: F) -> Result<R, StoreError>
@@ -389,7 +385,7 @@ fn run_alone(conn: &Connection, op: &mut Box<dyn Pending>) -> Option<StoreError>
     failed
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>, room: &Room) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>, room: &RefusalLog) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -422,22 +418,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>, room: &Ro
     }
 }
 
-/// Refuse new work once the store holds `max_bytes` (pages in use, free pages not counted); below
-/// it, a refusal at the cap is over (`room`).
-fn check_room(c: &Connection, max_bytes: Option<u64>, room: &Room) -> rusqlite::Result<()> {
-    let Some(max) = max_bytes else {
-        return Ok(());
-    };
-    let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
-    let free: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-    let size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
-    let used = (pages - free).max(0).saturating_mul(size) as u64;
-    if used >= max {
-        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(OverCap(
-            max / (1024 * 1024),
-        ))));
-    }
-    room.cap.cleared();
+/// Whether there is room for new work (`room`); when there is, a refusal by a limit is over.
+fn check_room(c: &Connection, room: &Room, refusals: &RefusalLog) -> rusqlite::Result<()> {
+    room.check(c)?;
+    refusals.cap.cleared();
     Ok(())
 }
 
@@ -516,8 +500,8 @@ fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
 
 pub struct SqliteStore {
     db: Db,
-    /// `max_store_mb` in bytes: new work is refused beyond it.
-    max_bytes: Option<u64>,
+    /// `max_store_mb` and `min_free_mb`: new work is refused beyond them.
+    room: Arc<Room>,
     window: Window,
     /// Most jobs held in memory at once; the rest wait on disk.
     capacity: usize,
@@ -568,11 +552,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, StoreError> {
 impl SqliteStore {
     /// Open (creating if needed) the store in `data_dir`, migrate it, and take over what a previous
     /// process left unfinished. Queued messages reach workers once [`Store::feed`] runs.
-    pub fn open(
-        data_dir: &Path,
-        capacity: usize,
-        max_store_bytes: Option<u64>,
-    ) -> Result<Arc<Self>, StoreError> {
+    pub fn open(data_dir: &Path, capacity: usize, room: Room) -> Result<Arc<Self>, StoreError> {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&path)
@@ -583,7 +563,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::failed(format!("cannot recover {}", path.display()), e))?;
         Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
-            max_bytes: max_store_bytes,
+            room: Arc::new(room),
             window: Window::new(OnClose::Stop),
             capacity,
             loader: Notify::new(),
@@ -619,7 +599,7 @@ impl SqliteStore {
         }
         Ok(Arc::new(SqliteStore {
             db: Db::spawn(conn)?,
-            max_bytes: None,
+            room: Arc::default(),
             window: Window::new(OnClose::Stop),
             capacity: 0,
             loader: Notify::new(),
@@ -806,21 +786,21 @@ impl Queue for SqliteStore {
             dedup_key,
             payload,
         } = new;
-        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
+        let (room, refusals) = (self.room.clone(), self.db.refusals.clone());
         let inserted = self
             .db
             .write(move |c| {
                 let now = now_ms();
-                // With a size limit, a duplicate is answered before the limit is checked (a retry
-                // of a stored message is never refused); without one, the insert itself finds it.
-                if max_bytes.is_some() {
+                // A retry of a stored message is answered as a duplicate, never refused; looked
+                // up only when there is no room (otherwise the insert itself finds it).
+                if let Err(no_room) = check_room(c, &room, &refusals) {
                     let known = c
                         .prepare_cached("SELECT 1 FROM inbox WHERE dedup_key = ?1")?
                         .exists([&dedup_key])?;
                     if known {
                         return Ok(false);
                     }
-                    check_room(c, max_bytes, &room)?;
+                    return Err(no_room);
                 }
                 let inserted = c
                     .prepare_cached(
@@ -1046,10 +1026,10 @@ impl Routes for SqliteStore {
 impl Deliveries for SqliteStore {
     async fn add_deliveries(&self, items: Vec<Push>) -> Result<Vec<i64>, StoreError> {
         let rows = rules::push_columns(&items)?;
-        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
+        let (room, refusals) = (self.room.clone(), self.db.refusals.clone());
         self.db
             .write(move |c| {
-                check_room(c, max_bytes, &room)?;
+                check_room(c, &room, &refusals)?;
                 let now = now_ms();
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
@@ -1374,7 +1354,7 @@ impl Failures for SqliteStore {
         id: i64,
         may_broadcast: bool,
     ) -> Result<DeliveryRetry, StoreError> {
-        let (max_bytes, room) = (self.max_bytes, self.db.room.clone());
+        let (room, refusals) = (self.room.clone(), self.db.refusals.clone());
         self.db
             .write(move |c| {
                 let row = c
@@ -1394,7 +1374,7 @@ impl Failures for SqliteStore {
                     Ok(RetryCheck::Answer(answer)) => return Ok(Ok(answer)),
                     Err(e) => return Ok(Err(e)),
                 };
-                check_room(c, max_bytes, &room)?;
+                check_room(c, &room, &refusals)?;
                 let now = now_ms();
                 c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)

@@ -4,12 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use async_trait::async_trait;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tokio::sync::Semaphore;
-use wecom_gateway::agent::{Agent, AgentError, Turn};
 use wecom_gateway::config::Allowlist;
-use wecom_gateway::wecom::AppMessage;
 
 #[tokio::test]
 async fn text_message_gets_a_reply_through_message_send() {
@@ -376,26 +373,6 @@ async fn revoked_token_is_fetched_again_and_the_send_retried_once() {
     assert_eq!(sends[1].access_token, "tok-alpha-secret-value-2");
     assert_eq!(fake.gettoken_calls(), 2);
     app.stop().await;
-}
-
-/// Waits for a permit per turn before echoing: a stand-in for a slow agent.
-struct Gated {
-    gate: Arc<Semaphore>,
-}
-
-#[async_trait]
-impl Agent for Gated {
-    fn name(&self) -> &str {
-        "gated"
-    }
-    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
-        self.gate
-            .acquire()
-            .await
-            .map_err(|e| AgentError::Failed(e.to_string()))?
-            .forget();
-        Ok(vec![AppMessage::text(turn.message.describe())])
-    }
 }
 
 #[tokio::test]

@@ -325,7 +325,11 @@ async fn a_full_disk_refuses_new_callbacks_and_everything_resumes_when_space_ret
     };
     let fake = FakeWecom::start().await;
     let data = disk.path().join("data");
-    let env = [("WECOM_CALLBACK_WORKERS", "4")];
+    // The reserve off: this is about the disk itself running out.
+    let env = [
+        ("WECOM_CALLBACK_WORKERS", "4"),
+        ("WECOM_CALLBACK_MIN_FREE_MB", "0"),
+    ];
     let gw = Gateway::start(&mut serve(&fake, &data, &env)).await;
     let http = reqwest::Client::new();
     let mut accepted = Vec::new();
@@ -398,7 +402,8 @@ async fn ready_turns_503_while_the_data_dir_takes_no_writes_and_health_stays_ok(
         return;
     };
     let fake = FakeWecom::start().await;
-    let gw = Gateway::start(&mut serve(&fake, disk.path(), &[])).await;
+    let env = [("WECOM_CALLBACK_MIN_FREE_MB", "0")];
+    let gw = Gateway::start(&mut serve(&fake, disk.path(), &env)).await;
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("http://{}{path}", gw.addr)).send();
     let ready = get("/ready").await.unwrap();
@@ -448,4 +453,123 @@ async fn ready_turns_503_while_the_data_dir_takes_no_writes_and_health_stays_ok(
         "ready again, no restart"
     );
     gw.terminate().await;
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Write a file at `path` until the filesystem holding it has about `leave` bytes free.
+fn fill_to(path: &std::path::Path, leave: u64) {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap();
+    let free = |s: rustix::fs::StatVfs| s.f_bavail * s.f_frsize;
+    let size = free(rustix::fs::statvfs(dir).unwrap()) - leave;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    let mut written = 0;
+    while written < size {
+        let n = block.len().min((size - written) as usize);
+        f.write_all(&block[..n]).unwrap();
+        written += n as u64;
+    }
+    f.sync_all().unwrap();
+    let left = free(rustix::fs::statvfs(dir).unwrap());
+    assert!(left <= leave + MIB, "{left} bytes still free");
+}
+
+#[tokio::test]
+async fn below_min_free_mb_new_work_gets_503_and_every_acknowledged_message_is_answered() {
+    use std::sync::Arc;
+    let Some(disk) = SmallDisk::mount("64m") else {
+        eprintln!(
+            "SKIPPED below_min_free_mb_new_work_gets_503_and_every_acknowledged_message_is_answered: \
+             it mounts a small tmpfs, which needs root"
+        );
+        return;
+    };
+    let fake = FakeWecom::start().await;
+    let mut cfg = config(&[APP_A], &fake.base_url());
+    cfg.data_dir = disk.path().join("data");
+    cfg.min_free_mb = 32;
+    cfg.api_tokens = vec![secrecy::SecretString::from("api-token").into()];
+    // The agent answers only when the test says: acknowledged work waits, unfinished.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = TestApp::spawn_with_agent(cfg, Arc::new(Gated { gate: gate.clone() })).await;
+    let mut n = 0u64;
+    let mut post = async || {
+        n += 1;
+        // One member each: WeCom's per-member limit is not what is tested.
+        let text = format!("[{n}] hello");
+        let (q, body) = APP_A.callback(&APP_A.text_xml(&format!("u{n}"), &text, n));
+        (text, app.post_callback(&q, body).await.status().as_u16())
+    };
+    let mut accepted = Vec::new();
+    for _ in 0..20 {
+        let (text, status) = post().await;
+        assert_eq!(status, 200);
+        accepted.push(text);
+    }
+    // The disk fills to 16 MiB free: room left for the work accepted, but under the 32 MiB
+    // reserve. Free space is measured afresh within a tenth of a second, so at most that long's
+    // callbacks are still taken (each a few KB: the disk itself cannot fill in 1000 of them).
+    let filler = disk.path().join("filler");
+    fill_to(&filler, 16 * MIB);
+    let mut refused = false;
+    for _ in 0..1000 {
+        match post().await {
+            (text, 200) => accepted.push(text),
+            (_, status) => {
+                assert_eq!(status, 503, "no room for new work: WeCom tries later");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "callbacks were still taken below min_free_mb");
+    for _ in 0..5 {
+        assert_eq!(post().await.1, 503, "new callbacks keep getting 503");
+    }
+    let push = app
+        .http
+        .post(app.url("/api/v1/send"))
+        .bearer_auth("api-token")
+        .json(&serde_json::json!({"touser": "zhangsan", "text": "a push"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), 503, "pushes too");
+    let error: serde_json::Value = push.json().await.unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("min_free_mb (32 MiB)"),
+        "the answer says why: {error}"
+    );
+    // Everything acknowledged is answered below the reserve, without a restart: each reply is
+    // recorded, sent and its job finished.
+    gate.add_permits(1 << 20);
+    assert_each_answered_once(&fake, accepted.clone()).await;
+    // Space returns: new callbacks are taken again (once free space is measured again).
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match post().await {
+            (text, 200) => {
+                accepted.push(text);
+                break;
+            }
+            (_, status) => assert_eq!(status, 503),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "callbacks still refused with space free again"
+        );
+    }
+    for _ in 0..5 {
+        let (text, status) = post().await;
+        assert_eq!(status, 200, "taken again");
+        accepted.push(text);
+    }
+    assert_each_answered_once(&fake, accepted).await;
+    app.stop().await;
 }

@@ -16,7 +16,7 @@ use wecom_gateway::dispatch::Dispatcher;
 use wecom_gateway::message::MessageKind;
 use wecom_gateway::outbound::{Outbound, Tracked};
 use wecom_gateway::ratelimit::Limit;
-use wecom_gateway::store::{MemoryStore, SqliteStore};
+use wecom_gateway::store::{MemoryStore, Room, SqliteStore};
 use wecom_gateway::wecom::{AppMessage, Recipients, WecomClient};
 
 const TOKEN: &str = "api-token-for-tests";
@@ -126,7 +126,7 @@ async fn a_panicking_agent_fails_its_job_alone_and_frees_the_users_lane() {
         vec![("lisi", "after the panic"), ("wangwu", "someone else")]
     );
     app.stop().await;
-    let store = SqliteStore::open(dir.path(), 16, None).unwrap();
+    let store = SqliteStore::open(dir.path(), 16, Room::default()).unwrap();
     let failures = store.failures().await.unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].1.contains("agent exploded"), "{failures:?}");

@@ -336,6 +336,57 @@ async fn a_port_in_use_is_one_clear_line_naming_the_setting() {
     assert!(line.contains("`port` / WECOM_CALLBACK_PORT"), "{stderr}");
 }
 
+/// The error line of a gateway started with `agent: {kind: KIND}` on a port already taken.
+async fn port_taken_error(agent_kind: &str) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let fake = FakeWecom::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        format!("agent:\n  kind: {agent_kind}\n  base_url: http://127.0.0.1:9/v1\n  model: m\n"),
+    )
+    .unwrap();
+    let mut cmd = serve(&fake, &dir.path().join("data"));
+    cmd.arg("--config").arg(&file);
+    cmd.env("WECOM_CALLBACK_PORT", port.to_string());
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    line.to_owned()
+}
+
+#[tokio::test]
+async fn with_hermes_a_port_in_use_names_hermes_own_wecom_listener_and_the_env_fix() {
+    let line = port_taken_error("hermes").await;
+    assert!(
+        line.contains("Hermes's own wecom_callback listener"),
+        "{line}"
+    );
+    assert!(
+        line.contains("WECOM_CALLBACK_CORP_ID and WECOM_CALLBACK_CORP_SECRET"),
+        "{line}"
+    );
+    assert!(
+        line.contains("move the WECOM_CALLBACK_* lines out of Hermes's .env into the gateway's own .env (or --env-file)"),
+        "{line}"
+    );
+    assert!(line.contains("`port` / WECOM_CALLBACK_PORT"), "{line}");
+    // Another agent: the plain advice, no word of Hermes.
+    let line = port_taken_error("openai").await;
+    assert!(line.contains("another process uses this port"), "{line}");
+    assert!(!line.to_lowercase().contains("hermes"), "{line}");
+}
+
 #[tokio::test]
 async fn check_config_fails_on_an_agent_that_would_fail_at_its_first_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -672,6 +723,7 @@ const RESTART_ONLY: &[(&str, &str, &str)] = &[
     ("shutdown_grace_secs", "30", "31"),
     ("http_timeout_secs", "10", "11"),
     ("max_store_mb", "0", "100"),
+    ("min_free_mb", "64", "65"),
     ("lease_secs", "30", "31"),
     ("log_format", "text", "json"),
     ("queue_capacity", "1024", "1000"),

@@ -7,11 +7,17 @@ use std::sync::Arc;
 
 use crate::support::job;
 use wecom_gateway::store::sqlite::{Counts, MAX_ATTEMPTS};
-use wecom_gateway::store::{Outcome, Pushed, Queue, Routes, SqliteStore};
+use wecom_gateway::store::{Outbox, Outcome, Pushed, Queue, Room, Routes, SqliteStore, StoreError};
+use wecom_gateway::wecom::AppMessage;
 
 /// Open, run the feeder while `f` uses the store, then close and release everything.
 async fn with_inbox<T>(dir: &Path, f: impl AsyncFnOnce(&Arc<SqliteStore>) -> T) -> T {
-    let store = SqliteStore::open(dir, 16, None).expect("open");
+    with_room(dir, Room::default(), f).await
+}
+
+/// [`with_inbox`] with limits on new work.
+async fn with_room<T>(dir: &Path, room: Room, f: impl AsyncFnOnce(&Arc<SqliteStore>) -> T) -> T {
+    let store = SqliteStore::open(dir, 16, room).expect("open");
     let feeder = {
         let store = store.clone();
         tokio::spawn(async move { store.feed().await })
@@ -71,6 +77,41 @@ async fn messages_routes_and_dedup_keys_survive_a_reopen() {
 }
 
 #[tokio::test]
+async fn below_min_free_mb_new_messages_are_refused_and_stored_ones_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    with_inbox(dir.path(), async |store| {
+        store.push(job("alice", 1, "sales")).await.unwrap();
+    })
+    .await;
+    // A reserve larger than any disk: the filesystem is always "below" it.
+    let room = Room::new(0, 1 << 30, dir.path());
+    with_room(dir.path(), room, async |store| {
+        assert_eq!(
+            store.push(job("alice", 1, "sales")).await.unwrap(),
+            Pushed::Duplicate,
+            "a retry of a stored message is acknowledged, never refused"
+        );
+        let err = store.push(job("bob", 2, "sales")).await.unwrap_err();
+        assert!(matches!(err, StoreError::NoRoom(_)), "{err:?}");
+        assert!(err.to_string().contains("min_free_mb"), "{err}");
+        let first = store.next().await.expect("the stored message");
+        store
+            .record_reply(&first, &[AppMessage::text("hi")])
+            .await
+            .expect("a reply is recorded below the reserve");
+        store.finish(&first, Outcome::Done).await;
+        assert_eq!(
+            store.counts().await.unwrap(),
+            Counts {
+                done: 1,
+                ..Counts::default()
+            }
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_message_that_kills_the_process_every_time_is_given_up() {
     let dir = tempfile::tempdir().unwrap();
     with_inbox(dir.path(), async |store| {
@@ -83,7 +124,7 @@ async fn a_message_that_kills_the_process_every_time_is_given_up() {
         })
         .await;
     }
-    let store = SqliteStore::open(dir.path(), 16, None).unwrap();
+    let store = SqliteStore::open(dir.path(), 16, Room::default()).unwrap();
     assert_eq!(store.recovered().given_up, 1);
     assert_eq!(store.counts().await.unwrap().failed, 1);
 }
@@ -91,14 +132,14 @@ async fn a_message_that_kills_the_process_every_time_is_given_up() {
 #[tokio::test]
 async fn one_data_dir_serves_one_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let first = SqliteStore::open(dir.path(), 16, None).unwrap();
-    let err = SqliteStore::open(dir.path(), 16, None).unwrap_err();
+    let first = SqliteStore::open(dir.path(), 16, Room::default()).unwrap();
+    let err = SqliteStore::open(dir.path(), 16, Room::default()).unwrap_err();
     assert!(
         err.to_string().contains("in use by another wecom-gateway"),
         "{err}"
     );
     drop(first);
-    SqliteStore::open(dir.path(), 16, None).expect("free again once the first is gone");
+    SqliteStore::open(dir.path(), 16, Room::default()).expect("free again once the first is gone");
 }
 
 #[tokio::test]

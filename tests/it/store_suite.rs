@@ -16,7 +16,7 @@ use wecom_gateway::config::PostgresUrl;
 use wecom_gateway::conversation::{Channel, Push, Target};
 use wecom_gateway::store::{
     ChunkState, DeliveryRetry, DeliveryState, Failure, HistoryEntry, MediaRecord, MemoryStore,
-    Outcome, PostgresStore, Pushed, Role, SqliteStore, Store, StoreError,
+    Outcome, PostgresStore, Pushed, Role, Room, SqliteStore, Store, StoreError,
 };
 use wecom_gateway::wecom::payload::Media;
 use wecom_gateway::wecom::{AppMessage, BotMessage};
@@ -60,7 +60,9 @@ impl Backend {
     async fn open(&self) -> Open {
         let store: Arc<dyn Store> = match self {
             Backend::Memory => Arc::new(MemoryStore::new(64, Duration::from_secs(1))),
-            Backend::Sqlite(dir) => SqliteStore::open(dir.path(), 16, None).expect("open"),
+            Backend::Sqlite(dir) => {
+                SqliteStore::open(dir.path(), 16, Room::default()).expect("open")
+            }
             Backend::Postgres(url) => {
                 let url = PostgresUrl::parse(url).expect("url");
                 PostgresStore::open(&url, LEASE).await.expect("open")

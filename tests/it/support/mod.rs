@@ -797,6 +797,7 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
         data_dir: std::path::PathBuf::new(),
         retention_days: 7,
         max_store_mb: 0,
+        min_free_mb: 64,
         lease_secs: 30,
         agent: AgentConfig::default(),
         bots: vec![],
@@ -938,6 +939,26 @@ impl Agent for Recording {
             wecom_gateway::message::MessageKind::Text { content } => content.clone(),
             _ => turn.message.describe(),
         })])
+    }
+}
+
+/// Waits for a permit per turn before echoing: a stand-in for a slow agent.
+pub struct Gated {
+    pub gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Agent for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+        self.gate
+            .acquire()
+            .await
+            .map_err(|e| AgentError::Failed(e.to_string()))?
+            .forget();
+        Ok(vec![AppMessage::text(turn.message.describe())])
     }
 }
 

@@ -23,6 +23,7 @@ use crate::wecom::payload::Media;
 use crate::wecom::AppMessage;
 
 /// The messages for an answer text: text, and images where the text had ones the gateway can send.
+/// Linear in the text's length, whatever the model wrote (an answer may be megabytes long).
 pub fn messages(text: &str, agent_dirs: &[PathBuf]) -> Vec<AppMessage> {
     fn push_text(out: &mut Vec<AppMessage>, part: &str) {
         let part = part.trim();
@@ -31,17 +32,21 @@ pub fn messages(text: &str, agent_dirs: &[PathBuf]) -> Vec<AppMessage> {
         }
     }
     let mut out = Vec::new();
-    let mut done = 0;
-    let mut from = 0;
-    while let Some(image) = next_image(text, from) {
-        let item = data_url(image.url).or_else(|| file(image.url, agent_dirs));
-        // What is not an image is read on from just inside it: an unclosed `![a](` must not
-        // hide an image after it.
-        from = image.start + 2;
-        if let Some(item) = item {
-            push_text(&mut out, &text[done..image.start]);
-            out.push(item);
-            (done, from) = (image.end, image.end);
+    let mut scan = Scan::default();
+    let (mut done, mut from) = (0, 0);
+    while let Some(image) = scan.next_image(text, from) {
+        let item = (image.url).and_then(|url| data_url(url).or_else(|| file(url, agent_dirs)));
+        match item {
+            Some(item) => {
+                push_text(&mut out, &text[done..image.start]);
+                out.push(item);
+                (done, from) = (image.end, image.end);
+            }
+            // A URL read whole that is not an image: what it holds stays text with it.
+            None if image.url.is_some() => from = image.end,
+            // Not even the start of one: read on from just inside it, so an unclosed `![a](`
+            // does not hide an image after it.
+            None => from = image.start + 2,
         }
     }
     push_text(&mut out, &text[done..]);
@@ -62,42 +67,79 @@ pub fn history_text(messages: &[AppMessage]) -> String {
     parts.join("\n\n")
 }
 
-/// A markdown image `![alt](url "title")` in `text`: where it is and its URL.
+/// A markdown image `![alt](url "title")` in `text`: where it is, and its URL when the URL is one
+/// the gateway may send (a data URL, a `file://` URL or an absolute path); other URLs are not read
+/// further.
 struct Found<'a> {
     start: usize,
     end: usize,
-    url: &'a str,
+    url: Option<&'a str>,
 }
 
-/// The next markdown image at or after `from`. Its alt text is on one line; its URL runs to the
-/// first `)` (so a path with a `)` in it is not an image, and stays text).
-fn next_image(text: &str, from: usize) -> Option<Found<'_>> {
-    let mut at = from;
-    loop {
-        let start = at + text.get(at..)?.find("![")?;
-        let alt_from = start + 2;
-        let alt_len = text[alt_from..].find([']', '\n']);
-        let open = alt_len.map(|n| alt_from + n);
-        let Some(open) = open.filter(|&i| text[i..].starts_with("](")) else {
-            at = alt_from;
-            continue;
-        };
-        let url_from = open + 2;
-        // No `)` after this: no image can close anywhere later either.
-        let close = url_from + text[url_from..].find(')')?;
-        let inner = text[url_from..close].trim();
-        let url = match inner.strip_prefix('<') {
-            Some(rest) => rest.split_once('>').map_or(rest, |(url, _)| url),
-            // A title (`"..."` or `'...'`) may follow the URL after a space; other white space
-            // is kept (a data URL's base64 may be wrapped).
-            None => title_start(inner).map_or(inner, |at| inner[..at].trim_end()),
-        };
-        return Some(Found {
-            start,
-            end: close + 1,
-            url,
-        });
+/// Where the next `]`-or-newline and the next `)` are, remembered across calls: `from` only grows,
+/// so each is searched for once, not once per `![` before it.
+#[derive(Default)]
+struct Scan {
+    alt_end: Option<usize>,
+    close: Option<usize>,
+}
+
+impl Scan {
+    /// The next markdown image at or after `from`. Its alt text is on one line; its URL runs to
+    /// the first `)` (so a path with a `)` in it is not an image, and stays text).
+    fn next_image<'t>(&mut self, text: &'t str, from: usize) -> Option<Found<'t>> {
+        let mut at = from;
+        loop {
+            let start = at + text.get(at..)?.find("![")?;
+            let alt_from = start + 2;
+            // No `]` or newline after this: no image can start anywhere later either.
+            let open = next_at(&mut self.alt_end, text, alt_from, |t| t.find([']', '\n']))?;
+            if !text[open..].starts_with("](") {
+                at = alt_from;
+                continue;
+            }
+            let url_from = open + 2;
+            // No `)` after this: no image can close anywhere later either.
+            let close = next_at(&mut self.close, text, url_from, |t| t.find(')'))?;
+            let inner = text[url_from..close].trim();
+            let url = match inner.strip_prefix('<') {
+                Some(rest) => rest.split_once('>').map_or(rest, |(url, _)| url),
+                None if !sendable(inner) => "",
+                // A title (`"..."` or `'...'`) may follow the URL after a space; other white
+                // space is kept (a data URL's base64 may be wrapped).
+                None => title_start(inner).map_or(inner, |at| inner[..at].trim_end()),
+            };
+            return Some(Found {
+                start,
+                end: close + 1,
+                url: sendable(url).then_some(url),
+            });
+        }
     }
+}
+
+/// The first match of `find` at or after `from`: the remembered one while it is still ahead.
+fn next_at(
+    cached: &mut Option<usize>,
+    text: &str,
+    from: usize,
+    find: impl Fn(&str) -> Option<usize>,
+) -> Option<usize> {
+    if let Some(at) = cached.filter(|at| *at >= from) {
+        return Some(at);
+    }
+    let at = from + find(text.get(from..)?)?;
+    *cached = Some(at);
+    Some(at)
+}
+
+/// Whether a URL is of a kind the gateway may send (only then is it read whole).
+fn sendable(url: &str) -> bool {
+    let starts = |p: &str| {
+        url.get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
+    };
+    starts("data:") || starts("file://") || url.starts_with('/')
 }
 
 /// Where a markdown title starts in `inner` (white space, then a quote), if it has one.
@@ -305,5 +347,18 @@ mod tests {
             history_text(&messages(&answer, &[])),
             "before\n\n[image]\n\nafter"
         );
+    }
+
+    #[test]
+    fn a_megabyte_of_unclosed_or_nested_images_is_read_in_one_pass() {
+        // Each would take minutes if every `![` searched to the end of the text again.
+        for text in [
+            format!("{})", "![a](".repeat(200_000)),
+            "![".repeat(500_000),
+            format!("{}]", "![".repeat(500_000)),
+            format!("{})", "![a](data:".repeat(100_000)),
+        ] {
+            assert_eq!(messages(&text, &[]), vec![AppMessage::text(text.trim())]);
+        }
     }
 }

@@ -185,7 +185,11 @@ impl Agent for HermesAgent {
         let answer =
             chat_completion(&self.http, &url, key, &body, &headers, self.config.timeout).await?;
         if let Some(id) = rotated(&answer.headers, &session) {
-            self.keep_session(&member, id).await?;
+            // Hermes has answered: the member gets it even if the new id cannot be kept (the next
+            // turn then goes to the old id, as before a rotation).
+            if let Err(e) = self.keep_session(&member, id).await {
+                tracing::warn!(error = %e, "cannot keep the session id Hermes moved to");
+            }
         }
         Ok(answer_text::messages(&answer.text, &self.agent_dirs))
     }

@@ -168,6 +168,13 @@ fn meaning(event: Event) -> Result<Meaning, StreamError> {
     let first = choices
         .iter()
         .find(|c| c["index"].as_u64().unwrap_or(0) == 0);
+    // Hermes ends a run that failed midway with `finish_reason: "error"` (then `[DONE]`): what
+    // came before it is not the answer.
+    if first.is_some_and(|c| c["finish_reason"] == "error") {
+        return Err(StreamError::Server(
+            "the server ended the answer with finish_reason \"error\"".into(),
+        ));
+    }
     Ok(match first.and_then(|c| c["delta"]["content"].as_str()) {
         Some(text) if !text.is_empty() => Meaning::Text(text.to_owned()),
         _ => Meaning::Nothing,
@@ -272,6 +279,13 @@ mod tests {
             let (a, b) = stream.as_bytes().split_at(cut);
             assert_eq!(read(&[a, b]).unwrap().0, whole.0, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_run_the_server_ends_with_an_error_is_an_error_not_an_answer() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"half\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"error\"}]}\n\ndata: [DONE]\n\n";
+        let read = read(&[stream.as_bytes()]);
+        assert!(matches!(read, Err(StreamError::Server(_))), "{read:?}");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const SETTLE: Duration = Duration::from_secs(5);
 pub struct Refusals {
     /// What the store does while the condition lasts: "refuses writes".
     refuses: &'static str,
+    /// What that means for work already accepted, said on the first line.
+    meaning: &'static str,
     /// What it does again once it clears: "takes writes again".
     again: &'static str,
     every: Duration,
@@ -60,10 +62,17 @@ impl Refusals {
     fn every(refuses: &'static str, again: &'static str, every: Duration) -> Self {
         Refusals {
             refuses,
+            meaning: "",
             again,
             every,
             state: Mutex::new(None),
         }
+    }
+
+    /// What the condition means for work already accepted ("accepted work waits"), for the
+    /// first line.
+    pub fn meaning(self, meaning: &'static str) -> Self {
+        Refusals { meaning, ..self }
     }
 
     /// A write was refused for `reason`: logged if it is the first, or a minute passed since the
@@ -97,11 +106,16 @@ impl Refusals {
                 }
             }
         };
-        let refuses = self.refuses;
+        let (refuses, meaning) = (self.refuses, self.meaning);
+        let meaning = if meaning.is_empty() {
+            String::new()
+        } else {
+            format!("; {meaning}")
+        };
         match line {
             Line::None => {}
             Line::First => tracing::error!(
-                "the message store {refuses}: {reason}; new callbacks and pushes get 503 and accepted work waits (further refusals are counted, one line a minute)"
+                "the message store {refuses}: {reason}; new callbacks and pushes get 503{meaning} (further refusals are counted, one line a minute)"
             ),
             Line::Summary(e) => {
                 let secs = now.duration_since(e.last_line).as_secs();

@@ -194,8 +194,10 @@ struct RefusalLog {
 impl RefusalLog {
     fn new() -> Self {
         RefusalLog {
-            disk: Refusals::new("refuses writes", "takes writes again"),
-            cap: Refusals::new("refuses new work", "takes new work again"),
+            disk: Refusals::new("refuses writes", "takes writes again")
+                .meaning("accepted work waits for room too"),
+            cap: Refusals::new("refuses new work", "takes new work again")
+                .meaning("accepted work goes on"),
         }
     }
 

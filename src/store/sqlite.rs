@@ -427,6 +427,25 @@ fn check_room(c: &Connection, room: &Room, refusals: &RefusalLog) -> rusqlite::R
     Ok(())
 }
 
+/// Room for new work, as a value: a refusal by a limit is the write's answer, not a failed write,
+/// so the writes batched with it still commit. (A failed write undoes its batch and every write
+/// in it runs again alone, an fsync each: just when the disk is nearly full and accepted work
+/// needs it most.) The refusal is told to the log here, as a failed write would be.
+fn room_for_new_work(
+    c: &Connection,
+    room: &Room,
+    refusals: &RefusalLog,
+) -> rusqlite::Result<Result<(), rusqlite::Error>> {
+    match check_room(c, room, refusals) {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if no_room(&e) == Some(NoRoom::Limit) => {
+            refusals.saw(Some((NoRoom::Limit, &e)));
+            Ok(Err(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 // ---------------------------------------------------------------- opening and recovery
 
 /// What start-up found in the store.
@@ -795,14 +814,11 @@ impl Queue for SqliteStore {
                 let now = now_ms();
                 // A retry of a stored message is answered as a duplicate, never refused; looked
                 // up only when there is no room (otherwise the insert itself finds it).
-                if let Err(no_room) = check_room(c, &room, &refusals) {
+                if let Err(refused) = room_for_new_work(c, &room, &refusals)? {
                     let known = c
                         .prepare_cached("SELECT 1 FROM inbox WHERE dedup_key = ?1")?
                         .exists([&dedup_key])?;
-                    if known {
-                        return Ok(false);
-                    }
-                    return Err(no_room);
+                    return Ok(if known { Ok(false) } else { Err(refused) });
                 }
                 let inserted = c
                     .prepare_cached(
@@ -819,9 +835,10 @@ impl Queue for SqliteStore {
                     )?
                     .execute(params![user_key, app, now])?;
                 }
-                Ok(inserted == 1)
+                Ok(Ok(inserted == 1))
             })
-            .await?;
+            .await?
+            .map_err(store_error)?;
         if inserted {
             self.loader.notify_one();
             Ok(Pushed::Queued)
@@ -1031,7 +1048,9 @@ impl Deliveries for SqliteStore {
         let (room, refusals) = (self.room.clone(), self.db.refusals.clone());
         self.db
             .write(move |c| {
-                check_room(c, &room, &refusals)?;
+                if let Err(refused) = room_for_new_work(c, &room, &refusals)? {
+                    return Ok(Err(refused));
+                }
                 let now = now_ms();
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)
@@ -1042,9 +1061,10 @@ impl Deliveries for SqliteStore {
                     stmt.execute(params![target, payload, now])?;
                     ids.push(c.last_insert_rowid());
                 }
-                Ok(ids)
+                Ok(Ok(ids))
             })
-            .await
+            .await?
+            .map_err(store_error)
     }
 
     async fn queued_deliveries(&self) -> Result<Vec<StoredDelivery>, StoreError> {

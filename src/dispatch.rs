@@ -230,7 +230,7 @@ impl QueueWorker {
                 let _turn = self.outbound.lock(&Outbound::recipients_key(app, to)).await;
                 // A file is uploaded first. A push keeps no media_id: after a crash it is
                 // uploaded again, and a resend under a new media_id escapes WeCom's duplicate
-                // check (the README says so).
+                // check (docs/sending.md says so).
                 let mut message = message.clone();
                 match self.outbound.attach_media(app, &mut message).await {
                     Ok(_) => {}

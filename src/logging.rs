@@ -61,9 +61,9 @@ impl LogFormat {
     }
 }
 
-/// Log to stderr at `RUST_LOG` (default info) in `format`.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Log to stderr at `RUST_LOG` (else at `default`, such as `info`) in `format`.
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     match format {
         LogFormat::Text => text(filter, std::io::stderr, is_terminal()).init(),
         LogFormat::Json => json(filter, std::io::stderr).init(),

@@ -79,6 +79,12 @@ enum Command {
         /// With --url: make the URL check the admin console's Save button makes.
         #[arg(long, requires = "url")]
         verify: bool,
+        /// Let the member through whatever the configured allowlist says.
+        #[arg(long)]
+        allow_anyone: bool,
+        /// Log at info (the gateway's own lines) instead of warnings only; RUST_LOG wins.
+        #[arg(long, short)]
+        verbose: bool,
         /// The message text.
         text: Vec<String>,
     },
@@ -175,7 +181,12 @@ fn main() -> ExitCode {
         Some((c, _)) => Ok(c.log_format),
         None => LogFormat::from_env(),
     };
-    wecom_gateway::logging::init(format.clone().unwrap_or_default());
+    // simulate prints what matters itself; its gateway's info lines would bury it (and a prompt).
+    let level = match &cli.command {
+        Command::Simulate { verbose: false, .. } => "warn",
+        _ => "info",
+    };
+    wecom_gateway::logging::init(format.clone().unwrap_or_default(), level);
     if let Err(e) = format {
         tracing::warn!("log format: {e}; logging as text");
     }
@@ -202,6 +213,8 @@ fn main() -> ExitCode {
             interactive,
             url,
             verify,
+            allow_anyone,
+            verbose: _,
             text,
         } => {
             let sim = Simulation {
@@ -210,6 +223,7 @@ fn main() -> ExitCode {
                 image,
                 text: text.join(" "),
                 interactive,
+                allow_anyone,
             };
             simulate(config, sim, url, verify)
         }
@@ -312,7 +326,12 @@ fn simulate(
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match url {
-            Some(url) => println!("{}", simulate::remote(&url, &config, &sim, verify).await?),
+            Some(url) => {
+                let answer = simulate::remote(&url, &config, &sim, verify).await?;
+                println!("{}", answer.said);
+                // The answer is on stdout already; the exit code says it was not a success.
+                anyhow::ensure!(answer.success, "not a success (the answer above says why)");
+            }
             None => simulate::run(config, sim).await?,
         }
         Ok(())

@@ -124,6 +124,19 @@ pub fn observe(name: &'static str, pairs: &[(&'static str, &str)], took: Duratio
     histogram(name, pairs).record(took.as_secs_f64());
 }
 
+/// A counter's sum over all its labels in this process (`simulate` reads AGENT_FAILURES to say
+/// in its exit code that the agent failed).
+pub fn total(name: &str) -> f64 {
+    render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Everything, in Prometheus's text exposition format.
 pub fn render() -> String {
     recorder().render()

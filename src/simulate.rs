@@ -4,6 +4,11 @@
 //! as a genuine encrypted, signed callback over HTTP, and every message that would go to WeCom is
 //! printed as the JSON body WeCom would receive.
 //!
+//! The configured allowlist applies (one rule, [`crate::allowlist::Allowlist::allows`]): a member
+//! it refuses is refused here with how to allow them, unless `allow_anyone` asks otherwise. The
+//! exit code says how it went: a refused member, a callback answered 4xx/5xx or a failed agent
+//! is an error, so a script can tell.
+//!
 //! `--url` instead sends a signed callback (or, with `--verify`, the URL check the admin console's
 //! Save button makes) to a running gateway, and says what its answer means.
 //!
@@ -35,6 +40,8 @@ pub struct Simulation {
     pub image: Option<PathBuf>,
     pub text: String,
     pub interactive: bool,
+    /// Let any member through, whatever the configured allowlist says (the old behaviour).
+    pub allow_anyone: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,32 @@ pub enum SimulateError {
     Setup(String),
     #[error(transparent)]
     Startup(#[from] crate::StartupError),
+    /// The configured allowlist refuses the member: WeCom's messages from them would be
+    /// acknowledged and never reach the agent.
+    #[error("{user:?} is not on the allowlist: the gateway acknowledges their messages and never passes them to the agent. {}", how_to_allow(.user))]
+    NotAllowed { user: String },
+    /// Something went wrong for the member: the callback was refused, or the agent failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What `--url` saw: the line to print, and whether it means success.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub said: String,
+    /// False on a 4xx/5xx, an answer that is not the gateway's, or a member the local
+    /// configuration refuses.
+    pub success: bool,
+}
+
+/// How an operator lets `user` through.
+fn how_to_allow(user: &str) -> String {
+    format!("To allow them, add {user:?} to allowed_users (WECOM_CALLBACK_ALLOWED_USERS), or allow everyone with allowed_users: [\"*\"] or allow_all_users: true; or pass --allow-anyone to simulate anyway")
+}
+
+/// Whether `config`'s allowlist lets `user` talk to `app`'s agent (or `allow_anyone` says so).
+fn allowed(config: &Config, app: &crate::config::AppConfig, sim: &Simulation) -> bool {
+    sim.allow_anyone || config.allowlist.allows(&app.corp_id, &sim.user)
 }
 
 fn now() -> String {
@@ -169,6 +202,11 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
             None => "no WeCom app is configured: simulate plays a member writing to one".into(),
         })
     })?;
+    if !allowed(&config, &app, &sim) {
+        return Err(SimulateError::NotAllowed {
+            user: sim.user.clone(),
+        });
+    }
     let wecom = stand_in(image.clone()).await?;
     let data = tempfile_dir()?;
     // Never the real thing: a memory store, the stand-in, no robots, loopback only.
@@ -179,7 +217,8 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
     config.port = 0;
     config.metrics_listen = None;
     config.bots.clear();
-    config.allowlist.allow_all = true;
+    // The configured allowlist stays, so the gateway decides as it would in production.
+    config.allowlist.allow_all |= sim.allow_anyone;
     config.shutdown_grace_secs = config.shutdown_grace_secs.max(3600);
     config.media.public_url = None;
     let gateway = Application::build(config.clone()).await?;
@@ -200,16 +239,27 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
             let status = request.send().await.map(|r| r.status().as_u16());
             eprintln!(
                 "# callback answered {}",
-                status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                status
+                    .as_ref()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string())
             );
+            match status {
+                Ok(200) => None,
+                Ok(s) => Some(format!("the callback was answered {s}: {}", meaning(s))),
+                Err(e) => Some(format!("the callback was not answered: {e}")),
+            }
         }
     };
+    // Every failure seen, said once at the end (a conversation goes on after one).
+    let mut failures: Vec<String> = Vec::new();
+    let agent_failed = || crate::metrics::total(crate::metrics::AGENT_FAILURES);
+    let failed_before = agent_failed();
     if image.is_some() {
-        send("<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[https://wework.qpic.cn/simulated]]></PicUrl><MediaId><![CDATA[simulated-image]]></MediaId>".into()).await;
+        failures.extend(send("<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[https://wework.qpic.cn/simulated]]></PicUrl><MediaId><![CDATA[simulated-image]]></MediaId>".into()).await);
         settle(&*store).await;
     }
     if !sim.text.is_empty() {
-        send(text_body(&sim.text)).await;
+        failures.extend(send(text_body(&sim.text)).await);
         settle(&*store).await;
     }
     if sim.interactive {
@@ -223,7 +273,7 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
             if line.trim().is_empty() {
                 continue;
             }
-            send(text_body(&line)).await;
+            failures.extend(send(text_body(&line)).await);
             settle(&*store).await;
         }
     }
@@ -232,7 +282,17 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
         .await
         .map_err(|e| SimulateError::Setup(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&data);
-    result.map_err(SimulateError::from)
+    result?;
+    let agent_failures = agent_failed() - failed_before;
+    if agent_failures > 0.0 {
+        failures.push(format!(
+            "the agent failed {agent_failures} time(s) (the member got the failure message; the log says why)"
+        ));
+    }
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(SimulateError::Failed(failures.join("; "))),
+    }
 }
 
 /// Wait until every queued message has been handled (and its replies printed).
@@ -259,7 +319,7 @@ pub async fn remote(
     config: &Config,
     sim: &Simulation,
     verify: bool,
-) -> Result<String, SimulateError> {
+) -> Result<Answer, SimulateError> {
     let app = match &sim.app {
         Some(name) => config.apps.iter().find(|a| &a.name == name),
         None => config.apps.first(),
@@ -272,7 +332,7 @@ pub async fn remote(
         .build()
         .map_err(|e| SimulateError::Setup(e.to_string()))?;
     let sep = if url.contains('?') { '&' } else { '?' };
-    let (status, body) = if verify {
+    let (status, body, success) = if verify {
         let echo = rand::random::<u64>().to_string();
         let echostr = crypt.encrypt(echo.as_bytes(), rand::random());
         let (ts, nonce) = (now(), rand::random::<u32>().to_string());
@@ -298,7 +358,7 @@ pub async fn remote(
         } else {
             meaning(status)
         };
-        (status, meaning)
+        (status, meaning, ok)
     } else {
         let (query, envelope) = callback(
             &crypt,
@@ -316,13 +376,24 @@ pub async fn remote(
                 SimulateError::Setup(format!("{url} did not answer: {}", e.without_url()))
             })?;
         let status = answer.status().as_u16();
+        // The gateway answers 200 to a member it drops too (WeCom would otherwise retry), so a
+        // 200 says nothing about the allowlist: only the local configuration can be asked.
+        let refused_here = !allowed(config, app, sim);
         let meaning = match status {
-            200 => "accepted: the message is stored and goes to the agent".to_owned(),
+            200 if refused_here => format!(
+                "accepted (200); whether the member is allowed is decided by the gateway's allowlist. The local configuration's allowlist refuses {:?}: a gateway with the same one acknowledges their messages and never passes them to the agent. {}",
+                sim.user,
+                how_to_allow(&sim.user)
+            ),
+            200 => "accepted (200); whether the member is allowed is decided by the gateway's allowlist".to_owned(),
             s => meaning(s),
         };
-        (status, meaning)
+        (status, meaning, status == 200 && !refused_here)
     };
-    Ok(format!("HTTP {status}: {body}"))
+    Ok(Answer {
+        said: format!("HTTP {status}: {body}"),
+        success,
+    })
 }
 
 /// What a gateway's refusal means, in the operator's words.

@@ -67,7 +67,7 @@ async fn simulate_prints_the_echo_reply_and_an_http_agent_s_reply() {
         ("WECOM_CALLBACK_AGENT__KIND", "http"),
         ("WECOM_CALLBACK_AGENT__URL", agent.as_str()),
     ];
-    let out = simulate(dir.path(), &["what", "now"], &extra)
+    let out = simulate(dir.path(), &["--user", "zhangsan", "what", "now"], &extra)
         .output()
         .await
         .unwrap();
@@ -125,11 +125,15 @@ async fn simulate_url_checks_a_running_gateway_and_says_what_its_answer_means() 
     ];
     let out = run(args, vec![]).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("HTTP 200: accepted"), "{stdout}");
+    assert!(
+        stdout.contains("HTTP 200: accepted (200); whether the member is allowed is decided by the gateway's allowlist"),
+        "{stdout}"
+    );
+    assert!(out.status.success(), "{stdout}");
     assert_eq!(fake.wait_for_sends(1).await[0].content(), "over the tunnel");
     // A token that differs from the gateway's: what the console would see.
     let out = run(
-        vec!["--url".into(), url, "hi".into()],
+        vec!["--url".into(), url.clone(), "hi".into()],
         vec![("WECOM_CALLBACK_TOKEN", "not-the-token")],
     )
     .output()
@@ -140,6 +144,65 @@ async fn simulate_url_checks_a_running_gateway_and_says_what_its_answer_means() 
         stdout.contains("HTTP 403: refused: the signature does not match"),
         "{stdout}"
     );
+    assert_eq!(out.status.code(), Some(1), "a 4xx is a failure: {stdout}");
+    // A member the gateway (and the local configuration) refuses: the 200 does not say the
+    // message goes to the agent, and the exit code says the member is refused.
+    let lisi = |extra: &str| {
+        let mut args = vec![
+            "--url".to_owned(),
+            url.clone(),
+            "--user".into(),
+            "lisi".into(),
+        ];
+        args.extend([extra.to_owned(), "let me in".into()]);
+        args.retain(|a| !a.is_empty());
+        args
+    };
+    let out = run(lisi(""), vec![]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HTTP 200: accepted (200); whether the member is allowed is decided by the gateway's allowlist"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("goes to the agent"), "{stdout}");
+    assert!(
+        stdout.contains("The local configuration's allowlist refuses \"lisi\"")
+            && stdout.contains("allowed_users")
+            && stdout.contains("allow_all_users: true"),
+        "{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    // --allow-anyone skips the local check; the gateway still drops the message.
+    let out = run(lisi("--allow-anyone"), vec![]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("decided by the gateway's allowlist") && !stdout.contains("refuses"),
+        "{stdout}"
+    );
+    gw.wait_for_log(&["not on the allowlist", "lisi"]).await;
+    assert_eq!(fake.sends().len(), 1, "nothing reaches lisi");
+    // A 5xx: a server in place of the gateway that answers 503.
+    let router = Router::new().fallback(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = format!("http://{}/wecom/callback", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let out = run(
+        vec![
+            "--url".into(),
+            busy,
+            "--user".into(),
+            "zhangsan".into(),
+            "hi".into(),
+        ],
+        vec![],
+    )
+    .output()
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("HTTP 503: try later"), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "a 5xx is a failure: {stdout}");
     gw.terminate().await;
 }
 
@@ -151,7 +214,13 @@ async fn simulate_keeps_a_conversation_open_and_sends_an_image() {
     std::fs::write(&photo, b"\xff\xd8\xff\xe0 a photo").unwrap();
     let mut cmd = simulate(
         dir.path(),
-        &["--interactive", "--image", photo.to_str().unwrap()],
+        &[
+            "--user",
+            "zhangsan",
+            "--interactive",
+            "--image",
+            photo.to_str().unwrap(),
+        ],
         &[],
     );
     let mut child = cmd
@@ -181,4 +250,111 @@ async fn simulate_keeps_a_conversation_open_and_sends_an_image() {
         ["first", "second"],
         "one reply per line, in order"
     );
+}
+
+#[tokio::test]
+async fn simulate_applies_the_allowlist_and_says_how_to_allow_a_refused_member() {
+    let dir = tempfile::tempdir().unwrap();
+    // gateway_env allows zhangsan only.
+    let out = simulate(dir.path(), &["--user", "lisi", "hello"], &[])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"lisi\" is not on the allowlist")
+            && stderr.contains("add \"lisi\" to allowed_users")
+            && stderr.contains("allowed_users: [\"*\"]")
+            && stderr.contains("allow_all_users: true")
+            && stderr.contains("--allow-anyone"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing goes to WeCom for a refused member"
+    );
+
+    // --allow-anyone keeps the old behaviour on request.
+    let out = simulate(
+        dir.path(),
+        &["--allow-anyone", "--user", "lisi", "hello"],
+        &[],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = printed(&out.stdout);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["touser"], "lisi");
+
+    // Allowed through the configuration ("*" allows everyone).
+    let out = simulate(
+        dir.path(),
+        &["--user", "lisi", "hello"],
+        &[("WECOM_CALLBACK_ALLOWED_USERS", "*")],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(printed(&out.stdout).len(), 1);
+}
+
+#[tokio::test]
+async fn simulate_exits_non_zero_when_the_agent_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    // An http agent at an address nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent = format!("http://{}/turn", listener.local_addr().unwrap());
+    drop(listener);
+    let extra = [
+        ("WECOM_CALLBACK_AGENT__KIND", "http"),
+        ("WECOM_CALLBACK_AGENT__URL", agent.as_str()),
+    ];
+    let out = simulate(
+        dir.path(),
+        &["--user", "zhangsan", "anyone", "there?"],
+        &extra,
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the agent failed"), "{stderr}");
+    // The member still got the failure message, as in production.
+    assert_eq!(printed(&out.stdout).len(), 1);
+}
+
+#[tokio::test]
+async fn simulate_logs_warnings_only_unless_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = simulate(dir.path(), &["--user", "zhangsan", "hi"], &[])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(quiet.status.success());
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    let verbose = simulate(dir.path(), &["-v", "--user", "zhangsan", "hi"], &[])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(verbose.status.success());
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("listening on"), "{stderr}");
 }

@@ -127,7 +127,8 @@ impl<'a> Reader<'a> {
         let line = self.line(field, reason);
         self.errors.push(line);
     }
-    /// Once per line: a key read twice (an app's agent over the global one) is warned about once.
+    /// Once per line: a value read twice (`OPENAI_API_KEY` for each openai agent) is warned about
+    /// once.
     pub(crate) fn warn(&mut self, field: &str, reason: impl Display) {
         let line = self.line(field, reason);
         if !self.warnings.contains(&line) {

@@ -27,11 +27,13 @@ type Text = String;
 
 const KIND: A<Text> = Key::new("kind", |t| Ok(t.to_ascii_lowercase())).or("echo");
 /// echo only: wait this long before answering (simulates a slow agent).
-const DELAY_MS: A<u64> = Key::new("delay_ms", |t| num(t, 0, 86_400_000)).or("0");
+const DELAY_MS: A<u64> = Key::new("delay_ms", |t| num(t, 0, 86_400_000))
+    .number()
+    .or("0");
 const URL: A<HttpUrl> = Key::new("url", HttpUrl::parse).required();
 /// 120 s; hermes 1800 s (its turns take minutes).
-const TIMEOUT_SECS: A<Duration> = Key::new("timeout_secs", |t| secs(t, 1, 86_400));
-const RETRIES: A<u32> = Key::new("retries", |t| num(t, 0, 10)).or("2");
+const TIMEOUT_SECS: A<Duration> = Key::new("timeout_secs", |t| secs(t, 1, 86_400)).number();
+const RETRIES: A<u32> = Key::new("retries", |t| num(t, 0, 10)).number().or("2");
 /// Values are secrets (an `Authorization` header).
 const HEADERS: A<()> = Key::new("headers", |_| Ok(()));
 const PROGRAM: A<Text> = Key::new("program", rules::text).required();
@@ -50,10 +52,15 @@ const SYSTEM_PROMPT: A<Text> = Key::new("system_prompt", rules::text);
 const TEMPERATURE: A<f64> = Key::new("temperature", |t| match t.parse() {
     Ok(v) if (0.0..=2.0).contains(&v) => Ok(v),
     _ => Err(Invalid::Must("be a number from 0 to 2", t.to_owned())),
-});
-const MAX_TOKENS: A<u32> = Key::new("max_tokens", |t| num(t, 1, 1_000_000));
-const HISTORY_TURNS: A<usize> = Key::new("history_turns", |t| num(t, 0, 1000)).or("10");
-const HISTORY_CHARS: A<usize> = Key::new("history_chars", |t| num(t, 0, 10_000_000)).or("16000");
+})
+.number();
+const MAX_TOKENS: A<u32> = Key::new("max_tokens", |t| num(t, 1, 1_000_000)).number();
+const HISTORY_TURNS: A<usize> = Key::new("history_turns", |t| num(t, 0, 1000))
+    .number()
+    .or("10");
+const HISTORY_CHARS: A<usize> = Key::new("history_chars", |t| num(t, 0, 10_000_000))
+    .number()
+    .or("16000");
 const VISION: A<bool> = Key::new("vision", rules::boolean).or("false");
 /// Seconds, fractional; 0 turns the receipt off. Hermes: 10 s unless set.
 const ACK_AFTER: A<Option<Duration>> = Key::new("ack_after", |t| match t.parse::<f64>() {
@@ -63,7 +70,8 @@ const ACK_AFTER: A<Option<Duration>> = Key::new("ack_after", |t| match t.parse::
         "be seconds from 0 (off) to 3600",
         t.to_owned(),
     )),
-});
+})
+.number();
 const ACK_MESSAGE: A<Text> = Key::new("ack_message", rules::text);
 const ACK_RECALL: A<bool> = Key::new("ack_recall", rules::boolean);
 const FAILURE_MESSAGE: A<Text> = Key::new("failure_message", rules::text);
@@ -174,16 +182,19 @@ fn api_key(r: &mut Reader<'_>, s: &At<'_>, default_env: &str) -> Option<SecretSt
         return Some(key);
     }
     if let Some(var) = r.get(s, &API_KEY_ENV) {
-        let key = from_env(&var).map(SecretString::from);
-        if key.is_none() {
-            r.err(
-                &format!("{}{}", s.prefix, API_KEY_ENV.name),
-                Invalid::Unset(var),
-            );
+        let key = from_env(&var);
+        let field = format!("{}{}", s.prefix, API_KEY_ENV.name);
+        match &key {
+            Some(key) => r.placeholder(&field, key),
+            None => r.err(&field, Invalid::Unset(var)),
         }
-        return key;
+        return key.map(SecretString::from);
     }
-    from_env(default_env).map(SecretString::from)
+    let key = from_env(default_env);
+    if let Some(key) = &key {
+        r.placeholder(default_env, key);
+    }
+    key.map(SecretString::from)
 }
 
 /// The global `agent:` section of the top level.

@@ -67,17 +67,22 @@ pub(crate) struct Key<T, O = Config> {
     pub(crate) fallback: Option<&'static str>,
     pub(crate) show: Show<O>,
     pub(crate) reload: Reload,
+    /// Whether a YAML number is this key's natural form (`port: 8645`); for every other key the
+    /// reader warns about one, which may have lost a leading zero (`token: 0123`).
+    pub(crate) number: bool,
 }
 
 impl<T, O> Key<T, O> {
     pub(crate) const fn new(name: &'static str, rule: fn(&str) -> Ruled<T>) -> Self {
-        Key { name, rule, absent: Absent::Optional, fallback: None, show: Show::Within, reload: Reload::Applied }
+        Key { name, rule, absent: Absent::Optional, fallback: None, show: Show::Within, reload: Reload::Applied, number: false }
     }
     pub(crate) const fn or(self, text: &'static str) -> Self { Key { absent: Absent::Default(text), ..self } }
     pub(crate) const fn required(self) -> Self { Key { absent: Absent::Required, ..self } }
     pub(crate) const fn fallback(self, var: &'static str) -> Self { Key { fallback: Some(var), ..self } }
     pub(crate) const fn without_fallback(self) -> Self { Key { fallback: None, ..self } }
     pub(crate) const fn restart(self) -> Self { Key { reload: Reload::Restart, ..self } }
+    /// A number: a YAML number is what it expects, not a lossy form of text.
+    pub(crate) const fn number(self) -> Self { Key { number: true, ..self } }
     pub(crate) const fn value(self, f: fn(&O) -> String) -> Self { Key { show: Show::Value(f), ..self } }
     pub(crate) const fn secret(self, set: fn(&O) -> bool) -> Self { Key { show: Show::Secret(set), ..self } }
     pub(crate) const fn lines(self, f: fn(&O, &str) -> Option<String>) -> Self {
@@ -131,7 +136,7 @@ fn nested(_: &str) -> Ruled<()> { Ok(()) }
 
 pub const HOST: Key<IpAddr> = Key::new("host", rules::ip).or("0.0.0.0").restart()
     .value(|c| c.host.to_string());
-pub const PORT: Key<u16> = Key::new("port", |t| num(t, 0, u16::MAX)).or("8645").restart()
+pub const PORT: Key<u16> = Key::new("port", |t| num(t, 0, u16::MAX)).number().or("8645").restart()
     .value(|c| c.port.to_string());
 pub const PATH: Key<Text> = Key::new("path", rules::callback_path).or("/wecom/callback").restart()
     .value(|c| c.path.clone());
@@ -152,17 +157,17 @@ pub const ALLOW_ALL_USERS: Key<bool> = Key::new("allow_all_users", rules::boolea
 pub const ALLOWED_USERS: Key<Text> = Key::new("allowed_users", |t| Ok(Allowlist::entry(t)?))
     .fallback("GATEWAY_ALLOWED_USERS").value(|c| format!("{:?}", c.allowlist.users));
 /// Agent calls wait on the network: many at once.
-pub const WORKERS: Key<usize> = Key::new("workers", |t| num(t, 1, 1024)).or("64").restart()
+pub const WORKERS: Key<usize> = Key::new("workers", |t| num(t, 1, 1024)).number().or("64").restart()
     .value(|c| c.workers.to_string());
-pub const QUEUE_CAPACITY: Key<usize> = Key::new("queue_capacity", |t| num(t, 1, 1_000_000))
+pub const QUEUE_CAPACITY: Key<usize> = Key::new("queue_capacity", |t| num(t, 1, 1_000_000)).number()
     .or("1024").restart().value(|c| c.queue_capacity.to_string());
-pub const MAX_BODY_BYTES: Key<usize> = Key::new("max_body_bytes", |t| num(t, 1024, 16 << 20))
+pub const MAX_BODY_BYTES: Key<usize> = Key::new("max_body_bytes", |t| num(t, 1024, 16 << 20)).number()
     .or("65536").restart().value(|c| c.max_body_bytes.to_string());
-pub const SHUTDOWN_GRACE_SECS: Key<u64> = Key::new("shutdown_grace_secs", |t| num(t, 0, 86_400))
+pub const SHUTDOWN_GRACE_SECS: Key<u64> = Key::new("shutdown_grace_secs", |t| num(t, 0, 86_400)).number()
     .or("30").restart().value(|c| c.shutdown_grace_secs.to_string());
-pub const REPLAY_WINDOW: Key<Duration> = Key::new("replay_window", |t| secs(t, 0, 604_800))
+pub const REPLAY_WINDOW: Key<Duration> = Key::new("replay_window", |t| secs(t, 0, 604_800)).number()
     .or("300").restart().value(|c| c.replay_window.as_secs().to_string());
-pub const HTTP_TIMEOUT_SECS: Key<u64> = Key::new("http_timeout_secs", |t| num(t, 1, 600)).or("10")
+pub const HTTP_TIMEOUT_SECS: Key<u64> = Key::new("http_timeout_secs", |t| num(t, 1, 600)).number().or("10")
     .restart().value(|c| c.http_timeout_secs.to_string());
 pub const STORE: Key<StoreKind> = Key::new("store", |t| StoreKind::parse(t).map_err(Invalid::owned))
     .or("sqlite").restart().value(|c| match &c.store {
@@ -172,14 +177,14 @@ pub const STORE: Key<StoreKind> = Key::new("store", |t| StoreKind::parse(t).map_
     });
 pub const DATA_DIR: Key<PathBuf> = Key::new("data_dir", |t| Ok(PathBuf::from(t))).or("./data")
     .restart().value(|c| c.data_dir.display().to_string());
-pub const RETENTION_DAYS: Key<u64> = Key::new("retention_days", |t| num(t, 1, 3650)).or("7")
+pub const RETENTION_DAYS: Key<u64> = Key::new("retention_days", |t| num(t, 1, 3650)).number().or("7")
     .restart().value(|c| c.retention_days.to_string());
-pub const MAX_STORE_MB: Key<u64> = Key::new("max_store_mb", |t| num(t, 0, 1 << 30)).or("0")
+pub const MAX_STORE_MB: Key<u64> = Key::new("max_store_mb", |t| num(t, 0, 1 << 30)).number().or("0")
     .restart().value(|c| c.max_store_mb.to_string());
 /// Free space kept on data_dir's filesystem for accepted work (SQLite store); `0`: off.
-pub const MIN_FREE_MB: Key<u64> = Key::new("min_free_mb", |t| num(t, 0, 1 << 30)).or("64")
+pub const MIN_FREE_MB: Key<u64> = Key::new("min_free_mb", |t| num(t, 0, 1 << 30)).number().or("64")
     .restart().value(|c| c.min_free_mb.to_string());
-pub const LEASE_SECS: Key<u64> = Key::new("lease_secs", |t| num(t, 5, 3600)).or("30").restart()
+pub const LEASE_SECS: Key<u64> = Key::new("lease_secs", |t| num(t, 5, 3600)).number().or("30").restart()
     .value(|c| c.lease_secs.to_string());
 /// The `agent:` section, whose keys are in `agent.rs`.
 pub const AGENT: Key<()> = Key::new("agent", nested)
@@ -200,27 +205,27 @@ pub const MEMBER_LIMITS: Key<Limit> = Key::new("limits.member", limit).or("30/1m
     .restart().value(|c| limits(&c.member_limits));
 pub const BOT_LIMITS: Key<Limit> = Key::new("limits.bot", limit).or("20/1m").restart()
     .value(|c| limits(&c.bot_limits));
-pub const RETRY_ATTEMPTS: Key<u32> = Key::new("retry.max_attempts", |t| num(t, 1, 100)).or("8")
+pub const RETRY_ATTEMPTS: Key<u32> = Key::new("retry.max_attempts", |t| num(t, 1, 100)).number().or("8")
     .restart().value(|c| c.retry.max_attempts.to_string());
-pub const RETRY_BASE_MS: Key<Duration> = Key::new("retry.base_ms", |t| millis(t, 3_600_000))
+pub const RETRY_BASE_MS: Key<Duration> = Key::new("retry.base_ms", |t| millis(t, 3_600_000)).number()
     .or("1000").restart().value(|c| c.retry.base.as_millis().to_string());
 /// No wait is shorter than `base_ms`, whatever this says.
-pub const RETRY_MAX_MS: Key<Duration> = Key::new("retry.max_ms", |t| millis(t, 86_400_000))
+pub const RETRY_MAX_MS: Key<Duration> = Key::new("retry.max_ms", |t| millis(t, 86_400_000)).number()
     .or("60000").restart().value(|c| c.retry.max.as_millis().to_string());
 /// Directories an agent's `path` may name; none by default, so only `base64` works.
 pub const MEDIA_AGENT_DIRS: Key<PathBuf> = Key::new("media.agent_dirs", |t| Ok(PathBuf::from(t)))
     .restart().value(|c| format!("{:?}", c.media.agent_dirs));
 /// WeCom's own file limit: 20 MiB.
-pub const MEDIA_MAX_BYTES: Key<u64> = Key::new("media.max_bytes", |t| num(t, 1, 1 << 30))
+pub const MEDIA_MAX_BYTES: Key<u64> = Key::new("media.max_bytes", |t| num(t, 1, 1 << 30)).number()
     .or("20971520").restart().value(|c| c.media.max_bytes.to_string());
 /// By default, the listener's address.
 pub const MEDIA_PUBLIC_URL: Key<HttpUrl> = Key::new("media.public_url", HttpUrl::parse).restart()
     .value(|c| c.media.public_url.as_deref().unwrap_or("(the listener)").to_owned());
 pub const MEDIA_INLINE_TEXT_BYTES: Key<u64> =
-    Key::new("media.inline_text_bytes", |t| num(t, 0, 16 << 20)).or("65536").restart()
+    Key::new("media.inline_text_bytes", |t| num(t, 0, 16 << 20)).number().or("65536").restart()
     .value(|c| c.media.inline_text_bytes.to_string());
 pub const MEDIA_URL_EXPIRES: Key<Duration> =
-    Key::new("media.url_expires_secs", |t| secs(t, 60, 604_800)).or("3600").restart()
+    Key::new("media.url_expires_secs", |t| secs(t, 60, 604_800)).number().or("3600").restart()
     .value(|c| c.media.url_expires.as_secs().to_string());
 pub const BOTS: Key<()> = Key::new("bots", nested)
     .lines(|c, indent| Some(entries(BOT_KEYS, &c.bots, indent)));
@@ -257,7 +262,7 @@ pub const CORP_ID: Key<CorpId, AppConfig> = Key::new("corp_id", CorpId::parse).r
     .value(|a| a.corp_id.clone());
 pub const AGENT_ID: Key<u64, AppConfig> = Key::new("agent_id", |t| {
     t.parse().map_err(|_| Invalid::Must("be the numeric AgentId", t.to_owned()))
-}).required().value(|a| a.agent_id.to_string());
+}).number().required().value(|a| a.agent_id.to_string());
 pub const CORP_SECRET: Key<SecretString, AppConfig> = Key::new("corp_secret", rules::secret)
     .required().secret(|_| true);
 pub const TOKEN: Key<SecretString, AppConfig> = Key::new("token", rules::secret).required()

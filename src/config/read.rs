@@ -3,8 +3,9 @@
 //!
 //! Owns: text conversion (values stay text; YAML numbers become their digits), empty meaning
 //! absent, lists as YAML lists or comma-separated text, unknown-key warnings with the nearest known
-//! key, and naming a value's environment variable in its error. Must never: put a value into a
-//! message unless a rule chose to (a value may be a secret); describe its kind instead.
+//! key, warnings about a value left as the examples' placeholder or given as a YAML number where
+//! text belongs, and naming a value's environment variable in its error. Must never: put a value
+//! into a message unless a rule chose to (a value may be a secret); describe its kind instead.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -54,6 +55,22 @@ pub(crate) fn kind(value: &Value) -> &'static str {
         Value::Array(..) => "a list",
         Value::Empty(..) => "nothing",
     }
+}
+
+/// What the shipped examples (`config.yaml.example`, `deploy/env.example`) put where the user's own
+/// value belongs (`replace-with-your-app-secret`, `ww-change-me`, the `change-me` password in a
+/// store URL...): a value containing one of these, in any case, was never filled in.
+const PLACEHOLDERS: &[&str] = &[
+    "replace-with-",
+    "replace-me",
+    "change-me",
+    "another-long-random-token",
+];
+
+/// Whether `text` still holds one of the examples' [`PLACEHOLDERS`].
+fn is_placeholder(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    PLACEHOLDERS.iter().any(|p| text.contains(p))
 }
 
 /// A scalar as text (YAML may give a token or an agent id as a number), or its kind.
@@ -110,9 +127,13 @@ impl<'a> Reader<'a> {
         let line = self.line(field, reason);
         self.errors.push(line);
     }
+    /// Once per line: a value read twice (`OPENAI_API_KEY` for each openai agent) is warned about
+    /// once.
     pub(crate) fn warn(&mut self, field: &str, reason: impl Display) {
         let line = self.line(field, reason);
-        self.warnings.push(line);
+        if !self.warnings.contains(&line) {
+            self.warnings.push(line);
+        }
     }
 
     /// Warns about every key of `at` that none of `known` names (suggesting the nearest: a
@@ -156,10 +177,33 @@ impl<'a> Reader<'a> {
         self.warn(&field, reason);
     }
 
-    /// A scalar's text, trimmed; an error for a list or a mapping.
-    fn text(&mut self, field: &str, value: &Value) -> Option<String> {
+    /// A scalar's text, trimmed; an error for a list or a mapping. Every value read goes through
+    /// here, so this is where a value that cannot be what the user meant is warned about: one
+    /// still holding an example's placeholder, and a YAML number for a key that takes text
+    /// (`number` false): YAML reads `token: 0x1F` as 31 and `1.50` as 1.5, and the number cannot
+    /// tell what was written, so any number there is worth quoting (`0123`, with its leading zero,
+    /// stays text in this YAML). Environment values are always text.
+    fn text(&mut self, field: &str, value: &Value, number: bool) -> Option<String> {
         let text = text_of(value).map_err(|kind| self.err(field, Invalid::NotText(kind)));
-        text.ok().map(|t| t.trim().to_owned())
+        let text = text.ok()?.trim().to_owned();
+        if matches!(value, Value::Num(..)) && !number {
+            self.warn(
+                field,
+                "is a YAML number where text belongs, which YAML may have changed (0x1F is read as 31, 1.50 as 1.5): put the value in quotes (\"0x1F\")",
+            );
+        }
+        self.placeholder(field, &text);
+        Some(text)
+    }
+    /// Warns when `text`, the value of `field`, still holds one of the examples' placeholders;
+    /// for a value read elsewhere too (an agent's key from the variable `api_key_env` names).
+    pub(crate) fn placeholder(&mut self, field: &str, text: &str) {
+        if is_placeholder(text) {
+            self.warn(
+                field,
+                "still holds the example's placeholder: put in your own value",
+            );
+        }
     }
     /// The key's text and the field that names it: as given, else from its fallback variable.
     fn given(
@@ -192,7 +236,7 @@ impl<'a> Reader<'a> {
         key: &Key<T, O>,
     ) -> Option<T> {
         let text = match v {
-            Some(value) => self.text(field, value)?,
+            Some(value) => self.text(field, value, key.number)?,
             None => String::new(),
         };
         if !text.is_empty() {
@@ -222,10 +266,10 @@ impl<'a> Reader<'a> {
         let items = match value {
             None => Vec::new(),
             Some(Value::Array(_, items)) => (items.iter().enumerate())
-                .filter_map(|(i, item)| self.text(&format!("{field}[{i}]"), item))
+                .filter_map(|(i, item)| self.text(&format!("{field}[{i}]"), item, key.number))
                 .collect(),
             Some(text) => self
-                .text(&field, &text)
+                .text(&field, &text, key.number)
                 .map(|t| split(&t))
                 .unwrap_or_default(),
         };
@@ -304,7 +348,10 @@ impl<'a> Reader<'a> {
             return Vec::new();
         };
         (section.dict.iter())
-            .filter_map(|(name, v)| Some((name.clone(), self.text(&section.field(name), v)?)))
+            .filter_map(|(name, v)| {
+                let text = self.text(&section.field(name), v, key.number)?;
+                Some((name.clone(), text))
+            })
             .collect()
     }
 }

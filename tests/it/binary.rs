@@ -156,6 +156,20 @@ async fn check_config_reports_all_errors_and_accepts_the_example() {
     );
     assert!(printed.contains("configuration is valid"));
     assert!(printed.contains("corp_secret: '****'"), "{printed}");
+    // Copied as is, the example still holds its secret's placeholder: named by its key, and the
+    // only warning (its numbers are all for keys that take numbers).
+    let warnings: Vec<&str> = (printed.lines())
+        .filter(|l| l.starts_with("# warning:"))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["# warning: corp_secret: still holds the example's placeholder: put in your own value"],
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("replace-with-your-app-secret"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]

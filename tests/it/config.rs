@@ -899,3 +899,105 @@ fn a_store_url_never_shows_its_password_in_either_place_it_may_be_given() {
     assert!(why.contains("password=****"), "{why}");
     assert!(!why.contains("s3cret"), "{why}");
 }
+
+const PLACEHOLDER: &str = "still holds the example's placeholder: put in your own value";
+const QUOTE_IT: &str = "is a YAML number where text belongs, which YAML may have changed (0x1F is read as 31, 1.50 as 1.5): put the value in quotes (\"0x1F\")";
+
+/// `deploy/env.example` used as the environment, its optional lines uncommented: each key still
+/// holding a placeholder is named with its variable, the value never (the store URL gets the
+/// password as docker-compose.yml puts it there).
+#[test]
+fn the_env_example_placeholders_are_named_by_key() {
+    let example = include_str!("../../deploy/env.example");
+    let mut e: Vec<(String, String)> = (example.lines())
+        .filter_map(|l| l.trim_start_matches("# ").split_once('='))
+        .filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let password = e
+        .iter()
+        .find(|(k, _)| k == "POSTGRES_PASSWORD")
+        .unwrap()
+        .1
+        .clone();
+    e.push((
+        "WECOM_CALLBACK_STORE".into(),
+        format!("postgres://gateway:{password}@postgres:5432/gateway"),
+    ));
+    // The example's AES key cannot start (43 characters), so its warnings come with the errors.
+    let err = Config::load(None, e).unwrap_err();
+    for field in [
+        "CORP_ID",
+        "CORP_SECRET",
+        "TOKEN",
+        "ENCODING_AES_KEY",
+        "STORE",
+    ] {
+        let key = field.to_ascii_lowercase();
+        let line = format!("warning: {key}: {PLACEHOLDER} (from WECOM_CALLBACK_{field})");
+        assert!(err.0.contains(&line), "missing {line:?} in {:?}", err.0);
+    }
+    for line in [
+        format!("warning: api_tokens: {PLACEHOLDER} (from WECOM_CALLBACK_API_TOKENS)"),
+        format!("warning: OPENAI_API_KEY: {PLACEHOLDER}"),
+    ] {
+        assert!(err.0.contains(&line), "missing {line:?} in {:?}", err.0);
+    }
+    assert!(!err.to_string().contains("change-me"), "{err}");
+}
+
+/// An `apps:` entry and the push API's tokens, as the example's commented blocks have them.
+#[test]
+fn placeholders_in_apps_and_api_tokens_are_named() {
+    let f = yaml(&format!(
+        "apps:\n  - name: a\n    corp_id: ww1\n    corp_secret: replace-me\n    agent_id: 1\n    token: t\n    encoding_aes_key: {KEY_A}\napi:\n  tokens:\n    - replace-with-a-long-random-token\n    - {{token: another-long-random-token, scopes: [broadcast]}}\nallowed_users: [zhangsan]\n"
+    ));
+    let (_, loaded) = Config::load(Some(f.path()), Vec::new()).unwrap();
+    for field in [
+        "apps[0].corp_secret",
+        "api.tokens[0]",
+        "api.tokens[1].token",
+    ] {
+        let line = format!("{field}: {PLACEHOLDER}");
+        assert!(
+            loaded.warnings.contains(&line),
+            "missing {line:?} in {:?}",
+            loaded.warnings
+        );
+    }
+}
+
+/// `token: 0x1F` is the number 31 to YAML (`1.50` is 1.5): check-config says to quote it. From
+/// the environment, or quoted, it stays text and nothing is said. `0123` stays text in this YAML
+/// (a leading zero is not a number), so it needs no warning either.
+#[test]
+fn a_yaml_number_for_a_text_key_is_warned_about_and_quoting_silences_it() {
+    let app = |token: &str| {
+        format!("corp_id: ww1\ncorp_secret: s\nagent_id: 218\ntoken: {token}\nencoding_aes_key: {KEY_A}\nallowed_users: [zhangsan]\n")
+    };
+    for (given, read) in [("0x1F", "31"), ("1.50", "1.5")] {
+        let f = yaml(&app(given));
+        let (c, loaded) = Config::load(Some(f.path()), Vec::new()).unwrap();
+        assert_eq!(c.apps[0].token(), read, "what YAML makes of {given}");
+        assert_eq!(loaded.warnings, [format!("token: {QUOTE_IT}")]);
+    }
+
+    for quiet in ["\"0x1F\"", "'1.50'", "0123"] {
+        let f = yaml(&app(quiet));
+        let (c, loaded) = Config::load(Some(f.path()), Vec::new()).unwrap();
+        assert_eq!(c.apps[0].token(), quiet.trim_matches(['"', '\'']));
+        assert!(loaded.warnings.is_empty(), "{quiet}: {:?}", loaded.warnings);
+    }
+
+    let f = yaml(&app("from-file"));
+    let e = env(&[("WECOM_CALLBACK_TOKEN", "0x1F")]);
+    let (c, loaded) = Config::load(Some(f.path()), e).unwrap();
+    assert_eq!(c.apps[0].token(), "0x1F");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+
+    // A list of text is read the same way (a UserID may be digits).
+    let f = yaml("allowed_users: [zhangsan, 1e3]\nbots: [{name: ops, webhook_url: 'https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k'}]\n");
+    let (_, loaded) = Config::load(Some(f.path()), Vec::new()).unwrap();
+    let line = format!("allowed_users[1]: {QUOTE_IT}");
+    assert!(loaded.warnings.contains(&line), "{:?}", loaded.warnings);
+}

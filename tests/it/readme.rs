@@ -103,10 +103,15 @@ fn every_yaml_snippet_in_the_readme_and_docs_loads() {
                 loaded.unwrap_err()
             );
             let (_, info) = loaded.unwrap();
+            // A snippet shows where the reader's own value goes with the examples' placeholders
+            // (`change-me`), which check-config rightly warns about; any other warning is a mistake.
+            let placeholder = "still holds the example's placeholder";
+            let warnings: Vec<&String> = (info.warnings.iter())
+                .filter(|w| !w.contains(placeholder))
+                .collect();
             assert!(
-                info.warnings.is_empty(),
-                "{name}: snippet warns {:?}:\n{block}",
-                info.warnings
+                warnings.is_empty(),
+                "{name}: snippet warns {warnings:?}:\n{block}"
             );
             checked += 1;
         }

@@ -383,8 +383,8 @@ impl Application {
         for app in apps.iter() {
             let c = &app.config;
             tracing::info!(app = %c.name, corp_id = %c.corp_id, agent_id = c.agent_id,
-                "app {:?}: in the WeCom admin console (应用管理 > {} > 接收消息 > 设置API接收), set the URL to http://<this server's public address>:{}{} (the gateway serves plain HTTP; https:// only through a TLS proxy or tunnel in front of it)",
-                c.name, c.name, local_addr.port(), config.path);
+                "app {:?}: in the WeCom admin console (应用管理 > the app with AgentId {} > 接收消息 > 设置API接收), set the URL to http://<this server's public address>:{}{} (the gateway serves plain HTTP; https:// only through a TLS proxy or tunnel in front of it)",
+                c.name, c.agent_id, local_addr.port(), config.path);
         }
         if apps.iter().next().is_none() {
             tracing::info!("no WeCom app configured: serving group robots and the push API only");

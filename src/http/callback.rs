@@ -82,12 +82,6 @@ fn bad(check: Check, reason: impl Into<String>) -> Reject {
     }
 }
 
-impl Reject {
-    fn outcome(&self) -> Outcome {
-        self.check.outcome()
-    }
-}
-
 /// What became of a callback: the `result` label of `wecom_gateway_callbacks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -329,7 +323,7 @@ pub async fn receive(
     let (response, outcome) = match accept(&state, raw.as_deref(), &body).await {
         Ok(outcome) => (StatusCode::OK.into_response(), outcome),
         Err(r) => {
-            let outcome = r.outcome();
+            let outcome = r.check.outcome();
             (r.into_response(), outcome)
         }
     };

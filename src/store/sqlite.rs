@@ -420,24 +420,21 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Pending>>, room: &Re
     }
 }
 
-/// Whether there is room for new work (`room`); when there is, a refusal by a limit is over.
-fn check_room(c: &Connection, room: &Room, refusals: &RefusalLog) -> rusqlite::Result<()> {
-    room.check(c)?;
-    refusals.cap.cleared();
-    Ok(())
-}
-
-/// Room for new work, as a value: a refusal by a limit is the write's answer, not a failed write,
-/// so the writes batched with it still commit. (A failed write undoes its batch and every write
-/// in it runs again alone, an fsync each: just when the disk is nearly full and accepted work
-/// needs it most.) The refusal is told to the log here, as a failed write would be.
+/// Room for new work (`room`), as a value: a refusal by a limit is the write's answer, not a
+/// failed write, so the writes batched with it still commit. (A failed write undoes its batch and
+/// every write in it runs again alone, an fsync each: just when the disk is nearly full and
+/// accepted work needs it most.) The refusal is told to the log here, as a failed write would be;
+/// room found again ends a refusal by a limit.
 fn room_for_new_work(
     c: &Connection,
     room: &Room,
     refusals: &RefusalLog,
 ) -> rusqlite::Result<Result<(), rusqlite::Error>> {
-    match check_room(c, room, refusals) {
-        Ok(()) => Ok(Ok(())),
+    match room.check(c) {
+        Ok(()) => {
+            refusals.cap.cleared();
+            Ok(Ok(()))
+        }
         Err(e) if no_room(&e) == Some(NoRoom::Limit) => {
             refusals.saw(Some((NoRoom::Limit, &e)));
             Ok(Err(e))
@@ -1396,7 +1393,9 @@ impl Failures for SqliteStore {
                     Ok(RetryCheck::Answer(answer)) => return Ok(Ok(answer)),
                     Err(e) => return Ok(Err(e)),
                 };
-                check_room(c, &room, &refusals)?;
+                if let Err(refused) = room_for_new_work(c, &room, &refusals)? {
+                    return Ok(Err(store_error(refused)));
+                }
                 let now = now_ms();
                 c.prepare_cached(
                     "INSERT INTO deliveries (target, payload, state, created_at, updated_at)

@@ -357,6 +357,8 @@ impl Worker {
                 user_key: &job.user_key,
                 message: msg,
                 media: media.as_ref(),
+                chat_id: None,
+                partial: None,
             };
             let started = std::time::Instant::now();
             let answer = handle.agent.reply(turn).await;

@@ -182,8 +182,17 @@ impl Agent for HermesAgent {
             (SESSION_HEADER, session.clone()),
             (SESSION_KEY_HEADER, session_key(&member)),
         ];
-        let answer =
-            chat_completion(&self.http, &url, key, &body, &headers, self.config.timeout).await?;
+        let timeout = self.config.timeout;
+        let answer = chat_completion(
+            &self.http,
+            &url,
+            key,
+            &body,
+            &headers,
+            timeout,
+            turn.partial,
+        )
+        .await?;
         if let Some(id) = rotated(&answer.headers, &session) {
             // Hermes has answered: the member gets it even if the new id cannot be kept (the next
             // turn then goes to the old id, as before a rotation).

@@ -24,7 +24,7 @@ pub use echo::EchoAgent;
 pub use hermes::HermesConfig;
 pub use http::HttpAgentConfig;
 pub use openai::OpenAiConfig;
-pub use turn::{Agent, AgentError, SetupError, Turn};
+pub use turn::{Agent, AgentError, Partial, SetupError, Turn};
 
 pub const DEFAULT_ACK_MESSAGE: &str = "收到，正在处理…";
 pub const DEFAULT_FAILURE_MESSAGE: &str = "抱歉，处理这条消息时出错了，请稍后再试。";

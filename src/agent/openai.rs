@@ -132,6 +132,7 @@ pub(crate) async fn chat_completion(
     body: &Value,
     headers: &[(&str, String)],
     timeout: Duration,
+    partial: Option<&crate::agent::Partial>,
 ) -> Result<Completion, AgentError> {
     let mut body = body.clone();
     body["stream"] = json!(true);
@@ -173,7 +174,9 @@ pub(crate) async fn chat_completion(
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
     let answer = if streamed {
         let deltas = Deltas::new(response, MAX_ANSWER_BYTES);
-        join(deltas, MAX_ANSWER_BYTES).await.map_err(unread)?
+        join(deltas, MAX_ANSWER_BYTES, partial)
+            .await
+            .map_err(unread)?
     } else {
         let doc = whole_json(response, MAX_ANSWER_BYTES)
             .await
@@ -319,7 +322,8 @@ impl Agent for OpenAiAgent {
         }
         let url = format!("{}/chat/completions", self.config.base_url);
         let key = self.config.api_key.as_ref();
-        let answer = chat_completion(&self.http, &url, key, &body, &[], self.config.timeout)
+        let timeout = self.config.timeout;
+        let answer = chat_completion(&self.http, &url, key, &body, &[], timeout, turn.partial)
             .await?
             .text;
         if answer.is_empty() {

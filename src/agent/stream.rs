@@ -236,14 +236,22 @@ impl Deltas {
     }
 }
 
-/// The whole answer: every delta joined, at most `limit` bytes.
-pub async fn join(mut deltas: Deltas, limit: usize) -> Result<String, StreamError> {
+/// The whole answer: every delta joined, at most `limit` bytes, each shown on `partial` as it
+/// comes.
+pub async fn join(
+    mut deltas: Deltas,
+    limit: usize,
+    partial: Option<&crate::agent::Partial>,
+) -> Result<String, StreamError> {
     let mut answer = String::new();
     while let Some(text) = deltas.next().await? {
         if answer.len() + text.len() > limit {
             return Err(StreamError::TooLarge(limit));
         }
         answer.push_str(&text);
+        if let Some(partial) = partial {
+            partial.push(&text);
+        }
     }
     Ok(answer)
 }

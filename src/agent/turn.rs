@@ -24,6 +24,44 @@ pub struct Turn<'a> {
     pub message: &'a InboundMessage,
     /// The file an image, voice, video or file message carried, as fetched from WeCom.
     pub media: Option<&'a Fetched>,
+    /// The group chat the message was written in (an AI bot's group); `None` in a one-to-one chat.
+    pub chat_id: Option<&'a str>,
+    /// Where a streaming agent shows its answer while it writes, when the channel can show it
+    /// (an AI bot); `None` when only the whole answer is sent.
+    pub partial: Option<&'a Partial>,
+}
+
+/// The answer so far, as a streaming agent writes it: the channel shows it while the agent works
+/// (an AI bot's stream bubble). The text is cumulative; the finished answer is still what
+/// [`Agent::reply`] returns. Showing is cheap and never waits: a reader that falls behind sees
+/// only the latest text.
+#[derive(Debug, Clone)]
+pub struct Partial(tokio::sync::watch::Sender<String>);
+
+impl Partial {
+    /// A new, empty answer and the reader that watches it.
+    pub fn new() -> (Partial, tokio::sync::watch::Receiver<String>) {
+        let (tx, rx) = tokio::sync::watch::channel(String::new());
+        (Partial(tx), rx)
+    }
+
+    /// More text written after what was shown.
+    pub fn push(&self, more: &str) {
+        if !more.is_empty() {
+            self.0.send_modify(|text| text.push_str(more));
+        }
+    }
+
+    /// The whole answer so far, replacing what was shown.
+    pub fn set(&self, so_far: &str) {
+        self.0.send_if_modified(|text| {
+            let changed = text != so_far;
+            if changed {
+                so_far.clone_into(text);
+            }
+            changed
+        });
+    }
 }
 
 impl Turn<'_> {
@@ -35,8 +73,9 @@ impl Turn<'_> {
             "channel": self.channel.kind(),
             "corp_id": self.corp_id,
             "user_id": self.user_id,
-            // App callbacks are one-to-one chats; the field is there for group sources.
-            "chat_id": Value::Null,
+            // A self-built app's callbacks are one-to-one chats; an AI bot's may be a group's.
+            "chat_id": self.chat_id,
+            "chat_type": if self.chat_id.is_some() { "group" } else { "single" },
             "msg_type": m.msg_type,
             "message_id": m.msg_id,
             "create_time": m.create_time,

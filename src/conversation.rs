@@ -21,27 +21,33 @@ use crate::wecom::payload::{AppMessage, BotMessage, Recipients};
 pub enum Channel {
     /// A self-built app, by its configured name: encrypted XML callbacks in, message/send out.
     App(String),
+    /// An AI bot (智能机器人), by its configured name: JSON over a long connection (or URL
+    /// callbacks) in, streamed replies out.
+    AiBot(String),
 }
 
 /// The stored kind of [`Channel::App`].
 const APP: &str = "app";
+/// The stored kind of [`Channel::AiBot`].
+const AIBOT: &str = "aibot";
 
 impl Channel {
     /// Every kind this version knows, as stored. Replicas of different versions share a
     /// PostgreSQL store during an upgrade; each takes only jobs of kinds it knows.
-    pub const KINDS: &'static [&'static str] = &[APP];
+    pub const KINDS: &'static [&'static str] = &[APP, AIBOT];
 
     /// The kind as stored (`channel` column).
     pub fn kind(&self) -> &'static str {
         match self {
             Channel::App(_) => APP,
+            Channel::AiBot(_) => AIBOT,
         }
     }
 
     /// The configured name of the app (or, later, bot) within its kind (`app` column).
     pub fn name(&self) -> &str {
         match self {
-            Channel::App(name) => name,
+            Channel::App(name) | Channel::AiBot(name) => name,
         }
     }
 
@@ -50,6 +56,8 @@ impl Channel {
     pub fn route(&self) -> Option<&str> {
         match self {
             Channel::App(name) => Some(name),
+            // A push to a member goes through an app; an AI bot's conversation is not one.
+            Channel::AiBot(_) => None,
         }
     }
 
@@ -57,6 +65,7 @@ impl Channel {
     pub fn from_columns(kind: &str, name: String) -> Result<Channel, UnknownChannel> {
         match kind {
             APP => Ok(Channel::App(name)),
+            AIBOT => Ok(Channel::AiBot(name)),
             other => Err(UnknownChannel(other.to_owned())),
         }
     }
@@ -66,7 +75,37 @@ impl Channel {
     pub fn received(&self, payload: &str) -> Result<InboundMessage, MessageError> {
         match self {
             Channel::App(_) => InboundMessage::parse(payload),
+            Channel::AiBot(_) => crate::aibot::stored::read(payload),
         }
+    }
+}
+
+/// How far a reply has streamed into an AI bot's bubble: recorded as it goes, so that after a
+/// restart the gateway finishes the same bubble, or sends only what the member has not seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streamed {
+    /// The bubble's id (`stream.id`), chosen by the gateway.
+    pub id: String,
+    /// When its first frame went out, Unix ms: WeCom takes updates for 6 minutes from then.
+    pub started_ms: i64,
+    /// What WeCom last accepted for it: what the member sees.
+    pub shown: String,
+    /// The bubble is finished: what follows goes as messages of their own.
+    pub finished: bool,
+    /// How much of the whole answer was delivered, in bytes: by the bubble, then by messages
+    /// after it.
+    pub delivered: usize,
+}
+
+impl Streamed {
+    /// The `stream` column.
+    pub fn to_column(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Read back what [`Streamed::to_column`] wrote; an unreadable value is no progress.
+    pub fn from_column(text: Option<String>) -> Option<Streamed> {
+        serde_json::from_str(&text?).ok()
     }
 }
 

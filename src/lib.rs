@@ -4,6 +4,7 @@
 //! the binary and the tests run exactly the same thing.
 
 pub mod agent;
+pub mod aibot;
 pub mod allowlist;
 pub mod api_token;
 pub mod app;
@@ -104,6 +105,42 @@ fn uses_hermes(config: &Config) -> bool {
             .iter()
             .filter_map(|a| a.agent.as_ref())
             .any(hermes)
+}
+
+/// Keep an AI bot connected while this process holds its lease (always, without replicas), and
+/// take in what it receives. Not for a bot in URL mode, which WeCom reaches over HTTP.
+async fn connect_aibot(bot: Arc<aibot::Bot>, store: Arc<dyn Store>) {
+    let aibot::settings::Mode::LongConnection { secret } = &bot.config.mode else {
+        return;
+    };
+    let creds = aibot::link::Credentials {
+        ws_url: bot.settings.ws_url.clone(),
+        bot_id: bot.config.bot_id.clone(),
+        secret: secret.clone(),
+    };
+    let (pushes, received) = tokio::sync::mpsc::channel(256);
+    let receiver = tokio::spawn(aibot::receive::run(bot.clone(), store.clone(), received));
+    let _receiver = AbortOnDrop(receiver);
+    let mut held = store.hold_bot(&bot.config.name, &bot.config.bot_id);
+    loop {
+        if !*held.borrow_and_update() {
+            bot.link.standby();
+            tracing::info!(aibot = %bot.config.name, "another replica holds the AI bot's connection; this one takes over if it stops");
+            if held.wait_for(|h| *h).await.is_err() {
+                return;
+            }
+        }
+        aibot::link::run(bot.link.clone(), &creds, pushes.clone(), held.clone()).await;
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The assembled service, bound and ready to run.
@@ -244,6 +281,7 @@ impl Application {
             outbound: outbound.clone(),
             apps: apps.clone(),
             received,
+            aibots: aibot::Bots::new(&config.aibots, &config.aibot),
         };
         Ok(Application {
             listener,
@@ -323,7 +361,11 @@ impl Application {
             received: worker.received.clone(),
             replay_window: config.replay_window,
             recent: Default::default(),
+            aibots: worker.aibots.clone(),
         });
+        for bot in worker.aibots.iter() {
+            background.spawn(connect_aibot(bot.clone(), store.clone()));
+        }
         if let Some(load) = reloader {
             background.spawn(reload_on_sighup(
                 load,
@@ -386,7 +428,14 @@ impl Application {
                 "app {:?}: in the WeCom admin console (应用管理 > the app with AgentId {} > 接收消息 > 设置API接收), set the URL to http://<this server's public address>:{}{} (the gateway serves plain HTTP; https:// only through a TLS proxy or tunnel in front of it)",
                 c.name, c.agent_id, local_addr.port(), config.path);
         }
-        if apps.iter().next().is_none() {
+        for bot in worker.aibots.iter() {
+            let c = &bot.config;
+            match c.mode {
+                aibot::settings::Mode::LongConnection { .. } => tracing::info!(aibot = %c.name, bot_id = %c.bot_id, ws_url = %config.aibot.ws_url, "AI bot {:?}: connecting to WeCom (long connection: no public URL needed)", c.name),
+                aibot::settings::Mode::Callback { .. } => tracing::info!(aibot = %c.name, bot_id = %c.bot_id, "AI bot {:?}: in the WeCom admin console (the bot > API mode > URL), set the URL to http://<this server's public address>:{}/wecom/aibot/{}", c.name, local_addr.port(), c.name),
+            }
+        }
+        if apps.iter().next().is_none() && worker.aibots.is_empty() {
             tracing::info!("no WeCom app configured: serving group robots and the push API only");
         }
 

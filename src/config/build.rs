@@ -13,6 +13,7 @@ use super::read::{At, Reader};
 use super::rules::Invalid;
 use super::types::{Config, MediaConfig};
 use crate::agent::AgentConfig;
+use crate::aibot::settings::{AiBotConfig, AiBotSettings, Chats, Mode};
 use crate::allowlist::Allowlist;
 use crate::api_token::ApiToken;
 use crate::app::AppConfig;
@@ -29,11 +30,13 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
     // The nested layout's root (`platforms:`) is read through its `extra:` instead.
     r.unknown(
         root,
-        &[names(KEYS), names(APP_KEYS), vec!["platforms"]].concat(),
+        &[names(KEYS), names(APP_KEYS), names(SINGLE_AIBOT_KEYS), vec!["platforms"]].concat(),
     );
     let agent = agent::global(r, root);
     let apps = apps(r, root, &agent);
     let allowlist = allowlist(r, root);
+    let aibots = aibots(r, root, &agent, &allowlist);
+    let aibot = aibot_settings(r, root);
     if !apps.is_empty() && !allowlist.allow_all && allowlist.users.is_empty() {
         r.warn(
             ALLOWED_USERS.name,
@@ -102,7 +105,148 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
             inline_text_bytes: inline_text_bytes?,
             url_expires: url_expires?,
         },
+        aibots,
+        aibot: aibot?,
     })
+}
+
+/// `aibot:`, the settings every AI bot shares.
+fn aibot_settings(r: &mut Reader<'_>, root: &At<'_>) -> Option<AiBotSettings> {
+    let (ws_url, placeholder) = (r.get(root, &AIBOT_WS_URL), r.get(root, &AIBOT_PLACEHOLDER));
+    let (update, stream) = (r.get(root, &AIBOT_UPDATE_MS), r.get(root, &AIBOT_STREAM_SECS));
+    let placeholder = placeholder?;
+    Some(AiBotSettings {
+        ws_url: ws_url?,
+        placeholder: if placeholder.eq_ignore_ascii_case("off") { String::new() } else { placeholder },
+        update_every: update?,
+        stream_for: stream?,
+    })
+}
+
+/// The `aibots:` list, or the single bot of the top-level `aibot_*` keys, or none.
+fn aibots(
+    r: &mut Reader<'_>,
+    root: &At<'_>,
+    global: &AgentConfig,
+    allowlist: &Allowlist,
+) -> Vec<AiBotConfig> {
+    let single = SINGLE_AIBOT_KEYS.iter().any(|k| root.value(k.name()).is_some());
+    let mut bots = Vec::new();
+    match root.value(AIBOTS.name) {
+        None if single => {
+            let id = r.get(root, &SINGLE_AIBOT_ID);
+            let secret = r.get(root, &SINGLE_AIBOT_SECRET);
+            let token = r.get(root, &SINGLE_AIBOT_TOKEN);
+            let key = r.get(root, &SINGLE_AIBOT_ENCODING_AES_KEY).map(|k| k.0);
+            let names = [SINGLE_AIBOT_SECRET.name, SINGLE_AIBOT_TOKEN.name, SINGLE_AIBOT_ENCODING_AES_KEY.name];
+            let mode = aibot_mode(r, "", names, (secret, token, key));
+            if let (Some(bot_id), Some(mode)) = (id, mode) {
+                bots.push(AiBotConfig {
+                    name: "aibot".to_owned(),
+                    bot_id,
+                    mode,
+                    allowlist: allowlist.clone(),
+                    chats: Chats::default(),
+                    group_session: AIBOT_GROUP_SESSION.default_value().unwrap_or(crate::aibot::settings::GroupSession::Member),
+                    welcome: None,
+                    agent: None,
+                });
+            }
+        }
+        None => {}
+        Some(_) => {
+            if single {
+                r.warn(AIBOTS.name, "is set, so the single-bot keys (aibot_id, aibot_secret...) are ignored");
+            }
+            for entry in r.entries(root, &AIBOTS, &names(AIBOT_KEYS)) {
+                bots.extend(aibot(r, &entry, global, allowlist));
+            }
+        }
+    }
+    for (i, bot) in bots.iter().enumerate() {
+        for (j, earlier) in bots[..i].iter().enumerate() {
+            if bot.name == earlier.name {
+                let taken = Invalid::Taken(bot.name.clone(), format!("aibots[{j}]"));
+                r.err(&format!("aibots[{i}].name"), taken);
+            }
+            if bot.bot_id == earlier.bot_id {
+                let taken = Invalid::Taken(bot.bot_id.clone(), format!("aibots[{j}]"));
+                r.err(&format!("aibots[{i}].bot_id"), taken);
+            }
+        }
+    }
+    bots
+}
+
+/// One `aibots:` entry.
+fn aibot(
+    r: &mut Reader<'_>,
+    at: &At<'_>,
+    global: &AgentConfig,
+    gateway_wide: &Allowlist,
+) -> Option<AiBotConfig> {
+    let (name, bot_id) = (r.get(at, &AIBOT_NAME), r.get(at, &AIBOT_BOT_ID));
+    let (secret, token) = (r.get(at, &AIBOT_SECRET), r.get(at, &AIBOT_TOKEN));
+    let key = r.get(at, &AIBOT_ENCODING_AES_KEY).map(|k| k.0);
+    let names = [AIBOT_SECRET.name, AIBOT_TOKEN.name, AIBOT_ENCODING_AES_KEY.name];
+    let mode = aibot_mode(r, &at.prefix, names, (secret, token, key));
+    let mut allowlist = match at.given(&AIBOT_ALLOWED_USERS) {
+        true => Allowlist { allow_all: false, users: r.list(at, &AIBOT_ALLOWED_USERS) },
+        false => gateway_wide.clone(),
+    };
+    if allowlist.users.iter().any(|u| u == "*") {
+        allowlist.allow_all = true;
+        allowlist.users.retain(|u| u != "*");
+    }
+    let mut chats = Chats { all: false, ids: r.list(at, &AIBOT_ALLOWED_CHATS) };
+    if chats.ids.iter().any(|c| c == "*") {
+        chats.all = true;
+        chats.ids.retain(|c| c != "*");
+    }
+    let group_session = r.get(at, &AIBOT_GROUP_SESSION);
+    let welcome = r.get(at, &AIBOT_WELCOME);
+    let agent = agent::read(r, at, &AIBOT_AGENT, Some(global));
+    Some(AiBotConfig {
+        name: name?,
+        bot_id: bot_id?,
+        mode: mode?,
+        allowlist,
+        chats,
+        group_session: group_session?,
+        welcome,
+        agent,
+    })
+}
+
+/// The way in: the Secret (long connection), or the token and key (URL callback), not both.
+fn aibot_mode(
+    r: &mut Reader<'_>,
+    prefix: &str,
+    [secret_key, token_key, aes_key]: [&str; 3],
+    given: (Option<SecretString>, Option<SecretString>, Option<SecretString>),
+) -> Option<Mode> {
+    match given {
+        (Some(secret), None, None) => Some(Mode::LongConnection { secret }),
+        (None, Some(token), Some(encoding_aes_key)) => Some(Mode::Callback { token, encoding_aes_key }),
+        (Some(_), _, _) => {
+            let why = format!("is set with {token_key}/{aes_key}: give the Secret for the long connection, or the token and key for URL mode, not both");
+            r.err(&format!("{prefix}{secret_key}"), why);
+            None
+        }
+        (None, Some(_), None) => {
+            r.err(&format!("{prefix}{aes_key}"), format!("is required with {token_key} (URL mode)"));
+            None
+        }
+        (None, None, Some(_)) => {
+            r.err(&format!("{prefix}{token_key}"), format!("is required with {aes_key} (URL mode)"));
+            None
+        }
+        (None, None, None) => {
+            let why = format!("is required: the bot's Secret (long connection), or {token_key} and {aes_key} for URL mode");
+            r.err(&format!("{prefix}{secret_key}"), why);
+            None
+        }
+    }
 }
 
 /// Who may talk to the agent. With neither key set, Hermes's gateway-wide variables
@@ -133,12 +277,14 @@ fn apps(r: &mut Reader<'_>, root: &At<'_>, global: &AgentConfig) -> Vec<AppConfi
     let given = |name: &str| root.value(name.split('.').next().unwrap_or(name)).is_some();
     let single = SINGLE_APP.iter().any(|k| given(k.name()));
     let robots_only = [BOTS.name, API_TOKENS.name, API_TOKENS_PLAIN.name].map(given);
+    let aibots = given(AIBOTS.name) || SINGLE_AIBOT_KEYS.iter().any(|k| given(k.name()));
     let mut apps = Vec::new();
     match root.value(APPS.name) {
         None if single => {
             let name = r.get(root, &APP_NAME.or("default"));
             apps.extend(app(r, root, name, None));
         }
+        None if aibots => {}
         None if robots_only.contains(&true) => r.warn(
             APPS.name,
             "no WeCom app configured: running for group robots and the push API only (callbacks are refused)",

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 
 use super::rules::{self, num, secs, CorpId, EncodingAesKey, HttpUrl, Invalid, Ruled, WebhookUrl};
 use super::types::{Config, MediaConfig};
+use crate::aibot::settings::{AiBotConfig, GroupSession, Mode};
 use crate::allowlist::Allowlist;
 use crate::api_token::ApiToken;
 use crate::app::AppConfig;
@@ -26,6 +27,8 @@ use crate::logging::LogFormat;
 use crate::ratelimit::Limit;
 
 pub const DEFAULT_API_BASE_URL: &str = "https://qyapi.weixin.qq.com";
+/// WeCom's long-connection endpoint for AI bots.
+pub const DEFAULT_AIBOT_WS_URL: &str = "wss://openws.work.weixin.qq.com";
 
 /// The prefix of every variable; `__` separates a section from its key.
 pub const ENV_PREFIX: &str = "WECOM_CALLBACK_";
@@ -229,6 +232,20 @@ pub const MEDIA_URL_EXPIRES: Key<Duration> =
     .value(|c| c.media.url_expires.as_secs().to_string());
 pub const BOTS: Key<()> = Key::new("bots", nested)
     .lines(|c, indent| Some(entries(BOT_KEYS, &c.bots, indent)));
+/// A list of AI bots; without it, the single bot of the [`SINGLE_AIBOT_KEYS`] at the top level.
+/// Connections open at start: a reload does not apply a change.
+pub const AIBOTS: Key<()> = Key::new("aibots", nested).restart()
+    .value(|c| format!("[{}]", c.aibots.iter().map(aibot_shown).collect::<Vec<_>>().join(", ")));
+pub const AIBOT_WS_URL: Key<Text> = Key::new("aibot.ws_url", rules::ws_url).or(DEFAULT_AIBOT_WS_URL)
+    .restart().value(|c| c.aibot.ws_url.clone());
+/// `off`: no placeholder.
+pub const AIBOT_PLACEHOLDER: Key<Text> = Key::new("aibot.placeholder", rules::text).or("思考中…")
+    .restart().value(|c| format!("{:?}", c.aibot.placeholder));
+pub const AIBOT_UPDATE_MS: Key<Duration> = Key::new("aibot.update_ms", |t| millis(t, 60_000)).number()
+    .or("500").restart().value(|c| c.aibot.update_every.as_millis().to_string());
+/// WeCom refuses a stream's updates 6 minutes after its first frame.
+pub const AIBOT_STREAM_SECS: Key<Duration> = Key::new("aibot.stream_secs", |t| secs(t, 10, 350))
+    .number().or("300").restart().value(|c| c.aibot.stream_for.as_secs().to_string());
 /// A list of apps; without it, the single app of the [`APP_KEYS`] at the top level.
 pub const APPS: Key<()> = Key::new("apps", nested)
     .lines(|c, indent| Some(entries(APP_KEYS, &c.apps, indent)));
@@ -240,7 +257,7 @@ pub const KEYS: &[&dyn About<Config>] = &[
     &MIN_FREE_MB, &LEASE_SECS, &AGENT, &API_TOKENS, &API_TOKENS_PLAIN, &MEMBER_LIMITS,
     &BOT_LIMITS, &RETRY_ATTEMPTS, &RETRY_BASE_MS, &RETRY_MAX_MS, &MEDIA_AGENT_DIRS,
     &MEDIA_MAX_BYTES, &MEDIA_PUBLIC_URL, &MEDIA_INLINE_TEXT_BYTES, &MEDIA_URL_EXPIRES, &BOTS,
-    &APPS,
+    &APPS, &AIBOTS, &AIBOT_WS_URL, &AIBOT_PLACEHOLDER, &AIBOT_UPDATE_MS, &AIBOT_STREAM_SECS,
 ];
 
 fn limit(text: &str) -> Ruled<Limit> {
@@ -283,6 +300,70 @@ pub const APP_KEYS: &[&dyn About<AppConfig>] = &[
     &APP_NAME, &CORP_ID, &AGENT_ID, &CORP_SECRET, &TOKEN, &ENCODING_AES_KEY, &PREVIOUS_TOKEN,
     &PREVIOUS_ENCODING_AES_KEY, &APP_AGENT,
 ];
+
+// ------------------------------------------------------------ an AI bot: an `aibots:` entry, or the top
+
+/// `aibot` for the top level's single bot; required in `aibots:`.
+pub const AIBOT_NAME: Key<Text, AiBotConfig> = Key::new("name", rules::text).required();
+pub const AIBOT_BOT_ID: Key<Text, AiBotConfig> = Key::new("bot_id", rules::no_spaces).required();
+/// The long connection's Secret (the default way in).
+pub const AIBOT_SECRET: Key<SecretString, AiBotConfig> = Key::new("secret", rules::secret);
+/// URL mode: the callback's Token and EncodingAESKey instead of the Secret.
+pub const AIBOT_TOKEN: Key<SecretString, AiBotConfig> = Key::new("token", rules::secret);
+pub const AIBOT_ENCODING_AES_KEY: Key<EncodingAesKey, AiBotConfig> =
+    Key::new("encoding_aes_key", EncodingAesKey::parse);
+/// The gateway-wide allowlist when absent; `*` is anyone.
+pub const AIBOT_ALLOWED_USERS: Key<Text, AiBotConfig> =
+    Key::new("allowed_users", |t| Ok(Allowlist::entry(t)?));
+/// Group chat ids; `*` is any. None by default: group messages are refused, and logged with the
+/// chat id to add.
+pub const AIBOT_ALLOWED_CHATS: Key<Text, AiBotConfig> = Key::new("allowed_chats", rules::no_spaces);
+pub const AIBOT_GROUP_SESSION: Key<GroupSession, AiBotConfig> =
+    Key::new("group_session", |t| match t.to_ascii_lowercase().as_str() {
+        "member" => Ok(GroupSession::Member),
+        "chat" => Ok(GroupSession::Chat),
+        _ => Err(Invalid::Must("be member or chat", t.to_owned())),
+    }).or("member");
+pub const AIBOT_WELCOME: Key<Text, AiBotConfig> = Key::new("welcome", rules::text);
+/// A bot's own agent; its chat settings default to the `agent:` section's.
+pub const AIBOT_AGENT: Key<(), AiBotConfig> = Key::new("agent", nested);
+
+pub const AIBOT_KEYS: &[&dyn About<AiBotConfig>] = &[
+    &AIBOT_NAME, &AIBOT_BOT_ID, &AIBOT_SECRET, &AIBOT_TOKEN, &AIBOT_ENCODING_AES_KEY,
+    &AIBOT_ALLOWED_USERS, &AIBOT_ALLOWED_CHATS, &AIBOT_GROUP_SESSION, &AIBOT_WELCOME, &AIBOT_AGENT,
+];
+
+/// The single bot's keys at the top level (`WECOM_CALLBACK_AIBOT_ID`...), as the entry's keys.
+pub const SINGLE_AIBOT_ID: Key<Text, AiBotConfig> = Key::new("aibot_id", rules::no_spaces).required();
+pub const SINGLE_AIBOT_SECRET: Key<SecretString, AiBotConfig> = Key::new("aibot_secret", rules::secret);
+pub const SINGLE_AIBOT_TOKEN: Key<SecretString, AiBotConfig> = Key::new("aibot_token", rules::secret);
+pub const SINGLE_AIBOT_ENCODING_AES_KEY: Key<EncodingAesKey, AiBotConfig> =
+    Key::new("aibot_encoding_aes_key", EncodingAesKey::parse);
+pub const SINGLE_AIBOT_KEYS: &[&dyn About<AiBotConfig>] = &[
+    &SINGLE_AIBOT_ID, &SINGLE_AIBOT_SECRET, &SINGLE_AIBOT_TOKEN, &SINGLE_AIBOT_ENCODING_AES_KEY,
+];
+
+/// A bot as check-config shows it (and the reload compares): never a secret.
+fn aibot_shown(b: &AiBotConfig) -> String {
+    let mode = match b.mode {
+        Mode::LongConnection { .. } => "long connection, secret '****'",
+        Mode::Callback { .. } => "URL callback, token and encoding_aes_key '****'",
+    };
+    let users = match b.allowlist.allow_all {
+        true => "*".to_owned(),
+        false => format!("{:?}", b.allowlist.users),
+    };
+    let chats = match b.chats.all {
+        true => "*".to_owned(),
+        false => format!("{:?}", b.chats.ids),
+    };
+    let session = format!("{:?}", b.group_session).to_ascii_lowercase();
+    let agent = b.agent.as_ref().map_or("(the agent: section)", crate::agent::AgentConfig::kind_name);
+    format!(
+        "{{name: {}, bot_id: {}, mode: {mode}, allowed_users: {users}, allowed_chats: {chats}, group_session: {session}, welcome: {}, agent: {agent}}}",
+        b.name, b.bot_id, b.welcome.is_some()
+    )
+}
 
 // ------------------------------------------------------------ a group robot, an API token
 

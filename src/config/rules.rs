@@ -146,6 +146,22 @@ impl HttpUrl {
     }
 }
 
+/// A ws:// or wss:// URL (a WebSocket endpoint), as given.
+pub(crate) fn ws_url(text: &str) -> Ruled<String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "ws" | "wss") => Ok(text.to_owned()),
+        _ => Err(Invalid::Must("be a ws:// or wss:// URL", text.into())),
+    }
+}
+
+/// Text without spaces (an id).
+pub(crate) fn no_spaces(text: &str) -> Ruled<String> {
+    match text.contains(char::is_whitespace) {
+        true => Err(Invalid::Spaces),
+        false => Ok(text.to_owned()),
+    }
+}
+
 /// A corp id (`ww…`, or a legacy `wx…`): any text without spaces.
 pub(crate) struct CorpId(pub(crate) String);
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::AgentConfig;
+use crate::aibot::settings::{AiBotConfig, AiBotSettings};
 use crate::allowlist::Allowlist;
 use crate::api_token::ApiToken;
 use crate::app::AppConfig;
@@ -74,6 +75,10 @@ pub struct Config {
     pub bot_limits: Vec<Limit>,
     pub retry: RetryPolicy,
     pub media: MediaConfig,
+    /// WeCom AI bots (智能机器人), by name.
+    pub aibots: Vec<AiBotConfig>,
+    /// `aibot:`: what every AI bot shares.
+    pub aibot: AiBotSettings,
 }
 
 /// Where the configuration came from, for the start-up log.

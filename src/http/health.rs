@@ -17,7 +17,7 @@ pub async fn health() -> Json<Value> {
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = state.store.ready().await;
-    let warnings: Vec<String> = (state.apps.iter())
+    let mut warnings: Vec<String> = (state.apps.iter())
         .filter_map(|app| {
             let problem = app.tokens.problem()?;
             // On a public port: the errcode and what to check, not WeCom's message (60020's
@@ -35,6 +35,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             ))
         })
         .collect();
+    warnings.extend(state.aibots.warnings());
     let (status, ready) = match &store {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),

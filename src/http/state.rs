@@ -34,6 +34,8 @@ pub struct Handlers {
     pub replay_window: std::time::Duration,
     /// Callbacks this process stored, so WeCom's retries of them skip the store.
     pub recent: Recent,
+    /// The AI bots: their connections' state for `/ready`, and URL mode's callbacks.
+    pub aibots: crate::aibot::Bots,
 }
 
 /// Envelope AgentIDs seen that are not the AgentId of the app whose token and key opened the

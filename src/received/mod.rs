@@ -10,6 +10,7 @@
 //! large file in memory (except to hand it to a store shared by replicas, within the cap), use
 //! WeCom's file name as a path, or serve a file without a valid link.
 
+mod aibot;
 pub mod link;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct Received {
     public_url: String,
     expires: Duration,
     key: OnceCell<Vec<u8>>,
+    /// Downloads an AI bot's files, which WeCom serves by URL.
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Received {
@@ -136,6 +139,10 @@ impl Received {
             public_url,
             expires,
             key: OnceCell::new(),
+            http: reqwest::Client::builder()
+                .timeout(DOWNLOAD_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -205,6 +212,13 @@ impl Received {
                 return failed(info, why);
             }
         };
+        Some(Some(self.keep(record, part, info).await))
+    }
+
+    /// A fetched file (`part`, described by `record`) kept: recorded in the store, named by its
+    /// hash, and offered by path and link. `info` is what is said when it cannot be kept.
+    async fn keep(&self, record: MediaRecord, part: PathBuf, info: MediaInfo) -> Fetched {
+        let kind = record.kind.clone();
         // A store shared by replicas keeps the bytes too, so any replica can serve the file.
         let bytes = match self.store.keeps_media_bytes() {
             true => tokio::fs::read(&part).await.ok(),
@@ -234,11 +248,14 @@ impl Received {
         if let Err(e) = tokio::fs::rename(&part, &path).await {
             let _ = tokio::fs::remove_file(&part).await;
             let why = format!("cannot keep the file under {}: {e}", self.dir.display());
-            tracing::warn!(app = %app.config.name, kind, error = %why, "cannot keep the member's {kind}; the agent is told (media_error)");
-            return failed(info, why);
+            tracing::warn!(kind, error = %why, "cannot keep the member's {kind}; the agent is told (media_error)");
+            return Fetched {
+                info,
+                error: Some(why),
+            };
         }
         tracing::debug!(kind, size = record.size, "fetched the member's {kind}");
-        Some(Some(Fetched {
+        Fetched {
             info: MediaInfo {
                 kind: record.kind,
                 content_type: Some(record.content_type),
@@ -249,7 +266,7 @@ impl Received {
                 url,
             },
             error: None,
-        }))
+        }
     }
 
     /// Stream media/get's answer to a partial file (`.part-…`, renamed by the caller once the

@@ -22,6 +22,9 @@ use super::schedule::{OnClose, Window};
 
 /// Nothing failed is kept to list or retry: the list is empty, and nothing is found to retry.
 impl super::model::Failures for MemoryStore {}
+
+/// One process: it holds every AI bot.
+impl super::model::BotLeases for MemoryStore {}
 use crate::conversation::Push;
 use crate::wecom::AppMessage;
 
@@ -118,6 +121,7 @@ impl Queue for MemoryStore {
                 attempts: 1,
                 reply: None,
                 receipt: None,
+                stream: None,
             }
         };
         permit.forget();

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::conversation::{Channel, Push, Target};
+use crate::conversation::{Channel, Push, Streamed, Target};
 use crate::message::InboundMessage;
 use crate::wecom::AppMessage;
 
@@ -78,6 +78,8 @@ pub struct Job {
     /// The msgid of the `ack_after` receipt an earlier try sent, to withdraw once the reply is out
     /// (`ack_recall`).
     pub receipt: Option<String>,
+    /// How far an earlier try streamed the reply (an AI bot's bubble).
+    pub stream: Option<Streamed>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +404,12 @@ pub trait Outbox: Send + Sync + 'static {
         let _ = (job, msgid);
         Ok(())
     }
+    /// How far the reply has streamed, now. A backend that keeps nothing across restarts may
+    /// ignore it.
+    async fn record_stream(&self, job: &Job, streamed: &Streamed) -> Result<(), StoreError> {
+        let _ = (job, streamed);
+        Ok(())
+    }
 }
 
 /// Which app each user last wrote through (recorded with each pushed message).
@@ -593,10 +601,30 @@ pub(crate) fn new_media_key() -> Vec<u8> {
     key
 }
 
+/// Which replica holds each AI bot's long connection: WeCom keeps one connection per bot and drops
+/// the older when a second subscribes, so two replicas connecting at once would take turns
+/// kicking each other.
+pub trait BotLeases: Send + Sync + 'static {
+    /// Hold the lease of AI bot `name` (WeCom's `bot_id`) for as long as this process can,
+    /// taking it whenever it is free: the receiver says whether this process holds it now. While
+    /// held, this process also takes the bot's jobs (only the holder can reply). A backend that
+    /// serves one process holds it at once, for good.
+    fn hold_bot(&self, name: &str, bot_id: &str) -> tokio::sync::watch::Receiver<bool> {
+        let _ = (name, bot_id);
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        // Held for good: the value never changes, and the receiver still reads it.
+        drop(tx);
+        rx
+    }
+}
+
 /// A whole store: every concern above, from one backend. Handlers and workers hold this; a part
 /// that needs one concern only takes that trait (`Arc<dyn History>` upcasts from `Arc<dyn Store>`).
-pub trait Store: Queue + Outbox + Routes + Deliveries + History + Media + Failures {}
-impl<T: Queue + Outbox + Routes + Deliveries + History + Media + Failures> Store for T {}
+pub trait Store:
+    Queue + Outbox + Routes + Deliveries + History + Media + Failures + BotLeases
+{
+}
+impl<T: Queue + Outbox + Routes + Deliveries + History + Media + Failures + BotLeases> Store for T {}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

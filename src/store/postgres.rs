@@ -30,7 +30,7 @@ use super::model::{
     Outcome, Pushed, Queue, Role, Routes, StoreError, StoredDelivery,
 };
 use super::rules::{self, RetryCheck};
-use crate::conversation::{Channel, Push};
+use crate::conversation::{Channel, Push, Streamed};
 use crate::ratelimit::Limit;
 use crate::ratelimit::{Reserved, SharedWindows};
 use crate::wecom::token::{Fetch, SharedTokens};
@@ -155,6 +155,10 @@ const MIGRATIONS: &[&str] = &[
     -- 6: the channel a job came through (its kind; `app` holds the name), so a second kind of
     -- channel can share the queue. Every earlier job came through a self-built app.
     ALTER TABLE inbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'app';
+",
+    "
+    -- 7: how far a reply streamed into an AI bot's bubble (JSON), so a restart finishes it.
+    ALTER TABLE inbox ADD COLUMN stream TEXT;
 ",
 ];
 
@@ -303,6 +307,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 type Client = deadpool_postgres::Object;
 
+/// How often a replica tries for a free AI-bot lease, and checks that it still holds its own.
+const BOT_LEASE_CHECK: Duration = Duration::from_secs(2);
+
 /// Check the server and the schema version, for `check-config`: the version found, or why not.
 pub async fn check(url: &PostgresUrl) -> Result<i32, StoreError> {
     let (client, connection) = url.config()?.connect(NoTls).await.map_err(pg_error)?;
@@ -445,6 +452,8 @@ pub struct PostgresStore {
     /// Held by the worker looking for the next job (see `next`).
     looking: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// The AI bots whose lease this replica holds (by name): it takes their jobs.
+    bots: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -493,6 +502,7 @@ impl PostgresStore {
             lease,
             pushes,
             held: Mutex::new(HashSet::new()),
+            bots: Arc::new(Mutex::new(Vec::new())),
             wake: Notify::new(),
             looking: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -509,6 +519,10 @@ impl PostgresStore {
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bots_held(&self) -> Vec<String> {
+        self.bots.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lease_until(&self) -> i64 {
@@ -530,14 +544,15 @@ impl PostgresStore {
                      WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3
                                                    AND i.lease_owner <> $1))
                        AND i.channel = ANY($4)
+                       AND (i.channel <> 'aibot' OR i.app = ANY($5))
                        AND NOT EXISTS (
                            SELECT 1 FROM inbox p
                            WHERE p.user_key = i.user_key AND p.id < i.id
                              AND p.state IN ('queued', 'processing'))
                      ORDER BY i.id LIMIT 1
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, channel, app, user_key, payload, attempts, receipt",
-                &[&self.me, &self.lease_until(), &now, &Channel::KINDS],
+                 RETURNING id, channel, app, user_key, payload, attempts, receipt, stream",
+                &[&self.me, &self.lease_until(), &now, &Channel::KINDS, &self.bots_held()],
             )
             .await
             .map_err(pg_error)?;
@@ -563,6 +578,7 @@ impl PostgresStore {
             attempts: attempts.max(1) as u32,
             reply: None,
             receipt: row.get(6),
+            stream: Streamed::from_column(row.get(7)),
         };
         if attempts > MAX_ATTEMPTS {
             let error = rules::gave_up(i64::from(attempts - 1));
@@ -879,6 +895,18 @@ impl Outbox for PostgresStore {
             .execute(
                 "UPDATE inbox SET receipt = $2 WHERE id = $1",
                 &[&(job.id as i64), &msgid],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn record_stream(&self, job: &Job, streamed: &Streamed) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE inbox SET stream = $2 WHERE id = $1",
+                &[&(job.id as i64), &streamed.to_column()],
             )
             .await
             .map_err(pg_error)?;
@@ -1263,6 +1291,54 @@ impl SharedWindows for PostgresStore {
             // The reservation stays at its start time: at worst the window looks a little freer.
             tracing::warn!(error = %e, "cannot record a send in the shared rate window");
         }
+    }
+}
+
+/// A session-level advisory lock per bot, on a connection of its own taken out of the pool: held
+/// while that session lives, so it is released when the replica dies, and another replica, which
+/// keeps trying, takes it over within [`BOT_LEASE_CHECK`].
+impl super::model::BotLeases for PostgresStore {
+    fn hold_bot(&self, name: &str, bot_id: &str) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (pool, bots) = (self.pool.clone(), self.bots.clone());
+        let (name, key) = (name.to_owned(), format!("aibot:{bot_id}"));
+        tokio::spawn(async move {
+            let set = |held: bool| {
+                let mut bots = bots.lock().unwrap_or_else(|p| p.into_inner());
+                bots.retain(|b| *b != name);
+                if held {
+                    bots.push(name.clone());
+                }
+            };
+            while !tx.is_closed() {
+                // Out of the pool: dropped, its session ends and the lock with it.
+                let client = match pool.get().await {
+                    Ok(client) => deadpool_postgres::Object::take(client),
+                    Err(_) => {
+                        tokio::time::sleep(BOT_LEASE_CHECK).await;
+                        continue;
+                    }
+                };
+                let locked = client
+                    .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
+                    .await
+                    .map(|row| row.get::<_, bool>(0));
+                if let Ok(true) = locked {
+                    set(true);
+                    tx.send_replace(true);
+                    while !tx.is_closed() && client.simple_query("SELECT 1").await.is_ok() {
+                        tokio::time::sleep(BOT_LEASE_CHECK).await;
+                    }
+                    set(false);
+                    tx.send_replace(false);
+                }
+                drop(client);
+                if !tx.is_closed() {
+                    tokio::time::sleep(BOT_LEASE_CHECK).await;
+                }
+            }
+        });
+        rx
     }
 }
 

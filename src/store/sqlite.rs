@@ -37,7 +37,7 @@ use super::refusals::Refusals;
 use super::room::{Limited, Room};
 use super::rules::{self, RetryCheck};
 use super::schedule::{OnClose, Window};
-use crate::conversation::Push;
+use crate::conversation::{Push, Streamed};
 use crate::wecom::AppMessage;
 
 pub const DB_FILE: &str = "wecom-gateway.db";
@@ -151,6 +151,8 @@ const MIGRATIONS: &[&str] = &[
     // 9: the channel a job came through (its kind; `app` holds the name), so a second kind of
     // channel can share the queue. Every earlier job came through a self-built app.
     "ALTER TABLE inbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'app';",
+    // 10: how far a reply streamed into an AI bot's bubble (JSON), so a restart finishes it.
+    "ALTER TABLE inbox ADD COLUMN stream TEXT;",
 ];
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -549,6 +551,7 @@ struct Row {
     attempts: u32,
     reply: Option<Vec<Chunk>>,
     receipt: Option<String>,
+    stream: Option<String>,
 }
 
 /// Create `data_dir` if needed and lock it for this process, for as long as the returned file is
@@ -718,6 +721,7 @@ impl SqliteStore {
                 attempts: row.attempts,
                 reply: row.reply,
                 receipt: row.receipt,
+                stream: Streamed::from_column(row.stream),
             }),
             Err(failure) => {
                 tracing::error!(id = row.id, "{}; marked failed", failure.reason);
@@ -733,7 +737,7 @@ impl SqliteStore {
 
 fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, channel, app, user_key, payload, attempts, receipt FROM inbox
+        "SELECT id, channel, app, user_key, payload, attempts, receipt, stream FROM inbox
          WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let mut rows = stmt
@@ -747,6 +751,7 @@ fn load_queued(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec
                 attempts: r.get(5)?,
                 reply: None,
                 receipt: r.get(6)?,
+                stream: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1019,6 +1024,17 @@ impl Outbox for SqliteStore {
             })
             .await
     }
+
+    async fn record_stream(&self, job: &Job, streamed: &Streamed) -> Result<(), StoreError> {
+        let (id, column) = (job.id as i64, streamed.to_column());
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE inbox SET stream = ?2 WHERE id = ?1")?
+                    .execute(params![id, column])?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -1274,6 +1290,9 @@ impl Media for SqliteStore {
             .await
     }
 }
+
+/// One process per data_dir (it is locked): it holds every AI bot.
+impl super::model::BotLeases for SqliteStore {}
 
 #[async_trait]
 impl Failures for SqliteStore {

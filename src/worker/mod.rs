@@ -1,8 +1,12 @@
 //! The worker pool: takes jobs from the store, asks the agent, records the reply, and sends it
 //! through the app the member wrote to, split into pieces WeCom accepts, in order.
 //!
+//! AI bots' replies stream instead (`aibot.rs`).
+//!
 //! Must never: ask the agent again for a message whose reply is already recorded, send a chunk
 //! before the reply is recorded (when the store works), or let one failed job stop the pool.
+
+mod aibot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +53,8 @@ impl AgentHandle {
 pub struct Agents {
     pub default: Arc<AgentHandle>,
     pub by_app: HashMap<String, Arc<AgentHandle>>,
+    /// AI bots' own agents, by bot name.
+    pub by_aibot: HashMap<String, Arc<AgentHandle>>,
 }
 
 impl Agents {
@@ -62,6 +68,7 @@ impl Agents {
             return Ok(Agents {
                 default: Arc::new(AgentHandle::new(agent, &config.agent)),
                 by_app: HashMap::new(),
+                by_aibot: HashMap::new(),
             });
         }
         let build = |settings: &AgentConfig| {
@@ -76,9 +83,16 @@ impl Agents {
                 by_app.insert(app.name.clone(), build(own)?);
             }
         }
+        let mut by_aibot = HashMap::new();
+        for bot in &config.aibots {
+            if let Some(own) = &bot.agent {
+                by_aibot.insert(bot.name.clone(), build(own)?);
+            }
+        }
         Ok(Agents {
             default: build(&config.agent)?,
             by_app,
+            by_aibot,
         })
     }
 
@@ -86,6 +100,7 @@ impl Agents {
     pub fn for_channel(&self, channel: &Channel) -> &AgentHandle {
         match channel {
             Channel::App(app) => self.by_app.get(app).unwrap_or(&self.default),
+            Channel::AiBot(bot) => self.by_aibot.get(bot).unwrap_or(&self.default),
         }
     }
 }
@@ -102,6 +117,8 @@ pub struct Worker {
     pub apps: Apps,
     /// Fetches the files members send, before the agent is asked.
     pub received: Arc<Received>,
+    /// The AI bots this process serves, with their connections.
+    pub aibots: crate::aibot::Bots,
 }
 
 impl Worker {
@@ -139,9 +156,12 @@ impl Worker {
                 return Outcome::Done;
             }
         }
-        // Where the reply leaves: the app the member wrote to. (A second kind of channel makes
-        // this pattern refutable, and the compiler points here to deliver through it.)
-        let Channel::App(name) = &job.channel;
+        // Where the reply leaves: the app the member wrote to, or the AI bot, whose replies
+        // stream.
+        let name = match &job.channel {
+            Channel::App(name) => name,
+            Channel::AiBot(bot) => return self.handle_aibot(handle, job, bot).await,
+        };
         let Some(app) = self.apps.by_name(name) else {
             let error = format!("app {name:?} is no longer configured");
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
@@ -360,25 +380,7 @@ impl Worker {
                 chat_id: None,
                 partial: None,
             };
-            let started = std::time::Instant::now();
-            let answer = handle.agent.reply(turn).await;
-            let agent = handle.agent.name();
-            crate::metrics::observe(
-                crate::metrics::AGENT_SECONDS,
-                &[("agent", agent)],
-                started.elapsed(),
-            );
-            if let Err(e) = &answer {
-                let kind = match e {
-                    AgentError::Timeout(_) => "timeout",
-                    AgentError::Failed(_) => "failed",
-                };
-                crate::metrics::count(
-                    crate::metrics::AGENT_FAILURES,
-                    &[("agent", agent), ("kind", kind)],
-                );
-            }
-            Some(answer)
+            Some(self.call_agent(handle, job, turn).await)
         };
         tokio::pin!(answer);
         let result = match handle.ack_after.filter(|_| receipt.is_none()) {
@@ -391,9 +393,37 @@ impl Worker {
                 }
             },
         };
-        Some(result?.inspect_err(|e| {
-            tracing::error!(job = job.id, user = ?job.user_key, agent = handle.agent.name(), error = %e, "agent failed; sending the failure message");
-        }))
+        result
+    }
+
+    /// The agent's answer to `turn`, timed and counted by agent and channel; a failure logged.
+    async fn call_agent(
+        &self,
+        handle: &AgentHandle,
+        job: &Job,
+        turn: Turn<'_>,
+    ) -> Result<Vec<AppMessage>, AgentError> {
+        let started = std::time::Instant::now();
+        let answer = handle.agent.reply(turn).await;
+        let agent = handle.agent.name();
+        let channel = job.channel.kind();
+        crate::metrics::observe(
+            crate::metrics::AGENT_SECONDS,
+            &[("agent", agent), ("channel", channel)],
+            started.elapsed(),
+        );
+        if let Err(e) = &answer {
+            let kind = match e {
+                AgentError::Timeout(_) => "timeout",
+                AgentError::Failed(_) => "failed",
+            };
+            crate::metrics::count(
+                crate::metrics::AGENT_FAILURES,
+                &[("agent", agent), ("kind", kind), ("channel", channel)],
+            );
+            tracing::error!(job = job.id, user = ?job.user_key, agent, error = %e, "agent failed; sending the failure message");
+        }
+        answer
     }
 
     /// With `ack_recall`, take back the receipt now that the reply is out (or there is none).

@@ -1,0 +1,183 @@
+//! What an AI bot receives, taken in: each message or event WeCom pushes is checked (the bot it
+//! names, the member and group allowlists, an @-mention in a group) and stored before anything
+//! else is done with it; a welcome is sent when a member opens the chat. Both ways in (the long
+//! connection and the URL callback) come through [`take`].
+//!
+//! Must never: pass on a message that is not stored, or log a message's text.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::frame;
+use super::inbound::{Content, Inbound};
+use super::link::Pushed;
+use super::stored;
+use super::settings::GroupSession;
+use super::Bot;
+use crate::conversation::Channel;
+use crate::store::{NewJob, Pushed as Queued, Store, StoreError};
+
+/// The AI-bot messages counted in `/metrics`, by what became of them.
+pub const MESSAGES: &str = "wecom_gateway_aibot_messages_total";
+
+/// What became of one pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Stored: the agent answers it.
+    Queued,
+    /// Seen before (WeCom pushed it twice).
+    Duplicate,
+    /// Not for the agent: a member or group not allowed, a group message without a mention, or
+    /// something that is not a message.
+    Ignored,
+}
+
+impl Taken {
+    fn label(self) -> &'static str {
+        match self {
+            Taken::Queued => "queued",
+            Taken::Duplicate => "duplicate",
+            Taken::Ignored => "ignored",
+        }
+    }
+}
+
+/// Why a pushed message could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum NotTaken {
+    #[error("not a message WeCom's AI bot sends: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Take what the long connection hands on, one after another, until it stops.
+pub async fn run(bot: Arc<Bot>, store: Arc<dyn Store>, mut pushes: tokio::sync::mpsc::Receiver<Pushed>) {
+    while let Some(pushed) = pushes.recv().await {
+        if pushed.cmd != frame::MESSAGE_CALLBACK && pushed.cmd != frame::EVENT_CALLBACK {
+            tracing::debug!(aibot = %bot.config.name, cmd = %pushed.cmd, "a frame from WeCom this gateway does not use; ignored");
+            continue;
+        }
+        let req_id = Some(pushed.req_id.as_str());
+        match take(&bot, &*store, &pushed.body, req_id, Some(pushed.connection)).await {
+            Ok(_) => {}
+            Err(NotTaken::Unreadable(why)) => {
+                tracing::warn!(aibot = %bot.config.name, error = %why, "a message from WeCom that cannot be read; ignored");
+            }
+            Err(NotTaken::Store(e)) => {
+                // Over the long connection nothing is acknowledged, and WeCom does not send it
+                // again: the member is told, so the message is not silently lost.
+                if !e.logged_by_store() {
+                    tracing::error!(aibot = %bot.config.name, error = %e, "cannot store a message; the member is told to send it again");
+                }
+                let body = frame::stream(
+                    &format!("busy_{}", hex::encode(rand::random::<[u8; 6]>())),
+                    "The gateway cannot take messages right now; please send it again in a moment.",
+                    true,
+                );
+                let wait = std::time::Duration::from_secs(5);
+                let _ = bot.link.request(frame::RESPOND, &pushed.req_id, Some(&body), wait).await;
+            }
+        }
+    }
+}
+
+/// Check and store one message or event (`body`, as WeCom sent it), with the `req_id` and
+/// connection a reply uses (none in URL mode).
+pub async fn take(
+    bot: &Bot,
+    store: &dyn Store,
+    body: &Value,
+    req_id: Option<&str>,
+    connection: Option<u64>,
+) -> Result<Taken, NotTaken> {
+    let taken = check_and_store(bot, store, body, req_id, connection).await;
+    let result = match &taken {
+        Ok(t) => t.label(),
+        Err(NotTaken::Unreadable(_)) => "unreadable",
+        Err(NotTaken::Store(_)) => "store_failed",
+    };
+    crate::metrics::count(MESSAGES, &[("aibot", &bot.config.name), ("result", result)]);
+    taken
+}
+
+async fn check_and_store(
+    bot: &Bot,
+    store: &dyn Store,
+    body: &Value,
+    req_id: Option<&str>,
+    connection: Option<u64>,
+) -> Result<Taken, NotTaken> {
+    let name = &bot.config.name;
+    let inbound = Inbound::parse(body).map_err(|e| NotTaken::Unreadable(e.to_string()))?;
+    if !inbound.bot_id.is_empty() && inbound.bot_id != bot.config.bot_id {
+        tracing::warn!(aibot = %name, aibotid = ?inbound.bot_id, "a message for another bot id than this bot's bot_id; ignored (check aibots[].bot_id)");
+        return Ok(Taken::Ignored);
+    }
+    let user = &inbound.user_id;
+    if let Some(chat) = &inbound.chat_id {
+        // WeCom pushes only messages that mention the bot; one without a mention is not for it.
+        if matches!(inbound.content, Content::Text(_)) && !inbound.text_for_agent_raw().contains('@') {
+            tracing::debug!(aibot = %name, chat = ?chat, "a group message that does not mention the bot; ignored");
+            return Ok(Taken::Ignored);
+        }
+        if !bot.config.chats.allows(chat) {
+            tracing::warn!(aibot = %name, chat = ?chat, user = ?user, "a message from a group chat that is not in allowed_chats: not passed to the agent (add the chat id to aibots[].allowed_chats, or * for every group)");
+            return Ok(Taken::Ignored);
+        }
+    }
+    if !inbound.user_id.is_empty() && !bot.config.allowlist.allows("", user) {
+        tracing::warn!(aibot = %name, user = ?user, "message from a user who is not on the bot's allowlist: not passed to the agent");
+        return Ok(Taken::Ignored);
+    }
+    if let Content::Event { event_type, .. } = &inbound.content {
+        if event_type == "enter_chat" {
+            welcome(bot, req_id).await;
+        }
+    }
+    let user_key = session_key(
+        &bot.config.bot_id,
+        inbound.chat_id.as_deref(),
+        user,
+        bot.config.group_session,
+    );
+    let job = NewJob {
+        channel: Channel::AiBot(name.clone()),
+        user_key: user_key.clone(),
+        dedup_key: stored::dedup_key(&bot.config.bot_id, &inbound.msgid),
+        payload: stored::payload(req_id, connection, body),
+    };
+    match store.push(job).await? {
+        Queued::Queued => {
+            tracing::debug!(aibot = %name, user = ?user_key, msgtype = %inbound.msgtype, "AI bot message queued");
+            Ok(Taken::Queued)
+        }
+        Queued::Duplicate => {
+            tracing::debug!(aibot = %name, user = ?user_key, "a message WeCom sent again; ignored");
+            Ok(Taken::Duplicate)
+        }
+    }
+}
+
+/// Whose conversation a message continues (the lane and the history): the member's with the
+/// bot, or in a group the member's there (or the group's, with `group_session: chat`).
+pub fn session_key(bot_id: &str, chat_id: Option<&str>, user_id: &str, scope: GroupSession) -> String {
+    match (chat_id, scope) {
+        (None, _) => format!("aibot:{bot_id}:{user_id}"),
+        (Some(chat), GroupSession::Member) => format!("aibot:{bot_id}:{chat}:{user_id}"),
+        (Some(chat), GroupSession::Chat) => format!("aibot:{bot_id}:{chat}"),
+    }
+}
+
+/// The welcome a member gets on opening the chat (`enter_chat`), within WeCom's 5 seconds.
+async fn welcome(bot: &Bot, req_id: Option<&str>) {
+    let (Some(text), Some(req_id)) = (&bot.config.welcome, req_id) else {
+        return;
+    };
+    let body = json!({ "msgtype": "text", "text": { "content": text } });
+    let wait = std::time::Duration::from_secs(4);
+    if let Err(e) = bot.link.request(frame::RESPOND_WELCOME, req_id, Some(&body), wait).await {
+        tracing::warn!(aibot = %bot.config.name, errcode = e.errcode(), error = %e, "cannot send the welcome message");
+    }
+}

@@ -1,0 +1,107 @@
+//! The files an AI bot's members send: WeCom gives a URL (valid for minutes) and, over the long
+//! connection, a key per file; the bytes are AES-encrypted. Downloaded, decrypted and then kept
+//! as any received file is.
+//!
+//! Must never: keep more than `media.max_bytes`, or log the file's key.
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+use super::Received;
+use crate::aibot::stored::{MEDIA_AESKEY, MEDIA_URL};
+use crate::conversation::{Fetched, MediaInfo};
+use crate::message::{InboundMessage, MessageKind};
+use crate::store::MediaRecord;
+
+impl Received {
+    /// Fetch an AI bot message's file, if it has one. Never fails: what went wrong is in the
+    /// answer's `error`. (`Option` twice, as [`Received::fetch`]: `None` is a stop.)
+    pub async fn fetch_aibot(&self, message: &InboundMessage) -> Option<Option<Fetched>> {
+        let (kind, name) = match &message.kind {
+            MessageKind::Image { .. } => ("image", None),
+            MessageKind::File { file_name, .. } => ("file", Some(file_name.clone())),
+            _ => return Some(None),
+        };
+        let name = name.filter(|n| !n.trim().is_empty());
+        let info = MediaInfo {
+            kind: kind.to_owned(),
+            content_type: None,
+            size: None,
+            file_name: name.clone(),
+            sha256: None,
+            path: None,
+            url: None,
+        };
+        let fetched = match self.download(message).await {
+            Ok(bytes) => self.keep_bytes(kind, name, bytes, info.clone()).await,
+            Err(why) => Err(why),
+        };
+        Some(Some(match fetched {
+            Ok(fetched) => fetched,
+            Err(why) => {
+                tracing::warn!(user = ?message.from_user_name, kind, error = %why, "cannot fetch the member's {kind}; the agent is told (media_error)");
+                Fetched { info, error: Some(why) }
+            }
+        }))
+    }
+
+    async fn download(&self, message: &InboundMessage) -> Result<Vec<u8>, String> {
+        let url = message.raw.get(MEDIA_URL).ok_or("the message carries no url")?;
+        let mut response = (self.http.get(url).send().await)
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("cannot download the file: {}", e.without_url()))?;
+        // The ciphertext is padded to 32 bytes: a little more than the file itself.
+        let max = self.max_bytes + 32;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("cannot download the file: {}", e.without_url()))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > max {
+                return Err(format!("the file is larger than media.max_bytes ({} bytes)", self.max_bytes));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        match message.raw.get(MEDIA_AESKEY) {
+            Some(key) => crate::aibot::media::decrypt_media(key, &bytes).map_err(|e| e.to_string()),
+            // URL mode: the bot's EncodingAESKey opens it (not handled here yet).
+            None => Ok(bytes),
+        }
+    }
+
+    /// Decrypted bytes written as a received file and kept.
+    async fn keep_bytes(
+        &self,
+        kind: &str,
+        file_name: Option<String>,
+        bytes: Vec<u8>,
+        info: MediaInfo,
+    ) -> Result<Fetched, String> {
+        let disk = |e: std::io::Error| format!("cannot write under {}: {e}", self.dir.display());
+        tokio::fs::create_dir_all(&self.dir).await.map_err(disk)?;
+        let part: PathBuf = self.dir.join(format!(".part-{}", hex::encode(rand::random::<[u8; 8]>())));
+        tokio::fs::write(&part, &bytes).await.map_err(disk)?;
+        let content_type = sniff(&bytes).unwrap_or("application/octet-stream").to_owned();
+        let record = MediaRecord {
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            kind: kind.to_owned(),
+            content_type,
+            size: bytes.len() as u64,
+            file_name,
+        };
+        Ok(self.keep(record, part, info).await)
+    }
+}
+
+/// The type of a file by its first bytes, for the common ones a member sends.
+fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [0x89, b'P', b'N', b'G', ..] => Some("image/png"),
+        [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
+        [b'G', b'I', b'F', b'8', ..] => Some("image/gif"),
+        [b'%', b'P', b'D', b'F', ..] => Some("application/pdf"),
+        _ => None,
+    }
+}

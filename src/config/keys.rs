@@ -435,6 +435,18 @@ fn entries<O>(keys: &[&dyn About<O>], items: &[O], indent: &str) -> String {
     items.iter().map(entry).collect()
 }
 
+impl Default for crate::aibot::settings::AiBotSettings {
+    /// The `aibot.*` keys' defaults.
+    fn default() -> Self {
+        crate::aibot::settings::AiBotSettings {
+            ws_url: DEFAULT_AIBOT_WS_URL.to_owned(),
+            placeholder: AIBOT_PLACEHOLDER.default_value().unwrap_or_default(),
+            update_every: AIBOT_UPDATE_MS.default_value().unwrap_or_default(),
+            stream_for: AIBOT_STREAM_SECS.default_value().unwrap_or_default(),
+        }
+    }
+}
+
 impl Default for MediaConfig {
     /// The `media.*` keys' defaults.
     fn default() -> Self {

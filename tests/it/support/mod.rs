@@ -811,6 +811,8 @@ pub fn config(apps: &[AppSpec], api_base_url: &str) -> Config {
             max: Duration::from_millis(100),
         },
         media: Default::default(),
+        aibots: vec![],
+        aibot: Default::default(),
     }
 }
 

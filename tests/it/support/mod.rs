@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, plus builders for encrypted callbacks.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod aibot;
 pub mod model;
 pub mod postgres;
 pub mod process;

@@ -4,6 +4,7 @@
 mod support;
 
 mod agents;
+mod aibot;
 mod aibot_fake;
 mod binary;
 mod callback;

@@ -123,3 +123,148 @@ async fn wait_for_updates(fake: &FakeAiBot, req_id: &str, expected: &[String]) {
         fake.wait_for_frames(seen + 1, |_| true).await;
     }
 }
+
+/// Echoes what the member wrote, with whom and where: `user@chat: text`.
+pub struct Echo;
+
+#[async_trait]
+impl Agent for Echo {
+    fn name(&self) -> &str {
+        "echo-where"
+    }
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+        let text = match &turn.message.kind {
+            wecom_gateway::message::MessageKind::Text { content } => content.clone(),
+            _ => turn.message.describe(),
+        };
+        let chat = turn.chat_id.unwrap_or("-");
+        Ok(vec![AppMessage::text(format!("{}@{chat}: {text}", turn.user_id))])
+    }
+}
+
+#[tokio::test]
+async fn in_a_group_only_a_mention_reaches_the_agent_and_the_answer_goes_to_the_group() {
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.aibots[0].chats = Chats { all: false, ids: vec!["wrkGroup1".into()] };
+    let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+
+    let unmentioned = fake.inject_group_text(BOT_ID, "wrkGroup1", "lisi", "大家好").await;
+    let other_group = fake.inject_group_text(BOT_ID, "wrkOther", "lisi", "@助手 在吗").await;
+    let mentioned = fake.inject_group_text(BOT_ID, "wrkGroup1", "lisi", "@助手 今天开会吗").await;
+    let bubble = fake.wait_for_finished(&mentioned.req_id).await;
+    assert_eq!(bubble.content, "lisi@wrkGroup1: 今天开会吗", "the mention is removed, the chat named");
+    // Received in order on one connection: the two before it were decided first.
+    assert!(fake.replies(&unmentioned.req_id).is_empty(), "not mentioned: ignored");
+    assert!(fake.replies(&other_group.req_id).is_empty(), "a group not in allowed_chats: ignored");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn members_not_on_the_bots_allowlist_are_not_answered() {
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.aibots[0].allowlist = Allowlist { allow_all: false, users: vec!["zhangsan".into()] };
+    let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let refused = fake.inject_text(BOT_ID, "wangwu", "hi").await;
+    let allowed = fake.inject_text(BOT_ID, "zhangsan", "hi").await;
+    assert_eq!(fake.wait_for_finished(&allowed.req_id).await.content, "zhangsan@-: hi");
+    assert!(fake.replies(&refused.req_id).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_wecom_sends_twice_is_answered_once_and_opening_the_chat_gets_the_welcome() {
+    let fake = FakeAiBot::start().await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let opened = fake.inject_enter_chat(BOT_ID, "zhangsan").await;
+    let first = fake.inject_text(BOT_ID, "zhangsan", "once").await;
+    let again = fake.inject_again(&first).await;
+    let after = fake.inject_text(BOT_ID, "zhangsan", "after").await;
+    fake.wait_for_finished(&after.req_id).await;
+    assert_eq!(fake.wait_for_finished(&first.req_id).await.content, "zhangsan@-: once");
+    assert!(fake.replies(&again.req_id).is_empty(), "the second push of a msgid is not answered");
+    let welcome = fake.replies(&opened.req_id);
+    assert_eq!(welcome.len(), 1, "{welcome:?}");
+    assert_eq!(welcome[0]["text"]["content"], "你好，我是助手");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_dropped_connection_the_bot_subscribes_again_and_answers() {
+    let fake = FakeAiBot::start().await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    fake.drop_connection(BOT_ID);
+    fake.wait_for_subscribed(BOT_ID, 2).await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "back?").await;
+    assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, "zhangsan@-: back?");
+    let subscribes: Vec<_> = fake.frames().into_iter().filter(|f| f.cmd() == "aibot_subscribe").collect();
+    assert_eq!(subscribes.len(), 2);
+    assert!(subscribes.iter().all(|f| f.body()["secret"] == SECRET && f.body()["bot_id"] == BOT_ID));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn when_the_callbacks_req_id_is_refused_the_answer_goes_as_a_message() {
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.aibot.placeholder = String::new();
+    let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    fake.refuse_next("aibot_respond_msg", ERR_INVALID_REQ_ID, 1);
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "hello").await;
+    let pushed = fake.wait_for_pushed("zhangsan", 1).await;
+    assert_eq!(pushed, vec!["zhangsan@-: hello".to_owned()]);
+    assert!(fake.bubble(&sent.req_id).is_none(), "no bubble was shown");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_a_bubble_finishes_it_full_and_sends_the_rest_once() {
+    let fake = FakeAiBot::start().await;
+    let long = format!("{}\n{}", "长".repeat(6000), "尾".repeat(2000));
+    struct Long(String);
+    #[async_trait]
+    impl Agent for Long {
+        fn name(&self) -> &str {
+            "long"
+        }
+        async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+            Ok(vec![AppMessage::text(self.0.clone())])
+        }
+    }
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Long(long.clone()))).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "long please").await;
+    let bubble = fake.wait_for_finished(&sent.req_id).await;
+    assert!(bubble.content.len() <= 20480, "{}", bubble.content.len());
+    let pushed = fake.wait_for_pushed("zhangsan", 1).await;
+    assert_eq!(format!("{}{}", bubble.content, pushed.concat()), long, "every byte once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_fails_leaves_the_failure_message_in_the_bubble() {
+    let fake = FakeAiBot::start().await;
+    struct Failing;
+    #[async_trait]
+    impl Agent for Failing {
+        fn name(&self) -> &str {
+            "failing"
+        }
+        async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+            Err(AgentError::Failed("model down".into()))
+        }
+    }
+    let config = aibot_config(&fake);
+    let sorry = config.agent.failure_message.clone();
+    let app = TestApp::spawn_with_agent(config, Arc::new(Failing)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "hi").await;
+    assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, sorry);
+    app.stop().await;
+}

@@ -6,6 +6,7 @@ mod support;
 mod agents;
 mod aibot;
 mod aibot_fake;
+mod aibot_process;
 mod binary;
 mod callback;
 mod config;

@@ -27,6 +27,9 @@ pub enum Answer {
     /// Asked for whole JSON instead, it never answers and cannot tell when the client goes away:
     /// Hermes's API server then runs the turn to its end.
     Stall(String),
+    /// `text/event-stream`: these pieces, each written once the test adds a permit to the gate
+    /// (the test sees what one piece did before the next exists).
+    Gated(Vec<String>, Arc<tokio::sync::Semaphore>),
 }
 
 /// One SSE event carrying a piece of the answer.
@@ -117,6 +120,21 @@ async fn answer(
             return Json(json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})).into_response();
         }
         Answer::Stream(pieces) => pieces,
+        Answer::Gated(pieces, gate) => {
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                for piece in pieces {
+                    let Ok(permit) = gate.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                    if tx.send(Bytes::from(piece)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return sse(rx);
+        }
         Answer::Stall(_) if body["stream"] != true => {
             return std::future::pending::<Response>().await;
         }

@@ -431,8 +431,12 @@ impl Application {
         for bot in worker.aibots.iter() {
             let c = &bot.config;
             match c.mode {
-                aibot::settings::Mode::LongConnection { .. } => tracing::info!(aibot = %c.name, bot_id = %c.bot_id, ws_url = %config.aibot.ws_url, "AI bot {:?}: connecting to WeCom (long connection: no public URL needed)", c.name),
-                aibot::settings::Mode::Callback { .. } => tracing::info!(aibot = %c.name, bot_id = %c.bot_id, "AI bot {:?}: in the WeCom admin console (the bot > API mode > URL), set the URL to http://<this server's public address>:{}/wecom/aibot/{}", c.name, local_addr.port(), c.name),
+                aibot::settings::Mode::LongConnection { .. } => {
+                    tracing::info!(aibot = %c.name, bot_id = %c.bot_id, ws_url = %config.aibot.ws_url, "AI bot {:?}: connecting to WeCom (long connection: no public URL needed)", c.name)
+                }
+                aibot::settings::Mode::Callback { .. } => {
+                    tracing::info!(aibot = %c.name, bot_id = %c.bot_id, "AI bot {:?}: in the WeCom admin console (the bot > API mode > URL), set the URL to http://<this server's public address>:{}/wecom/aibot/{}", c.name, local_addr.port(), c.name)
+                }
             }
         }
         if apps.iter().next().is_none() && worker.aibots.is_empty() {

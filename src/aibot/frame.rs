@@ -74,7 +74,10 @@ impl Incoming {
             Value::Number(n) => n.to_string(),
             _ => return Err(FrameError::NoReqId),
         };
-        let body = frame.get_mut("body").map(Value::take).unwrap_or(Value::Null);
+        let body = frame
+            .get_mut("body")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
         match frame.get("cmd").and_then(Value::as_str) {
             Some(cmd) if !cmd.is_empty() => Ok(Incoming::Push {
                 cmd: cmd.to_owned(),
@@ -153,11 +156,21 @@ mod tests {
     #[test]
     fn answers_have_no_cmd_and_pushes_do() {
         let answer = Incoming::parse(r#"{"headers":{"req_id":"r1"},"errcode":846608,"errmsg":"stream message update expired"}"#).unwrap();
-        assert!(matches!(answer, Incoming::Answer { errcode: 846608, ref req_id, .. } if req_id == "r1"));
-        let push = Incoming::parse(r#"{"cmd":"aibot_msg_callback","headers":{"req_id":"s1"},"body":{"msgid":"m"}}"#).unwrap();
-        assert!(matches!(push, Incoming::Push { ref cmd, ref body, .. } if cmd == MESSAGE_CALLBACK && body["msgid"] == "m"));
+        assert!(
+            matches!(answer, Incoming::Answer { errcode: 846608, ref req_id, .. } if req_id == "r1")
+        );
+        let push = Incoming::parse(
+            r#"{"cmd":"aibot_msg_callback","headers":{"req_id":"s1"},"body":{"msgid":"m"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(push, Incoming::Push { ref cmd, ref body, .. } if cmd == MESSAGE_CALLBACK && body["msgid"] == "m")
+        );
         assert_eq!(Incoming::parse("{}"), Err(FrameError::NoReqId));
-        assert!(matches!(Incoming::parse("nope"), Err(FrameError::NotJson(_))));
+        assert!(matches!(
+            Incoming::parse("nope"),
+            Err(FrameError::NotJson(_))
+        ));
     }
 
     #[test]

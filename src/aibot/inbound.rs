@@ -5,9 +5,19 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub enum Content {
     Text(String),
-    Image { url: String, aeskey: Option<String> },
-    File { url: String, aeskey: Option<String>, file_name: Option<String> },
-    Event { event_type: String, event: Value },
+    Image {
+        url: String,
+        aeskey: Option<String>,
+    },
+    File {
+        url: String,
+        aeskey: Option<String>,
+        file_name: Option<String>,
+    },
+    Event {
+        event_type: String,
+        event: Value,
+    },
     Other,
 }
 
@@ -33,8 +43,14 @@ impl Inbound {
         let msgtype = s(&body["msgtype"]).ok_or(InboundError("msgtype"))?;
         let content = match msgtype.as_str() {
             "text" => Content::Text(s(&body["text"]["content"]).unwrap_or_default()),
-            "image" => Content::Image { url: s(&body["image"]["url"]).unwrap_or_default(), aeskey: s(&body["image"]["aeskey"]) },
-            "event" => Content::Event { event_type: s(&body["event"]["eventtype"]).unwrap_or_default(), event: body["event"].clone() },
+            "image" => Content::Image {
+                url: s(&body["image"]["url"]).unwrap_or_default(),
+                aeskey: s(&body["image"]["aeskey"]),
+            },
+            "event" => Content::Event {
+                event_type: s(&body["event"]["eventtype"]).unwrap_or_default(),
+                event: body["event"].clone(),
+            },
             _ => Content::Other,
         };
         Ok(Inbound {

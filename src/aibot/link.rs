@@ -315,7 +315,11 @@ async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Push
         Ok(Ok((ws, _))) => ws,
     };
     let (mut sink, mut stream) = ws.split();
-    let req_id = format!("{}_{}", frame::SUBSCRIBE, hex::encode(rand::random::<[u8; 8]>()));
+    let req_id = format!(
+        "{}_{}",
+        frame::SUBSCRIBE,
+        hex::encode(rand::random::<[u8; 8]>())
+    );
     let body = frame::subscribe(&creds.bot_id, creds.secret.expose_secret());
     let subscribe = frame::command(frame::SUBSCRIBE, &req_id, Some(&body));
     if let Err(e) = sink.send(Message::text(subscribe)).await {
@@ -330,7 +334,13 @@ async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Push
                 }
                 continue;
             };
-            if let Ok(Incoming::Answer { req_id: r, errcode, errmsg, .. }) = Incoming::parse(&text) {
+            if let Ok(Incoming::Answer {
+                req_id: r,
+                errcode,
+                errmsg,
+                ..
+            }) = Incoming::parse(&text)
+            {
                 if r == req_id {
                     return Some((errcode, errmsg));
                 }

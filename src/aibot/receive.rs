@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use super::frame;
 use super::inbound::{Content, Inbound};
 use super::link::Pushed;
-use super::stored;
 use super::settings::GroupSession;
+use super::stored;
 use super::Bot;
 use crate::conversation::Channel;
 use crate::store::{NewJob, Pushed as Queued, Store, StoreError};
@@ -53,7 +53,11 @@ pub enum NotTaken {
 }
 
 /// Take what the long connection hands on, one after another, until it stops.
-pub async fn run(bot: Arc<Bot>, store: Arc<dyn Store>, mut pushes: tokio::sync::mpsc::Receiver<Pushed>) {
+pub async fn run(
+    bot: Arc<Bot>,
+    store: Arc<dyn Store>,
+    mut pushes: tokio::sync::mpsc::Receiver<Pushed>,
+) {
     while let Some(pushed) = pushes.recv().await {
         if pushed.cmd != frame::MESSAGE_CALLBACK && pushed.cmd != frame::EVENT_CALLBACK {
             tracing::debug!(aibot = %bot.config.name, cmd = %pushed.cmd, "a frame from WeCom this gateway does not use; ignored");
@@ -77,7 +81,10 @@ pub async fn run(bot: Arc<Bot>, store: Arc<dyn Store>, mut pushes: tokio::sync::
                     true,
                 );
                 let wait = std::time::Duration::from_secs(5);
-                let _ = bot.link.request(frame::RESPOND, &pushed.req_id, Some(&body), wait).await;
+                let _ = bot
+                    .link
+                    .request(frame::RESPOND, &pushed.req_id, Some(&body), wait)
+                    .await;
             }
         }
     }
@@ -118,7 +125,9 @@ async fn check_and_store(
     let user = &inbound.user_id;
     if let Some(chat) = &inbound.chat_id {
         // WeCom pushes only messages that mention the bot; one without a mention is not for it.
-        if matches!(inbound.content, Content::Text(_)) && !inbound.text_for_agent_raw().contains('@') {
+        if matches!(inbound.content, Content::Text(_))
+            && !inbound.text_for_agent_raw().contains('@')
+        {
             tracing::debug!(aibot = %name, chat = ?chat, "a group message that does not mention the bot; ignored");
             return Ok(Taken::Ignored);
         }
@@ -162,7 +171,12 @@ async fn check_and_store(
 
 /// Whose conversation a message continues (the lane and the history): the member's with the
 /// bot, or in a group the member's there (or the group's, with `group_session: chat`).
-pub fn session_key(bot_id: &str, chat_id: Option<&str>, user_id: &str, scope: GroupSession) -> String {
+pub fn session_key(
+    bot_id: &str,
+    chat_id: Option<&str>,
+    user_id: &str,
+    scope: GroupSession,
+) -> String {
     match (chat_id, scope) {
         (None, _) => format!("aibot:{bot_id}:{user_id}"),
         (Some(chat), GroupSession::Member) => format!("aibot:{bot_id}:{chat}:{user_id}"),
@@ -177,7 +191,11 @@ async fn welcome(bot: &Bot, req_id: Option<&str>) {
     };
     let body = json!({ "msgtype": "text", "text": { "content": text } });
     let wait = std::time::Duration::from_secs(4);
-    if let Err(e) = bot.link.request(frame::RESPOND_WELCOME, req_id, Some(&body), wait).await {
+    if let Err(e) = bot
+        .link
+        .request(frame::RESPOND_WELCOME, req_id, Some(&body), wait)
+        .await
+    {
         tracing::warn!(aibot = %bot.config.name, errcode = e.errcode(), error = %e, "cannot send the welcome message");
     }
 }

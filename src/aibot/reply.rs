@@ -110,7 +110,11 @@ impl<'a> Bubble<'a> {
             return;
         }
         let shown = self.streamed.shown.clone();
-        let shown = if shown.trim().is_empty() { "…" } else { &shown };
+        let shown = if shown.trim().is_empty() {
+            "…"
+        } else {
+            &shown
+        };
         tracing::info!(job = self.job.id, aibot = %self.link.name, "the reply's stream reached aibot.stream_secs: finished with what it shows; the rest follows as a message");
         let _ = self.frame(&shown.to_owned(), true).await;
         self.closed = true;

@@ -84,9 +84,16 @@ pub fn read(payload: &str) -> Result<InboundMessage, MessageError> {
             if let Some(key) = aeskey {
                 raw.insert(MEDIA_AESKEY.to_owned(), key.clone());
             }
-            MessageKind::Image { pic_url: url.clone(), media_id: String::new() }
+            MessageKind::Image {
+                pic_url: url.clone(),
+                media_id: String::new(),
+            }
         }
-        Content::File { url, aeskey, file_name } => {
+        Content::File {
+            url,
+            aeskey,
+            file_name,
+        } => {
             raw.insert(MEDIA_URL.to_owned(), url.clone());
             if let Some(key) = aeskey {
                 raw.insert(MEDIA_AESKEY.to_owned(), key.clone());
@@ -107,9 +114,14 @@ pub fn read(payload: &str) -> Result<InboundMessage, MessageError> {
                     response_code: String::new(),
                 }
             }
-            other => Event::Other { event: other.to_owned(), event_key: None },
+            other => Event::Other {
+                event: other.to_owned(),
+                event_key: None,
+            },
         }),
-        _ => MessageKind::Text { content: inbound.text_for_agent() },
+        _ => MessageKind::Text {
+            content: inbound.text_for_agent(),
+        },
     };
     Ok(InboundMessage {
         to_user_name: inbound.bot_id.clone(),

@@ -10,6 +10,13 @@ use crate::wecom::AppMessage;
 #[error("{0}")]
 pub struct UploadError(String);
 
-pub async fn attach(_link: &Link, message: &AppMessage, _outbound: &Outbound) -> Result<Value, UploadError> {
-    Err(UploadError(format!("cannot send {} yet", message.msgtype())))
+pub async fn attach(
+    _link: &Link,
+    message: &AppMessage,
+    _outbound: &Outbound,
+) -> Result<Value, UploadError> {
+    Err(UploadError(format!(
+        "cannot send {} yet",
+        message.msgtype()
+    )))
 }

@@ -30,7 +30,13 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
     // The nested layout's root (`platforms:`) is read through its `extra:` instead.
     r.unknown(
         root,
-        &[names(KEYS), names(APP_KEYS), names(SINGLE_AIBOT_KEYS), vec!["platforms"]].concat(),
+        &[
+            names(KEYS),
+            names(APP_KEYS),
+            names(SINGLE_AIBOT_KEYS),
+            vec!["platforms"],
+        ]
+        .concat(),
     );
     let agent = agent::global(r, root);
     let apps = apps(r, root, &agent);
@@ -113,11 +119,18 @@ pub(crate) fn config(r: &mut Reader<'_>, root: &At<'_>) -> Option<Config> {
 /// `aibot:`, the settings every AI bot shares.
 fn aibot_settings(r: &mut Reader<'_>, root: &At<'_>) -> Option<AiBotSettings> {
     let (ws_url, placeholder) = (r.get(root, &AIBOT_WS_URL), r.get(root, &AIBOT_PLACEHOLDER));
-    let (update, stream) = (r.get(root, &AIBOT_UPDATE_MS), r.get(root, &AIBOT_STREAM_SECS));
+    let (update, stream) = (
+        r.get(root, &AIBOT_UPDATE_MS),
+        r.get(root, &AIBOT_STREAM_SECS),
+    );
     let placeholder = placeholder?;
     Some(AiBotSettings {
         ws_url: ws_url?,
-        placeholder: if placeholder.eq_ignore_ascii_case("off") { String::new() } else { placeholder },
+        placeholder: if placeholder.eq_ignore_ascii_case("off") {
+            String::new()
+        } else {
+            placeholder
+        },
         update_every: update?,
         stream_for: stream?,
     })
@@ -130,41 +143,60 @@ fn aibots(
     global: &AgentConfig,
     allowlist: &Allowlist,
 ) -> Vec<AiBotConfig> {
-    let single = SINGLE_AIBOT_KEYS.iter().any(|k| root.value(k.name()).is_some());
-    let mut bots = Vec::new();
+    let single = SINGLE_AIBOT_KEYS
+        .iter()
+        .any(|k| root.value(k.name()).is_some());
+    // Each with its index in the list, to name it in errors.
+    let mut bots: Vec<(usize, AiBotConfig)> = Vec::new();
     match root.value(AIBOTS.name) {
         None if single => {
             let id = r.get(root, &SINGLE_AIBOT_ID);
             let secret = r.get(root, &SINGLE_AIBOT_SECRET);
             let token = r.get(root, &SINGLE_AIBOT_TOKEN);
             let key = r.get(root, &SINGLE_AIBOT_ENCODING_AES_KEY).map(|k| k.0);
-            let names = [SINGLE_AIBOT_SECRET.name, SINGLE_AIBOT_TOKEN.name, SINGLE_AIBOT_ENCODING_AES_KEY.name];
+            let names = [
+                SINGLE_AIBOT_SECRET.name,
+                SINGLE_AIBOT_TOKEN.name,
+                SINGLE_AIBOT_ENCODING_AES_KEY.name,
+            ];
             let mode = aibot_mode(r, "", names, (secret, token, key));
             if let (Some(bot_id), Some(mode)) = (id, mode) {
-                bots.push(AiBotConfig {
-                    name: "aibot".to_owned(),
-                    bot_id,
-                    mode,
-                    allowlist: allowlist.clone(),
-                    chats: Chats::default(),
-                    group_session: AIBOT_GROUP_SESSION.default_value().unwrap_or(crate::aibot::settings::GroupSession::Member),
-                    welcome: None,
-                    agent: None,
-                });
+                bots.push((
+                    0,
+                    AiBotConfig {
+                        name: "aibot".to_owned(),
+                        bot_id,
+                        mode,
+                        allowlist: allowlist.clone(),
+                        chats: Chats::default(),
+                        group_session: AIBOT_GROUP_SESSION
+                            .default_value()
+                            .unwrap_or(crate::aibot::settings::GroupSession::Member),
+                        welcome: None,
+                        agent: None,
+                    },
+                ));
             }
         }
         None => {}
         Some(_) => {
             if single {
-                r.warn(AIBOTS.name, "is set, so the single-bot keys (aibot_id, aibot_secret...) are ignored");
+                r.warn(
+                    AIBOTS.name,
+                    "is set, so the single-bot keys (aibot_id, aibot_secret...) are ignored",
+                );
             }
-            for entry in r.entries(root, &AIBOTS, &names(AIBOT_KEYS)) {
-                bots.extend(aibot(r, &entry, global, allowlist));
+            for (i, entry) in r
+                .entries(root, &AIBOTS, &names(AIBOT_KEYS))
+                .iter()
+                .enumerate()
+            {
+                bots.extend(aibot(r, entry, global, allowlist).map(|b| (i, b)));
             }
         }
     }
-    for (i, bot) in bots.iter().enumerate() {
-        for (j, earlier) in bots[..i].iter().enumerate() {
+    for (k, (i, bot)) in bots.iter().enumerate() {
+        for (j, earlier) in &bots[..k] {
             if bot.name == earlier.name {
                 let taken = Invalid::Taken(bot.name.clone(), format!("aibots[{j}]"));
                 r.err(&format!("aibots[{i}].name"), taken);
@@ -175,7 +207,7 @@ fn aibots(
             }
         }
     }
-    bots
+    bots.into_iter().map(|(_, bot)| bot).collect()
 }
 
 /// One `aibots:` entry.
@@ -188,17 +220,27 @@ fn aibot(
     let (name, bot_id) = (r.get(at, &AIBOT_NAME), r.get(at, &AIBOT_BOT_ID));
     let (secret, token) = (r.get(at, &AIBOT_SECRET), r.get(at, &AIBOT_TOKEN));
     let key = r.get(at, &AIBOT_ENCODING_AES_KEY).map(|k| k.0);
-    let names = [AIBOT_SECRET.name, AIBOT_TOKEN.name, AIBOT_ENCODING_AES_KEY.name];
+    let names = [
+        AIBOT_SECRET.name,
+        AIBOT_TOKEN.name,
+        AIBOT_ENCODING_AES_KEY.name,
+    ];
     let mode = aibot_mode(r, &at.prefix, names, (secret, token, key));
     let mut allowlist = match at.given(&AIBOT_ALLOWED_USERS) {
-        true => Allowlist { allow_all: false, users: r.list(at, &AIBOT_ALLOWED_USERS) },
+        true => Allowlist {
+            allow_all: false,
+            users: r.list(at, &AIBOT_ALLOWED_USERS),
+        },
         false => gateway_wide.clone(),
     };
     if allowlist.users.iter().any(|u| u == "*") {
         allowlist.allow_all = true;
         allowlist.users.retain(|u| u != "*");
     }
-    let mut chats = Chats { all: false, ids: r.list(at, &AIBOT_ALLOWED_CHATS) };
+    let mut chats = Chats {
+        all: false,
+        ids: r.list(at, &AIBOT_ALLOWED_CHATS),
+    };
     if chats.ids.iter().any(|c| c == "*") {
         chats.all = true;
         chats.ids.retain(|c| c != "*");
@@ -223,22 +265,35 @@ fn aibot_mode(
     r: &mut Reader<'_>,
     prefix: &str,
     [secret_key, token_key, aes_key]: [&str; 3],
-    given: (Option<SecretString>, Option<SecretString>, Option<SecretString>),
+    given: (
+        Option<SecretString>,
+        Option<SecretString>,
+        Option<SecretString>,
+    ),
 ) -> Option<Mode> {
     match given {
         (Some(secret), None, None) => Some(Mode::LongConnection { secret }),
-        (None, Some(token), Some(encoding_aes_key)) => Some(Mode::Callback { token, encoding_aes_key }),
+        (None, Some(token), Some(encoding_aes_key)) => Some(Mode::Callback {
+            token,
+            encoding_aes_key,
+        }),
         (Some(_), _, _) => {
             let why = format!("is set with {token_key}/{aes_key}: give the Secret for the long connection, or the token and key for URL mode, not both");
             r.err(&format!("{prefix}{secret_key}"), why);
             None
         }
         (None, Some(_), None) => {
-            r.err(&format!("{prefix}{aes_key}"), format!("is required with {token_key} (URL mode)"));
+            r.err(
+                &format!("{prefix}{aes_key}"),
+                format!("is required with {token_key} (URL mode)"),
+            );
             None
         }
         (None, None, Some(_)) => {
-            r.err(&format!("{prefix}{token_key}"), format!("is required with {aes_key} (URL mode)"));
+            r.err(
+                &format!("{prefix}{token_key}"),
+                format!("is required with {aes_key} (URL mode)"),
+            );
             None
         }
         (None, None, None) => {

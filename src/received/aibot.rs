@@ -41,13 +41,19 @@ impl Received {
             Ok(fetched) => fetched,
             Err(why) => {
                 tracing::warn!(user = ?message.from_user_name, kind, error = %why, "cannot fetch the member's {kind}; the agent is told (media_error)");
-                Fetched { info, error: Some(why) }
+                Fetched {
+                    info,
+                    error: Some(why),
+                }
             }
         }))
     }
 
     async fn download(&self, message: &InboundMessage) -> Result<Vec<u8>, String> {
-        let url = message.raw.get(MEDIA_URL).ok_or("the message carries no url")?;
+        let url = message
+            .raw
+            .get(MEDIA_URL)
+            .ok_or("the message carries no url")?;
         let mut response = (self.http.get(url).send().await)
             .and_then(|r| r.error_for_status())
             .map_err(|e| format!("cannot download the file: {}", e.without_url()))?;
@@ -60,7 +66,10 @@ impl Received {
             .map_err(|e| format!("cannot download the file: {}", e.without_url()))?
         {
             if (bytes.len() + chunk.len()) as u64 > max {
-                return Err(format!("the file is larger than media.max_bytes ({} bytes)", self.max_bytes));
+                return Err(format!(
+                    "the file is larger than media.max_bytes ({} bytes)",
+                    self.max_bytes
+                ));
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -81,9 +90,13 @@ impl Received {
     ) -> Result<Fetched, String> {
         let disk = |e: std::io::Error| format!("cannot write under {}: {e}", self.dir.display());
         tokio::fs::create_dir_all(&self.dir).await.map_err(disk)?;
-        let part: PathBuf = self.dir.join(format!(".part-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let part: PathBuf = self
+            .dir
+            .join(format!(".part-{}", hex::encode(rand::random::<[u8; 8]>())));
         tokio::fs::write(&part, &bytes).await.map_err(disk)?;
-        let content_type = sniff(&bytes).unwrap_or("application/octet-stream").to_owned();
+        let content_type = sniff(&bytes)
+            .unwrap_or("application/octet-stream")
+            .to_owned();
         let record = MediaRecord {
             sha256: hex::encode(Sha256::digest(&bytes)),
             kind: kind.to_owned(),

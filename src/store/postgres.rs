@@ -552,7 +552,13 @@ impl PostgresStore {
                      ORDER BY i.id LIMIT 1
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, channel, app, user_key, payload, attempts, receipt, stream",
-                &[&self.me, &self.lease_until(), &now, &Channel::KINDS, &self.bots_held()],
+                &[
+                    &self.me,
+                    &self.lease_until(),
+                    &now,
+                    &Channel::KINDS,
+                    &self.bots_held(),
+                ],
             )
             .await
             .map_err(pg_error)?;

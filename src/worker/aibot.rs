@@ -20,7 +20,12 @@ use crate::store::{Failure, Job, Outcome};
 use crate::wecom::AppMessage;
 
 impl Worker {
-    pub(super) async fn handle_aibot(&self, handle: &AgentHandle, job: &Job, name: &str) -> Outcome {
+    pub(super) async fn handle_aibot(
+        &self,
+        handle: &AgentHandle,
+        job: &Job,
+        name: &str,
+    ) -> Outcome {
         let Some(bot) = self.aibots.get(name) else {
             let error = format!("AI bot {name:?} is no longer configured");
             tracing::error!(job = job.id, user = ?job.user_key, "{error}; message dropped");
@@ -40,7 +45,10 @@ impl Worker {
                 if bubble.resumed() {
                     tracing::info!(job = job.id, user = ?job.user_key, attempt = job.attempts, "the agent is asked again: its answer was cut short while it streamed");
                 }
-                match self.ask_streaming(handle, &bot, job, &to, &mut bubble).await {
+                match self
+                    .ask_streaming(handle, &bot, job, &to, &mut bubble)
+                    .await
+                {
                     None => return Outcome::Interrupted,
                     Some(Ok(answer)) => answer,
                     Some(Err(cause)) => {
@@ -75,12 +83,15 @@ impl Worker {
                 AppMessage::UpdateCard { update_card } => match &job.message.kind {
                     MessageKind::Event(Event::TemplateCard { .. }) => {
                         let body = json!({ "response_type": "update_template_card", "template_card": update_card });
-                        bubble.respond(frame::RESPOND_UPDATE, &body, "update_template_card").await
+                        bubble
+                            .respond(frame::RESPOND_UPDATE, &body, "update_template_card")
+                            .await
                     }
                     _ => Ok(()),
                 },
                 AppMessage::TemplateCard { template_card } => {
-                    let body = json!({ "msgtype": "template_card", "template_card": template_card });
+                    let body =
+                        json!({ "msgtype": "template_card", "template_card": template_card });
                     bubble.reply(&body, "template_card").await
                 }
                 media if media.media_type().is_some() => {
@@ -173,7 +184,13 @@ fn split_answer(answer: Vec<AppMessage>) -> (String, Vec<AppMessage>) {
                 }
             }
             AppMessage::Textcard(card) => {
-                texts.push(format!("**{}**\n{}\n[{}]({})", card.title, card.description, card.btntxt.as_deref().unwrap_or("详情"), card.url));
+                texts.push(format!(
+                    "**{}**\n{}\n[{}]({})",
+                    card.title,
+                    card.description,
+                    card.btntxt.as_deref().unwrap_or("详情"),
+                    card.url
+                ));
             }
             AppMessage::News { articles } => {
                 for a in articles {

@@ -60,7 +60,11 @@ impl Agent for Writing {
     }
     async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
         for piece in &self.pieces {
-            self.gate.acquire().await.map_err(|e| AgentError::Failed(e.to_string()))?.forget();
+            self.gate
+                .acquire()
+                .await
+                .map_err(|e| AgentError::Failed(e.to_string()))?
+                .forget();
             if let Some(partial) = turn.partial {
                 partial.push(piece);
             }
@@ -73,8 +77,13 @@ impl Agent for Writing {
 async fn a_message_gets_a_streamed_reply_that_grows_while_the_agent_writes() {
     let fake = FakeAiBot::start().await;
     let gate = Arc::new(Semaphore::new(0));
-    let pieces: Vec<String> = ["第一段。", "第二段。", "第三段。"].map(String::from).to_vec();
-    let agent = Writing { pieces: pieces.clone(), gate: gate.clone() };
+    let pieces: Vec<String> = ["第一段。", "第二段。", "第三段。"]
+        .map(String::from)
+        .to_vec();
+    let agent = Writing {
+        pieces: pieces.clone(),
+        gate: gate.clone(),
+    };
     let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(agent)).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
 
@@ -98,7 +107,10 @@ async fn a_message_gets_a_streamed_reply_that_grows_while_the_agent_writes() {
         .filter(|r| r["stream"]["finish"] == true)
         .count();
     assert_eq!(finishes, 1, "finished once");
-    assert!(fake.pushed("zhangsan").is_empty(), "nothing sent beside the bubble");
+    assert!(
+        fake.pushed("zhangsan").is_empty(),
+        "nothing sent beside the bubble"
+    );
     app.stop().await;
 }
 
@@ -113,7 +125,10 @@ async fn wait_for_updates(fake: &FakeAiBot, req_id: &str, expected: &[String]) {
             // Every update is one the member was meant to see, in order.
             let mut want = expected.iter();
             for update in &updates {
-                assert!(want.any(|w| w == update), "unexpected update {update:?}; expected {expected:?}, got {updates:?}");
+                assert!(
+                    want.any(|w| w == update),
+                    "unexpected update {update:?}; expected {expected:?}, got {updates:?}"
+                );
             }
             return;
         }
@@ -138,7 +153,10 @@ impl Agent for Echo {
             _ => turn.message.describe(),
         };
         let chat = turn.chat_id.unwrap_or("-");
-        Ok(vec![AppMessage::text(format!("{}@{chat}: {text}", turn.user_id))])
+        Ok(vec![AppMessage::text(format!(
+            "{}@{chat}: {text}",
+            turn.user_id
+        ))])
     }
 }
 
@@ -146,18 +164,36 @@ impl Agent for Echo {
 async fn in_a_group_only_a_mention_reaches_the_agent_and_the_answer_goes_to_the_group() {
     let fake = FakeAiBot::start().await;
     let mut config = aibot_config(&fake);
-    config.aibots[0].chats = Chats { all: false, ids: vec!["wrkGroup1".into()] };
+    config.aibots[0].chats = Chats {
+        all: false,
+        ids: vec!["wrkGroup1".into()],
+    };
     let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
 
-    let unmentioned = fake.inject_group_text(BOT_ID, "wrkGroup1", "lisi", "大家好").await;
-    let other_group = fake.inject_group_text(BOT_ID, "wrkOther", "lisi", "@助手 在吗").await;
-    let mentioned = fake.inject_group_text(BOT_ID, "wrkGroup1", "lisi", "@助手 今天开会吗").await;
+    let unmentioned = fake
+        .inject_group_text(BOT_ID, "wrkGroup1", "lisi", "大家好")
+        .await;
+    let other_group = fake
+        .inject_group_text(BOT_ID, "wrkOther", "lisi", "@助手 在吗")
+        .await;
+    let mentioned = fake
+        .inject_group_text(BOT_ID, "wrkGroup1", "lisi", "@助手 今天开会吗")
+        .await;
     let bubble = fake.wait_for_finished(&mentioned.req_id).await;
-    assert_eq!(bubble.content, "lisi@wrkGroup1: 今天开会吗", "the mention is removed, the chat named");
+    assert_eq!(
+        bubble.content, "lisi@wrkGroup1: 今天开会吗",
+        "the mention is removed, the chat named"
+    );
     // Received in order on one connection: the two before it were decided first.
-    assert!(fake.replies(&unmentioned.req_id).is_empty(), "not mentioned: ignored");
-    assert!(fake.replies(&other_group.req_id).is_empty(), "a group not in allowed_chats: ignored");
+    assert!(
+        fake.replies(&unmentioned.req_id).is_empty(),
+        "not mentioned: ignored"
+    );
+    assert!(
+        fake.replies(&other_group.req_id).is_empty(),
+        "a group not in allowed_chats: ignored"
+    );
     app.stop().await;
 }
 
@@ -165,12 +201,18 @@ async fn in_a_group_only_a_mention_reaches_the_agent_and_the_answer_goes_to_the_
 async fn members_not_on_the_bots_allowlist_are_not_answered() {
     let fake = FakeAiBot::start().await;
     let mut config = aibot_config(&fake);
-    config.aibots[0].allowlist = Allowlist { allow_all: false, users: vec!["zhangsan".into()] };
+    config.aibots[0].allowlist = Allowlist {
+        allow_all: false,
+        users: vec!["zhangsan".into()],
+    };
     let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
     let refused = fake.inject_text(BOT_ID, "wangwu", "hi").await;
     let allowed = fake.inject_text(BOT_ID, "zhangsan", "hi").await;
-    assert_eq!(fake.wait_for_finished(&allowed.req_id).await.content, "zhangsan@-: hi");
+    assert_eq!(
+        fake.wait_for_finished(&allowed.req_id).await.content,
+        "zhangsan@-: hi"
+    );
     assert!(fake.replies(&refused.req_id).is_empty());
     app.stop().await;
 }
@@ -185,8 +227,14 @@ async fn a_message_wecom_sends_twice_is_answered_once_and_opening_the_chat_gets_
     let again = fake.inject_again(&first).await;
     let after = fake.inject_text(BOT_ID, "zhangsan", "after").await;
     fake.wait_for_finished(&after.req_id).await;
-    assert_eq!(fake.wait_for_finished(&first.req_id).await.content, "zhangsan@-: once");
-    assert!(fake.replies(&again.req_id).is_empty(), "the second push of a msgid is not answered");
+    assert_eq!(
+        fake.wait_for_finished(&first.req_id).await.content,
+        "zhangsan@-: once"
+    );
+    assert!(
+        fake.replies(&again.req_id).is_empty(),
+        "the second push of a msgid is not answered"
+    );
     let welcome = fake.replies(&opened.req_id);
     assert_eq!(welcome.len(), 1, "{welcome:?}");
     assert_eq!(welcome[0]["text"]["content"], "你好，我是助手");
@@ -201,10 +249,19 @@ async fn after_a_dropped_connection_the_bot_subscribes_again_and_answers() {
     fake.drop_connection(BOT_ID);
     fake.wait_for_subscribed(BOT_ID, 2).await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "back?").await;
-    assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, "zhangsan@-: back?");
-    let subscribes: Vec<_> = fake.frames().into_iter().filter(|f| f.cmd() == "aibot_subscribe").collect();
+    assert_eq!(
+        fake.wait_for_finished(&sent.req_id).await.content,
+        "zhangsan@-: back?"
+    );
+    let subscribes: Vec<_> = fake
+        .frames()
+        .into_iter()
+        .filter(|f| f.cmd() == "aibot_subscribe")
+        .collect();
     assert_eq!(subscribes.len(), 2);
-    assert!(subscribes.iter().all(|f| f.body()["secret"] == SECRET && f.body()["bot_id"] == BOT_ID));
+    assert!(subscribes
+        .iter()
+        .all(|f| f.body()["secret"] == SECRET && f.body()["bot_id"] == BOT_ID));
     app.stop().await;
 }
 
@@ -243,7 +300,11 @@ async fn an_answer_longer_than_a_bubble_finishes_it_full_and_sends_the_rest_once
     let bubble = fake.wait_for_finished(&sent.req_id).await;
     assert!(bubble.content.len() <= 20480, "{}", bubble.content.len());
     let pushed = fake.wait_for_pushed("zhangsan", 1).await;
-    assert_eq!(format!("{}{}", bubble.content, pushed.concat()), long, "every byte once");
+    assert_eq!(
+        format!("{}{}", bubble.content, pushed.concat()),
+        long,
+        "every byte once"
+    );
     app.stop().await;
 }
 

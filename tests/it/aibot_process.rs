@@ -35,7 +35,12 @@ fn serve(fake: &FakeAiBot, model: &str, dir: &std::path::Path, extra: &[(&str, &
     cmd
 }
 
-const PIECES: [&str; 4] = ["春眠不觉晓，", "处处闻啼鸟。", "夜来风雨声，", "花落知多少。"];
+const PIECES: [&str; 4] = [
+    "春眠不觉晓，",
+    "处处闻啼鸟。",
+    "夜来风雨声，",
+    "花落知多少。",
+];
 
 fn whole() -> String {
     PIECES.concat()
@@ -74,14 +79,19 @@ async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_tak
     let sent = fake.inject_text(BOT_ID, "zhangsan", "背一首诗").await;
     gate.add_permits(2);
     let half = format!("{}{}", PIECES[0], PIECES[1]);
-    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str()).await;
+    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str())
+        .await;
     gw.kill9().await;
     fake.wait_for_disconnected(BOT_ID).await;
 
     let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
     let bubble = fake.wait_for_finished(&sent.req_id).await;
     assert_eq!(bubble.content, whole());
-    assert_eq!(fake.bubbles(&sent.req_id).len(), 1, "the same bubble, finished");
+    assert_eq!(
+        fake.bubbles(&sent.req_id).len(),
+        1,
+        "the same bubble, finished"
+    );
     assert!(fake.pushed("zhangsan").is_empty(), "nothing sent twice");
     assert_eq!(seen(&fake, &sent.req_id, "zhangsan"), whole());
     let log = gw.terminate().await;
@@ -101,7 +111,8 @@ async fn kill_9_mid_stream_then_the_rest_is_sent_once_when_wecom_no_longer_takes
     let sent = fake.inject_text(BOT_ID, "zhangsan", "背一首诗").await;
     gate.add_permits(2);
     let half = format!("{}{}", PIECES[0], PIECES[1]);
-    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str()).await;
+    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str())
+        .await;
     gw.kill9().await;
     fake.wait_for_disconnected(BOT_ID).await;
 
@@ -122,9 +133,17 @@ async fn a_refused_subscription_is_reported_and_not_retried_in_a_storm() {
     let model = poet(Arc::new(Semaphore::new(0))).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
-    gw.wait_for_log(&["refused the AI bot's subscription", "check its bot_id and secret"])
-        .await;
-    let ready: Value = reqwest::get(format!("http://{}/ready", gw.addr)).await.unwrap().json().await.unwrap();
+    gw.wait_for_log(&[
+        "refused the AI bot's subscription",
+        "check its bot_id and secret",
+    ])
+    .await;
+    let ready: Value = reqwest::get(format!("http://{}/ready", gw.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let warnings = ready["warnings"].to_string();
     assert!(warnings.contains("refused the subscription"), "{ready}");
     // The next try waits a minute or more (with jitter, at least half of it).
@@ -138,7 +157,10 @@ async fn a_refused_subscription_is_reported_and_not_retried_in_a_storm() {
         .expect("the log says how long it waits");
     assert!(wait >= 30, "{wait}");
     assert_eq!(fake.subscribes(BOT_ID), 1);
-    assert!(!log.contains(SECRET) && !log.contains("the-real-secret"), "no secret in the log");
+    assert!(
+        !log.contains(SECRET) && !log.contains("the-real-secret"),
+        "no secret in the log"
+    );
     gw.terminate().await;
 }
 
@@ -151,10 +173,23 @@ async fn a_kick_by_another_connection_is_reported_and_not_fought() {
     let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
     fake.kick(BOT_ID);
-    gw.wait_for_log(&["another connection subscribed with the same bot"]).await;
-    let ready: Value = reqwest::get(format!("http://{}/ready", gw.addr)).await.unwrap().json().await.unwrap();
-    assert!(ready["warnings"].to_string().contains("another connection"), "{ready}");
-    assert_eq!(fake.subscribes(BOT_ID), 1, "it does not subscribe again at once");
+    gw.wait_for_log(&["another connection subscribed with the same bot"])
+        .await;
+    let ready: Value = reqwest::get(format!("http://{}/ready", gw.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["warnings"].to_string().contains("another connection"),
+        "{ready}"
+    );
+    assert_eq!(
+        fake.subscribes(BOT_ID),
+        1,
+        "it does not subscribe again at once"
+    );
     gw.terminate().await;
 }
 
@@ -167,12 +202,17 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies(
     fake.add_bot(BOT_ID, SECRET);
     let model = ModelStub::start(|_, _| Answer::Stream(vec![delta("好的"), DONE.to_owned()])).await;
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let env = [("WECOM_CALLBACK_STORE", pg.url()), ("WECOM_CALLBACK_LEASE_SECS", "5".to_owned())];
+    let env = [
+        ("WECOM_CALLBACK_STORE", pg.url()),
+        ("WECOM_CALLBACK_LEASE_SECS", "5".to_owned()),
+    ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let first = Gateway::start(&mut serve(&fake, &model.url, dirs[0].path(), &env)).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
     let second = Gateway::start(&mut serve(&fake, &model.url, dirs[1].path(), &env)).await;
-    second.wait_for_log(&["another replica holds the AI bot's connection"]).await;
+    second
+        .wait_for_log(&["another replica holds the AI bot's connection"])
+        .await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "在吗").await;
     assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, "好的");
     assert_eq!(fake.subscribes(BOT_ID), 1, "one connection between them");
@@ -181,7 +221,16 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies(
     fake.wait_for_subscribed(BOT_ID, 2).await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "还在吗").await;
     assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, "好的");
-    let sockets: Vec<usize> = fake.frames().iter().filter(|f| f.cmd() == "aibot_subscribe").map(|f| f.socket).collect();
-    assert_eq!(sockets.len(), 2, "the survivor subscribed once, after the holder died");
+    let sockets: Vec<usize> = fake
+        .frames()
+        .iter()
+        .filter(|f| f.cmd() == "aibot_subscribe")
+        .map(|f| f.socket)
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        2,
+        "the survivor subscribed once, after the holder died"
+    );
     second.terminate().await;
 }

@@ -1001,3 +1001,86 @@ fn a_yaml_number_for_a_text_key_is_warned_about_and_quoting_silences_it() {
     let line = format!("allowed_users[1]: {QUOTE_IT}");
     assert!(loaded.warnings.contains(&line), "{:?}", loaded.warnings);
 }
+
+#[test]
+fn ai_bots_from_the_environment_or_a_list_with_their_secrets_hidden() {
+    // One bot from the environment is enough to run: no self-built app needed.
+    let e = env(&[
+        ("WECOM_CALLBACK_AIBOT_ID", "aibXYZ"),
+        ("WECOM_CALLBACK_AIBOT_SECRET", "bot-secret-value-9"),
+        ("WECOM_CALLBACK_ALLOWED_USERS", "zhangsan"),
+    ]);
+    let (c, loaded) = Config::load(None, e).unwrap();
+    assert!(
+        c.apps.is_empty() && loaded.warnings.is_empty(),
+        "{:?}",
+        loaded.warnings
+    );
+    assert_eq!(c.aibots.len(), 1);
+    let bot = &c.aibots[0];
+    assert_eq!(
+        (bot.name.as_str(), bot.bot_id.as_str()),
+        ("aibot", "aibXYZ")
+    );
+    assert!(bot.allowlist.allows("", "zhangsan") && !bot.allowlist.allows("", "lisi"));
+    assert!(
+        !bot.chats.allows("wrk1"),
+        "no group until allowed_chats names it"
+    );
+    assert_eq!(c.aibot.ws_url, "wss://openws.work.weixin.qq.com");
+    assert_eq!(c.aibot.stream_for, Duration::from_secs(300));
+    let (debug, printed) = (format!("{c:?}"), c.redacted());
+    for shown in [&debug, &printed] {
+        assert!(!shown.contains("bot-secret-value-9"), "{shown}");
+    }
+    assert!(
+        printed.contains("aibXYZ") && printed.contains("long connection"),
+        "{printed}"
+    );
+
+    // A list: each bot's own allowlist and groups, URL mode, the shared settings.
+    let f = yaml(&format!(
+        "aibots:\n  - name: helper\n    bot_id: aib1\n    secret: s1\n    allowed_users: ['*']\n    allowed_chats: [wrkA]\n    group_session: chat\n  - name: url\n    bot_id: aib2\n    token: tok\n    encoding_aes_key: {KEY_A}\naibot:\n  ws_url: ws://127.0.0.1:7000\n  placeholder: 'off'\n  update_ms: 250\n  stream_secs: 120\n"
+    ));
+    let (c, _) = Config::load(Some(f.path()), vec![]).unwrap();
+    let names: Vec<&str> = c.aibots.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["helper", "url"]);
+    assert!(c.aibots[0].allowlist.allow_all && c.aibots[0].chats.allows("wrkA"));
+    assert_eq!(
+        c.aibots[0].group_session,
+        wecom_gateway::aibot::settings::GroupSession::Chat
+    );
+    assert!(matches!(
+        c.aibots[1].mode,
+        wecom_gateway::aibot::settings::Mode::Callback { .. }
+    ));
+    assert_eq!(c.aibot.placeholder, "", "off: no placeholder");
+    assert_eq!(c.aibot.update_every, Duration::from_millis(250));
+    assert!(!c.redacted().contains(KEY_A) && !format!("{c:?}").contains(KEY_A));
+}
+
+#[test]
+fn ai_bot_mistakes_are_all_named_at_once() {
+    let f = yaml(
+        "aibots:\n  - name: x\n    bot_id: aib0\n  - name: a\n    bot_id: aib1\n    secret: s\n    token: t\n  - name: a\n    bot_id: aib1\n    secret: s\n  - name: a\n    bot_id: aib1\n    secret: s\n  - name: c\n    bot_id: aib3\n    token: t\n    group_session: everyone\naibot:\n  ws_url: https://example.com\n  stream_secs: 400\n",
+    );
+    let text = Config::load(Some(f.path()), vec![])
+        .unwrap_err()
+        .to_string();
+    for field in [
+        "aibots[0].secret: is required",
+        "aibots[1].secret: is set with token",
+        "aibots[3].name: \"a\" is already used by aibots[2]",
+        "aibots[3].bot_id: \"aib1\" is already used by aibots[2]",
+        "aibots[4].encoding_aes_key: is required with token",
+        "aibots[4].group_session: must be member or chat",
+        "aibot.ws_url: must be a ws:// or wss:// URL",
+        "aibot.stream_secs: must be a whole number from 10 to 350",
+    ] {
+        assert!(text.contains(field), "missing {field:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("aibots[2].bot_id"),
+        "a bot with errors is not compared: {text}"
+    );
+}

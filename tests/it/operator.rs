@@ -743,6 +743,11 @@ const RESTART_ONLY: &[(&str, &str, &str)] = &[
     ),
     ("media.inline_text_bytes", "65536", "65537"),
     ("media.url_expires_secs", "3600", "3601"),
+    ("aibots", "[]", "[{name: b, bot_id: b1, secret: s}]"),
+    ("aibot.ws_url", "ws://127.0.0.1:1", "ws://127.0.0.1:2"),
+    ("aibot.placeholder", "a", "b"),
+    ("aibot.update_ms", "500", "501"),
+    ("aibot.stream_secs", "300", "301"),
 ];
 
 /// The table above is the library's own list of the keys a reload does not apply: a key added

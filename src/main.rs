@@ -64,6 +64,9 @@ enum Command {
         /// The app the member writes to (default: the first).
         #[arg(long)]
         app: Option<String>,
+        /// Write to this AI bot (智能机器人) instead: its reply's stream frames are printed.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["app", "url", "image"])]
+        aibot: Option<String>,
         /// The member's UserID.
         #[arg(long, default_value = "simulated-user")]
         user: String,
@@ -208,6 +211,7 @@ fn main() -> ExitCode {
         Command::Simulate {
             config,
             app,
+            aibot,
             user,
             image,
             interactive,
@@ -224,6 +228,7 @@ fn main() -> ExitCode {
                 text: text.join(" "),
                 interactive,
                 allow_anyone,
+                aibot,
             };
             simulate(config, sim, url, verify)
         }

@@ -358,3 +358,51 @@ async fn simulate_logs_warnings_only_unless_verbose() {
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains("listening on"), "{stderr}");
 }
+
+#[tokio::test]
+async fn simulate_aibot_prints_the_streamed_reply_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        ("WECOM_CALLBACK_AIBOT_ID", "aib-sim"),
+        ("WECOM_CALLBACK_AIBOT_SECRET", "never-printed-secret"),
+    ];
+    let out = simulate(
+        dir.path(),
+        &["--aibot", "aibot", "--user", "zhangsan", "你好"],
+        &extra,
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let frames = printed(&out.stdout);
+    let last = frames.last().expect("frames printed");
+    assert_eq!(last["cmd"], "aibot_respond_msg");
+    assert_eq!(last["body"]["stream"]["finish"], true);
+    assert_eq!(last["body"]["stream"]["content"], "你好");
+    assert_eq!(
+        frames[0]["body"]["stream"]["content"], "思考中…",
+        "the placeholder first"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("never-printed-secret") && !stderr.contains("never-printed-secret"));
+
+    // A member the bot's allowlist refuses is refused here too.
+    let out = simulate(
+        dir.path(),
+        &["--aibot", "aibot", "--user", "wangwu", "hi"],
+        &extra,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on the allowlist"));
+    // And a bot that is not configured is named.
+    let out = simulate(dir.path(), &["--aibot", "nope", "hi"], &extra)
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no AI bot named \"nope\""));
+}

@@ -14,6 +14,8 @@
 //!
 //! Must never: talk to the real WeCom API, or print a secret.
 
+mod aibot;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,8 @@ pub struct Simulation {
     pub interactive: bool,
     /// Let any member through, whatever the configured allowlist says (the old behaviour).
     pub allow_anyone: bool,
+    /// Write to this AI bot (by name) instead of an app.
+    pub aibot: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,9 @@ fn text_body(text: &str) -> String {
 
 /// Run the gateway in-process and play the member.
 pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateError> {
+    if let Some(name) = sim.aibot.clone() {
+        return aibot::run(config, sim, &name).await;
+    }
     let image =
         match &sim.image {
             Some(path) => Some(std::fs::read(path).map_err(|e| {

@@ -95,6 +95,9 @@ pub struct Streamed {
     /// How much of the whole answer was delivered, in bytes: by the bubble, then by messages
     /// after it.
     pub delivered: usize,
+    /// URL mode: the callback's `response_url` was used (WeCom takes one message on it).
+    #[serde(default)]
+    pub response_url_used: bool,
 }
 
 impl Streamed {

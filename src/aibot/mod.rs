@@ -9,6 +9,7 @@ pub mod frame;
 pub mod inbound;
 pub mod link;
 pub mod media;
+pub mod polls;
 pub mod receive;
 pub mod reply;
 pub mod settings;
@@ -26,6 +27,10 @@ pub struct Bot {
     pub config: AiBotConfig,
     pub settings: AiBotSettings,
     pub link: Arc<Link>,
+    /// URL mode's bubbles, as WeCom polls them.
+    pub polls: polls::Polls,
+    /// URL mode: posts to a callback's `response_url`.
+    pub http: reqwest::Client,
 }
 
 /// The configured AI bots, by name.
@@ -34,11 +39,17 @@ pub struct Bots(Arc<HashMap<String, Arc<Bot>>>);
 
 impl Bots {
     pub fn new(configs: &[AiBotConfig], settings: &AiBotSettings) -> Bots {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
         let bots = configs.iter().map(|config| {
             let bot = Bot {
                 config: config.clone(),
                 settings: settings.clone(),
                 link: Link::new(&config.name),
+                polls: polls::Polls::default(),
+                http: http.clone(),
             };
             (config.name.clone(), Arc::new(bot))
         });

@@ -1,6 +1,6 @@
 //! An AI bot's reply to one message: the stream bubble that shows the answer while the agent
 //! writes, finished with the whole answer, and what does not fit or comes too late sent as
-//! messages of their own (`aibot_send_msg`). How far it got is recorded as it goes, so that after
+//! messages of their own (`aibot_send_msg`; in URL mode, once, to the `response_url`). How far it got is recorded as it goes, so that after
 //! a restart or a lost connection the member sees the rest once: the same bubble finished if
 //! WeCom still takes its `req_id`, else the part they have not seen, as a message.
 //!
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::frame::{self, MAX_STREAM_BYTES};
 use super::link::{Link, LinkError};
+use super::polls::Polls;
 use super::stored::ReplyTo;
 use crate::conversation::Streamed;
 use crate::store::{now_ms, Job, Outbox};
@@ -22,17 +23,57 @@ use crate::store::{now_ms, Job, Outbox};
 /// How long a command waits for the bot to be connected before it counts as failed.
 pub const WAIT_CONNECTED: Duration = Duration::from_secs(30);
 
+/// Why part of a reply did not reach WeCom.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// URL mode: the callback's `response_url` refused the message, or could not be reached.
+    #[error("response_url: {0}")]
+    ResponseUrl(String),
+    /// URL mode: no `response_url`, or it was used already (WeCom takes one message on it).
+    #[error("no response_url left to send it to")]
+    NoResponseUrl,
+    /// URL mode cannot send this kind of message after the passive reply.
+    #[error("URL mode sends only text and cards after the reply's bubble")]
+    NotInUrlMode,
+}
+
+impl SendError {
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            SendError::Link(e) => e.errcode(),
+            _ => None,
+        }
+    }
+}
+
 /// Why a reply could not be delivered in full.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {error}")]
 pub struct NotDelivered {
     pub what: &'static str,
-    pub error: LinkError,
+    pub error: SendError,
+}
+
+/// How a bot's replies reach WeCom.
+#[derive(Clone, Copy)]
+pub enum Way<'a> {
+    /// The long connection: frames answer the callback's `req_id`; later messages are
+    /// `aibot_send_msg`.
+    Link(&'a Link),
+    /// URL mode: WeCom polls for the bubble; one later message may go to the `response_url`.
+    Polled {
+        polls: &'a Polls,
+        http: &'a reqwest::Client,
+    },
 }
 
 /// One reply's bubble and what follows it.
 pub struct Bubble<'a> {
-    link: &'a Link,
+    way: Way<'a>,
+    /// The bot's name, for the log.
+    name: &'a str,
     outbox: &'a dyn Outbox,
     job: &'a Job,
     to: &'a ReplyTo,
@@ -45,22 +86,31 @@ pub struct Bubble<'a> {
 impl<'a> Bubble<'a> {
     /// The bubble of `job`'s reply: the one an earlier try began, or a new one.
     pub fn new(
-        link: &'a Link,
+        way: Way<'a>,
+        name: &'a str,
         outbox: &'a dyn Outbox,
         job: &'a Job,
         to: &'a ReplyTo,
         stream_for: Duration,
     ) -> Self {
+        // URL mode's bubble was opened by the passive reply to the callback, with its own id.
         let streamed = job.stream.clone().unwrap_or_else(|| Streamed {
-            id: format!("s{}_{}", job.id, hex::encode(rand::random::<[u8; 6]>())),
-            started_ms: 0,
+            id: (to.stream_id.clone()).unwrap_or_else(|| {
+                format!("s{}_{}", job.id, hex::encode(rand::random::<[u8; 6]>()))
+            }),
+            started_ms: to
+                .received_ms
+                .filter(|_| to.stream_id.is_some())
+                .unwrap_or(0),
             shown: String::new(),
             finished: false,
             delivered: 0,
+            response_url_used: false,
         });
-        let closed = streamed.finished || to.req_id.is_none();
+        let closed = streamed.finished || matches!(way, Way::Link(_)) && to.req_id.is_none();
         Bubble {
-            link,
+            way,
+            name,
             outbox,
             job,
             to,
@@ -115,26 +165,33 @@ impl<'a> Bubble<'a> {
         } else {
             &shown
         };
-        tracing::info!(job = self.job.id, aibot = %self.link.name, "the reply's stream reached aibot.stream_secs: finished with what it shows; the rest follows as a message");
+        tracing::info!(job = self.job.id, aibot = %self.name, "the reply's stream reached aibot.stream_secs: finished with what it shows; the rest follows as a message");
         let _ = self.frame(&shown.to_owned(), true).await;
         self.closed = true;
     }
 
     /// One frame to the bubble, recorded once WeCom took it.
     async fn frame(&mut self, content: &str, finish: bool) -> Result<(), LinkError> {
-        let Some(req_id) = self.to.req_id.as_deref() else {
-            self.closed = true;
-            return Err(LinkError::NotConnected);
-        };
-        let body = frame::stream(&self.streamed.id, content, finish);
         let first = self.streamed.started_ms == 0;
         if first {
             self.streamed.started_ms = now_ms();
         }
-        match (self.link)
-            .request(frame::RESPOND, req_id, Some(&body), WAIT_CONNECTED)
-            .await
-        {
+        let sent = match self.way {
+            Way::Polled { polls, .. } => {
+                polls.set(&self.streamed.id, content, finish);
+                Ok(Value::Null)
+            }
+            Way::Link(link) => {
+                let Some(req_id) = self.to.req_id.as_deref() else {
+                    self.closed = true;
+                    return Err(LinkError::NotConnected);
+                };
+                let body = frame::stream(&self.streamed.id, content, finish);
+                link.request(frame::RESPOND, req_id, Some(&body), WAIT_CONNECTED)
+                    .await
+            }
+        };
+        match sent {
             Ok(_) => {
                 self.streamed.shown = content.to_owned();
                 self.streamed.finished |= finish;
@@ -148,7 +205,7 @@ impl<'a> Bubble<'a> {
                 // messages, which need no req_id. A frame WeCom may have taken (no answer) is
                 // not sent again: the next snapshot replaces it anyway.
                 if !matches!(e, LinkError::Timeout) {
-                    tracing::warn!(job = self.job.id, aibot = %self.link.name, errcode = e.errcode(), error = %e, "the reply's stream cannot be updated; the rest of the answer goes as a message");
+                    tracing::warn!(job = self.job.id, aibot = %self.name, errcode = e.errcode(), error = %e, "the reply's stream cannot be updated; the rest of the answer goes as a message");
                     self.closed = true;
                 }
                 if first {
@@ -191,27 +248,56 @@ impl<'a> Bubble<'a> {
         if rest.trim().is_empty() {
             return Ok(());
         }
-        let (chat, group) = self.to.chat();
         let mut at = self.streamed.delivered;
         for piece in frame::pieces(rest, MAX_STREAM_BYTES) {
-            let body = frame::send_to(chat, group, &frame::markdown(piece));
-            self.send(&body, "aibot_send_msg").await?;
+            self.message(&frame::markdown(piece), "the rest of the answer")
+                .await?;
             at += piece.len();
             self.streamed.delivered = at;
             self.record().await;
         }
-        tracing::info!(job = self.job.id, aibot = %self.link.name, "the rest of the answer was sent as a message of its own");
+        tracing::info!(job = self.job.id, aibot = %self.name, "the rest of the answer was sent as a message of its own");
         Ok(())
     }
 
-    /// A message of its own (`aibot_send_msg`), with a new req_id.
-    pub async fn send(&self, body: &Value, what: &'static str) -> Result<(), NotDelivered> {
-        let req_id = format!("send_{}", hex::encode(rand::random::<[u8; 8]>()));
-        self.link
-            .request(frame::SEND, &req_id, Some(body), WAIT_CONNECTED)
-            .await
-            .map(|_| ())
-            .map_err(|error| NotDelivered { what, error })
+    /// A message of its own: `aibot_send_msg` with a new req_id to the chat, or in URL mode
+    /// the one message the `response_url` takes.
+    pub async fn message(
+        &mut self,
+        message: &Value,
+        what: &'static str,
+    ) -> Result<(), NotDelivered> {
+        let failed = |error: SendError| NotDelivered { what, error };
+        match self.way {
+            Way::Link(link) => {
+                let (chat, group) = self.to.chat();
+                let body = frame::send_to(chat, group, message);
+                let req_id = format!("send_{}", hex::encode(rand::random::<[u8; 8]>()));
+                link.request(frame::SEND, &req_id, Some(&body), WAIT_CONNECTED)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| failed(e.into()))
+            }
+            Way::Polled { http, .. } => {
+                let url = (self.to.response_url.as_deref())
+                    .filter(|_| !self.streamed.response_url_used)
+                    .ok_or(failed(SendError::NoResponseUrl))?;
+                // Used once, whatever WeCom answers: a second POST is not shown.
+                self.streamed.response_url_used = true;
+                self.record().await;
+                let answer = http.post(url).json(message).send().await;
+                let answer = answer
+                    .map_err(|e| failed(SendError::ResponseUrl(e.without_url().to_string())))?;
+                let doc: Value = answer.json().await.unwrap_or(Value::Null);
+                match doc["errcode"].as_i64().unwrap_or(0) {
+                    0 => Ok(()),
+                    code => Err(failed(SendError::ResponseUrl(format!(
+                        "errcode {code}, {}",
+                        doc["errmsg"].as_str().unwrap_or("")
+                    )))),
+                }
+            }
+        }
     }
 
     /// An answer to an event's callback (`cmd`: the card update to a click), with its req_id.
@@ -221,31 +307,40 @@ impl<'a> Bubble<'a> {
         body: &Value,
         what: &'static str,
     ) -> Result<(), NotDelivered> {
-        let Some(req_id) = self.to.req_id.as_deref() else {
-            return Ok(());
+        let (Way::Link(link), Some(req_id)) = (self.way, self.to.req_id.as_deref()) else {
+            return Err(NotDelivered {
+                what,
+                error: SendError::NotInUrlMode,
+            });
         };
-        (self.link)
-            .request(cmd, req_id, Some(body), WAIT_CONNECTED)
+        link.request(cmd, req_id, Some(body), WAIT_CONNECTED)
             .await
             .map(|_| ())
-            .map_err(|error| NotDelivered { what, error })
+            .map_err(|e| NotDelivered {
+                what,
+                error: e.into(),
+            })
     }
 
     /// A reply of another kind (an image, a file, a card) to the same callback, or as a message
     /// of its own when its req_id is over.
-    pub async fn reply(&self, body: &Value, what: &'static str) -> Result<(), NotDelivered> {
-        if let Some(req_id) = self.to.req_id.as_deref() {
-            let sent = (self.link)
+    pub async fn reply(&mut self, body: &Value, what: &'static str) -> Result<(), NotDelivered> {
+        if let (Way::Link(link), Some(req_id)) = (self.way, self.to.req_id.as_deref()) {
+            let sent = link
                 .request(frame::RESPOND, req_id, Some(body), WAIT_CONNECTED)
                 .await;
             match sent {
                 Ok(_) => return Ok(()),
                 Err(LinkError::Refused { errcode, .. })
                     if errcode == frame::INVALID_REQ_ID || errcode == frame::STREAM_EXPIRED => {}
-                Err(error) => return Err(NotDelivered { what, error }),
+                Err(e) => {
+                    return Err(NotDelivered {
+                        what,
+                        error: e.into(),
+                    })
+                }
             }
         }
-        let (chat, group) = self.to.chat();
-        self.send(&frame::send_to(chat, group, body), what).await
+        self.message(body, what).await
     }
 }

@@ -16,13 +16,20 @@ const REQ_ID: &str = "req_id";
 const CONNECTION: &str = "connection";
 const CHAT_ID: &str = "chatid";
 const RESPONSE_URL: &str = "response_url";
+const STREAM_ID: &str = "stream_id";
+const RECEIVED_MS: &str = "received_ms";
 /// Where an image or file can be downloaded, and the key that opens it.
 pub const MEDIA_URL: &str = "url";
 pub const MEDIA_AESKEY: &str = "aeskey";
 
-/// The payload stored for a pushed message.
+/// The payload stored for a pushed message (the long connection).
 pub fn payload(req_id: Option<&str>, connection: Option<u64>, body: &Value) -> String {
     json!({ REQ_ID: req_id, CONNECTION: connection, "body": body }).to_string()
+}
+
+/// The payload stored for a URL-mode callback, whose passive answer opened bubble `stream_id`.
+pub fn polled_payload(stream_id: &str, received_ms: i64, body: &Value) -> String {
+    json!({ STREAM_ID: stream_id, RECEIVED_MS: received_ms, "body": body }).to_string()
 }
 
 /// Where an AI bot's reply goes: the callback it answers, and the chat, for messages sent after.
@@ -38,6 +45,9 @@ pub struct ReplyTo {
     pub user_id: String,
     /// URL mode's one-off address for a reply after the passive answer.
     pub response_url: Option<String>,
+    /// URL mode: the bubble the passive answer opened, and when the callback came (Unix ms).
+    pub stream_id: Option<String>,
+    pub received_ms: Option<i64>,
 }
 
 impl ReplyTo {
@@ -71,6 +81,12 @@ pub fn read(payload: &str) -> Result<InboundMessage, MessageError> {
     }
     if let Some(n) = stored[CONNECTION].as_u64() {
         raw.insert(CONNECTION.to_owned(), n.to_string());
+    }
+    if let Some(id) = stored[STREAM_ID].as_str() {
+        raw.insert(STREAM_ID.to_owned(), id.to_owned());
+    }
+    if let Some(ms) = stored[RECEIVED_MS].as_i64() {
+        raw.insert(RECEIVED_MS.to_owned(), ms.to_string());
     }
     if let Some(chat) = &inbound.chat_id {
         raw.insert(CHAT_ID.to_owned(), chat.clone());
@@ -144,5 +160,7 @@ pub fn reply_to(message: &InboundMessage) -> ReplyTo {
         chat_id: raw(CHAT_ID),
         user_id: message.from_user_name.clone(),
         response_url: raw(RESPONSE_URL),
+        stream_id: raw(STREAM_ID),
+        received_ms: raw(RECEIVED_MS).and_then(|n| n.parse().ok()),
     }
 }

@@ -12,7 +12,8 @@ use serde_json::json;
 use super::{AgentHandle, Worker};
 use crate::agent::{AgentError, Partial, Turn};
 use crate::aibot::frame;
-use crate::aibot::reply::Bubble;
+use crate::aibot::reply::{Bubble, Way};
+use crate::aibot::settings::Mode;
 use crate::aibot::stored::ReplyTo;
 use crate::aibot::Bot;
 use crate::message::{Event, MessageKind};
@@ -33,7 +34,19 @@ impl Worker {
         };
         let to = crate::aibot::stored::reply_to(&job.message);
         let settings = &bot.settings;
-        let mut bubble = Bubble::new(&bot.link, &*self.store, job, &to, settings.stream_for);
+        let way = match bot.config.mode {
+            Mode::LongConnection { .. } => {
+                // Only a connected bot can reply: wait for it (a connection that drops or is
+                // refused comes back; the member's message waits, stored).
+                bot.link.connected(Duration::MAX).await;
+                Way::Link(&bot.link)
+            }
+            Mode::Callback { .. } => Way::Polled {
+                polls: &bot.polls,
+                http: &bot.http,
+            },
+        };
+        let mut bubble = Bubble::new(way, name, &*self.store, job, &to, settings.stream_for);
         let sorry = AppMessage::text(&handle.failure_message);
         let mut failure: Option<Failure> = None;
         let answer = match &job.reply {
@@ -75,6 +88,7 @@ impl Worker {
             return Outcome::Done;
         }
         if let Err(e) = bubble.finish(&text).await {
+            // URL mode's one message after the bubble was used, or WeCom refused it.
             tracing::error!(job = job.id, aibot = %name, user = ?job.user_key, errcode = e.error.errcode(), error = %e, "the reply could not be delivered in full");
             return Outcome::Failed(Failure::send_failed(e.to_string(), e.error.errcode()));
         }

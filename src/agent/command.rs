@@ -1,5 +1,6 @@
 //! The command agent: run a program per message with the turn as JSON on stdin; its stdout is the
-//! reply. No shell is involved, so nothing in a message can become a command.
+//! reply. No shell is involved, so nothing in a message can become a command. While it runs, its
+//! complete lines of plain text are shown on the turn's `partial` (the text so far).
 //!
 //! Must never: pass the gateway's environment (its secrets) to the program, leave it running after
 //! its timeout, or let it fill memory (what is kept of stdout and stderr is capped; the rest is
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::turn::{answer_from, is_answer, Agent, AgentError, Turn};
+use super::turn::{answer_from, is_answer, Agent, AgentError, Partial, Turn};
 use crate::wecom::AppMessage;
 
 /// Most reply bytes read from the program; more is an error rather than a memory problem.
@@ -115,7 +116,7 @@ impl Agent for CommandAgent {
             };
             let (_, out, err) = tokio::join!(
                 write,
-                read_capped(stdout, MAX_STDOUT),
+                read_stdout(stdout, MAX_STDOUT, turn.partial),
                 read_capped(stderr, MAX_STDERR)
             );
             let status = child.wait().await;
@@ -169,6 +170,52 @@ impl Agent for CommandAgent {
             _ => Ok(vec![AppMessage::text(text)]),
         }
     }
+}
+
+/// Read stdout to its end as `read_capped` does, showing on `partial` the text of its complete
+/// lines as each arrives. Output that begins with `{` is taken for an answer document being
+/// written and is not shown (the member would see raw JSON); nor is output that is not UTF-8.
+async fn read_stdout(
+    pipe: Option<impl AsyncRead + Unpin>,
+    cap: u64,
+    partial: Option<&Partial>,
+) -> (Vec<u8>, u64) {
+    let Some(partial) = partial else {
+        // Nothing to show: read it whole.
+        return read_capped(pipe, cap).await;
+    };
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), 0);
+    };
+    let mut kept = Vec::new();
+    let mut shown_to = 0;
+    let mut chunk = vec![0; 8192];
+    loop {
+        let room = usize::try_from(cap).unwrap_or(usize::MAX) - kept.len();
+        let n = match pipe.read(&mut chunk[..room.min(8192)]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        kept.extend_from_slice(&chunk[..n]);
+        // Up to and including the last newline: the complete lines.
+        let complete = kept
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        if complete > shown_to {
+            shown_to = complete;
+            if let Ok(text) = std::str::from_utf8(&kept[..complete]) {
+                let text = text.trim();
+                if !text.starts_with('{') {
+                    partial.set(text);
+                }
+            }
+        }
+    }
+    let dropped = tokio::io::copy(&mut pipe, &mut tokio::io::sink())
+        .await
+        .unwrap_or(0);
+    (kept, dropped)
 }
 
 /// Read `pipe` to its end, keeping the first `cap` bytes; returns them and how many more were

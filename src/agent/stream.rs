@@ -1,10 +1,12 @@
-//! A chat completions answer streamed as Server-Sent Events (`stream: true`), read as the text
-//! deltas it carries: the openai and hermes agents join them into one answer; a streamed reply
-//! can pass them on as they come.
+//! Streamed answers read as they arrive: a chat completions answer streamed as Server-Sent Events
+//! (`stream: true`), read as the text deltas it carries (the openai and hermes agents join them
+//! into one answer), and the http agent's streamed answer (SSE or one JSON object per line), read
+//! as the events it carries.
 //!
-//! Owns: SSE framing (lines, `event:` and `data:` fields, comments), which events carry text (the
-//! unnamed ones; Hermes's `hermes.tool.progress` and other named events are skipped), the end
-//! marker `data: [DONE]`, and how much of a stream is held in memory.
+//! Owns: SSE framing (lines, `event:` and `data:` fields, comments) and line-delimited framing
+//! (NDJSON), the one place either is read; which chat completions events carry text (the unnamed
+//! ones; Hermes's `hermes.tool.progress` and other named events are skipped), the end marker
+//! `data: [DONE]`, and how much of a stream is held in memory.
 //!
 //! Must never: hold more than its bound (a line, or the joined text) in memory, take a stream that
 //! stopped before `[DONE]` for a whole answer, or keep the connection once its reader is dropped
@@ -46,10 +48,22 @@ impl StreamError {
     }
 }
 
-/// SSE framing over bytes as they arrive: complete lines become fields, a blank line ends an
-/// event. Pure, so chunk boundaries anywhere (mid-line, mid-character) read the same.
+/// How a stream's body is cut into events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Server-Sent Events (`text/event-stream`): `data:` lines, an event ended by a blank line.
+    #[default]
+    Sse,
+    /// One event per line (`application/x-ndjson`); blank lines are skipped.
+    Lines,
+}
+
+/// Framing over bytes as they arrive: complete lines become fields (SSE) or events (lines), a
+/// blank line ends an SSE event. Pure, so chunk boundaries anywhere (mid-line, mid-character) read
+/// the same.
 #[derive(Debug, Default)]
 struct Framing {
+    format: Format,
     /// The current line's bytes so far (decoded once whole: a character may span two chunks).
     line: Vec<u8>,
     /// Lines read, for naming a broken one.
@@ -61,16 +75,24 @@ struct Framing {
     started: usize,
 }
 
-/// One complete SSE event that carries data.
+/// One complete event that carries data: an SSE event, or a line.
 #[derive(Debug, PartialEq)]
-struct Event {
-    name: Option<String>,
-    data: String,
+pub struct Event {
+    /// The SSE `event:` name; `None` for an unnamed event and for a line.
+    pub name: Option<String>,
+    pub data: String,
     /// The line its data began on, for errors.
-    line: usize,
+    pub line: usize,
 }
 
 impl Framing {
+    fn new(format: Format) -> Self {
+        Framing {
+            format,
+            ..Framing::default()
+        }
+    }
+
     fn push(&mut self, bytes: &[u8], limit: usize) -> Result<Vec<Event>, StreamError> {
         let mut events = Vec::new();
         for piece in bytes.split_inclusive(|b| *b == b'\n') {
@@ -88,11 +110,37 @@ impl Framing {
                 why: "not UTF-8".into(),
             })?;
             let line = line.trim_end_matches('\n').trim_end_matches('\r');
-            if let Some(event) = self.field(line, limit)? {
-                events.push(event);
-            }
+            let event = match self.format {
+                Format::Sse => self.field(line, limit)?,
+                Format::Lines => self.whole_line(line),
+            };
+            events.extend(event);
         }
         Ok(events)
+    }
+
+    /// A line of a line-delimited stream: an event unless blank.
+    fn whole_line(&mut self, line: &str) -> Option<Event> {
+        (!line.trim().is_empty()).then(|| Event {
+            name: None,
+            data: line.to_owned(),
+            line: self.lines,
+        })
+    }
+
+    /// The body has ended: a line-delimited stream's last line may lack its newline. (An SSE
+    /// event not ended by a blank line is dropped, as SSE says.)
+    fn finish(&mut self) -> Result<Option<Event>, StreamError> {
+        if self.format != Format::Lines || self.line.is_empty() {
+            return Ok(None);
+        }
+        let raw = std::mem::take(&mut self.line);
+        self.lines += 1;
+        let line = std::str::from_utf8(&raw).map_err(|_| StreamError::Broken {
+            line: self.lines,
+            why: "not UTF-8".into(),
+        })?;
+        Ok(self.whole_line(line.trim_end_matches('\r')))
     }
 
     /// One line: a field of the current event, a comment, or the blank line that ends the event.
@@ -182,57 +230,83 @@ fn meaning(event: Event) -> Result<Meaning, StreamError> {
 }
 
 /// At most 200 characters of what a server said, for an error.
-fn excerpt(text: &str) -> String {
+pub(crate) fn excerpt(text: &str) -> String {
     text.chars().take(200).collect()
 }
 
-/// The text deltas of a streamed answer, in order, read as the body arrives. Dropping it drops
-/// the response, which closes the connection: a server that watches it stops the run.
-pub struct Deltas {
+/// A streamed body's events, in order, read as the body arrives. Dropping it drops the response,
+/// which closes the connection: a server that watches it stops the run.
+pub struct Frames {
     response: reqwest::Response,
     framing: Framing,
-    ready: VecDeque<String>,
-    done: bool,
+    ready: VecDeque<Event>,
+    ended: bool,
     limit: usize,
+}
+
+impl Frames {
+    /// Reads `response` as `format`; no line may be longer than `limit` bytes.
+    pub fn new(response: reqwest::Response, format: Format, limit: usize) -> Self {
+        Frames {
+            response,
+            framing: Framing::new(format),
+            ready: VecDeque::new(),
+            ended: false,
+            limit,
+        }
+    }
+
+    /// The next event; `None` once the body has ended (whether that is the whole answer is the
+    /// reader's to say).
+    pub async fn next(&mut self) -> Result<Option<Event>, StreamError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.response.chunk().await.map_err(StreamError::body)? {
+                Some(bytes) => self.ready.extend(self.framing.push(&bytes, self.limit)?),
+                None => {
+                    self.ended = true;
+                    self.ready.extend(self.framing.finish()?);
+                }
+            }
+        }
+    }
+}
+
+/// The text deltas of a streamed chat completions answer, in order, read as the body arrives.
+pub struct Deltas {
+    frames: Frames,
+    done: bool,
 }
 
 impl Deltas {
     /// Reads `response` (a `text/event-stream` body); no line may be longer than `limit` bytes.
     pub fn new(response: reqwest::Response, limit: usize) -> Self {
         Deltas {
-            response,
-            framing: Framing::default(),
-            ready: VecDeque::new(),
+            frames: Frames::new(response, Format::Sse, limit),
             done: false,
-            limit,
         }
     }
 
     /// The next piece of text; `None` once `data: [DONE]` has come. A stream that closes before
     /// it is [`StreamError::Truncated`].
     pub async fn next(&mut self) -> Result<Option<String>, StreamError> {
-        loop {
-            if let Some(text) = self.ready.pop_front() {
-                return Ok(Some(text));
-            }
-            if self.done {
-                return Ok(None);
-            }
-            let Some(bytes) = self.response.chunk().await.map_err(StreamError::body)? else {
+        // What follows [DONE] is not read: the answer is whole.
+        while !self.done {
+            let Some(event) = self.frames.next().await? else {
                 return Err(StreamError::Truncated);
             };
-            for event in self.framing.push(&bytes, self.limit)? {
-                match meaning(event)? {
-                    Meaning::Text(text) => self.ready.push_back(text),
-                    // What follows [DONE] is not read: the answer is whole.
-                    Meaning::Done => {
-                        self.done = true;
-                        break;
-                    }
-                    Meaning::Nothing => {}
-                }
+            match meaning(event)? {
+                Meaning::Text(text) => return Ok(Some(text)),
+                Meaning::Done => self.done = true,
+                Meaning::Nothing => {}
             }
         }
+        Ok(None)
     }
 }
 
@@ -261,7 +335,7 @@ mod tests {
     use super::*;
 
     fn read(chunks: &[&[u8]]) -> Result<(Vec<Meaning>, bool), StreamError> {
-        let mut framing = Framing::default();
+        let mut framing = Framing::new(Format::Sse);
         let mut out = Vec::new();
         for chunk in chunks {
             for event in framing.push(chunk, 64)? {
@@ -294,6 +368,35 @@ mod tests {
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"half\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"error\"}]}\n\ndata: [DONE]\n\n";
         let read = read(&[stream.as_bytes()]);
         assert!(matches!(read, Err(StreamError::Server(_))), "{read:?}");
+    }
+
+    #[test]
+    fn lines_are_events_wherever_chunks_cut_them_and_the_last_needs_no_newline() {
+        let stream = "{\"delta\":\"你\"}\r\n\n{\"delta\":\"好\"}\n{\"text\":\"x\"}";
+        let read = |chunks: &[&[u8]]| {
+            let mut framing = Framing::new(Format::Lines);
+            let mut out = Vec::new();
+            for chunk in chunks {
+                out.extend(framing.push(chunk, 64).unwrap());
+            }
+            out.extend(framing.finish().unwrap());
+            out.into_iter()
+                .map(|e| (e.data, e.line))
+                .collect::<Vec<_>>()
+        };
+        let whole = read(&[stream.as_bytes()]);
+        assert_eq!(
+            whole,
+            vec![
+                ("{\"delta\":\"你\"}".to_owned(), 1),
+                ("{\"delta\":\"好\"}".to_owned(), 3),
+                ("{\"text\":\"x\"}".to_owned(), 4),
+            ]
+        );
+        for cut in 1..stream.len() {
+            let (a, b) = stream.as_bytes().split_at(cut);
+            assert_eq!(read(&[a, b]), whole, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_streams;
 mod agents;
 mod aibot;
 mod aibot_fake;

@@ -4,6 +4,7 @@
 //! the binary and the tests run exactly the same thing.
 
 pub mod agent;
+pub mod aibot;
 pub mod allowlist;
 pub mod api_token;
 pub mod app;

@@ -4,6 +4,7 @@
 mod support;
 
 mod agents;
+mod aibot_payloads;
 mod binary;
 mod callback;
 mod config;

@@ -8,7 +8,12 @@
 //!
 //! Compatibility choices (see docs/wecom-protocol.md §2.9): the key is decoded with trailing bits allowed
 //! (the console produces non-canonical base64), padding is PKCS#7 over 32-byte blocks (pad 1..=32), the
-//! receive id must match exactly, and signatures are compared in constant time.
+//! receive id must match exactly when one is configured, and signatures are compared in constant time.
+//! An empty configured receive id (AI bots' URL mode) accepts any trailing id, as WeCom's own Node SDK
+//! does: WeCom documents the id as empty for bots but does not say what it puts in the frame.
+//!
+//! The same key decoding and cipher serve AI bots' media files (`AesKey::from_base64`,
+//! `AesKey::decrypt_padded`), so there is one decoder and one unpadding rule.
 
 use aes::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use base64::alphabet;
@@ -84,13 +89,32 @@ impl AesKey {
                 "must be {ENCODING_AES_KEY_LEN} characters, got {len}"
             )));
         }
-        if !encoding_aes_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Self::decode(encoding_aes_key)
+    }
+
+    /// Decode a key given as base64 with or without its one `=` (43 or 44 characters): AI bots'
+    /// per-file `aeskey` comes unpadded in some answers, padded in others.
+    pub fn from_base64(key: &str) -> Result<Self, CryptoError> {
+        let unpadded = key.strip_suffix('=').unwrap_or(key);
+        let len = unpadded.chars().count();
+        if len != ENCODING_AES_KEY_LEN {
+            return Err(CryptoError::IllegalAesKey(format!(
+                "must be {ENCODING_AES_KEY_LEN} characters (44 with a trailing =), got {}",
+                key.chars().count()
+            )));
+        }
+        Self::decode(unpadded)
+    }
+
+    /// The one decoder behind both forms: 43 base64 characters, trailing bits allowed.
+    fn decode(unpadded: &str) -> Result<Self, CryptoError> {
+        if !unpadded.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(CryptoError::IllegalAesKey(
                 "must contain only the characters A-Z, a-z and 0-9".into(),
             ));
         }
         let mut padded = String::with_capacity(ENCODING_AES_KEY_LEN + 1);
-        padded.push_str(encoding_aes_key);
+        padded.push_str(unpadded);
         padded.push('=');
         let bytes = KEY_ENGINE
             .decode(padded)
@@ -105,6 +129,47 @@ impl AesKey {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&self.0[..16]);
         iv
+    }
+
+    /// AES-256-CBC (IV = the key's first 16 bytes) and WeCom's PKCS#7 over 32-byte blocks, checked.
+    pub fn decrypt_padded(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
+            return Err(CryptoError::DecryptAes(
+                "ciphertext length is not a non-zero multiple of 16",
+            ));
+        }
+        let mut buf = ciphertext.to_vec();
+        let plain_len = Aes256CbcDec::new(&self.0.into(), &self.iv().into())
+            .decrypt_padded_mut::<NoPadding>(&mut buf)
+            .map_err(|_| CryptoError::DecryptAes("block decryption failed"))?
+            .len();
+        let pad = usize::from(
+            *buf[..plain_len]
+                .last()
+                .ok_or(CryptoError::DecryptAes("empty"))?,
+        );
+        if !(1..=PAD_BLOCK).contains(&pad) || pad > plain_len {
+            return Err(CryptoError::DecryptAes(
+                "PKCS#7 pad value out of range 1..=32",
+            ));
+        }
+        buf.truncate(plain_len - pad);
+        Ok(buf)
+    }
+
+    /// The inverse of `decrypt_padded`: pads `plain` to a multiple of 32 (a whole block when already
+    /// aligned) and encrypts it.
+    pub fn encrypt_padded(&self, plain: &[u8]) -> Vec<u8> {
+        let pad = PAD_BLOCK - plain.len() % PAD_BLOCK;
+        let mut buf = Vec::with_capacity(plain.len() + pad);
+        buf.extend_from_slice(plain);
+        buf.resize(plain.len() + pad, pad as u8);
+        let len = buf.len();
+        Aes256CbcEnc::new(&self.0.into(), &self.iv().into())
+            .encrypt_padded_mut::<NoPadding>(&mut buf, len)
+            .map(<[u8]>::to_vec)
+            // Unreachable: the buffer is a multiple of 32 bytes, so no padding is needed.
+            .unwrap_or_default()
     }
 }
 
@@ -145,7 +210,8 @@ pub fn verify_signature(
     }
 }
 
-/// One app's crypto parameters: token, AES key and receive id (the corp id for self-built apps).
+/// One app's crypto parameters: token, AES key and receive id (the corp id for self-built apps, empty
+/// for AI bots).
 #[derive(Clone)]
 pub struct MsgCrypt {
     token: String,
@@ -203,24 +269,10 @@ impl MsgCrypt {
 
     /// Decrypt the base64 `Encrypt` text (signature already checked) into the message bytes.
     pub fn decrypt(&self, encrypt: &str) -> Result<Vec<u8>, CryptoError> {
-        let mut buf = STANDARD
+        let ct = STANDARD
             .decode(encrypt.trim())
             .map_err(|_| CryptoError::DecodeBase64)?;
-        if buf.is_empty() || buf.len() % 16 != 0 {
-            return Err(CryptoError::DecryptAes(
-                "ciphertext length is not a non-zero multiple of 16",
-            ));
-        }
-        let plain = Aes256CbcDec::new(&self.key.0.into(), &self.key.iv().into())
-            .decrypt_padded_mut::<NoPadding>(&mut buf)
-            .map_err(|_| CryptoError::DecryptAes("block decryption failed"))?;
-        let pad = usize::from(*plain.last().ok_or(CryptoError::DecryptAes("empty"))?);
-        if !(1..=PAD_BLOCK).contains(&pad) || pad > plain.len() {
-            return Err(CryptoError::DecryptAes(
-                "PKCS#7 pad value out of range 1..=32",
-            ));
-        }
-        let body = &plain[..plain.len() - pad];
+        let body = self.key.decrypt_padded(&ct)?;
         if body.len() < HEADER_LEN {
             return Err(CryptoError::IllegalBuffer(
                 "shorter than the 20-byte header",
@@ -234,7 +286,8 @@ impl MsgCrypt {
             return Err(CryptoError::IllegalBuffer("msg_len exceeds the buffer"));
         }
         let (msg, receive_id) = rest.split_at(msg_len);
-        if receive_id.ct_eq(self.receive_id.as_bytes()).into() {
+        // No receive id configured (an AI bot): whatever WeCom put there is not checked.
+        if self.receive_id.is_empty() || bool::from(receive_id.ct_eq(self.receive_id.as_bytes())) {
             Ok(msg.to_vec())
         } else {
             Err(CryptoError::ValidateCorpId)
@@ -244,22 +297,13 @@ impl MsgCrypt {
     /// Encrypt `msg` into base64 `Encrypt` text. `random` is the 16-byte prefix; the caller supplies
     /// it so this stays pure (the gateway uses a CSPRNG, tests use fixed bytes).
     pub fn encrypt(&self, msg: &[u8], random: [u8; 16]) -> String {
-        let unpadded = HEADER_LEN + msg.len() + self.receive_id.len();
-        let pad = PAD_BLOCK - unpadded % PAD_BLOCK;
-        let mut buf = Vec::with_capacity(unpadded + pad);
-        buf.extend_from_slice(&random);
+        let mut frame = Vec::with_capacity(HEADER_LEN + msg.len() + self.receive_id.len());
+        frame.extend_from_slice(&random);
         // A message over 4 GiB cannot arrive here: HTTP bodies are limited far below that.
-        buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        buf.extend_from_slice(msg);
-        buf.extend_from_slice(self.receive_id.as_bytes());
-        buf.resize(unpadded + pad, pad as u8);
-        let len = buf.len();
-        let ct = Aes256CbcEnc::new(&self.key.0.into(), &self.key.iv().into())
-            .encrypt_padded_mut::<NoPadding>(&mut buf, len)
-            .map(<[u8]>::to_vec)
-            // Unreachable: the buffer is a multiple of 32 bytes, so no padding is needed.
-            .unwrap_or_default();
-        STANDARD.encode(ct)
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(msg);
+        frame.extend_from_slice(self.receive_id.as_bytes());
+        STANDARD.encode(self.key.encrypt_padded(&frame))
     }
 
     /// Build the encrypted XML envelope WeCom sends .

@@ -5,6 +5,7 @@
 //!
 //! This file holds the configured bots at run time. Must never: show a bot's Secret.
 
+pub mod callback_body;
 pub mod frame;
 pub mod inbound;
 pub mod link;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::frame;
-use super::inbound::{Content, Inbound};
+use super::inbound::{Content, Event, Inbound};
 use super::link::Pushed;
 use super::settings::GroupSession;
 use super::stored;
@@ -117,17 +117,24 @@ async fn check_and_store(
     connection: Option<u64>,
 ) -> Result<Taken, NotTaken> {
     let name = &bot.config.name;
-    let inbound = Inbound::parse(body).map_err(|e| NotTaken::Unreadable(e.to_string()))?;
-    if !inbound.bot_id.is_empty() && inbound.bot_id != bot.config.bot_id {
-        tracing::warn!(aibot = %name, aibotid = ?inbound.bot_id, "a message for another bot id than this bot's bot_id; ignored (check aibots[].bot_id)");
+    let inbound = Inbound::from_value(body).map_err(|e| NotTaken::Unreadable(e.to_string()))?;
+    if let Some(id) = inbound
+        .aibotid
+        .as_deref()
+        .filter(|id| *id != bot.config.bot_id)
+    {
+        tracing::warn!(aibot = %name, aibotid = ?id, "a message for another bot id than this bot's bot_id; ignored (check aibots[].bot_id)");
         return Ok(Taken::Ignored);
     }
-    let user = &inbound.user_id;
-    if let Some(chat) = &inbound.chat_id {
+    let user = inbound
+        .from
+        .as_ref()
+        .map(|f| f.userid.as_str())
+        .unwrap_or("");
+    if let Some(chat) = &inbound.chatid {
         // WeCom pushes only messages that mention the bot; one without a mention is not for it.
-        if matches!(inbound.content, Content::Text(_))
-            && !inbound.text_for_agent_raw().contains('@')
-        {
+        let text = matches!(inbound.content, Content::Text(_) | Content::Mixed(_));
+        if text && !inbound.text_for_agent().contains('@') {
             tracing::debug!(aibot = %name, chat = ?chat, "a group message that does not mention the bot; ignored");
             return Ok(Taken::Ignored);
         }
@@ -136,18 +143,16 @@ async fn check_and_store(
             return Ok(Taken::Ignored);
         }
     }
-    if !inbound.user_id.is_empty() && !bot.config.allowlist.allows("", user) {
+    if !user.is_empty() && !bot.config.allowlist.allows("", user) {
         tracing::warn!(aibot = %name, user = ?user, "message from a user who is not on the bot's allowlist: not passed to the agent");
         return Ok(Taken::Ignored);
     }
-    if let Content::Event { event_type, .. } = &inbound.content {
-        if event_type == "enter_chat" {
-            welcome(bot, req_id).await;
-        }
+    if inbound.content == Content::Event(Event::EnterChat) {
+        welcome(bot, req_id).await;
     }
     let user_key = session_key(
         &bot.config.bot_id,
-        inbound.chat_id.as_deref(),
+        inbound.chatid.as_deref(),
         user,
         bot.config.group_session,
     );
@@ -159,7 +164,7 @@ async fn check_and_store(
     };
     match store.push(job).await? {
         Queued::Queued => {
-            tracing::debug!(aibot = %name, user = ?user_key, msgtype = %inbound.msgtype, "AI bot message queued");
+            tracing::debug!(aibot = %name, user = ?user_key, "AI bot message queued");
             Ok(Taken::Queued)
         }
         Queued::Duplicate => {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::inbound::{Content, Inbound};
+use super::inbound::{self, strip_mention, Content, Inbound, MediaRef};
 use crate::message::{Event, InboundMessage, MessageError, MessageKind};
 
 const REQ_ID: &str = "req_id";
@@ -67,85 +67,122 @@ pub fn dedup_key(bot_id: &str, msgid: &str) -> String {
 
 /// A stored payload as the message the worker and agents get.
 pub fn read(payload: &str) -> Result<InboundMessage, MessageError> {
-    let stored: Value = serde_json::from_str(payload).map_err(|e| MessageError::Invalid {
-        field: "payload",
-        reason: e.to_string(),
-    })?;
-    let inbound = Inbound::parse(&stored["body"]).map_err(|e| MessageError::Invalid {
-        field: "body",
-        reason: e.to_string(),
-    })?;
+    let invalid = |field, reason: String| MessageError::Invalid { field, reason };
+    let stored: Value =
+        serde_json::from_str(payload).map_err(|e| invalid("payload", e.to_string()))?;
+    let inbound =
+        Inbound::from_value(&stored["body"]).map_err(|e| invalid("body", e.to_string()))?;
     let mut raw = BTreeMap::new();
-    if let Some(req_id) = stored[REQ_ID].as_str() {
-        raw.insert(REQ_ID.to_owned(), req_id.to_owned());
-    }
-    if let Some(n) = stored[CONNECTION].as_u64() {
-        raw.insert(CONNECTION.to_owned(), n.to_string());
-    }
-    if let Some(id) = stored[STREAM_ID].as_str() {
-        raw.insert(STREAM_ID.to_owned(), id.to_owned());
-    }
-    if let Some(ms) = stored[RECEIVED_MS].as_i64() {
-        raw.insert(RECEIVED_MS.to_owned(), ms.to_string());
-    }
-    if let Some(chat) = &inbound.chat_id {
-        raw.insert(CHAT_ID.to_owned(), chat.clone());
-    }
-    if let Some(url) = &inbound.response_url {
-        raw.insert(RESPONSE_URL.to_owned(), url.clone());
-    }
-    let kind = match &inbound.content {
-        Content::Image { url, aeskey } => {
-            raw.insert(MEDIA_URL.to_owned(), url.clone());
-            if let Some(key) = aeskey {
-                raw.insert(MEDIA_AESKEY.to_owned(), key.clone());
-            }
-            MessageKind::Image {
-                pic_url: url.clone(),
-                media_id: String::new(),
-            }
+    let mut keep = |key: &str, value: Option<String>| {
+        if let Some(value) = value {
+            raw.insert(key.to_owned(), value);
         }
-        Content::File {
-            url,
-            aeskey,
-            file_name,
-        } => {
-            raw.insert(MEDIA_URL.to_owned(), url.clone());
-            if let Some(key) = aeskey {
-                raw.insert(MEDIA_AESKEY.to_owned(), key.clone());
-            }
-            MessageKind::File {
-                media_id: String::new(),
-                file_name: file_name.clone().unwrap_or_default(),
-            }
-        }
-        Content::Event { event_type, event } => MessageKind::Event(match event_type.as_str() {
-            "template_card_event" => {
-                let card = &event["template_card_event"];
-                let text = |k: &str| card[k].as_str().unwrap_or("").to_owned();
-                Event::TemplateCard {
-                    event_key: text("event_key"),
-                    task_id: text("task_id"),
-                    card_type: text("card_type"),
-                    response_code: String::new(),
+    };
+    keep(REQ_ID, stored[REQ_ID].as_str().map(str::to_owned));
+    keep(
+        CONNECTION,
+        stored[CONNECTION].as_u64().map(|n| n.to_string()),
+    );
+    keep(STREAM_ID, stored[STREAM_ID].as_str().map(str::to_owned));
+    keep(
+        RECEIVED_MS,
+        stored[RECEIVED_MS].as_i64().map(|n| n.to_string()),
+    );
+    keep(CHAT_ID, inbound.chatid.clone());
+    keep(RESPONSE_URL, inbound.response_url.clone());
+    let media = |m: &MediaRef, raw: &mut dyn FnMut(&str, Option<String>)| {
+        raw(MEDIA_URL, Some(m.url.clone()));
+        raw(MEDIA_AESKEY, m.aeskey.clone());
+    };
+    // In a group, the member's own words without the mention (a quote keeps what it quoted).
+    let text = || MessageKind::Text {
+        content: match &inbound.chatid {
+            None => inbound.text_for_agent(),
+            Some(_) => {
+                let own = Inbound {
+                    quote: None,
+                    ..inbound.clone()
                 }
+                .text_for_agent();
+                let own = strip_mention(&own, None);
+                let whole = Inbound {
+                    content: Content::Text(own),
+                    ..inbound.clone()
+                };
+                whole.text_for_agent()
             }
-            other => Event::Other {
-                event: other.to_owned(),
-                event_key: None,
-            },
-        }),
-        _ => MessageKind::Text {
-            content: inbound.text_for_agent(),
         },
     };
+    let (msg_type, kind) = match &inbound.content {
+        Content::Image(m) => {
+            media(m, &mut keep);
+            (
+                "image",
+                MessageKind::Image {
+                    pic_url: m.url.clone(),
+                    media_id: String::new(),
+                },
+            )
+        }
+        Content::File(m) => {
+            media(m, &mut keep);
+            (
+                "file",
+                MessageKind::File {
+                    media_id: String::new(),
+                    file_name: m.filename.clone().unwrap_or_default(),
+                },
+            )
+        }
+        Content::Event(event) => (
+            "event",
+            MessageKind::Event(match event {
+                inbound::Event::TemplateCard(card) => {
+                    let text = |t: &Option<String>| t.clone().unwrap_or_default();
+                    Event::TemplateCard {
+                        event_key: text(&card.event_key),
+                        task_id: text(&card.task_id),
+                        card_type: text(&card.card_type),
+                        response_code: String::new(),
+                    }
+                }
+                inbound::Event::EnterChat => Event::Other {
+                    event: "enter_chat".into(),
+                    event_key: None,
+                },
+                inbound::Event::Feedback(_) => Event::Other {
+                    event: "feedback_event".into(),
+                    event_key: None,
+                },
+                inbound::Event::Disconnected => Event::Other {
+                    event: "disconnected_event".into(),
+                    event_key: None,
+                },
+                inbound::Event::Other { eventtype, .. } => Event::Other {
+                    event: eventtype.clone(),
+                    event_key: None,
+                },
+            }),
+        ),
+        Content::Voice(_) => ("voice", text()),
+        Content::Mixed(_) => ("mixed", text()),
+        Content::Video(m) => {
+            media(m, &mut keep);
+            ("video", text())
+        }
+        _ => ("text", text()),
+    };
     Ok(InboundMessage {
-        to_user_name: inbound.bot_id.clone(),
-        from_user_name: inbound.user_id.clone(),
+        to_user_name: inbound.aibotid.clone().unwrap_or_default(),
+        from_user_name: inbound
+            .from
+            .as_ref()
+            .map(|f| f.userid.clone())
+            .unwrap_or_default(),
         create_time: inbound.create_time.unwrap_or(0),
         agent_id: None,
         msg_id: Some(inbound.msgid.clone()),
-        msg_type: inbound.msgtype.clone(),
+        msg_type: msg_type.to_owned(),
         kind,
         raw,
     })

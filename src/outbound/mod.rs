@@ -179,6 +179,11 @@ impl Outbound {
 
     /// Keep the rate windows together with other replicas through `windows` as well.
     /// Let media messages name files under these directories (none by default).
+    /// Where a media message's `path` may point (`media.agent_dirs`).
+    pub fn agent_dirs(&self) -> &[PathBuf] {
+        &self.agent_dirs
+    }
+
     pub fn with_agent_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.agent_dirs = dirs;
         self

@@ -109,7 +109,13 @@ impl Worker {
                     bubble.reply(&body, "template_card").await
                 }
                 media if media.media_type().is_some() => {
-                    match crate::aibot::upload::attach(&bot.link, media, &self.outbound).await {
+                    let attached = match bot.config.mode {
+                        Mode::LongConnection { .. } => {
+                            crate::aibot::upload::attach(&bot.link, media, &self.outbound).await
+                        }
+                        Mode::Callback { .. } => Err(crate::aibot::upload::UploadError::UrlMode),
+                    };
+                    match attached {
                         Ok(body) => bubble.reply(&body, "media").await,
                         Err(e) => {
                             tracing::error!(job = job.id, aibot = %name, error = %e, "cannot send the agent's {} message", media.msgtype());

@@ -33,11 +33,15 @@ fn crypt(set: &Value) -> MsgCrypt {
     .expect("valid key")
 }
 
-fn set_b() -> (MsgCrypt, Value) {
-    let set = vectors()
+fn named(name: &str) -> Value {
+    vectors()
         .into_iter()
-        .find(|v| v["name"] == "B")
-        .expect("set B");
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("set {name}"))
+}
+
+fn set_b() -> (MsgCrypt, Value) {
+    let set = named("B");
     (crypt(&set), set)
 }
 
@@ -330,4 +334,69 @@ proptest! {
         let c = MsgCrypt::new("token", "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "corp").unwrap();
         let _ = c.decrypt(&STANDARD.encode(&bytes));
     }
+}
+
+/// Check the signature of a JSON-format vector and decrypt it.
+fn open_json(c: &MsgCrypt, v: &Value) -> Result<Vec<u8>, CryptoError> {
+    c.verify(
+        s(v, &["msg_signature"]),
+        s(v, &["timestamp"]),
+        s(v, &["nonce"]),
+        s(v, &["encrypt"]),
+    )?;
+    c.decrypt(s(v, &["encrypt"]))
+}
+
+#[test]
+fn official_json_vectors_decrypt_with_the_corp_id() {
+    for set in vectors() {
+        let v = &set["decrypt_json"];
+        let plain = open_json(&crypt(&set), v).expect("decrypt");
+        assert_eq!(
+            plain,
+            s(v, &["plaintext"]).as_bytes(),
+            "set {}",
+            set["name"]
+        );
+    }
+}
+
+#[test]
+fn an_empty_receive_id_accepts_any_trailing_id() {
+    // AI bots are configured with an empty receive id; the published JSON frame carries a corp id.
+    let set = named("A");
+    let v = &set["decrypt_json"];
+    let bot = MsgCrypt::new(s(&set, &["token"]), s(&set, &["encoding_aes_key"]), "").unwrap();
+    assert_eq!(
+        open_json(&bot, v).expect("non-empty trailing id"),
+        s(v, &["plaintext"]).as_bytes()
+    );
+    // A frame whose trailing id is empty, as the bot's own encrypt writes it.
+    let body = r#"{"msgid":"m1","msgtype":"text","text":{"content":"hi"}}"#;
+    let empty_trailer = bot.encrypt(body.as_bytes(), [3; 16]);
+    assert_eq!(bot.decrypt(&empty_trailer).unwrap(), body.as_bytes());
+    // URL verification goes through the same check.
+    let echo = bot.encrypt_msg("4242", "1700000000", "n", [1; 16]);
+    assert_eq!(
+        bot.verify_url(&echo.msg_signature, "1700000000", "n", &echo.encrypt)
+            .unwrap(),
+        "4242"
+    );
+}
+
+#[test]
+fn a_configured_receive_id_is_still_checked_exactly() {
+    let set = named("A");
+    let (token, key) = (s(&set, &["token"]), s(&set, &["encoding_aes_key"]));
+    let encrypt = s(&set, &["decrypt_json", "encrypt"]);
+    let other = MsgCrypt::new(token, key, "ww0000000000000000").unwrap();
+    assert_eq!(
+        other.decrypt(encrypt).unwrap_err(),
+        CryptoError::ValidateCorpId
+    );
+    // A frame with an empty trailing id does not pass for an app with a corp id.
+    let bot = MsgCrypt::new(token, key, "").unwrap();
+    let app = crypt(&set);
+    let ct = bot.encrypt(b"<xml/>", [9; 16]);
+    assert_eq!(app.decrypt(&ct).unwrap_err(), CryptoError::ValidateCorpId);
 }

@@ -7,6 +7,7 @@ mod agent_streams;
 mod agents;
 mod aibot;
 mod aibot_fake;
+mod aibot_payloads;
 mod aibot_process;
 mod binary;
 mod callback;

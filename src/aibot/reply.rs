@@ -170,47 +170,56 @@ impl<'a> Bubble<'a> {
         self.closed = true;
     }
 
-    /// One frame to the bubble, recorded once WeCom took it.
+    /// One frame to the bubble. Recorded before it is sent: once written to the connection it
+    /// has almost surely reached the member, so after a crash the record says what they see
+    /// (a record made after WeCom's answer would miss a frame the crash caught in flight, and
+    /// the rest sent later would repeat it). A frame WeCom refuses is taken back out.
     async fn frame(&mut self, content: &str, finish: bool) -> Result<(), LinkError> {
-        let first = self.streamed.started_ms == 0;
-        if first {
+        let before = self.streamed.clone();
+        if self.streamed.started_ms == 0 {
             self.streamed.started_ms = now_ms();
+        }
+        self.streamed.shown = content.to_owned();
+        self.streamed.finished |= finish;
+        if matches!(self.way, Way::Link(_)) {
+            self.record().await;
         }
         let sent = match self.way {
             Way::Polled { polls, .. } => {
                 polls.set(&self.streamed.id, content, finish);
                 Ok(Value::Null)
             }
-            Way::Link(link) => {
-                let Some(req_id) = self.to.req_id.as_deref() else {
-                    self.closed = true;
-                    return Err(LinkError::NotConnected);
-                };
-                let body = frame::stream(&self.streamed.id, content, finish);
-                link.request(frame::RESPOND, req_id, Some(&body), WAIT_CONNECTED)
-                    .await
-            }
+            Way::Link(link) => match self.to.req_id.as_deref() {
+                None => Err(LinkError::NotConnected),
+                Some(req_id) => {
+                    let body = frame::stream(&self.streamed.id, content, finish);
+                    link.request(frame::RESPOND, req_id, Some(&body), WAIT_CONNECTED)
+                        .await
+                }
+            },
         };
         match sent {
             Ok(_) => {
-                self.streamed.shown = content.to_owned();
-                self.streamed.finished |= finish;
                 self.closed |= finish;
-                self.record().await;
+                if matches!(self.way, Way::Polled { .. }) {
+                    self.record().await;
+                }
                 Ok(())
             }
+            // No answer: WeCom may have taken it, and the record says so; the next snapshot
+            // replaces it anyway.
+            Err(LinkError::Timeout) => Err(LinkError::Timeout),
             Err(e) => {
                 // The callback's req_id is over (another connection's, or expired), the
                 // stream's 6 minutes are over, or it cannot be sent now: what follows goes as
-                // messages, which need no req_id. A frame WeCom may have taken (no answer) is
-                // not sent again: the next snapshot replaces it anyway.
-                if !matches!(e, LinkError::Timeout) {
-                    tracing::warn!(job = self.job.id, aibot = %self.name, errcode = e.errcode(), error = %e, "the reply's stream cannot be updated; the rest of the answer goes as a message");
-                    self.closed = true;
-                }
-                if first {
-                    self.record().await;
-                }
+                // messages, which need no req_id.
+                tracing::warn!(job = self.job.id, aibot = %self.name, errcode = e.errcode(), error = %e, "the reply's stream cannot be updated; the rest of the answer goes as a message");
+                self.closed = true;
+                self.streamed = Streamed {
+                    started_ms: self.streamed.started_ms,
+                    ..before
+                };
+                self.record().await;
                 Err(e)
             }
         }

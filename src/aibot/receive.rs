@@ -63,8 +63,11 @@ pub async fn run(
             tracing::debug!(aibot = %bot.config.name, cmd = %pushed.cmd, "a frame from WeCom this gateway does not use; ignored");
             continue;
         }
-        let req_id = Some(pushed.req_id.as_str());
-        match take(&bot, &*store, &pushed.body, req_id, Some(pushed.connection)).await {
+        let arrival = Arrival::Pushed {
+            req_id: &pushed.req_id,
+            connection: pushed.connection,
+        };
+        match take(&bot, &*store, &pushed.body, arrival).await {
             Ok(_) => {}
             Err(NotTaken::Unreadable(why)) => {
                 tracing::warn!(aibot = %bot.config.name, error = %why, "a message from WeCom that cannot be read; ignored");
@@ -90,16 +93,23 @@ pub async fn run(
     }
 }
 
-/// Check and store one message or event (`body`, as WeCom sent it), with the `req_id` and
-/// connection a reply uses (none in URL mode).
+/// How a message came, and so how its reply goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Arrival<'a> {
+    /// Pushed over the long connection: the reply answers `req_id`.
+    Pushed { req_id: &'a str, connection: u64 },
+    /// Posted to the URL: the passive answer opened bubble `stream_id`, which WeCom polls.
+    Posted { stream_id: &'a str },
+}
+
+/// Check and store one message or event (`body`, as WeCom sent it).
 pub async fn take(
     bot: &Bot,
     store: &dyn Store,
     body: &Value,
-    req_id: Option<&str>,
-    connection: Option<u64>,
+    arrival: Arrival<'_>,
 ) -> Result<Taken, NotTaken> {
-    let taken = check_and_store(bot, store, body, req_id, connection).await;
+    let taken = check_and_store(bot, store, body, arrival).await;
     let result = match &taken {
         Ok(t) => t.label(),
         Err(NotTaken::Unreadable(_)) => "unreadable",
@@ -113,8 +123,7 @@ async fn check_and_store(
     bot: &Bot,
     store: &dyn Store,
     body: &Value,
-    req_id: Option<&str>,
-    connection: Option<u64>,
+    arrival: Arrival<'_>,
 ) -> Result<Taken, NotTaken> {
     let name = &bot.config.name;
     let inbound = Inbound::from_value(body).map_err(|e| NotTaken::Unreadable(e.to_string()))?;
@@ -147,7 +156,9 @@ async fn check_and_store(
         tracing::warn!(aibot = %name, user = ?user, "message from a user who is not on the bot's allowlist: not passed to the agent");
         return Ok(Taken::Ignored);
     }
-    if inbound.content == Content::Event(Event::EnterChat) {
+    if let (Content::Event(Event::EnterChat), Arrival::Pushed { req_id, .. }) =
+        (&inbound.content, arrival)
+    {
         welcome(bot, req_id).await;
     }
     let user_key = session_key(
@@ -160,7 +171,14 @@ async fn check_and_store(
         channel: Channel::AiBot(name.clone()),
         user_key: user_key.clone(),
         dedup_key: stored::dedup_key(&bot.config.bot_id, &inbound.msgid),
-        payload: stored::payload(req_id, connection, body),
+        payload: match arrival {
+            Arrival::Pushed { req_id, connection } => {
+                stored::payload(Some(req_id), Some(connection), body)
+            }
+            Arrival::Posted { stream_id } => {
+                stored::polled_payload(stream_id, crate::store::now_ms(), body)
+            }
+        },
     };
     match store.push(job).await? {
         Queued::Queued => {
@@ -190,8 +208,8 @@ pub fn session_key(
 }
 
 /// The welcome a member gets on opening the chat (`enter_chat`), within WeCom's 5 seconds.
-async fn welcome(bot: &Bot, req_id: Option<&str>) {
-    let (Some(text), Some(req_id)) = (&bot.config.welcome, req_id) else {
+async fn welcome(bot: &Bot, req_id: &str) {
+    let Some(text) = &bot.config.welcome else {
         return;
     };
     let body = json!({ "msgtype": "text", "text": { "content": text } });

@@ -81,6 +81,8 @@ pub struct Bubble<'a> {
     stream_for: Duration,
     /// WeCom no longer takes frames for the bubble (its req_id, or its time, is over).
     closed: bool,
+    /// An earlier try began the bubble.
+    resumed: bool,
 }
 
 impl<'a> Bubble<'a> {
@@ -109,6 +111,7 @@ impl<'a> Bubble<'a> {
         });
         let closed = streamed.finished || matches!(way, Way::Link(_)) && to.req_id.is_none();
         Bubble {
+            resumed: job.stream.is_some(),
             way,
             name,
             outbox,
@@ -122,6 +125,11 @@ impl<'a> Bubble<'a> {
 
     /// Whether an earlier try began this bubble.
     pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// Whether the member sees the bubble (it has had a frame, or URL mode's passive answer).
+    pub fn on_screen(&self) -> bool {
         self.streamed.started_ms > 0
     }
 

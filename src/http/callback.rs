@@ -27,16 +27,16 @@ use crate::store::{NewJob, Pushed};
 
 /// A refused callback: which check refused it and why. WeCom sees the status alone; the log says
 /// which check and why (with no secrets in either).
-struct Reject {
-    check: Check,
-    error: HttpError,
+pub(super) struct Reject {
+    pub(super) check: Check,
+    pub(super) error: HttpError,
 }
 
 /// The checks a callback passes, in order. Each names itself in the log (`check=`) and counts as
 /// one `result` of `wecom_gateway_callbacks_total`; the status and the log level come from the
 /// [`HttpError`] (the client's mistake is a 4xx and a warning, the server's a 5xx and an error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Check {
+pub(super) enum Check {
     Query,
     Replay,
     Signature,
@@ -75,7 +75,7 @@ impl Check {
     }
 }
 
-fn bad(check: Check, reason: impl Into<String>) -> Reject {
+pub(super) fn bad(check: Check, reason: impl Into<String>) -> Reject {
     Reject {
         check,
         error: HttpError::BadRequest(reason.into()),
@@ -156,22 +156,23 @@ impl IntoResponse for Reject {
 
 /// The signed query parameters every callback carries (and the URL check's `echostr`), borrowed
 /// from the query where no percent-decoding was needed.
-struct Signed<'q> {
-    msg_signature: Cow<'q, str>,
-    timestamp: Cow<'q, str>,
-    nonce: Cow<'q, str>,
-    echostr: Option<Cow<'q, str>>,
+pub(super) struct Signed<'q> {
+    pub(super) msg_signature: Cow<'q, str>,
+    pub(super) timestamp: Cow<'q, str>,
+    pub(super) nonce: Cow<'q, str>,
+    pub(super) echostr: Option<Cow<'q, str>>,
 }
 
 /// Parse the raw query. Values are percent-decoded exactly once and `+` stays `+`: an echostr holds
 /// base64 `+` characters, which form-decoding would wrongly turn into spaces. A parameter given
 /// twice counts the first time.
-fn signed_query(raw: Option<&str>) -> Result<Signed<'_>, Reject> {
+pub(super) fn signed_query(raw: Option<&str>) -> Result<Signed<'_>, Reject> {
     let [mut msg_signature, mut timestamp, mut nonce, mut echostr] = [None, None, None, None];
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let slot = match k {
-            "msg_signature" => &mut msg_signature,
+            // AI bots' callbacks have been seen with the other two spellings.
+            "msg_signature" | "msgsignature" | "signature" => &mut msg_signature,
             "timestamp" => &mut timestamp,
             "nonce" => &mut nonce,
             "echostr" => &mut echostr,
@@ -204,7 +205,7 @@ fn required<'q>(value: Option<Cow<'q, str>>, name: &'static str) -> Result<Cow<'
 
 /// Refuse a callback whose signed timestamp is further than `window` from the gateway's clock
 /// (zero: no window), so a recorded callback cannot be played back later.
-fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Reject> {
+pub(super) fn check_fresh(timestamp: &str, window: std::time::Duration) -> Result<(), Reject> {
     if window.is_zero() {
         return Ok(());
     }

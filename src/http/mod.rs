@@ -3,6 +3,7 @@
 //! Must never: answer 5xx for a client's mistake, or log query strings (the span records method and
 //! path only).
 
+pub mod aibot;
 pub mod api;
 pub mod callback;
 pub mod error;
@@ -31,6 +32,10 @@ pub fn router(state: AppState, callback_path: &str, max_body_bytes: usize) -> Ro
         .route(
             callback_path,
             get(callback::verify_url).post(callback::receive),
+        )
+        .route(
+            "/wecom/aibot/{name}",
+            get(aibot::verify_url).post(aibot::receive),
         )
         .layer(limit())
         .layer(middleware::map_response(callback::count_too_large))

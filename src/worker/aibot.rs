@@ -80,7 +80,7 @@ impl Worker {
         }
         let (text, others) = split_answer(answer);
         if text.is_empty() && others.is_empty() {
-            if bubble.resumed() || !settings.placeholder.is_empty() {
+            if bubble.on_screen() {
                 // A placeholder is on screen: the bubble must not stay "thinking".
                 let _ = bubble.finish("…").await;
             }
@@ -151,7 +151,7 @@ impl Worker {
         bubble: &mut Bubble<'_>,
     ) -> Option<Result<Vec<AppMessage>, AgentError>> {
         let settings = &bot.settings;
-        if !bubble.resumed() && !settings.placeholder.is_empty() {
+        if !bubble.on_screen() && !settings.placeholder.is_empty() {
             bubble.show(&settings.placeholder).await;
         }
         let (partial, mut written) = Partial::new();

@@ -329,3 +329,215 @@ async fn an_agent_that_fails_leaves_the_failure_message_in_the_bubble() {
     assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, sorry);
     app.stop().await;
 }
+
+mod url_mode {
+    use super::*;
+    use serde_json::{json, Value};
+    use wecom_gateway::aibot::callback_body::{CallbackBody, PassiveReply};
+    use wecom_gateway::crypto::MsgCrypt;
+
+    const TOKEN: &str = "aibot-url-token";
+    const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+
+    fn url_config() -> Config {
+        let mut config = config(&[], "http://127.0.0.1:9");
+        config.aibots.push(AiBotConfig {
+            name: "urlbot".into(),
+            bot_id: "aib-url".into(),
+            mode: Mode::Callback {
+                token: TOKEN.into(),
+                encoding_aes_key: KEY.into(),
+            },
+            allowlist: Allowlist {
+                allow_all: true,
+                users: vec![],
+            },
+            chats: Chats::default(),
+            group_session: GroupSession::Member,
+            welcome: None,
+            agent: None,
+        });
+        config
+    }
+
+    fn crypt() -> MsgCrypt {
+        MsgCrypt::new(TOKEN, KEY, "").unwrap()
+    }
+
+    /// WeCom's POST of `body` (encrypted and signed); the decrypted passive answer, if any.
+    async fn post(app: &TestApp, body: &Value) -> (u16, Option<Value>) {
+        let (ts, nonce) = (now_secs().to_string(), "nonce-1".to_owned());
+        let sealed = crypt().encrypt_msg(&body.to_string(), &ts, &nonce, rand::random());
+        let envelope = CallbackBody {
+            encrypt: sealed.encrypt.clone(),
+        }
+        .to_json();
+        let url = app.url(&format!(
+            "/wecom/aibot/urlbot?msg_signature={}&timestamp={ts}&nonce={nonce}",
+            sealed.msg_signature
+        ));
+        let resp = app.http.post(url).body(envelope).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        if text.is_empty() {
+            return (status, None);
+        }
+        let reply: PassiveReply = serde_json::from_str(&text).unwrap();
+        let plain = reply
+            .open(&crypt())
+            .expect("a passive answer signed and sealed with the bot's token and key");
+        (status, Some(serde_json::from_slice(&plain).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn a_posted_message_is_answered_with_a_bubble_that_polls_show_growing_until_finished() {
+        let gate = Arc::new(Semaphore::new(0));
+        let pieces: Vec<String> = ["一、", "二、", "三。"].map(String::from).to_vec();
+        let agent = Writing {
+            pieces: pieces.clone(),
+            gate: gate.clone(),
+        };
+        let app = TestApp::spawn_with_agent(url_config(), Arc::new(agent)).await;
+        let message = json!({"msgid": "m-1", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "数一数"},
+            "response_url": "http://127.0.0.1:9/response"});
+        let (status, answer) = post(&app, &message).await;
+        assert_eq!(status, 200);
+        let answer = answer.expect("a passive answer");
+        assert_eq!(answer["msgtype"], "stream");
+        assert_eq!(answer["stream"]["finish"], false);
+        assert_eq!(answer["stream"]["content"], "思考中…");
+        let id = answer["stream"]["id"].as_str().unwrap().to_owned();
+        // WeCom's retry of the same callback gets the same bubble.
+        let (_, again) = post(&app, &message).await;
+        assert_eq!(again.unwrap()["stream"]["id"], id.as_str());
+
+        let poll = json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
+        let mut so_far = String::new();
+        for piece in &pieces {
+            gate.add_permits(1);
+            so_far.push_str(piece);
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (_, shown) = post(&app, &poll).await;
+                let shown = shown.unwrap();
+                if shown["stream"]["content"] == so_far.as_str() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{shown} while waiting for {so_far}"
+                );
+                // WeCom's own polling cadence, much shortened.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, shown) = post(&app, &poll).await;
+            let shown = shown.unwrap();
+            if shown["stream"]["finish"] == true {
+                assert_eq!(shown["stream"]["content"], pieces.concat());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never finished: {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A bubble this process does not know is finished empty, so WeCom stops polling.
+        let unknown = json!({"msgid": "m-poll2", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": "s-unknown"}});
+        let (_, shown) = post(&app, &unknown).await;
+        assert_eq!(
+            shown.unwrap()["stream"],
+            json!({"id": "s-unknown", "finish": true, "content": ""})
+        );
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_url_check_answers_the_echostr_and_bad_signatures_are_refused() {
+        let app = TestApp::spawn_with_agent(url_config(), Arc::new(Echo)).await;
+        let (ts, nonce) = (now_secs().to_string(), "n2".to_owned());
+        let echostr = crypt().encrypt(b"1288432023552776189", rand::random());
+        let sig = crypt().sign(&ts, &nonce, &echostr);
+        let q = |sig: &str| {
+            let e =
+                percent_encoding::utf8_percent_encode(&echostr, percent_encoding::NON_ALPHANUMERIC);
+            format!(
+                "/wecom/aibot/urlbot?msg_signature={sig}&timestamp={ts}&nonce={nonce}&echostr={e}"
+            )
+        };
+        let resp = app.http.get(app.url(&q(&sig))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "1288432023552776189");
+        let resp = app.http.get(app.url(&q("0000"))).send().await.unwrap();
+        assert_eq!(resp.status(), 403);
+        let resp = app
+            .http
+            .get(app.url("/wecom/aibot/nobody?msg_signature=a&timestamp=1&nonce=1&echostr=x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        let resp = app
+            .http
+            .post(app.url(&q(&sig)))
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn what_does_not_fit_the_bubble_goes_once_to_the_response_url() {
+        use axum::routing::post as route_post;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let router = axum::Router::new().route(
+            "/response",
+            route_post(move |axum::Json(body): axum::Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    axum::Json(json!({"errcode": 0, "errmsg": "ok"}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        struct Long;
+        #[async_trait]
+        impl Agent for Long {
+            fn name(&self) -> &str {
+                "long"
+            }
+            async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+                Ok(vec![AppMessage::text("长".repeat(8000))])
+            }
+        }
+        let app = TestApp::spawn_with_agent(url_config(), Arc::new(Long)).await;
+        let message = json!({"msgid": "m-long", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "long"},
+            "response_url": format!("http://{addr}/response")});
+        let (_, answer) = post(&app, &message).await;
+        assert_eq!(answer.unwrap()["stream"]["finish"], false);
+        let sent = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent["msgtype"], "markdown");
+        let rest = sent["markdown"]["content"].as_str().unwrap();
+        assert_eq!(
+            rest.len() + 20478,
+            8000 * 3,
+            "the bubble's 20,478 bytes (6,826 characters), then the rest"
+        );
+        app.stop().await;
+    }
+}

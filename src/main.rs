@@ -337,7 +337,10 @@ fn simulate(
                 // The answer is on stdout already; the exit code says it was not a success.
                 anyhow::ensure!(answer.success, "not a success (the answer above says why)");
             }
-            None => simulate::run(config, sim).await?,
+            None => match sim.aibot.clone() {
+                Some(name) => simulate::aibot::run(config, sim, &name).await?,
+                None => simulate::run(config, sim).await?,
+            },
         }
         Ok(())
     })

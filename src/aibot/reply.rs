@@ -174,7 +174,7 @@ impl<'a> Bubble<'a> {
             &shown
         };
         tracing::info!(job = self.job.id, aibot = %self.name, "the reply's stream reached aibot.stream_secs: finished with what it shows; the rest follows as a message");
-        let _ = self.frame(&shown.to_owned(), true).await;
+        let _ = self.frame(shown, true).await;
         self.closed = true;
     }
 

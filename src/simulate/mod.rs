@@ -14,7 +14,7 @@
 //!
 //! Must never: talk to the real WeCom API, or print a secret.
 
-mod aibot;
+pub mod aibot;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -189,9 +189,6 @@ fn text_body(text: &str) -> String {
 
 /// Run the gateway in-process and play the member.
 pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateError> {
-    if let Some(name) = sim.aibot.clone() {
-        return aibot::run(config, sim, &name).await;
-    }
     let image =
         match &sim.image {
             Some(path) => Some(std::fs::read(path).map_err(|e| {

@@ -36,6 +36,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &["http", "worker", "agent", "store", "received", "config"],
     ),
     ("http", &["worker", "agent", "config"]),
+    ("aibot", &["http", "worker", "config", "simulate"]),
     ("worker", &["http"]),
 ];
 

@@ -642,6 +642,12 @@ fn printed_config_format_is_stable() {
             "      delay_ms: 5\n",
             "      ack_after: 1.5\n",
             "      events: [\"template_card_event\"]\n",
+            "aibots: []\n",
+            "aibot:\n",
+            "  ws_url: wss://openws.work.weixin.qq.com\n",
+            "  placeholder: \"思考中…\"\n",
+            "  update_ms: 500\n",
+            "  stream_secs: 300\n",
         )
     );
     let (d, _) = Config::load(None, single_app_env()).unwrap();
@@ -696,6 +702,12 @@ fn printed_config_format_is_stable() {
             "    corp_secret: '****'\n",
             "    token: '****'\n",
             "    encoding_aes_key: '****'\n",
+            "aibots: []\n",
+            "aibot:\n",
+            "  ws_url: wss://openws.work.weixin.qq.com\n",
+            "  placeholder: \"思考中…\"\n",
+            "  update_ms: 500\n",
+            "  stream_secs: 300\n",
         )
     );
 }

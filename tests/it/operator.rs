@@ -515,7 +515,7 @@ async fn metrics_count_every_callback_result_and_ready_reports_token_trouble_as_
         "# TYPE wecom_gateway_ack_seconds histogram",
         "wecom_gateway_wecom_calls_total{call=\"message_send\",errcode=\"0\"} 1",
         "wecom_gateway_token_fetches_total{app=\"default\",result=\"ok\"} 1",
-        "wecom_gateway_agent_seconds_count{agent=\"echo\"} 1",
+        "wecom_gateway_agent_seconds_count{agent=\"echo\",channel=\"app\"} 1",
         "# TYPE wecom_gateway_inbox_in_progress gauge",
     ] {
         assert!(text.contains(present), "no {present:?} in:\n{text}");

@@ -229,7 +229,8 @@ impl Backend {
             ALTER TABLE inbox DROP COLUMN errcode;
             ALTER TABLE deliveries DROP COLUMN retried_as;
             ALTER TABLE deliveries DROP COLUMN errcode;
-            ALTER TABLE inbox DROP COLUMN channel;";
+            ALTER TABLE inbox DROP COLUMN channel;
+            ALTER TABLE inbox DROP COLUMN stream;";
         match self {
             Backend::Memory => unreachable!("memory keeps nothing to upgrade"),
             Backend::Sqlite(dir) => {
@@ -328,7 +329,7 @@ async fn a_job_keeps_its_channel_and_an_unknown_one_is_not_handed_out(b: &Backen
     s.close().await;
 
     let (unknown, known) = (job("grace", 2, "sales"), job("heidi", 3, "sales"));
-    let set_kind = "UPDATE inbox SET channel = 'aibot' WHERE dedup_key = ";
+    let set_kind = "UPDATE inbox SET channel = 'carrier_pigeon' WHERE dedup_key = ";
     let sql = format!("{set_kind}'{}'", unknown.dedup_key.replace('\'', "''"));
     let s = b.open().await;
     s.store.push(unknown).await.unwrap();
@@ -351,7 +352,7 @@ async fn a_job_keeps_its_channel_and_an_unknown_one_is_not_handed_out(b: &Backen
         ),
         _ => {
             assert_eq!(failed.len(), 1, "{failed:?}");
-            let named = "channel \"aibot\" is not one this wecom-gateway knows";
+            let named = "channel \"carrier_pigeon\" is not one this wecom-gateway knows";
             assert!(failed[0].error.contains(named), "{failed:?}");
         }
     }

@@ -89,6 +89,11 @@ impl AesKey {
                 "must be {ENCODING_AES_KEY_LEN} characters, got {len}"
             )));
         }
+        if !encoding_aes_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(CryptoError::IllegalAesKey(
+                "must contain only the characters A-Z, a-z and 0-9".into(),
+            ));
+        }
         Self::decode(encoding_aes_key)
     }
 
@@ -103,16 +108,20 @@ impl AesKey {
                 key.chars().count()
             )));
         }
+        // A key made from random bytes uses all of base64's alphabet, `+` and `/` too.
+        if !unpadded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        {
+            return Err(CryptoError::IllegalAesKey(
+                "must contain only base64 characters (A-Z, a-z, 0-9, + and /)".into(),
+            ));
+        }
         Self::decode(unpadded)
     }
 
     /// The one decoder behind both forms: 43 base64 characters, trailing bits allowed.
     fn decode(unpadded: &str) -> Result<Self, CryptoError> {
-        if !unpadded.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(CryptoError::IllegalAesKey(
-                "must contain only the characters A-Z, a-z and 0-9".into(),
-            ));
-        }
         let mut padded = String::with_capacity(ENCODING_AES_KEY_LEN + 1);
         padded.push_str(unpadded);
         padded.push('=');

@@ -175,7 +175,16 @@ impl Link {
             Err(_) => Err(LinkError::Timeout),
             Ok(Err(_)) => Err(LinkError::Closed),
             Ok(Ok((0, _, body))) => Ok(body),
-            Ok(Ok((errcode, errmsg, _))) => Err(LinkError::Refused { errcode, errmsg }),
+            Ok(Ok((errcode, errmsg, _))) => {
+                if errcode == frame::NOT_SUBSCRIBED {
+                    // WeCom no longer counts this connection as subscribed (it was taken over,
+                    // or lost on WeCom's side): close it, so the bot connects and subscribes
+                    // again.
+                    tracing::warn!(aibot = %self.name, "WeCom says the connection is not subscribed (846609): connecting again");
+                    let _ = writer.send(Message::Close(None));
+                }
+                Err(LinkError::Refused { errcode, errmsg })
+            }
         }
     }
 
@@ -397,8 +406,12 @@ async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Push
                 }
             }
             Some(out) = outgoing.recv() => {
+                let closing = matches!(out, Message::Close(_));
                 if let Err(e) = sink.send(out).await {
                     return Ended::Dropped(format!("cannot send: {e}"));
+                }
+                if closing {
+                    return Ended::Dropped("WeCom no longer counts it as subscribed (846609)".into());
                 }
             }
             _ = ping.tick() => {

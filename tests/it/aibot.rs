@@ -541,3 +541,140 @@ mod url_mode {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn not_subscribed_846609_makes_the_bot_subscribe_again_and_the_answer_still_arrives() {
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.aibot.placeholder = String::new();
+    let app = TestApp::spawn_with_agent(config, Arc::new(Echo)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    fake.refuse_next("aibot_respond_msg", ERR_NOT_SUBSCRIBED, 1);
+    fake.inject_text(BOT_ID, "zhangsan", "still there?").await;
+    fake.wait_for_subscribed(BOT_ID, 2).await;
+    let pushed = fake.wait_for_pushed("zhangsan", 1).await;
+    assert_eq!(pushed, vec!["zhangsan@-: still there?".to_owned()]);
+    app.stop().await;
+}
+
+/// Answers with what it got: the file's size and hash (and, asked for a picture, a PNG).
+pub struct Files;
+
+pub const PNG: &[u8] = &[
+    0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I', b'H', b'D', b'R', 0, 0, 0,
+    1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0x0D, b'I', b'D', b'A', b'T',
+    0x78, 0x9C, 0x63, 0, 1, 0, 0, 5, 0, 1, 0x0D, 0x0A, 0x2D, 0xB4, 0, 0, 0, 0, b'I', b'E', b'N',
+    b'D', 0xAE, 0x42, 0x60, 0x82,
+];
+
+#[async_trait]
+impl Agent for Files {
+    fn name(&self) -> &str {
+        "files"
+    }
+    fn takes_event(&self, _: &str) -> bool {
+        true
+    }
+    async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+        use base64::Engine as _;
+        use wecom_gateway::message::{Event, MessageKind};
+        if let MessageKind::Event(Event::TemplateCard {
+            event_key, task_id, ..
+        }) = &turn.message.kind
+        {
+            let card = serde_json::json!({"card_type": "text_notice", "task_id": task_id, "main_title": {"title": format!("chose {event_key}")}});
+            return Ok(vec![AppMessage::UpdateCard { update_card: card }]);
+        }
+        if let Some(media) = turn.media {
+            let path = media
+                .info
+                .path
+                .as_ref()
+                .ok_or_else(|| AgentError::Failed(format!("no file: {:?}", media.error)))?;
+            let bytes = std::fs::read(path).map_err(|e| AgentError::Failed(e.to_string()))?;
+            let sha = media.info.sha256.clone().unwrap_or_default();
+            return Ok(vec![AppMessage::text(format!(
+                "{} bytes {sha}",
+                bytes.len()
+            ))]);
+        }
+        let image = wecom_gateway::wecom::payload::Media {
+            base64: Some(base64::engine::general_purpose::STANDARD.encode(PNG)),
+            ..Default::default()
+        };
+        Ok(vec![
+            AppMessage::text("here it is"),
+            AppMessage::Image(image),
+        ])
+    }
+}
+
+#[tokio::test]
+async fn a_members_image_is_decrypted_for_the_agent_and_the_agents_image_is_uploaded_and_sent() {
+    use sha2::Digest;
+    let fake = FakeAiBot::start().await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Files)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    // Both forms of the file's key WeCom may send: 43 characters, or 44 with the padding.
+    for (url, aeskey) in [
+        fake.serve_encrypted(PNG),
+        fake.serve_encrypted_padded_key(PNG),
+    ] {
+        let sent = fake.inject_image(BOT_ID, "zhangsan", &url, &aeskey).await;
+        let sha = hex::encode(sha2::Sha256::digest(PNG));
+        assert_eq!(
+            fake.wait_for_finished(&sent.req_id).await.content,
+            format!("{} bytes {sha}", PNG.len())
+        );
+    }
+
+    let sent = fake
+        .inject_text(BOT_ID, "zhangsan", "a picture please")
+        .await;
+    let uploads = fake.wait_for_uploads(1).await;
+    assert_eq!(
+        (uploads[0].kind.as_str(), uploads[0].bytes.as_slice()),
+        ("image", PNG)
+    );
+    let image = fake
+        .wait_for(|f| f.cmd() == "aibot_respond_msg" && f.body()["msgtype"] == "image")
+        .await;
+    assert_eq!(
+        image.req_id(),
+        sent.req_id,
+        "the image answers the same message"
+    );
+    assert_eq!(
+        image.body()["image"]["media_id"],
+        uploads[0].media_id.as_str()
+    );
+    assert_eq!(fake.bubble(&sent.req_id).unwrap().content, "here it is");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_click_on_a_card_gets_the_agents_card_update() {
+    let fake = FakeAiBot::start().await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Files)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let body = serde_json::json!({"chattype": "single", "from": {"userid": "zhangsan"}, "msgtype": "event",
+        "event": {"eventtype": "template_card_event", "template_card_event": {"card_type": "button_interaction", "event_key": "yes", "task_id": "t-1"}}});
+    let clicked = fake.inject_full(BOT_ID, "aibot_event_callback", body).await;
+    let update = fake
+        .wait_for(|f| f.cmd() == "aibot_respond_update_msg")
+        .await;
+    assert_eq!(update.req_id(), clicked.req_id);
+    assert_eq!(update.body()["response_type"], "update_template_card");
+    assert_eq!(
+        update.body()["template_card"]["main_title"]["title"],
+        "chose yes"
+    );
+    assert_eq!(update.body()["template_card"]["task_id"], "t-1");
+    assert!(
+        fake.replies(&clicked.req_id)
+            .iter()
+            .all(|r| r.get("stream").is_none()),
+        "no stream answers a click"
+    );
+    app.stop().await;
+}

@@ -426,7 +426,7 @@ fn bad_media_keys_and_ciphertexts_are_errors() {
         &key[..42],
         "",
         &format!("{key}=="),
-        &format!("{}+", &key[..42]),
+        &format!("{}!", &key[..42]),
     ] {
         let err = decrypt_media(bad, &ct).unwrap_err();
         assert!(matches!(err, MediaError::Key(_)), "{bad:?}: {err}");

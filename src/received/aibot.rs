@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::Received;
@@ -15,9 +16,14 @@ use crate::message::{InboundMessage, MessageKind};
 use crate::store::MediaRecord;
 
 impl Received {
-    /// Fetch an AI bot message's file, if it has one. Never fails: what went wrong is in the
-    /// answer's `error`. (`Option` twice, as [`Received::fetch`]: `None` is a stop.)
-    pub async fn fetch_aibot(&self, message: &InboundMessage) -> Option<Option<Fetched>> {
+    /// Fetch an AI bot message's file, if it has one, opened with its own key (the long
+    /// connection) or `url_mode_key`, the bot's EncodingAESKey. Never fails: what went wrong is
+    /// in the answer's `error`. (`Option` twice, as [`Received::fetch`]: `None` is a stop.)
+    pub async fn fetch_aibot(
+        &self,
+        message: &InboundMessage,
+        url_mode_key: Option<&SecretString>,
+    ) -> Option<Option<Fetched>> {
         let (kind, name) = match &message.kind {
             MessageKind::Image { .. } => ("image", None),
             MessageKind::File { file_name, .. } => ("file", Some(file_name.clone())),
@@ -33,7 +39,7 @@ impl Received {
             path: None,
             url: None,
         };
-        let fetched = match self.download(message).await {
+        let fetched = match self.download(message, url_mode_key).await {
             Ok(bytes) => self.keep_bytes(kind, name, bytes, info.clone()).await,
             Err(why) => Err(why),
         };
@@ -43,41 +49,37 @@ impl Received {
                 tracing::warn!(user = ?message.from_user_name, kind, error = %why, "cannot fetch the member's {kind}; the agent is told (media_error)");
                 Fetched {
                     info,
-                    error: Some(why),
+                    error: Some(why.to_string()),
                 }
             }
         }))
     }
 
-    async fn download(&self, message: &InboundMessage) -> Result<Vec<u8>, String> {
-        let url = message
-            .raw
-            .get(MEDIA_URL)
-            .ok_or("the message carries no url")?;
+    async fn download(
+        &self,
+        message: &InboundMessage,
+        url_mode_key: Option<&SecretString>,
+    ) -> Result<Vec<u8>, NotFetched> {
+        let url = message.raw.get(MEDIA_URL).ok_or(NotFetched::NoUrl)?;
+        let failed = |e: reqwest::Error| NotFetched::Download(e.without_url());
         let mut response = (self.http.get(url).send().await)
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot download the file: {}", e.without_url()))?;
+            .map_err(failed)?;
         // The ciphertext is padded to 32 bytes: a little more than the file itself.
         let max = self.max_bytes + 32;
         let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("cannot download the file: {}", e.without_url()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
             if (bytes.len() + chunk.len()) as u64 > max {
-                return Err(format!(
-                    "the file is larger than media.max_bytes ({} bytes)",
-                    self.max_bytes
-                ));
+                return Err(NotFetched::TooLarge(self.max_bytes));
             }
             bytes.extend_from_slice(&chunk);
         }
-        match message.raw.get(MEDIA_AESKEY) {
-            Some(key) => crate::aibot::media::decrypt_media(key, &bytes).map_err(|e| e.to_string()),
-            // URL mode: the bot's EncodingAESKey opens it (not handled here yet).
-            None => Ok(bytes),
-        }
+        let key = match (message.raw.get(MEDIA_AESKEY), url_mode_key) {
+            (Some(key), _) => key.as_str(),
+            (None, Some(key)) => key.expose_secret(),
+            (None, None) => return Err(NotFetched::NoKey),
+        };
+        Ok(crate::aibot::media::decrypt_media(key, &bytes)?)
     }
 
     /// Decrypted bytes written as a received file and kept.
@@ -87,8 +89,8 @@ impl Received {
         file_name: Option<String>,
         bytes: Vec<u8>,
         info: MediaInfo,
-    ) -> Result<Fetched, String> {
-        let disk = |e: std::io::Error| format!("cannot write under {}: {e}", self.dir.display());
+    ) -> Result<Fetched, NotFetched> {
+        let disk = |e: std::io::Error| NotFetched::Disk(self.dir.display().to_string(), e);
         tokio::fs::create_dir_all(&self.dir).await.map_err(disk)?;
         let part: PathBuf = self
             .dir
@@ -106,6 +108,23 @@ impl Received {
         };
         Ok(self.keep(record, part, info).await)
     }
+}
+
+/// Why a member's file could not be fetched (the agent is told, as `media_error`).
+#[derive(Debug, thiserror::Error)]
+enum NotFetched {
+    #[error("the message carries no url")]
+    NoUrl,
+    #[error("the message carries no key to open the file")]
+    NoKey,
+    #[error("cannot download the file: {0}")]
+    Download(reqwest::Error),
+    #[error("the file is larger than media.max_bytes ({0} bytes)")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Decrypt(#[from] crate::aibot::media::MediaError),
+    #[error("cannot write under {0}: {1}")]
+    Disk(String, std::io::Error),
 }
 
 /// The type of a file by its first bytes, for the common ones a member sends.

@@ -157,7 +157,13 @@ impl Worker {
         let (partial, mut written) = Partial::new();
         let msg = &job.message;
         let answer = async {
-            let media = self.received.fetch_aibot(msg).await?;
+            let url_mode_key = match &bot.config.mode {
+                Mode::Callback {
+                    encoding_aes_key, ..
+                } => Some(encoding_aes_key),
+                Mode::LongConnection { .. } => None,
+            };
+            let media = self.received.fetch_aibot(msg, url_mode_key).await?;
             let turn = Turn {
                 channel: &job.channel,
                 corp_id: "",

@@ -678,3 +678,86 @@ async fn a_click_on_a_card_gets_the_agents_card_update() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_url_mode_a_members_file_is_opened_with_the_bots_encoding_aes_key() {
+    use sha2::Digest;
+    let key = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+    let sealed = wecom_gateway::crypto::AesKey::from_base64(key)
+        .unwrap()
+        .encrypt_padded(PNG);
+    let router = axum::Router::new().route("/f", axum::routing::get(move || async move { sealed }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let mut config = config(&[], "http://127.0.0.1:9");
+    config.aibots.push(AiBotConfig {
+        name: "urlbot".into(),
+        bot_id: "aib-url".into(),
+        mode: Mode::Callback {
+            token: "t".into(),
+            encoding_aes_key: key.into(),
+        },
+        allowlist: Allowlist {
+            allow_all: true,
+            users: vec![],
+        },
+        chats: Chats::default(),
+        group_session: GroupSession::Member,
+        welcome: None,
+        agent: None,
+    });
+    let app = TestApp::spawn_with_agent(config, Arc::new(Files)).await;
+    let crypt = wecom_gateway::crypto::MsgCrypt::new("t", key, "").unwrap();
+    let body = serde_json::json!({"msgid": "m-img", "aibotid": "aib-url", "chattype": "single",
+        "from": {"userid": "zhangsan"}, "msgtype": "image", "image": {"url": format!("http://{addr}/f")}});
+    let ts = now_secs().to_string();
+    let sealed = crypt.encrypt_msg(&body.to_string(), &ts, "n", rand::random());
+    let url = app.url(&format!(
+        "/wecom/aibot/urlbot?msg_signature={}&timestamp={ts}&nonce=n",
+        sealed.msg_signature
+    ));
+    let envelope = serde_json::json!({"encrypt": sealed.encrypt}).to_string();
+    let answer = app.http.post(url).body(envelope).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let reply: wecom_gateway::aibot::callback_body::PassiveReply = answer.json().await.unwrap();
+    let opened: serde_json::Value = serde_json::from_slice(&reply.open(&crypt).unwrap()).unwrap();
+    let id = opened["stream"]["id"].as_str().unwrap().to_owned();
+    let bot = format!(
+        "{} bytes {}",
+        PNG.len(),
+        hex::encode(sha2::Sha256::digest(PNG))
+    );
+    let poll = serde_json::json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
+        "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ts = now_secs().to_string();
+        let sealed = crypt.encrypt_msg(&poll.to_string(), &ts, "n", rand::random());
+        let url = app.url(&format!(
+            "/wecom/aibot/urlbot?msg_signature={}&timestamp={ts}&nonce=n",
+            sealed.msg_signature
+        ));
+        let envelope = serde_json::json!({"encrypt": sealed.encrypt}).to_string();
+        let reply: wecom_gateway::aibot::callback_body::PassiveReply = app
+            .http
+            .post(url)
+            .body(envelope)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let shown: serde_json::Value =
+            serde_json::from_slice(&reply.open(&crypt).unwrap()).unwrap();
+        if shown["stream"]["finish"] == true {
+            assert_eq!(shown["stream"]["content"], bot.as_str());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{shown}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+}

@@ -177,21 +177,30 @@ impl Worker {
             Some(self.call_agent(handle, job, turn).await)
         };
         tokio::pin!(answer);
-        let mut tick = tokio::time::interval(settings.update_every.max(Duration::from_millis(50)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first words show at once (the placeholder does not count); later updates at most
+        // one per `aibot.update_ms`, each with all that was written meanwhile.
+        let every = settings.update_every;
+        let mut last: Option<tokio::time::Instant> = None;
+        // Now and then, even with nothing new: a bubble past its time is finished.
+        let mut clock = tokio::time::interval(Duration::from_secs(1));
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 result = &mut answer => return result,
-                _ = tick.tick() => {
-                    if written.has_changed().unwrap_or(false) {
-                        let text = written.borrow_and_update().clone();
-                        bubble.show(&text).await;
-                    } else if bubble.open() {
-                        // Nothing new: only the bubble's time is checked.
-                        bubble.show("").await;
+                Ok(()) = written.changed() => {
+                    if let Some(at) = last {
+                        tokio::select! {
+                            biased;
+                            result = &mut answer => return result,
+                            () = tokio::time::sleep_until(at + every) => {}
+                        }
                     }
+                    let text = written.borrow_and_update().clone();
+                    bubble.show(&text).await;
+                    last = Some(tokio::time::Instant::now());
                 }
+                _ = clock.tick() => bubble.show("").await,
             }
         }
     }

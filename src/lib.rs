@@ -109,7 +109,11 @@ fn uses_hermes(config: &Config) -> bool {
 
 /// Keep an AI bot connected while this process holds its lease (always, without replicas), and
 /// take in what it receives. Not for a bot in URL mode, which WeCom reaches over HTTP.
-async fn connect_aibot(bot: Arc<aibot::Bot>, store: Arc<dyn Store>) {
+async fn connect_aibot(
+    bot: Arc<aibot::Bot>,
+    store: Arc<dyn Store>,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
     let aibot::settings::Mode::LongConnection { secret } = &bot.config.mode else {
         return;
     };
@@ -121,7 +125,6 @@ async fn connect_aibot(bot: Arc<aibot::Bot>, store: Arc<dyn Store>) {
     let (pushes, received) = tokio::sync::mpsc::channel(256);
     let receiver = tokio::spawn(aibot::receive::run(bot.clone(), store.clone(), received));
     let _receiver = AbortOnDrop(receiver);
-    let mut held = store.hold_bot(&bot.config.name, &bot.config.bot_id);
     loop {
         if !*held.borrow_and_update() {
             bot.link.standby();
@@ -338,6 +341,12 @@ impl Application {
             shared_tokens,
             reloader,
         } = self;
+        // Long-connection bots' leases are asked for before any worker takes a job: with
+        // replicas, only the holder takes a bot's jobs.
+        let leases: Vec<_> = (worker.aibots.iter())
+            .filter(|b| matches!(b.config.mode, aibot::settings::Mode::LongConnection { .. }))
+            .map(|b| (b.clone(), store.hold_bot(&b.config.name, &b.config.bot_id)))
+            .collect();
         let mut workers = JoinSet::new();
         for _ in 0..config.workers {
             workers.spawn(worker.clone().run());
@@ -363,8 +372,8 @@ impl Application {
             recent: Default::default(),
             aibots: worker.aibots.clone(),
         });
-        for bot in worker.aibots.iter() {
-            background.spawn(connect_aibot(bot.clone(), store.clone()));
+        for (bot, held) in leases {
+            background.spawn(connect_aibot(bot, store.clone(), held));
         }
         if let Some(load) = reloader {
             background.spawn(reload_on_sighup(

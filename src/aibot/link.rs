@@ -146,6 +146,21 @@ impl Link {
         found.await.ok().flatten()
     }
 
+    /// Wait until the bot is connected (true), or another replica holds it (false).
+    pub async fn ready(&self) -> bool {
+        let mut rx = self.state.subscribe();
+        loop {
+            match *rx.borrow_and_update() {
+                State::Connected { .. } => return true,
+                State::Standby => return false,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Send `cmd` with `req_id` and wait for WeCom's answer: its body when errcode is 0. Only one
     /// command per `req_id` may wait at a time (a reply's frames go one after another).
     pub async fn request(

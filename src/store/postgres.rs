@@ -11,7 +11,7 @@
 //! [`PostgresUrl`]), let two replicas hold one user's lane at once, or restate a rule of
 //! `rules.rs` (finishing, failures, retries): this file holds its SQL and transactions only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -452,8 +452,10 @@ pub struct PostgresStore {
     /// Held by the worker looking for the next job (see `next`).
     looking: tokio::sync::Mutex<()>,
     closed: AtomicBool,
-    /// The AI bots whose lease this replica holds (by name): it takes their jobs.
-    bots: Arc<Mutex<Vec<String>>>,
+    /// The AI bots that need a lease (by name: those on a long connection), and whether this
+    /// replica holds each: it takes their jobs only while it does. A bot without a lease (URL
+    /// mode) has its jobs taken by any replica.
+    bots: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -502,7 +504,7 @@ impl PostgresStore {
             lease,
             pushes,
             held: Mutex::new(HashSet::new()),
-            bots: Arc::new(Mutex::new(Vec::new())),
+            bots: Arc::new(Mutex::new(HashMap::new())),
             wake: Notify::new(),
             looking: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -521,8 +523,13 @@ impl PostgresStore {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn bots_held(&self) -> Vec<String> {
-        self.bots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The bots whose jobs another replica takes: leased, and not held here.
+    fn bots_elsewhere(&self) -> Vec<String> {
+        let bots = self.bots.lock().unwrap_or_else(|p| p.into_inner());
+        (bots.iter())
+            .filter(|(_, held)| !**held)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn lease_until(&self) -> i64 {
@@ -544,7 +551,7 @@ impl PostgresStore {
                      WHERE (i.state = 'queued' OR (i.state = 'processing' AND i.lease_until < $3
                                                    AND i.lease_owner <> $1))
                        AND i.channel = ANY($4)
-                       AND (i.channel <> 'aibot' OR i.app = ANY($5))
+                       AND NOT (i.channel = 'aibot' AND i.app = ANY($5))
                        AND NOT EXISTS (
                            SELECT 1 FROM inbox p
                            WHERE p.user_key = i.user_key AND p.id < i.id
@@ -557,7 +564,7 @@ impl PostgresStore {
                     &self.lease_until(),
                     &now,
                     &Channel::KINDS,
-                    &self.bots_held(),
+                    &self.bots_elsewhere(),
                 ],
             )
             .await
@@ -1306,15 +1313,14 @@ impl SharedWindows for PostgresStore {
 impl super::model::BotLeases for PostgresStore {
     fn hold_bot(&self, name: &str, bot_id: &str) -> tokio::sync::watch::Receiver<bool> {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Known as leased before this returns: no job of it is taken here until it is held.
+        (self.bots.lock().unwrap_or_else(|p| p.into_inner())).insert(name.to_owned(), false);
         let (pool, bots) = (self.pool.clone(), self.bots.clone());
         let (name, key) = (name.to_owned(), format!("aibot:{bot_id}"));
         tokio::spawn(async move {
             let set = |held: bool| {
                 let mut bots = bots.lock().unwrap_or_else(|p| p.into_inner());
-                bots.retain(|b| *b != name);
-                if held {
-                    bots.push(name.clone());
-                }
+                bots.insert(name.clone(), held);
             };
             while !tx.is_closed() {
                 // Out of the pool: dropped, its session ends and the lock with it.

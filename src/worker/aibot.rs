@@ -37,8 +37,12 @@ impl Worker {
         let way = match bot.config.mode {
             Mode::LongConnection { .. } => {
                 // Only a connected bot can reply: wait for it (a connection that drops or is
-                // refused comes back; the member's message waits, stored).
-                bot.link.connected(Duration::MAX).await;
+                // refused comes back; the member's message waits, stored). If another replica
+                // took the bot over meanwhile, the job goes back for it.
+                if !bot.link.ready().await {
+                    tracing::info!(job = job.id, aibot = %name, "another replica holds the AI bot now: the message is left for it");
+                    return Outcome::Interrupted;
+                }
                 Way::Link(&bot.link)
             }
             Mode::Callback { .. } => Way::Polled {

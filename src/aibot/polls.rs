@@ -18,6 +18,9 @@ const KEEP: Duration = Duration::from_secs(10 * 60);
 pub struct Polled {
     pub content: String,
     pub finished: bool,
+    /// WeCom polled it before this process knew it, was told it is finished, and stopped: what
+    /// the worker writes later cannot reach it.
+    pub abandoned: bool,
 }
 
 #[derive(Default)]
@@ -28,17 +31,40 @@ impl Polls {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Show `content` in bubble `id` (opened now if new), finished or not.
-    pub fn set(&self, id: &str, content: &str, finished: bool) {
+    /// Show `content` in bubble `id` (opened now if new), finished or not. False when WeCom no
+    /// longer polls it (see [`Polls::poll`]): the content must go another way.
+    pub fn set(&self, id: &str, content: &str, finished: bool) -> bool {
         let mut map = self.map();
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
+        if map.get(id).is_some_and(|(p, _)| p.abandoned) {
+            return false;
+        }
         let polled = Polled {
             content: content.to_owned(),
             finished,
+            abandoned: false,
         };
         let at = map.get(id).map_or(now, |(_, at)| *at);
         map.insert(id.to_owned(), (polled, at));
+        true
+    }
+
+    /// The answer to a poll of bubble `id`: what it shows, or, for one this process does not
+    /// know (a restart, another replica), finished and empty, so WeCom stops polling; it is then
+    /// remembered as abandoned, and the worker sends the answer to the `response_url`.
+    pub fn poll(&self, id: &str) -> Polled {
+        if let Some(polled) = self.get(id) {
+            return polled;
+        }
+        let polled = Polled {
+            content: String::new(),
+            finished: true,
+            abandoned: true,
+        };
+        self.map()
+            .insert(id.to_owned(), (polled.clone(), Instant::now()));
+        polled
     }
 
     /// Open bubble `id` with `content` unless it is open already (WeCom's retry of a callback gets
@@ -51,6 +77,7 @@ impl Polls {
         Polled {
             content: content.to_owned(),
             finished: false,
+            abandoned: false,
         }
     }
 

@@ -193,10 +193,14 @@ impl<'a> Bubble<'a> {
             self.record().await;
         }
         let sent = match self.way {
-            Way::Polled { polls, .. } => {
-                polls.set(&self.streamed.id, content, finish);
-                Ok(Value::Null)
-            }
+            Way::Polled { polls, .. } => match polls.set(&self.streamed.id, content, finish) {
+                true => Ok(Value::Null),
+                false => Err(LinkError::Refused {
+                    errcode: frame::STREAM_EXPIRED,
+                    errmsg: "WeCom stopped polling the bubble (polled before this process knew it)"
+                        .into(),
+                }),
+            },
             Way::Link(link) => match self.to.req_id.as_deref() {
                 None => Err(LinkError::NotConnected),
                 Some(req_id) => {

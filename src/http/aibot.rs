@@ -133,9 +133,12 @@ async fn answer(
     // know (a restart, another replica) is finished empty, so the polling stops; its answer then
     // goes to the response_url.
     if let Content::StreamRefresh { id } = &inbound.content {
-        let polled = bot.polls.get(id);
-        let (content, finish) = polled.map_or((String::new(), true), |p| (p.content, p.finished));
-        return Ok(reply(&crate::aibot::frame::stream(id, &content, finish)));
+        let polled = bot.polls.poll(id);
+        return Ok(reply(&crate::aibot::frame::stream(
+            id,
+            &polled.content,
+            polled.finished,
+        )));
     }
     if let (Content::Event(Event::EnterChat), Some(text)) = (&inbound.content, &bot.config.welcome)
     {

@@ -94,8 +94,8 @@ async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_tak
     );
     assert!(fake.pushed("zhangsan").is_empty(), "nothing sent twice");
     assert_eq!(seen(&fake, &sent.req_id, "zhangsan"), whole());
-    let log = gw.terminate().await;
-    assert!(log.contains("asked again"), "{log}");
+    gw.wait_for_log(&["the agent is asked again"]).await;
+    gw.terminate().await;
 }
 
 #[tokio::test]
@@ -122,8 +122,9 @@ async fn kill_9_mid_stream_then_the_rest_is_sent_once_when_wecom_no_longer_takes
     assert_eq!(pushed, vec![format!("{}{}", PIECES[2], PIECES[3])]);
     assert_eq!(fake.bubble(&sent.req_id).map(|b| b.content), Some(half));
     assert_eq!(seen(&fake, &sent.req_id, "zhangsan"), whole());
-    let log = gw.terminate().await;
-    assert!(log.contains("sent as a message"), "{log}");
+    gw.wait_for_log(&["the rest of the answer was sent as a message"])
+        .await;
+    gw.terminate().await;
 }
 
 #[tokio::test]
@@ -233,4 +234,94 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies(
         "the survivor subscribed once, after the holder died"
     );
     second.terminate().await;
+}
+
+#[tokio::test]
+async fn in_url_mode_after_a_kill_9_the_answer_to_a_bubble_wecom_stopped_polling_goes_to_the_response_url(
+) {
+    use serde_json::json;
+    use wecom_gateway::aibot::callback_body::{CallbackBody, PassiveReply};
+    use wecom_gateway::crypto::MsgCrypt;
+    const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+    let crypt = MsgCrypt::new("url-token", KEY, "").unwrap();
+    let crypt = &crypt;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let router = axum::Router::new().route(
+        "/response",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                axum::Json(json!({"errcode": 0, "errmsg": "ok"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let model = poet(Arc::new(Semaphore::new(0))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = || {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        bare_env(&mut cmd, "http://127.0.0.1:9", dir.path());
+        cmd.env("WECOM_CALLBACK_AIBOT_ID", "aib-url")
+            .env("WECOM_CALLBACK_AIBOT_TOKEN", "url-token")
+            .env("WECOM_CALLBACK_AIBOT_ENCODING_AES_KEY", KEY)
+            .env("WECOM_CALLBACK_ALLOW_ALL_USERS", "true")
+            .env("WECOM_CALLBACK_AGENT__KIND", "openai")
+            .env("WECOM_CALLBACK_AGENT__BASE_URL", &model.url)
+            .env("WECOM_CALLBACK_AGENT__MODEL", "m")
+            .env("WECOM_CALLBACK_AGENT__API_KEY", "sk-test");
+        cmd
+    };
+    let post = |gw: &Gateway, body: Value| {
+        let ts = crate::support::now_secs().to_string();
+        let sealed = crypt.encrypt_msg(&body.to_string(), &ts, "n", rand::random());
+        let url = format!(
+            "http://{}/wecom/aibot/aibot?msg_signature={}&timestamp={ts}&nonce=n",
+            gw.addr, sealed.msg_signature
+        );
+        let envelope = CallbackBody {
+            encrypt: sealed.encrypt,
+        }
+        .to_json();
+        async move {
+            let reply: PassiveReply = reqwest::Client::new()
+                .post(url)
+                .body(envelope)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&reply.open(crypt).unwrap()).unwrap()
+        }
+    };
+    let gw = Gateway::start(&mut serve()).await;
+    let message = json!({"msgid": "m-restart", "aibotid": "aib-url", "chattype": "single",
+        "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "背一首诗"},
+        "response_url": format!("http://{addr}/response")});
+    let answer = post(&gw, message).await;
+    let id = answer["stream"]["id"].as_str().unwrap().to_owned();
+    // The model is asked (and never answers): the process dies mid-turn.
+    model.wait_for_calls(1).await;
+    gw.kill9().await;
+
+    let gw = Gateway::start(&mut serve()).await;
+    let poll = json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
+        "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
+    let shown = post(&gw, poll).await;
+    assert_eq!(shown["stream"]["finish"], true, "{shown}");
+    assert_eq!(
+        shown["stream"]["content"], "",
+        "a bubble this process did not open: WeCom stops polling"
+    );
+    let sent = tokio::time::timeout(crate::support::WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent["markdown"]["content"], whole());
+    gw.terminate().await;
 }

@@ -84,6 +84,22 @@ impl ModelStub {
         self.shared.calls.lock().unwrap().clone()
     }
 
+    /// Wait until `n` requests came; fail after `WAIT`.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.calls.lock().unwrap().len() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {n} requests to the model");
+            }
+        }
+    }
+
     /// Wait until the client closed the connection of `n` stalled streams; fail after `WAIT`.
     pub async fn wait_for_closed(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -130,8 +130,7 @@ pub async fn run(mut config: Config, sim: Simulation, name: &str) -> Result<(), 
     let running = tokio::spawn(gateway.run_until(async {
         let _ = stopped.await;
     }));
-    let agent_failed = || crate::metrics::total(crate::metrics::AGENT_FAILURES);
-    let failed_before = agent_failed();
+    let failed_before = crate::metrics::total(crate::metrics::AGENT_FAILURES);
     let mut failures = Vec::new();
     let texts: Vec<String> = match sim.interactive {
         false => vec![sim.text.clone()],
@@ -166,19 +165,7 @@ pub async fn run(mut config: Config, sim: Simulation, name: &str) -> Result<(), 
         }
     }
     let _ = stop.send(());
-    let result = running
-        .await
-        .map_err(|e| SimulateError::Setup(e.to_string()))?;
-    let _ = std::fs::remove_dir_all(&data);
-    result?;
-    let agent_failures = agent_failed() - failed_before;
-    if agent_failures > 0.0 {
-        failures.push(format!("the agent failed {agent_failures} time(s) (the member got the failure message; the log says why)"));
-    }
-    match failures.is_empty() {
-        true => Ok(()),
-        false => Err(SimulateError::Failed(failures.join("; "))),
-    }
+    super::finish(running, &data, failures, failed_before).await
 }
 
 /// The socket of the gateway's subscription, once it has subscribed.

@@ -256,8 +256,7 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
     };
     // Every failure seen, said once at the end (a conversation goes on after one).
     let mut failures: Vec<String> = Vec::new();
-    let agent_failed = || crate::metrics::total(crate::metrics::AGENT_FAILURES);
-    let failed_before = agent_failed();
+    let failed_before = crate::metrics::total(crate::metrics::AGENT_FAILURES);
     if image.is_some() {
         failures.extend(send("<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[https://wework.qpic.cn/simulated]]></PicUrl><MediaId><![CDATA[simulated-image]]></MediaId>".into()).await);
         settle(&*store).await;
@@ -282,12 +281,23 @@ pub async fn run(mut config: Config, sim: Simulation) -> Result<(), SimulateErro
         }
     }
     let _ = stop.send(());
+    finish(running, &data, failures, failed_before).await
+}
+
+/// The end of a simulation: the gateway stopped, its data removed, and every failure seen (the
+/// agent's counted since `failed_before`) said at once.
+pub(crate) async fn finish(
+    running: tokio::task::JoinHandle<Result<(), crate::StartupError>>,
+    data: &std::path::Path,
+    mut failures: Vec<String>,
+    failed_before: f64,
+) -> Result<(), SimulateError> {
     let result = running
         .await
         .map_err(|e| SimulateError::Setup(e.to_string()))?;
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(data);
     result?;
-    let agent_failures = agent_failed() - failed_before;
+    let agent_failures = crate::metrics::total(crate::metrics::AGENT_FAILURES) - failed_before;
     if agent_failures > 0.0 {
         failures.push(format!(
             "the agent failed {agent_failures} time(s) (the member got the failure message; the log says why)"

@@ -139,6 +139,19 @@ async fn wait_for_updates(fake: &FakeAiBot, req_id: &str, expected: &[String]) {
     }
 }
 
+/// Answers every message with the same text.
+pub struct Says(pub String);
+
+#[async_trait]
+impl Agent for Says {
+    fn name(&self) -> &str {
+        "says"
+    }
+    async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+        Ok(vec![AppMessage::text(self.0.clone())])
+    }
+}
+
 /// Echoes what the member wrote, with whom and where: `user@chat: text`.
 pub struct Echo;
 
@@ -284,17 +297,7 @@ async fn when_the_callbacks_req_id_is_refused_the_answer_goes_as_a_message() {
 async fn an_answer_longer_than_a_bubble_finishes_it_full_and_sends_the_rest_once() {
     let fake = FakeAiBot::start().await;
     let long = format!("{}\n{}", "长".repeat(6000), "尾".repeat(2000));
-    struct Long(String);
-    #[async_trait]
-    impl Agent for Long {
-        fn name(&self) -> &str {
-            "long"
-        }
-        async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
-            Ok(vec![AppMessage::text(self.0.clone())])
-        }
-    }
-    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Long(long.clone()))).await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Says(long.clone()))).await;
     fake.wait_for_subscribed(BOT_ID, 1).await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "long please").await;
     let bubble = fake.wait_for_finished(&sent.req_id).await;
@@ -511,17 +514,7 @@ mod url_mode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        struct Long;
-        #[async_trait]
-        impl Agent for Long {
-            fn name(&self) -> &str {
-                "long"
-            }
-            async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
-                Ok(vec![AppMessage::text("长".repeat(8000))])
-            }
-        }
-        let app = TestApp::spawn_with_agent(url_config(), Arc::new(Long)).await;
+        let app = TestApp::spawn_with_agent(url_config(), Arc::new(Says("长".repeat(8000)))).await;
         let message = json!({"msgid": "m-long", "aibotid": "aib-url", "chattype": "single",
             "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "long"},
             "response_url": format!("http://{addr}/response")});

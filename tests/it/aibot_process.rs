@@ -66,11 +66,21 @@ fn seen(fake: &FakeAiBot, req_id: &str, user: &str) -> String {
     format!("{bubble}{}", fake.pushed(user).concat())
 }
 
-#[tokio::test]
-async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_takes_its_req_id() {
+/// A gateway killed with half the poem in the member's bubble, and started again on the same
+/// store; WeCom takes the old req_id on the new connection, or not (`req_ids_survive`).
+async fn killed_mid_stream_and_restarted(
+    req_ids_survive: bool,
+) -> (
+    FakeAiBot,
+    Injected,
+    String,
+    Gateway,
+    ModelStub,
+    tempfile::TempDir,
+) {
     let fake = FakeAiBot::start().await;
     fake.add_bot(BOT_ID, SECRET);
-    fake.req_ids_survive_reconnect(true);
+    fake.req_ids_survive_reconnect(req_ids_survive);
     let gate = Arc::new(Semaphore::new(0));
     let model = poet(gate.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -81,10 +91,17 @@ async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_tak
     let half = format!("{}{}", PIECES[0], PIECES[1]);
     fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str())
         .await;
+    // Half the poem is on the member's screen: the process dies.
     gw.kill9().await;
     fake.wait_for_disconnected(BOT_ID).await;
-
     let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
+    (fake, sent, half, gw, model, dir)
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_takes_its_req_id() {
+    let (fake, sent, half, gw, _model, _dir) = killed_mid_stream_and_restarted(true).await;
+    assert!(fake.stream_updates(&sent.req_id).contains(&half));
     let bubble = fake.wait_for_finished(&sent.req_id).await;
     assert_eq!(bubble.content, whole());
     assert_eq!(
@@ -100,23 +117,7 @@ async fn kill_9_mid_stream_then_the_same_bubble_is_finished_when_wecom_still_tak
 
 #[tokio::test]
 async fn kill_9_mid_stream_then_the_rest_is_sent_once_when_wecom_no_longer_takes_its_req_id() {
-    let fake = FakeAiBot::start().await;
-    fake.add_bot(BOT_ID, SECRET);
-    fake.req_ids_survive_reconnect(false);
-    let gate = Arc::new(Semaphore::new(0));
-    let model = poet(gate.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
-    fake.wait_for_subscribed(BOT_ID, 1).await;
-    let sent = fake.inject_text(BOT_ID, "zhangsan", "背一首诗").await;
-    gate.add_permits(2);
-    let half = format!("{}{}", PIECES[0], PIECES[1]);
-    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str())
-        .await;
-    gw.kill9().await;
-    fake.wait_for_disconnected(BOT_ID).await;
-
-    let gw = Gateway::start(&mut serve(&fake, &model.url, dir.path(), &[])).await;
+    let (fake, sent, half, gw, _model, _dir) = killed_mid_stream_and_restarted(false).await;
     let pushed = fake.wait_for_pushed("zhangsan", 1).await;
     // The member keeps the half they saw; the rest comes once, as a message.
     assert_eq!(pushed, vec![format!("{}{}", PIECES[2], PIECES[3])]);

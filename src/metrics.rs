@@ -44,6 +44,8 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (AGENT_FAILURES, Kind::Counter, "Agent turns that failed, by kind."),
     (INBOX_IN_PROGRESS, Kind::Gauge, "Messages being handled by this process's workers."),
     (INBOX_WAITING, Kind::Gauge, "Messages waiting in this process's window (with SQLite, more may wait on disk)."),
+    (AIBOT_MESSAGES, Kind::Counter, "Messages and events AI bots received, by bot and result: queued, duplicate, ignored (allowlist, group, no mention), unreadable, store_failed."),
+    (AIBOT_FRAMES, Kind::Counter, "Stream frames AI bots' replies sent, by bot and result: ok, refused (the bubble ends; the rest goes as a message), no_answer."),
 ];
 
 pub const CALLBACKS: &str = "wecom_gateway_callbacks_total";
@@ -57,6 +59,8 @@ pub const AGENT_SECONDS: &str = "wecom_gateway_agent_seconds";
 pub const AGENT_FAILURES: &str = "wecom_gateway_agent_failures_total";
 pub const INBOX_IN_PROGRESS: &str = "wecom_gateway_inbox_in_progress";
 pub const INBOX_WAITING: &str = "wecom_gateway_inbox_waiting";
+pub const AIBOT_MESSAGES: &str = "wecom_gateway_aibot_messages_total";
+pub const AIBOT_FRAMES: &str = "wecom_gateway_aibot_frames_total";
 
 /// The recorder, installed on first use. If the embedding program installed another recorder
 /// first, that one receives the gateway's metrics and this handle renders nothing.

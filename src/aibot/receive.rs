@@ -18,9 +18,6 @@ use super::Bot;
 use crate::conversation::Channel;
 use crate::store::{NewJob, Pushed as Queued, Store, StoreError};
 
-/// The AI-bot messages counted in `/metrics`, by what became of them.
-pub const MESSAGES: &str = "wecom_gateway_aibot_messages_total";
-
 /// What became of one pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
@@ -115,7 +112,10 @@ pub async fn take(
         Err(NotTaken::Unreadable(_)) => "unreadable",
         Err(NotTaken::Store(_)) => "store_failed",
     };
-    crate::metrics::count(MESSAGES, &[("aibot", &bot.config.name), ("result", result)]);
+    crate::metrics::count(
+        crate::metrics::AIBOT_MESSAGES,
+        &[("aibot", &bot.config.name), ("result", result)],
+    );
     taken
 }
 

@@ -210,6 +210,13 @@ impl<'a> Bubble<'a> {
                 }
             },
         };
+        let result = match &sent {
+            Ok(_) => "ok",
+            Err(LinkError::Timeout) => "no_answer",
+            Err(_) => "refused",
+        };
+        let labels = [("aibot", self.name), ("result", result)];
+        crate::metrics::count(crate::metrics::AIBOT_FRAMES, &labels);
         match sent {
             Ok(_) => {
                 self.closed |= finish;

@@ -111,6 +111,15 @@ async fn a_message_gets_a_streamed_reply_that_grows_while_the_agent_writes() {
         fake.pushed("zhangsan").is_empty(),
         "nothing sent beside the bubble"
     );
+    // Counted by bot (other tests' bots count too: only that these are counted is asserted).
+    let metrics = wecom_gateway::metrics::render();
+    for line in [
+        "wecom_gateway_aibot_messages_total{aibot=\"helper\",result=\"queued\"}",
+        "wecom_gateway_aibot_frames_total{aibot=\"helper\",result=\"ok\"}",
+        "wecom_gateway_agent_seconds_count{agent=\"writing\",channel=\"aibot\"}",
+    ] {
+        assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+    }
     app.stop().await;
 }
 

@@ -10,6 +10,9 @@
 //! paced by `aibot.update_ms`, UPDATE_MS here).
 //!
 //!     cargo run --release --example aibot_load -- [CONVERSATIONS] [SECONDS] [UPDATE_MS]
+//!
+//! `WECOM_CALLBACK_*` variables set when it runs override its settings (`WECOM_CALLBACK_STORE=memory`
+//! shows what the store's durable writes cost).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,6 +75,7 @@ async fn main() {
         let seen = seen.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
                 let Ok(socket) = tokio_tungstenite::accept_async(tcp).await else {
                     continue;
                 };
@@ -123,10 +127,12 @@ async fn main() {
         ("WECOM_CALLBACK_WORKERS", (conversations + 8).to_string()),
         ("WECOM_CALLBACK_DATA_DIR", dir.display().to_string()),
     ];
-    let env: Vec<(String, String)> = env
+    // WECOM_CALLBACK_* variables set when it runs win (WECOM_CALLBACK_STORE=memory, say).
+    let mut env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
+    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("WECOM_CALLBACK_")));
     let (config, _) = wecom_gateway::config::Config::load(None, env).expect("config");
     let agent = Arc::new(Streaming {
         for_how_long: Duration::from_secs(seconds),

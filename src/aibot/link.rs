@@ -332,7 +332,8 @@ async fn lost(held: &mut watch::Receiver<bool>) {
 
 /// One connection, from connect to its end.
 async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Pushed>) -> Ended {
-    let connect = tokio_tungstenite::connect_async(creds.ws_url.as_str());
+    // Small frames that wait for an answer: without TCP_NODELAY each would wait out a delayed ACK.
+    let connect = tokio_tungstenite::connect_async_with_config(creds.ws_url.as_str(), None, true);
     let ws = match tokio::time::timeout(ANSWER_WITHIN, connect).await {
         Err(_) => return Ended::Dropped(format!("cannot connect to {}: timed out", creds.ws_url)),
         Ok(Err(e)) => return Ended::Dropped(format!("cannot connect to {}: {e}", creds.ws_url)),

@@ -43,6 +43,7 @@ async fn stand_in(
     let current = outbox.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
             let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
                 continue;
             };

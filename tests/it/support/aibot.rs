@@ -781,6 +781,7 @@ async fn media_get(
 
 /// One socket: the handshake, then its frames in and the fake's frames out, until either side ends.
 async fn serve_socket(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };

@@ -763,3 +763,55 @@ async fn in_url_mode_a_members_file_is_opened_with_the_bots_encoding_aes_key() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_agent_gets_the_group_chat_and_who_spoke_and_streams_as_ndjson() {
+    use axum::response::IntoResponse;
+    use wecom_gateway::config::{AgentKind, HttpAgentConfig};
+    let (turns_tx, mut turns) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let router = axum::Router::new().route(
+        "/turn",
+        axum::routing::post(move |axum::Json(turn): axum::Json<serde_json::Value>| {
+            let tx = turns_tx.clone();
+            async move {
+                let _ = tx.send(turn);
+                let lines = "{\"delta\":\"会议\"}\n{\"delta\":\"在三点\"}\n";
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+                    lines,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.agent.kind = AgentKind::Http(HttpAgentConfig {
+        url: format!("http://{addr}/turn"),
+        timeout: Duration::from_secs(10),
+        retries: 0,
+        headers: vec![],
+    });
+    config.aibots[0].group_session = GroupSession::Chat;
+    let app = TestApp::spawn(config).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let sent = fake
+        .inject_group_text(BOT_ID, "wrkTeam", "lisi", "@助手 几点开会？")
+        .await;
+    assert_eq!(
+        fake.wait_for_finished(&sent.req_id).await.content,
+        "会议在三点"
+    );
+    let turn = turns.recv().await.unwrap();
+    assert_eq!(turn["channel"], "aibot");
+    assert_eq!(turn["app"], "helper");
+    assert_eq!(turn["chat_id"], "wrkTeam");
+    assert_eq!(turn["chat_type"], "group");
+    assert_eq!(turn["user_id"], "lisi");
+    assert_eq!(turn["text"], "几点开会？");
+    app.stop().await;
+}

@@ -301,10 +301,25 @@ impl<'a> Bubble<'a> {
                 let (chat, group) = self.to.chat();
                 let body = frame::send_to(chat, group, message);
                 let req_id = format!("send_{}", hex::encode(rand::random::<[u8; 8]>()));
-                link.request(frame::SEND, &req_id, Some(&body), WAIT_CONNECTED)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| failed(e.into()))
+                let sent = link
+                    .request(frame::SEND, &req_id, Some(&body), WAIT_CONNECTED)
+                    .await;
+                match (sent, self.to.req_id.as_deref()) {
+                    (Ok(_), _) => Ok(()),
+                    // Whether a group takes a pushed message is disputed (WeCom's doc says yes,
+                    // others found no): refused there, it goes as one more reply to the member's
+                    // message, which a group does take while the req_id lasts.
+                    (Err(LinkError::Refused { errcode, .. }), Some(req_id))
+                        if group && errcode != frame::NOT_SUBSCRIBED =>
+                    {
+                        tracing::info!(aibot = %self.name, errcode, "a pushed message to the group was refused: sent as a reply to the member's message instead");
+                        link.request(frame::RESPOND, req_id, Some(message), WAIT_CONNECTED)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| failed(e.into()))
+                    }
+                    (Err(e), _) => Err(failed(e.into())),
+                }
             }
             Way::Polled { http, .. } => {
                 let url = (self.to.response_url.as_deref())

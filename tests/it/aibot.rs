@@ -815,3 +815,35 @@ async fn an_http_agent_gets_the_group_chat_and_who_spoke_and_streams_as_ndjson()
     assert_eq!(turn["text"], "几点开会？");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_a_group_what_does_not_fit_the_bubble_is_pushed_or_if_refused_replied() {
+    let fake = FakeAiBot::start().await;
+    let long = "群".repeat(8000);
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Says(long.clone()))).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    // WeCom takes a push to the group: the rest is pushed to the chat.
+    let first = fake
+        .inject_group_text(BOT_ID, "wrkA", "lisi", "@助手 长文")
+        .await;
+    let bubble = fake.wait_for_finished(&first.req_id).await;
+    let pushed = fake.wait_for_pushed("wrkA", 1).await;
+    assert_eq!(format!("{}{}", bubble.content, pushed.concat()), long);
+    // WeCom refuses pushes to groups: the rest goes as one more reply to the message.
+    fake.refuse_next("aibot_send_msg", ERR_INVALID_PARAM, 1);
+    let second = fake
+        .inject_group_text(BOT_ID, "wrkA", "lisi", "@助手 再来")
+        .await;
+    let markdown = fake
+        .wait_for(|f| f.req_id() == second.req_id && f.body()["msgtype"] == "markdown")
+        .await;
+    let bubble = fake.wait_for_finished(&second.req_id).await;
+    let rest = markdown.body()["markdown"]["content"].as_str().unwrap();
+    assert_eq!(format!("{}{rest}", bubble.content), long);
+    assert_eq!(
+        fake.pushed("wrkA").len(),
+        1,
+        "the refused push was not counted"
+    );
+    app.stop().await;
+}

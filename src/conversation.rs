@@ -98,6 +98,9 @@ pub struct Streamed {
     /// URL mode: the callback's `response_url` was used (WeCom takes one message on it).
     #[serde(default)]
     pub response_url_used: bool,
+    /// What the bubble shows is the placeholder, not part of the answer.
+    #[serde(default)]
+    pub placeholder: bool,
 }
 
 impl Streamed {

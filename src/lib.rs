@@ -283,8 +283,8 @@ impl Application {
             agents: live::Live::new(agents),
             outbound: outbound.clone(),
             apps: apps.clone(),
+            aibots: aibot::Bots::new(&config.aibots, &config.aibot, received.clone()),
             received,
-            aibots: aibot::Bots::new(&config.aibots, &config.aibot),
         };
         Ok(Application {
             listener,

@@ -211,9 +211,11 @@ impl Link {
 
     /// The connection is gone: every waiting command learns it now.
     fn closed(&self, next: State) {
+        // The state first: a command sent meanwhile waits for the next connection instead of
+        // finding no writer under a state that still says connected.
+        self.state.send_replace(next);
         *lock(&self.writer) = None;
         lock(&self.pending).clear();
-        self.state.send_replace(next);
     }
 
     /// Another replica holds the bot: this one waits.
@@ -288,6 +290,9 @@ pub async fn run(
         };
         if started.elapsed() > STABLE_AFTER {
             dropped = 0;
+        }
+        if !matches!(ended, Ended::Refused { .. }) {
+            refused = 0;
         }
         let wait = match ended {
             Ended::Dropped(why) => {
@@ -386,6 +391,8 @@ async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Push
     tracing::info!(aibot = %link.name, connection, "AI bot {:?} connected to WeCom", link.name);
 
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    // After a stall, one tick, not a burst of them: the answers have had no chance to come.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
     let mut ping_id = String::new();
     loop {
@@ -399,12 +406,12 @@ async fn connection(link: &Link, creds: &Credentials, pushes: &mpsc::Sender<Push
                     // tungstenite answers WebSocket pings itself.
                     Some(Ok(_)) => continue,
                 };
+                // Anything WeCom sends shows the connection alive.
+                unanswered = 0;
                 match Incoming::parse(&text) {
                     Err(e) => tracing::warn!(aibot = %link.name, error = %e, "a frame from WeCom that is not understood; ignored"),
                     Ok(Incoming::Answer { req_id, errcode, errmsg, body }) => {
-                        if req_id == ping_id {
-                            unanswered = 0;
-                        } else {
+                        if req_id != ping_id {
                             link.answered(&req_id, (errcode, errmsg, body));
                         }
                     }

@@ -32,6 +32,21 @@ pub struct Bot {
     pub polls: polls::Polls,
     /// URL mode: posts to a callback's `response_url`.
     pub http: reqwest::Client,
+    /// Fetches a member's file as soon as the message is stored: WeCom's link to it lasts
+    /// minutes, and the message may wait longer for its turn.
+    pub received: Arc<crate::received::Received>,
+}
+
+impl Bot {
+    /// The key that opens a member's file in URL mode (the long connection gives one per file).
+    pub fn url_mode_key(&self) -> Option<&secrecy::SecretString> {
+        match &self.config.mode {
+            settings::Mode::Callback {
+                encoding_aes_key, ..
+            } => Some(encoding_aes_key),
+            settings::Mode::LongConnection { .. } => None,
+        }
+    }
 }
 
 /// The configured AI bots, by name.
@@ -39,7 +54,11 @@ pub struct Bot {
 pub struct Bots(Arc<HashMap<String, Arc<Bot>>>);
 
 impl Bots {
-    pub fn new(configs: &[AiBotConfig], settings: &AiBotSettings) -> Bots {
+    pub fn new(
+        configs: &[AiBotConfig],
+        settings: &AiBotSettings,
+        received: Arc<crate::received::Received>,
+    ) -> Bots {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -51,6 +70,7 @@ impl Bots {
                 link: Link::new(&config.name),
                 polls: polls::Polls::default(),
                 http: http.clone(),
+                received: received.clone(),
             };
             (config.name.clone(), Arc::new(bot))
         });

@@ -31,13 +31,14 @@ impl Polls {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Show `content` in bubble `id` (opened now if new), finished or not. False when WeCom no
-    /// longer polls it (see [`Polls::poll`]): the content must go another way.
+    /// Show `content` in bubble `id`, finished or not. False when WeCom does not poll this
+    /// process for it: a bubble another process opened (a replica, or this one before a restart),
+    /// or one WeCom stopped polling (see [`Polls::poll`]); the content must go another way.
     pub fn set(&self, id: &str, content: &str, finished: bool) -> bool {
         let mut map = self.map();
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
-        if map.get(id).is_some_and(|(p, _)| p.abandoned) {
+        if map.get(id).is_none_or(|(p, _)| p.abandoned) {
             return false;
         }
         let polled = Polled {
@@ -73,7 +74,12 @@ impl Polls {
         if let Some(polled) = self.get(id) {
             return polled;
         }
-        self.set(id, content, false);
+        let polled = Polled {
+            content: content.to_owned(),
+            finished: false,
+            abandoned: false,
+        };
+        self.map().insert(id.to_owned(), (polled, Instant::now()));
         Polled {
             content: content.to_owned(),
             finished: false,

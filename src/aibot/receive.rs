@@ -80,11 +80,14 @@ pub async fn run(
                     "The gateway cannot take messages right now; please send it again in a moment.",
                     true,
                 );
-                let wait = std::time::Duration::from_secs(5);
-                let _ = bot
-                    .link
-                    .request(frame::RESPOND, &pushed.req_id, Some(&body), wait)
-                    .await;
+                // Beside the reading: the connection's reader must not wait for an answer it reads.
+                let (bot, req_id) = (bot.clone(), pushed.req_id.clone());
+                tokio::spawn(async move {
+                    let wait = std::time::Duration::from_secs(5);
+                    let _ = (bot.link)
+                        .request(frame::RESPOND, &req_id, Some(&body), wait)
+                        .await;
+                });
             }
         }
     }
@@ -152,14 +155,13 @@ async fn check_and_store(
             return Ok(Taken::Ignored);
         }
     }
-    if !user.is_empty() && !bot.config.allowlist.allows("", user) {
-        tracing::warn!(aibot = %name, user = ?user, "message from a user who is not on the bot's allowlist: not passed to the agent");
+    if user.is_empty() {
+        tracing::debug!(aibot = %name, "a message from no member (a notice); ignored");
         return Ok(Taken::Ignored);
     }
-    if let (Content::Event(Event::EnterChat), Arrival::Pushed { req_id, .. }) =
-        (&inbound.content, arrival)
-    {
-        welcome(bot, req_id).await;
+    if !bot.config.allowlist.allows("", user) {
+        tracing::warn!(aibot = %name, user = ?user, "message from a user who is not on the bot's allowlist: not passed to the agent");
+        return Ok(Taken::Ignored);
     }
     let user_key = session_key(
         &bot.config.bot_id,
@@ -180,7 +182,22 @@ async fn check_and_store(
             }
         },
     };
-    match store.push(job).await? {
+    let stored_payload = job.payload.clone();
+    let queued = store.push(job).await?;
+    // A member's file is fetched now: WeCom's link to it lasts minutes, the turn may come later.
+    if queued == Queued::Queued && matches!(inbound.content, Content::Image(_) | Content::File(_)) {
+        if let Ok(message) = stored::read(&stored_payload) {
+            let key = bot.url_mode_key().cloned();
+            bot.received.fetch_aibot_early(message, key);
+        }
+    }
+    // Stored first, then the welcome, beside the reading (WeCom takes it within 5 s).
+    if let (Content::Event(Event::EnterChat), Arrival::Pushed { req_id, .. }, Queued::Queued) =
+        (&inbound.content, arrival, queued)
+    {
+        welcome(bot, req_id);
+    }
+    match queued {
         Queued::Queued => {
             tracing::debug!(aibot = %name, user = ?user_key, "AI bot message queued");
             Ok(Taken::Queued)
@@ -207,18 +224,20 @@ pub fn session_key(
     }
 }
 
-/// The welcome a member gets on opening the chat (`enter_chat`), within WeCom's 5 seconds.
-async fn welcome(bot: &Bot, req_id: &str) {
-    let Some(text) = &bot.config.welcome else {
+/// The welcome a member gets on opening the chat (`enter_chat`), sent beside the reading.
+fn welcome(bot: &Bot, req_id: &str) {
+    let Some(text) = bot.config.welcome.clone() else {
         return;
     };
-    let body = json!({ "msgtype": "text", "text": { "content": text } });
-    let wait = std::time::Duration::from_secs(4);
-    if let Err(e) = bot
-        .link
-        .request(frame::RESPOND_WELCOME, req_id, Some(&body), wait)
-        .await
-    {
-        tracing::warn!(aibot = %bot.config.name, errcode = e.errcode(), error = %e, "cannot send the welcome message");
-    }
+    let (link, name, req_id) = (bot.link.clone(), bot.config.name.clone(), req_id.to_owned());
+    tokio::spawn(async move {
+        let body = json!({ "msgtype": "text", "text": { "content": text } });
+        let wait = std::time::Duration::from_secs(4);
+        if let Err(e) = link
+            .request(frame::RESPOND_WELCOME, &req_id, Some(&body), wait)
+            .await
+        {
+            tracing::warn!(aibot = %name, errcode = e.errcode(), error = %e, "cannot send the welcome message");
+        }
+    });
 }

@@ -23,6 +23,24 @@ use crate::store::{now_ms, Job, Outbox};
 /// How long a command waits for the bot to be connected before it counts as failed.
 pub const WAIT_CONNECTED: Duration = Duration::from_secs(30);
 
+/// What of `text` (an answer being written) the bubble shows: from its first words, and up to
+/// a markdown image, which the finished answer sends as an image of its own.
+fn visible(text: &str) -> &str {
+    let text = text.trim_start();
+    match text.find("![") {
+        Some(at) => &text[..at],
+        None => text,
+    }
+}
+
+/// How many bytes `a` and `b` begin with alike, at a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((at, _), _)| at)
+}
+
 /// Why part of a reply did not reach WeCom.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -37,6 +55,9 @@ pub enum SendError {
     /// URL mode cannot send this kind of message after the passive reply.
     #[error("URL mode sends only text and cards after the reply's bubble")]
     NotInUrlMode,
+    /// Another replica holds the bot now: the job goes back for it.
+    #[error("another replica holds the AI bot now")]
+    Standby,
 }
 
 impl SendError {
@@ -108,6 +129,7 @@ impl<'a> Bubble<'a> {
             finished: false,
             delivered: 0,
             response_url_used: false,
+            placeholder: false,
         });
         let closed = streamed.finished || matches!(way, Way::Link(_)) && to.req_id.is_none();
         Bubble {
@@ -154,11 +176,18 @@ impl<'a> Bubble<'a> {
             self.close_in_time().await;
             return;
         }
-        let text = frame::clamp(text, MAX_STREAM_BYTES);
+        let text = frame::clamp(visible(text), MAX_STREAM_BYTES);
         if text.trim().is_empty() || text == self.streamed.shown {
             return;
         }
         let _ = self.frame(text, false).await;
+    }
+
+    /// Show the placeholder: not part of the answer, so never counted as seen of it.
+    pub async fn placeholder(&mut self, text: &str) {
+        if !self.closed && !text.trim().is_empty() && self.frame(text, false).await.is_ok() {
+            self.streamed.placeholder = true;
+        }
     }
 
     /// Finish a bubble whose time is up with what it shows, so WeCom does not show its own
@@ -188,6 +217,7 @@ impl<'a> Bubble<'a> {
             self.streamed.started_ms = now_ms();
         }
         self.streamed.shown = content.to_owned();
+        self.streamed.placeholder = false;
         self.streamed.finished |= finish;
         if matches!(self.way, Way::Link(_)) {
             self.record().await;
@@ -234,10 +264,14 @@ impl<'a> Bubble<'a> {
                 // messages, which need no req_id.
                 tracing::warn!(job = self.job.id, aibot = %self.name, errcode = e.errcode(), error = %e, "the reply's stream cannot be updated; the rest of the answer goes as a message");
                 self.closed = true;
-                self.streamed = Streamed {
-                    started_ms: self.streamed.started_ms,
-                    ..before
-                };
+                // A frame WeCom refused, or that never left, is not on screen; one written to a
+                // connection that then closed may be, and stays counted.
+                if matches!(e, LinkError::Refused { .. } | LinkError::NotConnected) {
+                    self.streamed = Streamed {
+                        started_ms: self.streamed.started_ms,
+                        ..before
+                    };
+                }
                 self.record().await;
                 Err(e)
             }
@@ -267,10 +301,17 @@ impl<'a> Bubble<'a> {
                 self.record().await;
             }
         }
-        if self.streamed.delivered == 0 {
+        if self.streamed.delivered == 0 && !self.streamed.placeholder {
+            // What the bubble shows of this answer: all it shows when the answer begins with it;
+            // else, streamed by this try (the finished answer reads a little differently: trimmed,
+            // images taken out), as far as the two agree; streamed by an earlier try, nothing (it
+            // was another answer, and this one is sent whole).
             let shown = &self.streamed.shown;
-            let seen = !shown.is_empty() && full.starts_with(shown.as_str());
-            self.streamed.delivered = if seen { shown.len() } else { 0 };
+            self.streamed.delivered = match full.starts_with(shown.as_str()) {
+                true => shown.len(),
+                false if !self.resumed => common_prefix(full, shown),
+                false => 0,
+            };
         }
         let rest = full.get(self.streamed.delivered..).unwrap_or("");
         if rest.trim().is_empty() {
@@ -300,10 +341,23 @@ impl<'a> Bubble<'a> {
             Way::Link(link) => {
                 let (chat, group) = self.to.chat();
                 let body = frame::send_to(chat, group, message);
-                let req_id = format!("send_{}", hex::encode(rand::random::<[u8; 8]>()));
-                let sent = link
-                    .request(frame::SEND, &req_id, Some(&body), WAIT_CONNECTED)
-                    .await;
+                let mut tries = 0;
+                let sent = loop {
+                    let req_id = format!("send_{}", hex::encode(rand::random::<[u8; 8]>()));
+                    let sent =
+                        (link.request(frame::SEND, &req_id, Some(&body), WAIT_CONNECTED)).await;
+                    tries += 1;
+                    // Not sent (the connection is down, or went before it was written): sent
+                    // again once the bot is connected; a message WeCom may have taken (no
+                    // answer) is not, lest it show twice.
+                    match sent {
+                        Err(LinkError::NotConnected) if tries < 3 => {}
+                        other => break other,
+                    }
+                    if !link.ready().await {
+                        return Err(failed(SendError::Standby));
+                    }
+                };
                 match (sent, self.to.req_id.as_deref()) {
                     (Ok(_), _) => Ok(()),
                     // Whether a group takes a pushed message is disputed (WeCom's doc says yes,

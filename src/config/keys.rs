@@ -241,7 +241,9 @@ pub const AIBOT_WS_URL: Key<Text> = Key::new("aibot.ws_url", rules::ws_url).or(D
 /// `off`: no placeholder.
 pub const AIBOT_PLACEHOLDER: Key<Text> = Key::new("aibot.placeholder", rules::text).or("思考中…")
     .restart().value(|c| format!("{:?}", c.aibot.placeholder));
-pub const AIBOT_UPDATE_MS: Key<Duration> = Key::new("aibot.update_ms", |t| millis(t, 60_000)).number()
+/// Not below 50 ms: each update waits for WeCom's answer anyway.
+pub const AIBOT_UPDATE_MS: Key<Duration> =
+    Key::new("aibot.update_ms", |t| num(t, 50, 60_000).map(Duration::from_millis)).number()
     .or("500").restart().value(|c| c.aibot.update_every.as_millis().to_string());
 /// WeCom refuses a stream's updates 6 minutes after its first frame.
 pub const AIBOT_STREAM_SECS: Key<Duration> = Key::new("aibot.stream_secs", |t| secs(t, 10, 350))

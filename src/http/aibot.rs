@@ -150,6 +150,13 @@ async fn answer(
     // The bubble's id follows from the message: WeCom's retry of the callback gets the same one.
     let digest = Sha256::digest(format!("{}:{}", bot.config.bot_id, inbound.msgid));
     let stream_id = format!("s{}", hex::encode(&digest[..8]));
+    // Opened before the message is stored: a worker that takes it at once finds its bubble here.
+    let placeholder = match bot.settings.placeholder.as_str() {
+        "" => "…",
+        text => text,
+    };
+    let events = matches!(inbound.content, Content::Event(_));
+    let polled = (!events).then(|| bot.polls.open(&stream_id, placeholder));
     let taken = take(
         &bot,
         &*state.store,
@@ -161,21 +168,15 @@ async fn answer(
     .await;
     match taken {
         Ok(Taken::Ignored) => Ok(StatusCode::OK.into_response()),
-        Ok(Taken::Queued | Taken::Duplicate) if matches!(inbound.content, Content::Event(_)) => {
-            Ok(StatusCode::OK.into_response())
-        }
-        Ok(Taken::Queued | Taken::Duplicate) => {
-            let placeholder = match bot.settings.placeholder.as_str() {
-                "" => "…",
-                text => text,
-            };
-            let polled = bot.polls.open(&stream_id, placeholder);
-            Ok(reply(&crate::aibot::frame::stream(
+        // An event is answered with an empty 200; a message with its bubble, as it stands.
+        Ok(Taken::Queued | Taken::Duplicate) => match polled {
+            None => Ok(StatusCode::OK.into_response()),
+            Some(polled) => Ok(reply(&crate::aibot::frame::stream(
                 &stream_id,
                 &polled.content,
                 polled.finished,
-            )))
-        }
+            ))),
+        },
         Err(NotTaken::Unreadable(why)) => Err(bad(Check::Message, why)),
         // Not WeCom's fault: 503 (full, unreachable) or 500, and WeCom tries again.
         Err(NotTaken::Store(e)) => Err(Reject {

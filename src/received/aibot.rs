@@ -4,7 +4,10 @@
 //!
 //! Must never: keep more than `media.max_bytes`, or log the file's key.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -15,11 +18,61 @@ use crate::conversation::{Fetched, MediaInfo};
 use crate::message::{InboundMessage, MessageKind};
 use crate::store::MediaRecord;
 
+/// Files fetched early, by URL, with when: kept for the worker at most this long, and at most
+/// this many (a worker that never comes for one does not keep it in memory).
+const EARLY_FOR: Duration = Duration::from_secs(3600);
+const EARLY_MAX: usize = 10_000;
+
+#[derive(Default)]
+pub(super) struct Early(Mutex<HashMap<String, (Fetched, Instant)>>);
+
+impl Early {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Fetched, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Received {
-    /// Fetch an AI bot message's file, if it has one, opened with its own key (the long
-    /// connection) or `url_mode_key`, the bot's EncodingAESKey. Never fails: what went wrong is
-    /// in the answer's `error`. (`Option` twice, as [`Received::fetch`]: `None` is a stop.)
+    /// Fetch an AI bot message's file now, beside the caller, for the worker to find when the
+    /// message's turn comes: WeCom's link to it lasts minutes, the turn may come later.
+    pub fn fetch_aibot_early(
+        self: &Arc<Self>,
+        message: InboundMessage,
+        url_mode_key: Option<SecretString>,
+    ) {
+        let Some(url) = message.raw.get(MEDIA_URL).cloned() else {
+            return;
+        };
+        let received = self.clone();
+        tokio::spawn(async move {
+            if let Some(Some(fetched)) = received.fetch_now(&message, url_mode_key.as_ref()).await {
+                let mut early = received.early.map();
+                let now = Instant::now();
+                early.retain(|_, (_, at)| now.duration_since(*at) < EARLY_FOR);
+                if early.len() < EARLY_MAX {
+                    early.insert(url, (fetched, now));
+                }
+            }
+        });
+    }
+
+    /// An AI bot message's file: the one fetched early, else fetched now. Opened with its own
+    /// key (the long connection) or `url_mode_key`, the bot's EncodingAESKey. Never fails: what
+    /// went wrong is in the answer's `error`. (`Option` twice, as [`Received::fetch`]: `None` is
+    /// a stop.)
     pub async fn fetch_aibot(
+        &self,
+        message: &InboundMessage,
+        url_mode_key: Option<&SecretString>,
+    ) -> Option<Option<Fetched>> {
+        let url = message.raw.get(MEDIA_URL);
+        if let Some((fetched, _)) = url.and_then(|url| self.early.map().remove(url)) {
+            return Some(Some(fetched));
+        }
+        self.fetch_now(message, url_mode_key).await
+    }
+
+    async fn fetch_now(
         &self,
         message: &InboundMessage,
         url_mode_key: Option<&SecretString>,

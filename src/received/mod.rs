@@ -45,6 +45,9 @@ pub struct Received {
     key: OnceCell<Vec<u8>>,
     /// Downloads an AI bot's files, which WeCom serves by URL.
     http: reqwest::Client,
+    /// AI bots' files fetched as soon as their message was stored, by URL, until the worker
+    /// takes them (`aibot.rs`).
+    early: aibot::Early,
 }
 
 impl std::fmt::Debug for Received {
@@ -143,6 +146,7 @@ impl Received {
                 .timeout(DOWNLOAD_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            early: aibot::Early::default(),
         }
     }
 

@@ -67,8 +67,9 @@ async fn stand_in(
                                 frame::PING => {}
                                 _ => {
                                     print(&json!({"cmd": cmd, "body": body}));
-                                    let finished = body["stream"]["finish"] == true;
-                                    if finished || cmd == frame::SEND {
+                                    // One answer's end: its bubble finished (what follows it is
+                                    // printed as it comes, before the next message's frames).
+                                    if body["stream"]["finish"] == true {
                                         let _ = done.send(());
                                     }
                                 }

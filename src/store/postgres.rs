@@ -1338,7 +1338,12 @@ impl super::model::BotLeases for PostgresStore {
                 if let Ok(true) = locked {
                     set(true);
                     tx.send_replace(true);
-                    while !tx.is_closed() && client.simple_query("SELECT 1").await.is_ok() {
+                    // A check that does not come back in time (a half-open connection) counts as
+                    // the lock lost: the database may have ended the session and another
+                    // replica taken the bot.
+                    let alive =
+                        || tokio::time::timeout(BOT_LEASE_CHECK, client.simple_query("SELECT 1"));
+                    while !tx.is_closed() && matches!(alive().await, Ok(Ok(_))) {
                         tokio::time::sleep(BOT_LEASE_CHECK).await;
                     }
                     set(false);

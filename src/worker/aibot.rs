@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{AgentHandle, Worker};
 use crate::agent::{AgentError, Partial, Turn};
 use crate::aibot::frame;
-use crate::aibot::reply::{Bubble, Way};
+use crate::aibot::reply::{Bubble, SendError, Way};
 use crate::aibot::settings::Mode;
 use crate::aibot::stored::ReplyTo;
 use crate::aibot::Bot;
@@ -92,6 +92,10 @@ impl Worker {
             return Outcome::Done;
         }
         if let Err(e) = bubble.finish(&text).await {
+            if e.error == SendError::Standby {
+                tracing::info!(job = job.id, aibot = %name, "another replica holds the AI bot now: it sends the rest of the reply");
+                return Outcome::Interrupted;
+            }
             // URL mode's one message after the bubble was used, or WeCom refused it.
             tracing::error!(job = job.id, aibot = %name, user = ?job.user_key, errcode = e.error.errcode(), error = %e, "the reply could not be delivered in full");
             return Outcome::Failed(Failure::send_failed(e.to_string(), e.error.errcode()));
@@ -155,19 +159,15 @@ impl Worker {
         bubble: &mut Bubble<'_>,
     ) -> Option<Result<Vec<AppMessage>, AgentError>> {
         let settings = &bot.settings;
-        if !bubble.on_screen() && !settings.placeholder.is_empty() {
-            bubble.show(&settings.placeholder).await;
+        // An event's req_id takes no stream (a card click is answered with its card update).
+        let event = matches!(job.message.kind, MessageKind::Event(_));
+        if !event && !bubble.on_screen() {
+            bubble.placeholder(&settings.placeholder).await;
         }
         let (partial, mut written) = Partial::new();
         let msg = &job.message;
         let answer = async {
-            let url_mode_key = match &bot.config.mode {
-                Mode::Callback {
-                    encoding_aes_key, ..
-                } => Some(encoding_aes_key),
-                Mode::LongConnection { .. } => None,
-            };
-            let media = self.received.fetch_aibot(msg, url_mode_key).await?;
+            let media = self.received.fetch_aibot(msg, bot.url_mode_key()).await?;
             let turn = Turn {
                 channel: &job.channel,
                 corp_id: "",
@@ -192,7 +192,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 result = &mut answer => return result,
-                Ok(()) = written.changed() => {
+                Ok(()) = written.changed(), if !event => {
                     if let Some(at) = last {
                         tokio::select! {
                             biased;
@@ -204,7 +204,7 @@ impl Worker {
                     bubble.show(&text).await;
                     last = Some(tokio::time::Instant::now());
                 }
-                _ = clock.tick() => bubble.show("").await,
+                _ = clock.tick(), if !event => bubble.show("").await,
             }
         }
     }

@@ -847,3 +847,77 @@ async fn in_a_group_what_does_not_fit_the_bubble_is_pushed_or_if_refused_replied
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_members_file_is_fetched_when_it_arrives_not_when_its_turn_comes() {
+    use sha2::Digest;
+    /// Holds the member's lane on its first message until the test lets it go; then as `Files`.
+    struct Busy(Arc<Semaphore>);
+    #[async_trait]
+    impl Agent for Busy {
+        fn name(&self) -> &str {
+            "busy"
+        }
+        async fn reply(&self, turn: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+            if turn.media.is_none() {
+                self.0
+                    .acquire()
+                    .await
+                    .map_err(|e| AgentError::Failed(e.to_string()))?
+                    .forget();
+                return Ok(vec![AppMessage::text("done")]);
+            }
+            Files.reply(turn).await
+        }
+    }
+    let fake = FakeAiBot::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Busy(gate.clone()))).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let first = fake.inject_text(BOT_ID, "zhangsan", "a long task").await;
+    let (url, aeskey) = fake.serve_encrypted(PNG);
+    let image = fake.inject_image(BOT_ID, "zhangsan", &url, &aeskey).await;
+    // The first turn still runs, and the image's link (valid for minutes) is already used.
+    fake.wait_until_true(|f| f.media_gets() == 1, "the image fetched on arrival")
+        .await;
+    assert!(
+        !fake.bubble(&first.req_id).is_some_and(|b| b.finished),
+        "the first turn still runs"
+    );
+    gate.add_permits(1);
+    let sha = hex::encode(sha2::Sha256::digest(PNG));
+    assert_eq!(
+        fake.wait_for_finished(&image.req_id).await.content,
+        format!("{} bytes {sha}", PNG.len())
+    );
+    assert_eq!(fake.media_gets(), 1, "fetched once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_turn_longer_than_stream_secs_finishes_its_bubble_in_time_and_sends_the_rest_once() {
+    let fake = FakeAiBot::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let pieces: Vec<String> = ["前五分钟写的，", "之后写的。"].map(String::from).to_vec();
+    let agent = Writing {
+        pieces: pieces.clone(),
+        gate: gate.clone(),
+    };
+    let mut config = aibot_config(&fake);
+    // WeCom's 6 minutes, shortened: the bubble is finished 1 s after its first frame.
+    config.aibot.stream_for = Duration::from_secs(1);
+    let app = TestApp::spawn_with_agent(config, Arc::new(agent)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "慢慢写").await;
+    gate.add_permits(1);
+    let bubble = fake.wait_for_finished(&sent.req_id).await;
+    assert_eq!(
+        bubble.content, pieces[0],
+        "finished in time with what it showed"
+    );
+    gate.add_permits(1);
+    let pushed = fake.wait_for_pushed("zhangsan", 1).await;
+    assert_eq!(pushed, vec![pieces[1].clone()], "the rest, once");
+    assert_eq!(fake.bubbles(&sent.req_id).len(), 1);
+    app.stop().await;
+}

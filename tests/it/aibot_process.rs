@@ -23,7 +23,7 @@ fn serve(fake: &FakeAiBot, model: &str, dir: &std::path::Path, extra: &[(&str, &
     cmd.env("WECOM_CALLBACK_AIBOT_ID", BOT_ID)
         .env("WECOM_CALLBACK_AIBOT_SECRET", SECRET)
         .env("WECOM_CALLBACK_AIBOT__WS_URL", fake.url())
-        .env("WECOM_CALLBACK_AIBOT__UPDATE_MS", "20")
+        .env("WECOM_CALLBACK_AIBOT__UPDATE_MS", "50")
         .env("WECOM_CALLBACK_ALLOW_ALL_USERS", "true")
         .env("WECOM_CALLBACK_AGENT__KIND", "openai")
         .env("WECOM_CALLBACK_AGENT__BASE_URL", model)

@@ -4,9 +4,8 @@
 //!
 //! Must never: keep more than `media.max_bytes`, or log the file's key.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -22,15 +21,6 @@ use crate::store::MediaRecord;
 /// this many (a worker that never comes for one does not keep it in memory).
 const EARLY_FOR: Duration = Duration::from_secs(3600);
 const EARLY_MAX: usize = 10_000;
-
-#[derive(Default)]
-pub(super) struct Early(Mutex<HashMap<String, (Fetched, Instant)>>);
-
-impl Early {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Fetched, Instant)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 impl Received {
     /// Fetch an AI bot message's file now, beside the caller, for the worker to find when the

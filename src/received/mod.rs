@@ -47,7 +47,20 @@ pub struct Received {
     http: reqwest::Client,
     /// AI bots' files fetched as soon as their message was stored, by URL, until the worker
     /// takes them (`aibot.rs`).
-    early: aibot::Early,
+    early: Early,
+}
+
+/// AI bots' files fetched early, by URL, with when (see `aibot.rs`).
+#[derive(Default)]
+struct Early(std::sync::Mutex<std::collections::HashMap<String, (Fetched, std::time::Instant)>>);
+
+impl Early {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Fetched, std::time::Instant)>>
+    {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Received {
@@ -146,7 +159,7 @@ impl Received {
                 .timeout(DOWNLOAD_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
-            early: aibot::Early::default(),
+            early: Early::default(),
         }
     }
 

@@ -445,20 +445,8 @@ mod url_mode {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (_, shown) = post(&app, &poll).await;
-            let shown = shown.unwrap();
-            if shown["stream"]["finish"] == true {
-                assert_eq!(shown["stream"]["content"], pieces.concat());
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never finished: {shown}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let shown = finished(&app, &id).await;
+        assert_eq!(shown["stream"]["content"], pieces.concat());
         // A bubble this process does not know is finished empty, so WeCom stops polling.
         let unknown = json!({"msgid": "m-poll2", "aibotid": "aib-url", "chattype": "single",
             "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": "s-unknown"}});
@@ -466,6 +454,50 @@ mod url_mode {
         assert_eq!(
             shown.unwrap()["stream"],
             json!({"id": "s-unknown", "finish": true, "content": ""})
+        );
+        app.stop().await;
+    }
+
+    /// WeCom's polls of bubble `id` until it is finished (at WeCom's cadence, much shortened):
+    /// what it shows then.
+    async fn finished(app: &TestApp, id: &str) -> Value {
+        let poll = json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let shown = post(app, &poll).await.1.unwrap();
+            if shown["stream"]["finish"] == true {
+                return shown;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never finished: {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_members_file_is_opened_with_the_bots_encoding_aes_key() {
+        use sha2::Digest;
+        let sealed = wecom_gateway::crypto::AesKey::from_base64(KEY)
+            .unwrap()
+            .encrypt_padded(PNG);
+        let router =
+            axum::Router::new().route("/f", axum::routing::get(move || async move { sealed }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let app = TestApp::spawn_with_agent(url_config(), Arc::new(Files)).await;
+        let image = json!({"msgid": "m-img", "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": "image", "image": {"url": format!("http://{addr}/f")}});
+        let (_, answer) = post(&app, &image).await;
+        let id = answer.unwrap()["stream"]["id"].as_str().unwrap().to_owned();
+        let shown = finished(&app, &id).await;
+        let sha = hex::encode(sha2::Sha256::digest(PNG));
+        assert_eq!(
+            shown["stream"]["content"],
+            format!("{} bytes {sha}", PNG.len()).as_str()
         );
         app.stop().await;
     }
@@ -508,25 +540,11 @@ mod url_mode {
 
     #[tokio::test]
     async fn what_does_not_fit_the_bubble_goes_once_to_the_response_url() {
-        use axum::routing::post as route_post;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let router = axum::Router::new().route(
-            "/response",
-            route_post(move |axum::Json(body): axum::Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(body);
-                    axum::Json(json!({"errcode": 0, "errmsg": "ok"}))
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let (response_url, mut rx) = response_url().await;
         let app = TestApp::spawn_with_agent(url_config(), Arc::new(Says("长".repeat(8000)))).await;
         let message = json!({"msgid": "m-long", "aibotid": "aib-url", "chattype": "single",
             "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "long"},
-            "response_url": format!("http://{addr}/response")});
+            "response_url": response_url});
         let (_, answer) = post(&app, &message).await;
         assert_eq!(answer.unwrap()["stream"]["finish"], false);
         let sent = tokio::time::timeout(WAIT, rx.recv())
@@ -678,89 +696,6 @@ async fn a_click_on_a_card_gets_the_agents_card_update() {
             .all(|r| r.get("stream").is_none()),
         "no stream answers a click"
     );
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn in_url_mode_a_members_file_is_opened_with_the_bots_encoding_aes_key() {
-    use sha2::Digest;
-    let key = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
-    let sealed = wecom_gateway::crypto::AesKey::from_base64(key)
-        .unwrap()
-        .encrypt_padded(PNG);
-    let router = axum::Router::new().route("/f", axum::routing::get(move || async move { sealed }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
-    let mut config = config(&[], "http://127.0.0.1:9");
-    config.aibots.push(AiBotConfig {
-        name: "urlbot".into(),
-        bot_id: "aib-url".into(),
-        mode: Mode::Callback {
-            token: "t".into(),
-            encoding_aes_key: key.into(),
-        },
-        allowlist: Allowlist {
-            allow_all: true,
-            users: vec![],
-        },
-        chats: Chats::default(),
-        group_session: GroupSession::Member,
-        welcome: None,
-        agent: None,
-    });
-    let app = TestApp::spawn_with_agent(config, Arc::new(Files)).await;
-    let crypt = wecom_gateway::crypto::MsgCrypt::new("t", key, "").unwrap();
-    let body = serde_json::json!({"msgid": "m-img", "aibotid": "aib-url", "chattype": "single",
-        "from": {"userid": "zhangsan"}, "msgtype": "image", "image": {"url": format!("http://{addr}/f")}});
-    let ts = now_secs().to_string();
-    let sealed = crypt.encrypt_msg(&body.to_string(), &ts, "n", rand::random());
-    let url = app.url(&format!(
-        "/wecom/aibot/urlbot?msg_signature={}&timestamp={ts}&nonce=n",
-        sealed.msg_signature
-    ));
-    let envelope = serde_json::json!({"encrypt": sealed.encrypt}).to_string();
-    let answer = app.http.post(url).body(envelope).send().await.unwrap();
-    assert_eq!(answer.status(), 200);
-    let reply: wecom_gateway::aibot::callback_body::PassiveReply = answer.json().await.unwrap();
-    let opened: serde_json::Value = serde_json::from_slice(&reply.open(&crypt).unwrap()).unwrap();
-    let id = opened["stream"]["id"].as_str().unwrap().to_owned();
-    let bot = format!(
-        "{} bytes {}",
-        PNG.len(),
-        hex::encode(sha2::Sha256::digest(PNG))
-    );
-    let poll = serde_json::json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
-        "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let ts = now_secs().to_string();
-        let sealed = crypt.encrypt_msg(&poll.to_string(), &ts, "n", rand::random());
-        let url = app.url(&format!(
-            "/wecom/aibot/urlbot?msg_signature={}&timestamp={ts}&nonce=n",
-            sealed.msg_signature
-        ));
-        let envelope = serde_json::json!({"encrypt": sealed.encrypt}).to_string();
-        let reply: wecom_gateway::aibot::callback_body::PassiveReply = app
-            .http
-            .post(url)
-            .body(envelope)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let shown: serde_json::Value =
-            serde_json::from_slice(&reply.open(&crypt).unwrap()).unwrap();
-        if shown["stream"]["finish"] == true {
-            assert_eq!(shown["stream"]["content"], bot.as_str());
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{shown}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     app.stop().await;
 }
 

@@ -246,20 +246,7 @@ async fn in_url_mode_after_a_kill_9_the_answer_to_a_bubble_wecom_stopped_polling
     const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
     let crypt = MsgCrypt::new("url-token", KEY, "").unwrap();
     let crypt = &crypt;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let router = axum::Router::new().route(
-        "/response",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(body);
-                axum::Json(json!({"errcode": 0, "errmsg": "ok"}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (response_url, mut rx) = response_url().await;
     let model = poet(Arc::new(Semaphore::new(0))).await;
     let dir = tempfile::tempdir().unwrap();
     let serve = || {
@@ -303,7 +290,7 @@ async fn in_url_mode_after_a_kill_9_the_answer_to_a_bubble_wecom_stopped_polling
     let gw = Gateway::start(&mut serve()).await;
     let message = json!({"msgid": "m-restart", "aibotid": "aib-url", "chattype": "single",
         "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "背一首诗"},
-        "response_url": format!("http://{addr}/response")});
+        "response_url": response_url});
     let answer = post(&gw, message).await;
     let id = answer["stream"]["id"].as_str().unwrap().to_owned();
     // The model is asked (and never answers): the process dies mid-turn.

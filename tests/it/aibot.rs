@@ -856,3 +856,70 @@ async fn a_turn_longer_than_stream_secs_finishes_its_bubble_in_time_and_sends_th
     assert_eq!(fake.bubbles(&sent.req_id).len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reset_clears_the_members_conversation_and_a_card_goes_out_as_a_card() {
+    use crate::support::model::{delta, Answer, ModelStub, DONE};
+    use wecom_gateway::config::{AgentKind, OpenAiConfig};
+    let model = ModelStub::start(|_, _| Answer::Stream(vec![delta("好"), DONE.to_owned()])).await;
+    let fake = FakeAiBot::start().await;
+    let mut config = aibot_config(&fake);
+    config.agent.kind = AgentKind::Openai(OpenAiConfig {
+        base_url: model.url.clone(),
+        model: "m".into(),
+        api_key: None,
+        system_prompt: None,
+        temperature: None,
+        max_tokens: None,
+        timeout: Duration::from_secs(10),
+        history_turns: 10,
+        history_chars: 16_000,
+        vision: false,
+    });
+    let app = TestApp::spawn(config).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let first = fake.inject_text(BOT_ID, "zhangsan", "记住 42").await;
+    assert_eq!(fake.wait_for_finished(&first.req_id).await.content, "好");
+    let reset = fake.inject_text(BOT_ID, "zhangsan", "/reset").await;
+    let done = wecom_gateway::agent::openai::RESET_DONE;
+    assert_eq!(fake.wait_for_finished(&reset.req_id).await.content, done);
+    let after = fake.inject_text(BOT_ID, "zhangsan", "还记得吗").await;
+    fake.wait_for_finished(&after.req_id).await;
+    let calls = model.calls();
+    let last = &calls.last().unwrap().1["messages"];
+    assert_eq!(
+        last.as_array().unwrap().len(),
+        1,
+        "the history was cleared: {last}"
+    );
+    app.stop().await;
+
+    // A card the agent answers with goes out as a template card reply to the same message.
+    struct Card;
+    #[async_trait]
+    impl Agent for Card {
+        fn name(&self) -> &str {
+            "card"
+        }
+        async fn reply(&self, _: Turn<'_>) -> Result<Vec<AppMessage>, AgentError> {
+            let template_card = serde_json::json!({"card_type": "button_interaction", "task_id": "t-9", "main_title": {"title": "选一个"}});
+            Ok(vec![
+                AppMessage::text("请选择："),
+                AppMessage::TemplateCard { template_card },
+            ])
+        }
+    }
+    let fake = FakeAiBot::start().await;
+    let app = TestApp::spawn_with_agent(aibot_config(&fake), Arc::new(Card)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "给我选项").await;
+    let card = fake
+        .wait_for(|f| f.req_id() == sent.req_id && f.body()["msgtype"] == "template_card")
+        .await;
+    assert_eq!(card.body()["template_card"]["task_id"], "t-9");
+    assert_eq!(
+        fake.wait_for_finished(&sent.req_id).await.content,
+        "请选择："
+    );
+    app.stop().await;
+}

@@ -1,8 +1,9 @@
 //! URL mode's bubbles: WeCom polls the gateway for a stream's content (stream refresh callbacks)
 //! instead of being sent it. The worker writes each bubble's latest content here; the callback
-//! handler answers each poll from it. Kept in this process's memory: a poll for a bubble this
-//! process does not know (after a restart, or on another replica) is answered finished, so WeCom
-//! stops polling, and the worker sends the answer to the callback's `response_url` instead.
+//! handler answers each poll from it. Kept in this process's memory, for the bubbles this process
+//! opened; a poll for another (after a restart, or on another replica) is answered from the
+//! store, where every reply's progress is recorded, and one the store does not know either is
+//! answered finished, so WeCom stops polling (the answer then goes to the `response_url`).
 //!
 //! Must never: grow without bound (bubbles are forgotten some minutes after WeCom stops polling).
 
@@ -12,6 +13,19 @@ use std::time::{Duration, Instant};
 
 /// WeCom polls a bubble for 6 minutes after the member's message; kept a little longer.
 const KEEP: Duration = Duration::from_secs(10 * 60);
+
+/// Where a bubble's content went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// This process answers the bubble's polls: they show it now.
+    Here,
+    /// Another process opened the bubble (a replica, or this one before a restart): its polls
+    /// are answered from the store, where the reply's progress is recorded.
+    NotHere,
+    /// WeCom was told the bubble is finished and stopped polling it: the content must go
+    /// another way.
+    Abandoned,
+}
 
 /// One bubble as WeCom polls it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,24 +45,24 @@ impl Polls {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Show `content` in bubble `id`, finished or not. False when WeCom does not poll this
-    /// process for it: a bubble another process opened (a replica, or this one before a restart),
-    /// or one WeCom stopped polling (see [`Polls::poll`]); the content must go another way.
-    pub fn set(&self, id: &str, content: &str, finished: bool) -> bool {
+    /// Show `content` in bubble `id`, finished or not, if this process answers WeCom's polls of
+    /// it.
+    pub fn set(&self, id: &str, content: &str, finished: bool) -> Shown {
         let mut map = self.map();
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
-        if map.get(id).is_none_or(|(p, _)| p.abandoned) {
-            return false;
-        }
+        let at = match map.get(id) {
+            None => return Shown::NotHere,
+            Some((p, _)) if p.abandoned => return Shown::Abandoned,
+            Some((_, at)) => *at,
+        };
         let polled = Polled {
             content: content.to_owned(),
             finished,
             abandoned: false,
         };
-        let at = map.get(id).map_or(now, |(_, at)| *at);
         map.insert(id.to_owned(), (polled, at));
-        true
+        Shown::Here
     }
 
     /// The answer to a poll of bubble `id`: what it shows, or, for one this process does not

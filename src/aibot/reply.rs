@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::frame::{self, MAX_STREAM_BYTES};
 use super::link::{Link, LinkError};
-use super::polls::Polls;
+use super::polls::{Polls, Shown};
 use super::stored::ReplyTo;
 use crate::conversation::Streamed;
 use crate::store::{now_ms, Job, Outbox};
@@ -223,11 +223,12 @@ impl<'a> Bubble<'a> {
             self.record().await;
         }
         let sent = match self.way {
+            // Recorded below in either case: another process answers its polls from the store.
             Way::Polled { polls, .. } => match polls.set(&self.streamed.id, content, finish) {
-                true => Ok(Value::Null),
-                false => Err(LinkError::Refused {
+                Shown::Here | Shown::NotHere => Ok(Value::Null),
+                Shown::Abandoned => Err(LinkError::Refused {
                     errcode: frame::STREAM_EXPIRED,
-                    errmsg: "WeCom stopped polling the bubble (polled before this process knew it)"
+                    errmsg: "WeCom stopped polling the bubble (it was polled before it was stored)"
                         .into(),
                 }),
             },

@@ -11,13 +11,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::callback::{bad, check_fresh, signed_query, Check, Reject, Signed};
 use super::error::HttpError;
 use super::state::AppState;
 use crate::aibot::callback_body::{CallbackBody, PassiveReply};
 use crate::aibot::inbound::{Content, Event, Inbound};
+use crate::aibot::polls::Polled;
 use crate::aibot::receive::{take, Arrival, NotTaken, Taken};
 use crate::aibot::settings::Mode;
 use crate::aibot::Bot;
@@ -55,6 +55,48 @@ fn open(crypt: &MsgCrypt, signed: &Signed, encrypt: &str) -> Result<Vec<u8>, Rej
     crypt
         .decrypt(encrypt)
         .map_err(|e| bad(Check::Decrypt, e.to_string()))
+}
+
+/// A bubble's id is this and the message's msgid.
+const BUBBLE_PREFIX: &str = "m";
+
+/// What bubble `id` shows: this process's own (it opened it), else the progress the store
+/// keeps for its message (another replica's, or this process's before a restart), else, for a
+/// message the store does not know, finished and empty, so WeCom stops polling.
+async fn polled(state: &AppState, bot: &Bot, id: &str, placeholder: &str) -> Polled {
+    if let Some(own) = bot.polls.get(id) {
+        return own;
+    }
+    let msgid = id.strip_prefix(BUBBLE_PREFIX).unwrap_or(id);
+    let key = crate::aibot::stored::dedup_key(&bot.config.bot_id, msgid);
+    match state.store.streamed(&key).await {
+        Ok(Some(Some(streamed))) if streamed.id == id => Polled {
+            content: match streamed.shown.is_empty() {
+                true => placeholder.to_owned(),
+                false => streamed.shown,
+            },
+            finished: streamed.finished,
+            abandoned: false,
+        },
+        // Stored, and no word of the answer yet.
+        Ok(Some(_)) => Polled {
+            content: placeholder.to_owned(),
+            finished: false,
+            abandoned: false,
+        },
+        Ok(None) => bot.polls.poll(id),
+        // The store cannot say now: the bubble as it was, WeCom asks again.
+        Err(e) => {
+            if !e.logged_by_store() {
+                tracing::warn!(aibot = %bot.config.name, error = %e, "cannot read a bubble's progress for WeCom's poll");
+            }
+            Polled {
+                content: placeholder.to_owned(),
+                finished: false,
+                abandoned: false,
+            }
+        }
+    }
 }
 
 /// `GET /wecom/aibot/{name}`: the URL check; answered with the bare decrypted echostr.
@@ -129,11 +171,13 @@ async fn answer(
         )
             .into_response()
     };
-    // WeCom polls a bubble it was answered with: what it shows now. One this process does not
-    // know (a restart, another replica) is finished empty, so the polling stops; its answer then
-    // goes to the response_url.
+    let placeholder = match bot.settings.placeholder.as_str() {
+        "" => "…",
+        text => text,
+    };
+    // WeCom polls a bubble it was answered with: what it shows now.
     if let Content::StreamRefresh { id } = &inbound.content {
-        let polled = bot.polls.poll(id);
+        let polled = polled(state, &bot, id, placeholder).await;
         return Ok(reply(&crate::aibot::frame::stream(
             id,
             &polled.content,
@@ -147,14 +191,10 @@ async fn answer(
             &json!({ "msgtype": "text", "text": { "content": text } }),
         ));
     }
-    // The bubble's id follows from the message: WeCom's retry of the callback gets the same one.
-    let digest = Sha256::digest(format!("{}:{}", bot.config.bot_id, inbound.msgid));
-    let stream_id = format!("s{}", hex::encode(&digest[..8]));
+    // The bubble's id is the message's: WeCom's retry of the callback gets the same bubble, and
+    // a poll names the message whose progress the store keeps.
+    let stream_id = format!("{BUBBLE_PREFIX}{}", inbound.msgid);
     // Opened before the message is stored: a worker that takes it at once finds its bubble here.
-    let placeholder = match bot.settings.placeholder.as_str() {
-        "" => "…",
-        text => text,
-    };
     let events = matches!(inbound.content, Content::Event(_));
     let polled = (!events).then(|| bot.polls.open(&stream_id, placeholder));
     let taken = take(

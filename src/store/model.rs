@@ -410,6 +410,13 @@ pub trait Outbox: Send + Sync + 'static {
         let _ = (job, streamed);
         Ok(())
     }
+    /// The stored message `dedup_key` names, if stored: how far its reply has streamed (as
+    /// recorded by whichever process handles it). URL mode answers WeCom's polls from it when
+    /// the bubble is not this process's own. A backend that keeps nothing says None.
+    async fn streamed(&self, dedup_key: &str) -> Result<Option<Option<Streamed>>, StoreError> {
+        let _ = dedup_key;
+        Ok(None)
+    }
 }
 
 /// Which app each user last wrote through (recorded with each pushed message).

@@ -914,6 +914,18 @@ impl Outbox for PostgresStore {
         Ok(())
     }
 
+    async fn streamed(&self, dedup_key: &str) -> Result<Option<Option<Streamed>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT stream FROM inbox WHERE dedup_key = $1",
+                &[&dedup_key],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| Streamed::from_column(r.get(0))))
+    }
+
     async fn record_stream(&self, job: &Job, streamed: &Streamed) -> Result<(), StoreError> {
         let client = self.client().await?;
         client

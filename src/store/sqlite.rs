@@ -1035,6 +1035,18 @@ impl Outbox for SqliteStore {
             })
             .await
     }
+
+    async fn streamed(&self, dedup_key: &str) -> Result<Option<Option<Streamed>>, StoreError> {
+        let key = dedup_key.to_owned();
+        self.db
+            .read(move |c| {
+                c.prepare_cached("SELECT stream FROM inbox WHERE dedup_key = ?1")?
+                    .query_row([&key], |r| r.get::<_, Option<String>>(0))
+                    .optional()
+            })
+            .await
+            .map(|row| row.map(Streamed::from_column))
+    }
 }
 
 #[async_trait]

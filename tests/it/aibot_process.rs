@@ -237,79 +237,127 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies(
     second.terminate().await;
 }
 
-#[tokio::test]
-async fn in_url_mode_after_a_kill_9_the_answer_to_a_bubble_wecom_stopped_polling_goes_to_the_response_url(
-) {
-    use serde_json::json;
+/// URL mode: one bot from the environment, with the openai agent on `model`.
+const URL_KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+
+fn url_serve(model: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    bare_env(&mut cmd, "http://127.0.0.1:9", dir);
+    cmd.env("WECOM_CALLBACK_AIBOT_ID", "aib-url")
+        .env("WECOM_CALLBACK_AIBOT_TOKEN", "url-token")
+        .env("WECOM_CALLBACK_AIBOT_ENCODING_AES_KEY", URL_KEY)
+        .env("WECOM_CALLBACK_ALLOW_ALL_USERS", "true")
+        .env("WECOM_CALLBACK_AGENT__KIND", "openai")
+        .env("WECOM_CALLBACK_AGENT__BASE_URL", model)
+        .env("WECOM_CALLBACK_AGENT__MODEL", "m")
+        .env("WECOM_CALLBACK_AGENT__API_KEY", "sk-test");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// WeCom's POST of `body` to `gw`'s URL-mode bot; the passive answer, opened.
+async fn url_post(gw: &Gateway, body: &Value) -> Value {
     use wecom_gateway::aibot::callback_body::{CallbackBody, PassiveReply};
-    use wecom_gateway::crypto::MsgCrypt;
-    const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
-    let crypt = MsgCrypt::new("url-token", KEY, "").unwrap();
-    let crypt = &crypt;
+    let crypt = wecom_gateway::crypto::MsgCrypt::new("url-token", URL_KEY, "").unwrap();
+    let ts = crate::support::now_secs().to_string();
+    let sealed = crypt.encrypt_msg(&body.to_string(), &ts, "n", rand::random());
+    let url = format!(
+        "http://{}/wecom/aibot/aibot?msg_signature={}&timestamp={ts}&nonce=n",
+        gw.addr, sealed.msg_signature
+    );
+    let envelope = CallbackBody {
+        encrypt: sealed.encrypt,
+    }
+    .to_json();
+    let reply: PassiveReply = reqwest::Client::new()
+        .post(url)
+        .body(envelope)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.open(&crypt).unwrap()).unwrap()
+}
+
+/// WeCom's polls of bubble `id` at `gw` (at its cadence, much shortened) until it is finished.
+async fn url_poll_until_finished(gw: &Gateway, id: &str) -> Value {
+    let poll = serde_json::json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
+        "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let shown = url_post(gw, &poll).await;
+        if shown["stream"]["finish"] == true {
+            return shown;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished: {shown}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_url_mode_after_a_kill_9_the_restarted_gateway_answers_wecoms_polls_from_the_store() {
+    use serde_json::json;
     let (response_url, mut rx) = response_url().await;
     let model = poet(Arc::new(Semaphore::new(0))).await;
     let dir = tempfile::tempdir().unwrap();
-    let serve = || {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve");
-        bare_env(&mut cmd, "http://127.0.0.1:9", dir.path());
-        cmd.env("WECOM_CALLBACK_AIBOT_ID", "aib-url")
-            .env("WECOM_CALLBACK_AIBOT_TOKEN", "url-token")
-            .env("WECOM_CALLBACK_AIBOT_ENCODING_AES_KEY", KEY)
-            .env("WECOM_CALLBACK_ALLOW_ALL_USERS", "true")
-            .env("WECOM_CALLBACK_AGENT__KIND", "openai")
-            .env("WECOM_CALLBACK_AGENT__BASE_URL", &model.url)
-            .env("WECOM_CALLBACK_AGENT__MODEL", "m")
-            .env("WECOM_CALLBACK_AGENT__API_KEY", "sk-test");
-        cmd
-    };
-    let post = |gw: &Gateway, body: Value| {
-        let ts = crate::support::now_secs().to_string();
-        let sealed = crypt.encrypt_msg(&body.to_string(), &ts, "n", rand::random());
-        let url = format!(
-            "http://{}/wecom/aibot/aibot?msg_signature={}&timestamp={ts}&nonce=n",
-            gw.addr, sealed.msg_signature
-        );
-        let envelope = CallbackBody {
-            encrypt: sealed.encrypt,
-        }
-        .to_json();
-        async move {
-            let reply: PassiveReply = reqwest::Client::new()
-                .post(url)
-                .body(envelope)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            serde_json::from_slice::<Value>(&reply.open(crypt).unwrap()).unwrap()
-        }
-    };
+    let serve = || url_serve(&model.url, dir.path(), &[]);
     let gw = Gateway::start(&mut serve()).await;
     let message = json!({"msgid": "m-restart", "aibotid": "aib-url", "chattype": "single",
         "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": "背一首诗"},
         "response_url": response_url});
-    let answer = post(&gw, message).await;
+    let answer = url_post(&gw, &message).await;
     let id = answer["stream"]["id"].as_str().unwrap().to_owned();
     // The model is asked (and never answers): the process dies mid-turn.
     model.wait_for_calls(1).await;
     gw.kill9().await;
 
     let gw = Gateway::start(&mut serve()).await;
-    let poll = json!({"msgid": "m-poll", "aibotid": "aib-url", "chattype": "single",
-        "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": id}});
-    let shown = post(&gw, poll).await;
-    assert_eq!(shown["stream"]["finish"], true, "{shown}");
-    assert_eq!(
-        shown["stream"]["content"], "",
-        "a bubble this process did not open: WeCom stops polling"
-    );
-    let sent = tokio::time::timeout(crate::support::WAIT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sent["markdown"]["content"], whole());
+    // WeCom goes on polling: the new process did not open the bubble, and answers from the
+    // store what the agent, asked again, writes.
+    let shown = url_poll_until_finished(&gw, &id).await;
+    assert_eq!(shown["stream"]["content"], whole());
     gw.terminate().await;
+    assert!(rx.try_recv().is_err(), "nothing more at the response_url");
+}
+
+#[tokio::test]
+async fn in_url_mode_two_replicas_answer_wecoms_polls_whichever_takes_the_message() {
+    use serde_json::json;
+    let Some(pg) = Postgres::start().await else {
+        return;
+    };
+    let (response_url, mut rx) = response_url().await;
+    let model = ModelStub::start(|_, _| Answer::Stream(vec![delta("好的"), DONE.to_owned()])).await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [("WECOM_CALLBACK_STORE", pg.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Gateway::start(&mut url_serve(&model.url, dirs[0].path(), &env)).await;
+    let b = Gateway::start(&mut url_serve(&model.url, dirs[1].path(), &env)).await;
+    // WeCom reaches the URL through a balancer: each message lands on one replica, and its
+    // polls on another, while either replica's worker may take it.
+    let mut bubbles = Vec::new();
+    for n in 0..8 {
+        let (to, polled) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let message = json!({"msgid": format!("m-{n}"), "aibotid": "aib-url", "chattype": "single",
+            "from": {"userid": format!("user{n}")}, "msgtype": "text", "text": {"content": "在吗"},
+            "response_url": response_url});
+        let answer = url_post(to, &message).await;
+        bubbles.push((polled, answer["stream"]["id"].as_str().unwrap().to_owned()));
+    }
+    for (gw, id) in &bubbles {
+        let shown = url_poll_until_finished(gw, id).await;
+        assert_eq!(shown["stream"]["content"], "好的", "{id}");
+    }
+    assert_eq!(model.calls().len(), 8, "each message answered once");
+    a.terminate().await;
+    b.terminate().await;
+    assert!(rx.try_recv().is_err(), "every answer reached its bubble");
 }

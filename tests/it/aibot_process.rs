@@ -361,3 +361,40 @@ async fn in_url_mode_two_replicas_answer_wecoms_polls_whichever_takes_the_messag
     b.terminate().await;
     assert!(rx.try_recv().is_err(), "every answer reached its bubble");
 }
+
+#[tokio::test]
+async fn when_the_replica_holding_the_bot_dies_mid_stream_the_other_takes_over_and_finishes_it() {
+    let Some(pg) = Postgres::start().await else {
+        return;
+    };
+    let fake = FakeAiBot::start().await;
+    fake.add_bot(BOT_ID, SECRET);
+    fake.req_ids_survive_reconnect(false);
+    let gate = Arc::new(Semaphore::new(0));
+    let model = poet(gate.clone()).await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [
+        ("WECOM_CALLBACK_STORE", pg.url()),
+        ("WECOM_CALLBACK_LEASE_SECS", "5".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let holder = Gateway::start(&mut serve(&fake, &model.url, dirs[0].path(), &env)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let other = Gateway::start(&mut serve(&fake, &model.url, dirs[1].path(), &env)).await;
+    other
+        .wait_for_log(&["another replica holds the AI bot's connection"])
+        .await;
+    let sent = fake.inject_text(BOT_ID, "zhangsan", "背一首诗").await;
+    gate.add_permits(2);
+    let half = format!("{}{}", PIECES[0], PIECES[1]);
+    fake.wait_for(|f| f.body()["stream"]["content"] == half.as_str())
+        .await;
+    holder.kill9().await;
+    // The other replica takes the bot, then (once the job's lease lapses) the message: the
+    // member keeps the half they saw, and gets the rest once.
+    fake.wait_for_subscribed(BOT_ID, 2).await;
+    let pushed = fake.wait_for_pushed("zhangsan", 1).await;
+    assert_eq!(pushed, vec![format!("{}{}", PIECES[2], PIECES[3])]);
+    assert_eq!(seen(&fake, &sent.req_id, "zhangsan"), whole());
+    other.terminate().await;
+}

@@ -103,12 +103,7 @@ impl Framing {
             if self.line.last() != Some(&b'\n') {
                 continue;
             }
-            let raw = std::mem::take(&mut self.line);
-            self.lines += 1;
-            let line = std::str::from_utf8(&raw).map_err(|_| StreamError::Broken {
-                line: self.lines,
-                why: "not UTF-8".into(),
-            })?;
+            let line = self.take_line()?;
             let line = line.trim_end_matches('\n').trim_end_matches('\r');
             let event = match self.format {
                 Format::Sse => self.field(line, limit)?,
@@ -134,13 +129,18 @@ impl Framing {
         if self.format != Format::Lines || self.line.is_empty() {
             return Ok(None);
         }
+        let line = self.take_line()?;
+        Ok(self.whole_line(line.trim_end_matches('\r')))
+    }
+
+    /// The line gathered so far, counted and read as UTF-8.
+    fn take_line(&mut self) -> Result<String, StreamError> {
         let raw = std::mem::take(&mut self.line);
         self.lines += 1;
-        let line = std::str::from_utf8(&raw).map_err(|_| StreamError::Broken {
+        String::from_utf8(raw).map_err(|_| StreamError::Broken {
             line: self.lines,
             why: "not UTF-8".into(),
-        })?;
-        Ok(self.whole_line(line.trim_end_matches('\r')))
+        })
     }
 
     /// One line: a field of the current event, a comment, or the blank line that ends the event.

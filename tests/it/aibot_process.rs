@@ -195,6 +195,27 @@ async fn a_kick_by_another_connection_is_reported_and_not_fought() {
     gw.terminate().await;
 }
 
+/// Two replicas on `pg` with the bot: the first holds its connection, the second waits.
+async fn two_replicas(
+    fake: &FakeAiBot,
+    model: &str,
+    pg: &Postgres,
+) -> (Gateway, Gateway, Vec<tempfile::TempDir>) {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = pg.url();
+    let env = [
+        ("WECOM_CALLBACK_STORE", url.as_str()),
+        ("WECOM_CALLBACK_LEASE_SECS", "5"),
+    ];
+    let first = Gateway::start(&mut serve(fake, model, dirs[0].path(), &env)).await;
+    fake.wait_for_subscribed(BOT_ID, 1).await;
+    let second = Gateway::start(&mut serve(fake, model, dirs[1].path(), &env)).await;
+    second
+        .wait_for_log(&["another replica holds the AI bot's connection"])
+        .await;
+    (first, second, dirs)
+}
+
 #[tokio::test]
 async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies() {
     let Some(pg) = Postgres::start().await else {
@@ -203,18 +224,7 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_when_it_dies(
     let fake = FakeAiBot::start().await;
     fake.add_bot(BOT_ID, SECRET);
     let model = ModelStub::start(|_, _| Answer::Stream(vec![delta("好的"), DONE.to_owned()])).await;
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let env = [
-        ("WECOM_CALLBACK_STORE", pg.url()),
-        ("WECOM_CALLBACK_LEASE_SECS", "5".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let first = Gateway::start(&mut serve(&fake, &model.url, dirs[0].path(), &env)).await;
-    fake.wait_for_subscribed(BOT_ID, 1).await;
-    let second = Gateway::start(&mut serve(&fake, &model.url, dirs[1].path(), &env)).await;
-    second
-        .wait_for_log(&["another replica holds the AI bot's connection"])
-        .await;
+    let (first, second, _dirs) = two_replicas(&fake, &model.url, &pg).await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "在吗").await;
     assert_eq!(fake.wait_for_finished(&sent.req_id).await.content, "好的");
     assert_eq!(fake.subscribes(BOT_ID), 1, "one connection between them");
@@ -372,18 +382,7 @@ async fn when_the_replica_holding_the_bot_dies_mid_stream_the_other_takes_over_a
     fake.req_ids_survive_reconnect(false);
     let gate = Arc::new(Semaphore::new(0));
     let model = poet(gate.clone()).await;
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let env = [
-        ("WECOM_CALLBACK_STORE", pg.url()),
-        ("WECOM_CALLBACK_LEASE_SECS", "5".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let holder = Gateway::start(&mut serve(&fake, &model.url, dirs[0].path(), &env)).await;
-    fake.wait_for_subscribed(BOT_ID, 1).await;
-    let other = Gateway::start(&mut serve(&fake, &model.url, dirs[1].path(), &env)).await;
-    other
-        .wait_for_log(&["another replica holds the AI bot's connection"])
-        .await;
+    let (holder, other, _dirs) = two_replicas(&fake, &model.url, &pg).await;
     let sent = fake.inject_text(BOT_ID, "zhangsan", "背一首诗").await;
     gate.add_permits(2);
     let half = format!("{}{}", PIECES[0], PIECES[1]);
